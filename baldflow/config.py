@@ -1,0 +1,254 @@
+"""The validated parameter schema of a campaign (params.yaml) and its loading and overrides.
+
+Validation happens before any work, so a wrong value fails with a message naming field and value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SECTIONS = ("campaign", "data", "model", "training", "acquisition", "oracle")
+
+# Campaign names become git tags (<name>/round-NNNN), directory names and Prefect artifact keys,
+# which accept only lowercase letters, digits and dashes; one rule that suits all three.
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A parameter is missing, unknown or out of range; the message names the field and value."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos more often than not: refuse them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CampaignConfig(_Section):
+    name: str = "digits-power-bald"
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(12, ge=0)
+    initial_per_class: int = Field(2, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(
+                "must be lowercase letters, digits and dashes, starting with a letter or digit"
+            )
+        return value
+
+
+class DataConfig(_Section):
+    source: str = "digits"
+    root: str | None = None
+    repeat: int = Field(1, ge=1)
+    noise_std: float = Field(0.0, ge=0.0)
+    # Extra keyword arguments of the data source (e.g. validation size, npz path).
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Section):
+    name: str = "mlp"
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class TrainingConfig(_Section):
+    learning_rate: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    epoch_samples: int = Field(1024, ge=1)
+    max_epochs: int = Field(40, ge=1)
+    patience: int = Field(3, ge=1)
+    eval_mc_samples: int = Field(10, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+    device: str = "cpu"
+
+
+class AcquisitionConfig(_Section):
+    strategy: str = "power-bald"
+    batch_size: int = Field(10, ge=1)
+    coldness: float = Field(1.0, ge=0.0)
+    mc_samples: int = Field(20, ge=1)
+    # BatchBALD only: BALD preselects this many candidates before the joint scoring.
+    batchbald_candidates: int = Field(1000, ge=1)
+    batchbald_num_samples: int = Field(10000, ge=1)
+    chunk_size: int = Field(1024, ge=1)
+
+
+class OracleConfig(_Section):
+    # "simulated" reads the held-back labels; other kinds (a file hand-off to people) plug in
+    # through baldflow.oracle.build_oracle.
+    kind: Literal["simulated"] = "simulated"
+
+
+class TrackingConfig(_Section):
+    """Where bookkeeping goes; the defaults keep everything inside the workspace."""
+
+    mlflow_uri: str | None = None
+    experiment: str = "baldflow"
+
+
+class Config(_Section):
+    campaign: CampaignConfig = Field(default_factory=CampaignConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    oracle: OracleConfig = Field(default_factory=OracleConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters that must not change while a campaign is resumed.
+
+        Everything that decides which samples get acquired; the number of rounds, the device and
+        the tracking destination may change between runs of the same campaign.
+        """
+        data = self.to_dict()
+        data["campaign"].pop("rounds")
+        data["training"].pop("device")
+        data.pop("tracking")
+        return data
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    field = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    bounds = {
+        "greater_than_equal": (">=", "ge"),
+        "greater_than": (">", "gt"),
+        "less_than_equal": ("<=", "le"),
+        "less_than": ("<", "lt"),
+    }
+    if kind in bounds:
+        op, key = bounds[kind]
+        return f"{field} must be {op} {ctx[key]}, got {value!r}"
+    if kind == "extra_forbidden":
+        return f"{field} is not a known parameter (got {value!r})"
+    if kind == "missing":
+        return f"{field} is required"
+    if kind == "literal_error":
+        return f"{field} must be one of {ctx.get('expected')}, got {value!r}"
+    message = error["msg"]
+    message = message.removeprefix("Value error, ")
+    return f"{field} {message}, got {value!r}"
+
+
+def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Config:
+    """Build a Config from plain data, raising ConfigError on the first problem.
+
+    With check_names the strategy, model and data source names are checked against their
+    registries too (this imports torch, so it is optional for quick checks).
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"parameters must be a mapping of sections, got {type(data).__name__}")
+    for section, content in data.items():
+        if section in Config.model_fields and content is not None and not isinstance(
+            content, Mapping
+        ):
+            raise ConfigError(f"{section} must be a mapping, got {content!r}")
+    cleaned = {k: v for k, v in data.items() if v is not None}
+    try:
+        config = Config.model_validate(cleaned)
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise ConfigError("; ".join(_describe(e) for e in errors)) from None
+    if check_names:
+        check_registry_names(config)
+    return config
+
+
+def check_registry_names(config: Config) -> None:
+    """Check the names that registries resolve, listing the valid names on a mismatch."""
+    from baldflow.acquisition.strategies import STRATEGY_NAMES
+    from baldflow.data import SOURCES
+    from baldflow.models import MODELS
+
+    for field, value, valid in (
+        ("acquisition.strategy", config.acquisition.strategy, STRATEGY_NAMES),
+        ("model.name", config.model.name, MODELS),
+        ("data.source", config.data.source, SOURCES),
+    ):
+        names = sorted(valid)
+        if value not in names:
+            raise ConfigError(f"{field} must be one of {', '.join(names)}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `section.key=value` override; the value is read as YAML (so 3 is an int)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".")]
+    if len(path) < 2 or any(not part for part in path):
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    if path[0] not in Config.model_fields:
+        raise ConfigError(
+            f"{path[0]} is not a known section (sections: {', '.join(Config.model_fields)})"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key} has an unreadable value {raw!r}: {exc}") from None
+    return path, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of the raw parameters with the `section.key=value` overrides applied."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ConfigError(f"{'.'.join(path)}: {part} is not a section")
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"parameter file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"parameter file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"parameter file {path} must hold a mapping of sections")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    check_names: bool = True,
+) -> Config:
+    """Read a params.yaml (or the defaults when path is None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    return validate(apply_overrides(data, overrides), check_names=check_names)
+
+
+def dump_yaml(config: Config) -> str:
+    """The parameters as params.yaml text, sections in their documented order."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

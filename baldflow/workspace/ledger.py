@@ -1,0 +1,157 @@
+"""The audit ledger (one append-only CSV row per acquired sample) and the labeled-set table.
+
+Plain csv, no pandas: `baldflow history` reads these and should answer fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+class LedgerError(RuntimeError):
+    """The ledger or labeled set is inconsistent (a duplicate sample, a round out of order)."""
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """Why one sample was labeled: when, by which round and model, with what score."""
+
+    campaign: str
+    round: int
+    sample_id: str
+    label: int
+    strategy: str
+    # Position of the sample in the acquired batch (0 = picked first).
+    rank: int
+    score: float | None
+    selection_probability: float | None
+    selection_key: float | None
+    seed: int
+    acquired_at: str
+    mlflow_run_id: str
+    prefect_flow_run_id: str
+    # md5 of the campaign's labeled.csv after this round: the hash DVC records for it.
+    labeled_set_md5: str
+
+
+LEDGER_FIELDS = [f.name for f in fields(LedgerRow)]
+LABELED_FIELDS = ["sample_id", "label", "round"]
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _optional_float(text: str) -> float | None:
+    return float(text) if text != "" else None
+
+
+def _row_from_csv(record: dict[str, str]) -> LedgerRow:
+    return LedgerRow(
+        campaign=record["campaign"],
+        round=int(record["round"]),
+        sample_id=record["sample_id"],
+        label=int(record["label"]),
+        strategy=record["strategy"],
+        rank=int(record["rank"]),
+        score=_optional_float(record["score"]),
+        selection_probability=_optional_float(record["selection_probability"]),
+        selection_key=_optional_float(record["selection_key"]),
+        seed=int(record["seed"]),
+        acquired_at=record["acquired_at"],
+        mlflow_run_id=record["mlflow_run_id"],
+        prefect_flow_run_id=record["prefect_flow_run_id"],
+        labeled_set_md5=record["labeled_set_md5"],
+    )
+
+
+def read_ledger(path: str | Path) -> list[LedgerRow]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None and reader.fieldnames != LEDGER_FIELDS:
+            raise LedgerError(f"{path} has columns {reader.fieldnames}, expected {LEDGER_FIELDS}")
+        return [_row_from_csv(record) for record in reader]
+
+
+def ledger_text(rows: Iterable[LedgerRow], *, header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(LEDGER_FIELDS)
+    for row in rows:
+        record = asdict(row)
+        writer.writerow([_cell(record[name]) for name in LEDGER_FIELDS])
+    return buffer.getvalue()
+
+
+def append_ledger(path: str | Path, rows: Sequence[LedgerRow]) -> None:
+    """Append rows; the file only ever grows, so earlier rounds' rows are never rewritten."""
+    path = Path(path)
+    exists = path.exists() and path.stat().st_size > 0
+    with path.open("a", newline="") as handle:
+        handle.write(ledger_text(rows, header=not exists))
+        handle.flush()
+
+
+def labeled_rows_from_ledger(
+    rows: Iterable[LedgerRow], *, up_to_round: int | None = None
+) -> list[tuple[str, int, int]]:
+    """The labeled set implied by the ledger (optionally as it was after a given round)."""
+    out: list[tuple[str, int, int]] = []
+    seen: set[str] = set()
+    for row in rows:
+        if up_to_round is not None and row.round > up_to_round:
+            continue
+        if row.sample_id in seen:
+            raise LedgerError(
+                f"sample_id {row.sample_id} is in the ledger twice (round {row.round})"
+            )
+        seen.add(row.sample_id)
+        out.append((row.sample_id, row.label, row.round))
+    return out
+
+
+def labeled_text(rows: Iterable[tuple[str, int, int]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LABELED_FIELDS)
+    for sample_id, label, round_index in rows:
+        writer.writerow([sample_id, int(label), int(round_index)])
+    return buffer.getvalue()
+
+
+def parse_labeled(text: str) -> list[tuple[str, int, int]]:
+    reader = csv.DictReader(io.StringIO(text))
+    return [(r["sample_id"], int(r["label"]), int(r["round"])) for r in reader]
+
+
+def read_labeled(path: str | Path) -> list[tuple[str, int, int]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return parse_labeled(path.read_text())
+
+
+def md5_of_text(text: str) -> str:
+    # DVC 3 hashes a file's raw bytes with md5, so this is the hash its .dvc file will record.
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def md5_of_file(path: str | Path) -> str:
+    digest = hashlib.md5()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,511 @@
+"""The workspace: a git repo with DVC where each completed round is one commit and one tag.
+
+Every git and DVC operation of a workspace goes through this module, one at a time: DVC's
+repository lock gives up after a few seconds, so parallel writers would fail at random.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from baldflow.workspace import ledger as ledger_mod
+from baldflow.workspace.ledger import LedgerError, LedgerRow
+from baldflow.workspace.lock import LOCK_NAME
+
+DATA_DIR = "data"
+LABELED_FILE = "labeled.csv"
+LEDGER_FILE = "ledger.csv"
+ROUNDS_FILE = "rounds.csv"
+CAMPAIGN_FILE = "campaign.yaml"
+PARAMS_FILE = "params.yaml"
+REMOTE_DIR = "dvc-remote"
+REMOTE_NAME = "local"
+
+TRAILER_CAMPAIGN = "Baldflow-Campaign"
+TRAILER_ROUND = "Baldflow-Round"
+
+ROUNDS_FIELDS = [
+    "round",
+    "train_size",
+    "labeled",
+    "acquired",
+    "test_accuracy",
+    "test_nll",
+    "seconds_compute",
+    "seconds_acquisition",
+    "mlflow_run_id",
+    "labeled_set_md5",
+]
+
+GITIGNORE = """\
+# Written by baldflow: local state that is not part of the audited history.
+/mlflow/
+/.prefect/
+/{remote}/
+/{lock}
+__pycache__/
+""".format(remote=REMOTE_DIR, lock=LOCK_NAME)
+
+
+class WorkspaceError(RuntimeError):
+    """The workspace is missing, damaged or disagrees with the campaign being run."""
+
+
+def round_tag(campaign: str, round_index: int) -> str:
+    return f"{campaign}/round-{round_index:04d}"
+
+
+def offline_environment(root: str | Path | None = None) -> dict[str, str]:
+    """Environment settings that keep Prefect, MLflow and DVC local and quiet.
+
+    Call before importing prefect: its settings are read once at import. Values the user set
+    already win, so a configured PREFECT_API_URL or PREFECT_HOME is kept.
+    """
+    values = {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        # Version checks are network calls too.
+        "DVC_NO_UPDATER": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    if root is not None:
+        values["PREFECT_HOME"] = str(Path(root).resolve() / ".prefect")
+    applied = {}
+    for key, value in values.items():
+        applied[key] = os.environ.setdefault(key, value)
+    return applied
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundCommit:
+    """What versioning one round produced."""
+
+    campaign: str
+    round: int
+    commit: str
+    tag: str
+    labeled_set_md5: str
+    seconds_dvc: float
+    seconds_git: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Recovery:
+    """What opening a campaign had to repair after an interrupted run."""
+
+    last_round: int | None
+    discarded: bool
+    retagged: bool
+
+
+def _git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GIT_TERMINAL_PROMPT", "0")
+    return env
+
+
+class Workspace:
+    """A campaign workspace directory; holds no open resources until DVC is first used."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self._dvc = None
+
+    # ---------------------------------------------------------------- layout
+    @staticmethod
+    def is_workspace(root: str | Path) -> bool:
+        root = Path(root)
+        return (root / ".git").exists() and (root / ".dvc").is_dir()
+
+    def campaign_dir(self, campaign: str) -> Path:
+        return self.root / DATA_DIR / campaign
+
+    def labeled_path(self, campaign: str) -> Path:
+        return self.campaign_dir(campaign) / LABELED_FILE
+
+    def ledger_path(self, campaign: str) -> Path:
+        return self.campaign_dir(campaign) / LEDGER_FILE
+
+    def rounds_path(self, campaign: str) -> Path:
+        return self.campaign_dir(campaign) / ROUNDS_FILE
+
+    @property
+    def params_path(self) -> Path:
+        return self.root / PARAMS_FILE
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    def campaigns(self) -> list[str]:
+        base = self.root / DATA_DIR
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.name for p in base.iterdir() if (p / (LABELED_FILE + ".dvc")).exists()
+        )
+
+    # ---------------------------------------------------------------- git
+    def git(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(
+            ["git", *args],
+            cwd=self.root,
+            env=_git_env(),
+            capture_output=True,
+            text=True,
+        )
+        if check and result.returncode != 0:
+            raise WorkspaceError(
+                f"git {' '.join(args)} failed in {self.root}: {result.stderr.strip()}"
+            )
+        return result.stdout
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD").strip()
+
+    def completed_rounds(self, campaign: str) -> list[int]:
+        """Round numbers with a tag, in order: the rounds that finished."""
+        out = self.git("tag", "--list", f"{campaign}/round-*")
+        rounds = []
+        for line in out.split():
+            suffix = line.rsplit("round-", 1)[-1]
+            if suffix.isdigit():
+                rounds.append(int(suffix))
+        return sorted(rounds)
+
+    def last_round(self, campaign: str) -> int | None:
+        rounds = self.completed_rounds(campaign)
+        return rounds[-1] if rounds else None
+
+    # ---------------------------------------------------------------- DVC
+    @property
+    def dvc(self):
+        if self._dvc is None:
+            from dvc.repo import Repo
+
+            self._dvc = Repo(str(self.root))
+        return self._dvc
+
+    def close(self) -> None:
+        if self._dvc is not None:
+            self._dvc.close()
+            self._dvc = None
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- init
+    @classmethod
+    def init(
+        cls,
+        root: str | Path,
+        *,
+        params_text: str | None = None,
+        remote: str | None = None,
+    ) -> Workspace:
+        """Create (or complete) a workspace: git, DVC with a default remote, params, ignores."""
+        root = Path(root).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        offline_environment()
+        ws = cls(root)
+        if not (root / ".git").exists():
+            ws.git("init", "-q", "-b", "main")
+        # Commits need an identity; a machine without a global one still gets a workspace.
+        if not ws.git("config", "user.name", check=False).strip():
+            ws.git("config", "user.name", "baldflow")
+        if not ws.git("config", "user.email", check=False).strip():
+            ws.git("config", "user.email", "baldflow@localhost")
+        from dvc.repo import Repo
+
+        if not (root / ".dvc").is_dir():
+            with _quiet_dvc():
+                Repo.init(str(root))
+        repo = ws.dvc
+        with repo.config.edit() as conf:
+            conf["core"]["analytics"] = False
+            if remote is not None or not conf["core"].get("remote"):
+                # DVC reads a relative path from the cwd and stores it relative to .dvc/,
+                # which keeps the workspace movable as a whole.
+                url = remote if remote is not None else os.path.relpath(root / REMOTE_DIR)
+                conf["remote"][REMOTE_NAME] = {"url": url}
+                conf["core"]["remote"] = REMOTE_NAME
+        if remote is None:
+            (root / REMOTE_DIR).mkdir(exist_ok=True)
+        gitignore = root / ".gitignore"
+        existing = gitignore.read_text() if gitignore.exists() else ""
+        if "/mlflow/" not in existing:
+            sep = "\n" if existing and not existing.endswith("\n") else ""
+            gitignore.write_text(existing + sep + GITIGNORE)
+        if params_text is not None and not ws.params_path.exists():
+            ws.params_path.write_text(params_text)
+        (root / DATA_DIR).mkdir(exist_ok=True)
+        paths = [".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore"]
+        if ws.params_path.exists():
+            paths.append(PARAMS_FILE)
+        paths = [p for p in paths if (root / p).exists()]
+        ws.git("add", "--", *paths)
+        if ws.git("diff", "--cached", "--name-only").strip():
+            ws.git("commit", "-q", "-m", "baldflow: initialise workspace")
+        return ws
+
+    # ---------------------------------------------------------------- recovery
+    def _last_campaign_commit(self, campaign: str) -> tuple[str, int] | None:
+        rel = f"{DATA_DIR}/{campaign}"
+        out = self.git("log", "-1", "--format=%H%x00%B", "--", rel, check=False)
+        if not out.strip():
+            return None
+        sha, _, body = out.partition("\x00")
+        for line in body.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == TRAILER_ROUND and value.strip().isdigit():
+                return sha.strip(), int(value.strip())
+        return None
+
+    def _campaign_clean(self, campaign: str) -> bool:
+        rel = f"{DATA_DIR}/{campaign}"
+        status = self.git("status", "--porcelain", "--untracked-files=all", "--", rel)
+        if status.strip():
+            return False
+        cdir = self.campaign_dir(campaign)
+        for dvcfile in cdir.glob("*.dvc"):
+            out = _dvc_out(dvcfile)
+            target = cdir / out["path"]
+            if not target.exists() or ledger_mod.md5_of_file(target) != out["md5"]:
+                return False
+        return True
+
+    def recover(self, campaign: str) -> Recovery:
+        """Bring a campaign back to its last completed round after an interrupted run.
+
+        The git commit of a round is what completes it. A commit whose tag is missing (killed
+        between commit and tag) gets its tag; anything written after the last commit (a new
+        labeled set, ledger rows, staged files) is discarded, so the round runs again from
+        its start and nothing gets labeled twice.
+        """
+        index_lock = self.root / ".git" / "index.lock"
+        # The caller holds the workspace lock, so no live git process of ours owns this file:
+        # it is what a killed commit left behind.
+        if index_lock.exists():
+            index_lock.unlink()
+        retagged = False
+        last = self._last_campaign_commit(campaign)
+        if last is not None:
+            sha, round_index = last
+            tag = round_tag(campaign, round_index)
+            if round_index not in self.completed_rounds(campaign):
+                self.git("tag", tag, sha)
+                retagged = True
+        discarded = False
+        rel = f"{DATA_DIR}/{campaign}"
+        if not self._campaign_clean(campaign):
+            discarded = True
+            self.git("reset", "-q", "HEAD", "--", rel, check=False)
+            cdir = self.campaign_dir(campaign)
+            if last is None:
+                shutil.rmtree(cdir, ignore_errors=True)
+            else:
+                self.git("checkout", "HEAD", "--", rel)
+                self.git("clean", "-fdxq", "--", rel)
+                targets = [str(p) for p in cdir.glob("*.dvc")]
+                with _quiet_dvc():
+                    self.dvc.checkout(targets=targets, force=True)
+            if not self._campaign_clean(campaign):
+                raise WorkspaceError(f"could not restore {rel} to its last completed round")
+        rounds = self.completed_rounds(campaign)
+        return Recovery(rounds[-1] if rounds else None, discarded, retagged)
+
+    # ---------------------------------------------------------------- campaign identity
+    def check_campaign_params(self, campaign: str, identity: Mapping[str, Any]) -> None:
+        """Refuse to resume a campaign with parameters that change what it acquires."""
+        path = self.campaign_dir(campaign) / CAMPAIGN_FILE
+        if not path.exists():
+            return
+        recorded = yaml.safe_load(path.read_text()) or {}
+        diffs = []
+        for section, values in identity.items():
+            before = recorded.get(section, {})
+            if not isinstance(values, Mapping):
+                continue
+            for key, value in values.items():
+                if key in before and before[key] != value:
+                    diffs.append(f"{section}.{key}: was {before[key]!r}, now {value!r}")
+        if diffs:
+            from baldflow.config import ConfigError
+
+            raise ConfigError(
+                f"campaign {campaign!r} was started with other parameters ("
+                + "; ".join(diffs)
+                + "); restore them or pick a new campaign.name"
+            )
+
+    # ---------------------------------------------------------------- reading
+    def ledger(self, campaign: str) -> list[LedgerRow]:
+        return ledger_mod.read_ledger(self.ledger_path(campaign))
+
+    def labeled(self, campaign: str) -> list[tuple[str, int, int]]:
+        return ledger_mod.read_labeled(self.labeled_path(campaign))
+
+    def rounds_summary(self, campaign: str) -> list[dict[str, str]]:
+        import csv
+
+        path = self.rounds_path(campaign)
+        if not path.exists():
+            return []
+        with path.open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    # ---------------------------------------------------------------- writing a round
+    def commit_round(
+        self,
+        campaign: str,
+        round_index: int,
+        rows: Sequence[LedgerRow],
+        *,
+        summary: Mapping[str, Any],
+        identity: Mapping[str, Any] | None = None,
+        trailers: Mapping[str, str] | None = None,
+        push: bool = True,
+    ) -> RoundCommit:
+        """Write a round's labels, version them with DVC and git, and tag the round.
+
+        The ledger rows come without the labeled-set hash (it depends on the rows); it is
+        computed here from the new labeled.csv, which is exactly the md5 DVC records.
+        """
+        last = self.last_round(campaign)
+        expected = 0 if last is None else last + 1
+        if round_index != expected:
+            raise LedgerError(
+                f"campaign {campaign!r}: round {round_index} cannot follow round {last} "
+                f"(expected round {expected})"
+            )
+        cdir = self.campaign_dir(campaign)
+        cdir.mkdir(parents=True, exist_ok=True)
+        labeled = self.labeled(campaign)
+        known = {sid for sid, _, _ in labeled}
+        for row in rows:
+            if row.sample_id in known:
+                raise LedgerError(
+                    f"sample_id {row.sample_id} is already labeled; round {round_index} "
+                    "would label it twice"
+                )
+            known.add(row.sample_id)
+        new_labeled = labeled + [(r.sample_id, r.label, round_index) for r in rows]
+        text = ledger_mod.labeled_text(new_labeled)
+        md5 = ledger_mod.md5_of_text(text)
+        rows = [dataclasses.replace(r, labeled_set_md5=md5) for r in rows]
+
+        _atomic_write(self.labeled_path(campaign), text)
+        ledger_mod.append_ledger(self.ledger_path(campaign), rows)
+        self._append_summary(campaign, {**summary, "labeled_set_md5": md5})
+        if identity is not None and not (cdir / CAMPAIGN_FILE).exists():
+            (cdir / CAMPAIGN_FILE).write_text(yaml.safe_dump(dict(identity), sort_keys=False))
+
+        t0 = time.perf_counter()
+        targets = [str(self.labeled_path(campaign)), str(self.ledger_path(campaign))]
+        with _quiet_dvc():
+            self.dvc.add(targets)
+        recorded = _dvc_out(Path(str(self.labeled_path(campaign)) + ".dvc"))["md5"]
+        if recorded != md5:
+            raise WorkspaceError(
+                f"DVC recorded md5 {recorded} for {LABELED_FILE}, baldflow computed {md5}"
+            )
+        if push:
+            with _quiet_dvc():
+                self.dvc.push(targets=targets)
+        seconds_dvc = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        tag = round_tag(campaign, round_index)
+        self.git("add", "--", f"{DATA_DIR}/{campaign}")
+        message = [f"baldflow: {campaign} round {round_index}", ""]
+        all_trailers = {
+            TRAILER_CAMPAIGN: campaign,
+            TRAILER_ROUND: str(round_index),
+            "Labeled-Set-MD5": md5,
+            **(trailers or {}),
+        }
+        message += [f"{k}: {v}" for k, v in all_trailers.items()]
+        self.git("commit", "-q", "-m", "\n".join(message))
+        sha = self.head()
+        self.git("tag", tag, sha)
+        seconds_git = time.perf_counter() - t0
+        return RoundCommit(campaign, round_index, sha, tag, md5, seconds_dvc, seconds_git)
+
+    def _append_summary(self, campaign: str, summary: Mapping[str, Any]) -> None:
+        import csv
+
+        path = self.rounds_path(campaign)
+        exists = path.exists() and path.stat().st_size > 0
+        with path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=ROUNDS_FIELDS, lineterminator="\n")
+            if not exists:
+                writer.writeheader()
+            writer.writerow({k: _fmt(summary.get(k)) for k in ROUNDS_FIELDS})
+
+    # ---------------------------------------------------------------- history
+    def labeled_at(self, campaign: str, round_index: int) -> list[tuple[str, int, int]]:
+        """The labeled set as DVC versioned it at a round's tag (read through dvc.api)."""
+        import dvc.api
+
+        rel = f"{DATA_DIR}/{campaign}/{LABELED_FILE}"
+        text = dvc.api.read(rel, repo=str(self.root), rev=round_tag(campaign, round_index))
+        return ledger_mod.parse_labeled(text)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _dvc_out(dvcfile: Path) -> dict[str, Any]:
+    data = yaml.safe_load(dvcfile.read_text())
+    out = data["outs"][0]
+    return {"path": out["path"], "md5": out["md5"]}
+
+
+@contextlib.contextmanager
+def _quiet_dvc() -> Iterator[None]:
+    """Silence DVC's console hints ("To track the changes with git, run: ...")."""
+    from dvc.ui import ui
+
+    logger = logging.getLogger("dvc")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    sink = io.StringIO()
+    enabled = getattr(ui, "_enabled", None)
+    try:
+        with contextlib.redirect_stdout(sink):
+            if enabled is not None:
+                ui._enabled = False
+            yield
+    finally:
+        if enabled is not None:
+            ui._enabled = enabled
+        logger.setLevel(level)
