@@ -15,7 +15,7 @@ class OracleError(RuntimeError):
     """The oracle cannot label a requested sample."""
 
 
-class LabelsPending(OracleError):
+class LabelsPendingError(OracleError):
     """The labels were requested but are not available yet (e.g. people are still labeling)."""
 
 

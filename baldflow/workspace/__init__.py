@@ -1,4 +1,4 @@
-"""The workspace of a campaign: git + DVC versioning, the audit ledger, MLflow tracking, the lock."""
+"""A campaign workspace: git + DVC versioning, the audit ledger, MLflow tracking, the lock."""
 
 from baldflow.workspace.ledger import LEDGER_FIELDS, LedgerError, LedgerRow
 from baldflow.workspace.lock import WorkspaceLockedError, workspace_lock

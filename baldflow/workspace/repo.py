@@ -49,14 +49,14 @@ ROUNDS_FIELDS = [
     "labeled_set_md5",
 ]
 
-GITIGNORE = """\
+GITIGNORE = f"""\
 # Written by baldflow: local state that is not part of the audited history.
 /mlflow/
 /.prefect/
-/{remote}/
-/{lock}
+/{REMOTE_DIR}/
+/{LOCK_NAME}
 __pycache__/
-""".format(remote=REMOTE_DIR, lock=LOCK_NAME)
+"""
 
 
 class WorkspaceError(RuntimeError):
@@ -156,9 +156,7 @@ class Workspace:
         base = self.root / DATA_DIR
         if not base.is_dir():
             return []
-        return sorted(
-            p.name for p in base.iterdir() if (p / (LABELED_FILE + ".dvc")).exists()
-        )
+        return sorted(p.name for p in base.iterdir() if (p / (LABELED_FILE + ".dvc")).exists())
 
     # ---------------------------------------------------------------- git
     def git(self, *args: str, check: bool = True) -> str:

@@ -1,0 +1,1 @@
+"""Prefect flows of baldflow: a campaign of active-learning rounds."""

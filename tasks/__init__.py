@@ -1,0 +1,30 @@
+"""Prefect tasks of a campaign, one per step, each a thin wrapper over baldflow/."""
+
+from tasks.acquisition import score_pool, select_batch
+from tasks.data import prepare_data
+from tasks.model import evaluate_model, train_model
+from tasks.oracle import label_batch
+from tasks.tracking import (
+    finish_campaign,
+    publish_batch,
+    start_campaign_tracking,
+    start_round_run,
+    track_round,
+)
+from tasks.workspace import recover_workspace, version_round
+
+__all__ = [
+    "evaluate_model",
+    "finish_campaign",
+    "label_batch",
+    "prepare_data",
+    "publish_batch",
+    "recover_workspace",
+    "score_pool",
+    "select_batch",
+    "start_campaign_tracking",
+    "start_round_run",
+    "track_round",
+    "train_model",
+    "version_round",
+]
