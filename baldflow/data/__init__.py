@@ -1,0 +1,34 @@
+"""Data sources selectable by name, pool repetition with noise, and stable sample ids."""
+
+from baldflow.data.repeat import (
+    REPEAT_SEPARATOR,
+    prepare_pool,
+    repeat_id,
+    repeat_pool,
+    split_repeat_id,
+)
+from baldflow.data.sources import DEFAULT_SOURCE, SOURCES, load_source, read_idx
+from baldflow.data.splits import (
+    DataNotFoundError,
+    DataSourceError,
+    DataSplits,
+    balanced_initial_indices,
+    derived_seed,
+)
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "REPEAT_SEPARATOR",
+    "SOURCES",
+    "DataNotFoundError",
+    "DataSourceError",
+    "DataSplits",
+    "balanced_initial_indices",
+    "derived_seed",
+    "load_source",
+    "prepare_pool",
+    "read_idx",
+    "repeat_id",
+    "repeat_pool",
+    "split_repeat_id",
+]

@@ -1,0 +1,161 @@
+"""Streamed MC dropout prediction over a pool: full log-probabilities for a subset, or scores
+reduced chunk by chunk into `scores_N` in O(N) memory."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+import torch
+
+from baldflow.models.base import BayesianModule
+
+# Inputs per chunk. The head sees chunk_size * K rows, so this bounds the activation memory of
+# one step; larger chunks amortise Python overhead but stop paying off beyond a few hundred.
+DEFAULT_CHUNK_SIZE = 512
+
+
+class InferenceError(ValueError):
+    """Invalid arguments to a prediction or scoring pass."""
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm uses running statistics, dropout uses the consistent masks) for the
+    duration, restoring the previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _progress_bar(enabled: bool):
+    """A rich progress bar on stderr, disabled when not asked for or when stderr is not a
+    terminal (logs, CI), where redraws would only add noise."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(file=sys.stderr)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (enabled and console.is_terminal),
+        transient=True,
+    )
+
+
+def iter_log_probs(
+    model: BayesianModule,
+    x: torch.Tensor,
+    mc_samples: int,
+    generator: torch.Generator,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    indices: torch.Tensor | None = None,
+    progress: bool = False,
+    description: str = "MC prediction",
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (offset, log_probs_B_K_C) chunk by chunk, on the model's device.
+
+    One set of K masks is drawn from `generator` at the start and used for every chunk, so the
+    log-probabilities do not depend on `chunk_size`. `mc_samples = 0` is the deterministic pass
+    (K = 1, dropout off). `indices` restricts the pass to those rows of `x`, in that order.
+    The model stays in eval and inference mode until the iterator is exhausted or closed.
+    """
+    if mc_samples < 0:
+        raise InferenceError(f"mc_samples must be >= 0, got {mc_samples}")
+    if chunk_size < 1:
+        raise InferenceError(f"chunk_size must be >= 1, got {chunk_size}")
+    n = x.shape[0] if indices is None else int(indices.numel())
+    if indices is not None:
+        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+    device = model_device(model)
+    bar = _progress_bar(progress and n > chunk_size)
+    with eval_mode(model), torch.inference_mode(), bar:
+        task = bar.add_task(description, total=n)
+        if mc_samples > 0:
+            model.resample_masks(mc_samples, generator)
+        for start in range(0, n, chunk_size):
+            rows = slice(start, start + chunk_size)
+            x_B = x[rows] if indices is None else x[indices[rows]]
+            yield start, model(x_B.to(device, non_blocking=True), mc_samples)
+            bar.advance(task, x_B.shape[0])
+
+
+def predict_log_probs(
+    model: BayesianModule,
+    x: torch.Tensor,
+    mc_samples: int,
+    generator: torch.Generator,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    indices: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """`log_probs_N_K_C` (float32, CPU) of all of `x`, or of the rows `indices` in that order
+    (e.g. BatchBALD candidates). Memory is N*K*C; use `score_pool` for a whole large pool."""
+    n = x.shape[0] if indices is None else int(torch.as_tensor(indices).numel())
+    out: torch.Tensor | None = None
+    for start, log_probs_B_K_C in iter_log_probs(
+        model, x, mc_samples, generator, chunk_size, indices, progress, "MC log-probs"
+    ):
+        if out is None:
+            out = torch.empty((n, *log_probs_B_K_C.shape[1:]), dtype=log_probs_B_K_C.dtype)
+        out[start : start + log_probs_B_K_C.shape[0]] = log_probs_B_K_C.cpu()
+    if out is None:
+        # An empty request still has a well-defined shape when the model can tell us C.
+        num_classes = getattr(model, "spec", {}).get("num_classes", 0)
+        out = torch.empty((0, max(mc_samples, 1), num_classes))
+    return out
+
+
+def _score_function(score: str | Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    if callable(score):
+        return score
+    from baldflow.acquisition.scores import get_score
+
+    return get_score(score)
+
+
+def score_pool(
+    model: BayesianModule,
+    x: torch.Tensor,
+    score: str | Callable[[torch.Tensor], torch.Tensor],
+    mc_samples: int,
+    generator: torch.Generator,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool = False,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float64 `scores_N` of every row of `x` (or of `indices`) under acquisition score `score`
+    (a name from `baldflow.acquisition.scores.SCORES` or a function of log_probs_N_K_C).
+
+    Streams: each chunk's log-probabilities are reduced to scores and dropped, so memory is
+    O(N + chunk_size * K * C) whatever K is. One set of K masks serves the whole pass.
+    """
+    score_fn = _score_function(score)
+    n = x.shape[0] if indices is None else int(torch.as_tensor(indices).numel())
+    scores_N = torch.empty(n, dtype=torch.float64)
+    for start, log_probs_B_K_C in iter_log_probs(
+        model, x, mc_samples, generator, chunk_size, indices, progress, "Scoring pool"
+    ):
+        chunk_scores = score_fn(log_probs_B_K_C)
+        scores_N[start : start + log_probs_B_K_C.shape[0]] = chunk_scores.to("cpu", torch.float64)
+    return scores_N

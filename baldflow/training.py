@@ -1,0 +1,205 @@
+"""Training with Adam and early stopping on validation accuracy; MC evaluation (accuracy, NLL)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.nn.functional import nll_loss
+
+from baldflow.inference import iter_log_probs, model_device
+from baldflow.models.base import BayesianModule
+
+
+class TrainConfigError(ValueError):
+    """A training parameter is out of range."""
+
+
+@dataclass
+class TrainConfig:
+    """Training parameters.
+
+    An epoch draws `epoch_samples` labeled points with replacement (the BatchBALD recipe: with
+    20 labels a plain epoch would be a single step), or makes one shuffled pass when the labeled
+    set is larger than that. Early stopping watches validation accuracy with `eval_mc_samples`
+    MC samples and restores the best weights after `patience` epochs without improvement.
+    """
+
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    epoch_samples: int = 4096
+    max_epochs: int = 50
+    patience: int = 3
+    eval_mc_samples: int = 20
+    weight_decay: float = 0.0
+    device: str = "auto"
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "epoch_samples", "max_epochs", "patience", "eval_batch_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise TrainConfigError(f"training.{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.eval_mc_samples, int) or self.eval_mc_samples < 0:
+            raise TrainConfigError(
+                f"training.eval_mc_samples must be an integer >= 0, got {self.eval_mc_samples!r}"
+            )
+        if not self.learning_rate > 0:
+            raise TrainConfigError(
+                f"training.learning_rate must be > 0, got {self.learning_rate!r}"
+            )
+        if not self.weight_decay >= 0:
+            raise TrainConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay!r}")
+        resolve_device(self.device)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' is CUDA when available, else CPU; anything else must be a torch device string."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise TrainConfigError(f"training.device {device!r} is not a device: {error}") from error
+
+
+@dataclass
+class FitResult:
+    """What `fit` did: epochs run, the epoch whose weights were kept, and per-epoch history."""
+
+    epochs: int
+    best_epoch: int
+    best_val_accuracy: float
+    best_val_nll: float
+    seconds: float
+    device: str
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _epoch_indices(n: int, epoch_samples: int, generator: torch.Generator) -> torch.Tensor:
+    if n >= epoch_samples:
+        return torch.randperm(n, generator=generator)
+    return torch.randint(0, n, (epoch_samples,), generator=generator)
+
+
+def fit(
+    model: BayesianModule,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> FitResult:
+    """Train `model` in place; every random draw (epoch sampling, dropout masks, validation
+    masks) comes from `generator`, so a CPU run is reproducible from its seed. The model ends
+    in eval mode with the best validation weights loaded."""
+    n = train_x.shape[0]
+    if n == 0:
+        raise TrainConfigError("cannot train on an empty labeled set (train_x has 0 rows)")
+    if train_y.shape[0] != n:
+        raise TrainConfigError(f"train_x has {n} rows but train_y has {train_y.shape[0]}")
+    device = resolve_device(config.device)
+    started = time.perf_counter()
+    model.to(device)
+    if device.type == "cpu":
+        dropout_generator = generator
+    else:
+        # Dropout masks are drawn where the activations live; seed that device's generator from
+        # ours so the run still follows from one seed.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        dropout_generator = torch.Generator(device).manual_seed(seed)
+    train_x_dev, train_y_dev = train_x.to(device), train_y.to(device=device, dtype=torch.long)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    has_val = val_x.shape[0] > 0
+    best = {"accuracy": -math.inf, "nll": math.nan, "epoch": 0}
+    best_state = None
+    history: list[dict] = []
+    stale_epochs = 0
+    model.set_train_generator(dropout_generator)
+    try:
+        for epoch in range(1, config.max_epochs + 1):
+            model.train()
+            order = _epoch_indices(n, config.epoch_samples, generator).to(device)
+            batches = list(order.split(config.batch_size))
+            # A one-row batch breaks BatchNorm in training mode and adds little; fold it away.
+            if len(batches) > 1 and batches[-1].numel() == 1:
+                batches.pop()
+            total_loss = 0.0
+            for batch in batches:
+                log_probs_B_C = model(train_x_dev[batch], 1)[:, 0]
+                loss = nll_loss(log_probs_B_C, train_y_dev[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.detach()) * batch.numel()
+            row = {"epoch": epoch, "train_loss": total_loss / sum(b.numel() for b in batches)}
+            if has_val:
+                metrics = evaluate(
+                    model,
+                    val_x,
+                    val_y,
+                    config.eval_mc_samples,
+                    generator,
+                    batch_size=config.eval_batch_size,
+                )
+                row.update(val_accuracy=metrics["accuracy"], val_nll=metrics["nll"])
+                if metrics["accuracy"] > best["accuracy"]:
+                    best = {"accuracy": metrics["accuracy"], "nll": metrics["nll"], "epoch": epoch}
+                    best_state = copy.deepcopy(model.state_dict())
+                    stale_epochs = 0
+                else:
+                    stale_epochs += 1
+            history.append(row)
+            if has_val and stale_epochs >= config.patience:
+                break
+    finally:
+        model.set_train_generator(None)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best["epoch"] = len(history)
+    model.eval()
+    return FitResult(
+        epochs=len(history),
+        best_epoch=best["epoch"],
+        best_val_accuracy=best["accuracy"] if has_val else math.nan,
+        best_val_nll=best["nll"],
+        seconds=time.perf_counter() - started,
+        device=str(device),
+        history=history,
+    )
+
+
+def evaluate(
+    model: BayesianModule,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mc_samples: int,
+    generator: torch.Generator,
+    batch_size: int = 512,
+) -> dict:
+    """Accuracy and mean negative log-likelihood of the MC predictive distribution
+    (log pbar = logsumexp_k log p_k - log K; mc_samples = 0 is the deterministic pass)."""
+    n = x.shape[0]
+    if n == 0:
+        return {"accuracy": math.nan, "nll": math.nan, "n": 0}
+    y = torch.as_tensor(y, dtype=torch.long).to(model_device(model))
+    correct = 0
+    nll_sum = 0.0
+    for start, log_probs_B_K_C in iter_log_probs(model, x, mc_samples, generator, batch_size):
+        K = log_probs_B_K_C.shape[1]
+        log_pbar_B_C = torch.logsumexp(log_probs_B_K_C.double(), dim=1) - math.log(K)
+        y_B = y[start : start + log_pbar_B_C.shape[0]]
+        correct += int((log_pbar_B_C.argmax(-1) == y_B).sum())
+        nll_sum += float(-log_pbar_B_C.gather(1, y_B[:, None]).sum())
+    return {"accuracy": correct / n, "nll": nll_sum / n, "n": n}
