@@ -32,7 +32,7 @@ class _Section(BaseModel):
 class CampaignConfig(_Section):
     name: str = "digits-power-bald"
     seed: int = Field(0, ge=0)
-    rounds: int = Field(12, ge=0)
+    rounds: int = Field(25, ge=0)
     initial_per_class: int = Field(2, ge=1)
 
     @field_validator("name")
@@ -155,8 +155,10 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
     if not isinstance(data, Mapping):
         raise ConfigError(f"parameters must be a mapping of sections, got {type(data).__name__}")
     for section, content in data.items():
-        if section in Config.model_fields and content is not None and not isinstance(
-            content, Mapping
+        if (
+            section in Config.model_fields
+            and content is not None
+            and not isinstance(content, Mapping)
         ):
             raise ConfigError(f"{section} must be a mapping, got {content!r}")
     cleaned = {k: v for k, v in data.items() if v is not None}

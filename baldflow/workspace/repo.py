@@ -113,6 +113,24 @@ class Recovery:
     retagged: bool
 
 
+def pause_point(point: str, round_index: int) -> None:
+    """A fault-injection hook for the crash tests: stop here until told to go on.
+
+    With BALDFLOW_PAUSE_AT=<point>:<round> and BALDFLOW_PAUSE_FILE=<path>, the process writes
+    <path> when it reaches that point of that round, then waits until <path>.release exists,
+    so a test can SIGKILL it at an exact step or let it continue. Unset, this does nothing.
+    """
+    target = os.environ.get("BALDFLOW_PAUSE_AT")
+    if not target or target != f"{point}:{round_index}":
+        return
+    marker = Path(os.environ["BALDFLOW_PAUSE_FILE"])
+    marker.write_text(f"{os.getpid()}\n")
+    release = marker.with_name(marker.name + ".release")
+    deadline = time.monotonic() + 600
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _git_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
@@ -416,6 +434,7 @@ class Workspace:
         if identity is not None and not (cdir / CAMPAIGN_FILE).exists():
             (cdir / CAMPAIGN_FILE).write_text(yaml.safe_dump(dict(identity), sort_keys=False))
 
+        pause_point("labels-written", round_index)
         t0 = time.perf_counter()
         targets = [str(self.labeled_path(campaign)), str(self.ledger_path(campaign))]
         with _quiet_dvc():
@@ -429,6 +448,7 @@ class Workspace:
             with _quiet_dvc():
                 self.dvc.push(targets=targets)
         seconds_dvc = time.perf_counter() - t0
+        pause_point("dvc-added", round_index)
 
         t0 = time.perf_counter()
         tag = round_tag(campaign, round_index)
@@ -443,6 +463,7 @@ class Workspace:
         message += [f"{k}: {v}" for k, v in all_trailers.items()]
         self.git("commit", "-q", "-m", "\n".join(message))
         sha = self.head()
+        pause_point("committed", round_index)
         self.git("tag", tag, sha)
         seconds_git = time.perf_counter() - t0
         return RoundCommit(campaign, round_index, sha, tag, md5, seconds_dvc, seconds_git)
