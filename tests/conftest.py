@@ -1,0 +1,64 @@
+"""Shared test setup: telemetry off, one Prefect test server per session, tiny campaigns."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+
+# These must be set before prefect, mlflow or dvc are imported: prefect reads its settings once.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="baldflow-test-prefect-")
+for _key, _value in {
+    "PREFECT_HOME": _PREFECT_HOME,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "DVC_NO_UPDATER": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}.items():
+    os.environ[_key] = _value
+# A server configured in the developer's shell must not receive test runs.
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+# The smallest campaign that still exercises every step: digits subsampled, a 3-epoch MLP, K=4.
+TINY_PARAMS = {
+    "campaign": {"name": "tiny", "seed": 3, "rounds": 3, "initial_per_class": 1},
+    "data": {"source": "digits", "options": {"pool_size": 300}},
+    "model": {"name": "mlp", "dropout": 0.5},
+    "training": {
+        "max_epochs": 3,
+        "epoch_samples": 128,
+        "patience": 2,
+        "eval_mc_samples": 3,
+        "device": "cpu",
+    },
+    "acquisition": {"strategy": "power-bald", "batch_size": 5, "mc_samples": 4},
+}
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return copy.deepcopy(TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session; yields its API URL.
+
+    Subprocesses that should use it get PREFECT_API_URL set to this URL, which also covers the
+    "configured server" path of the flows.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield PREFECT_API_URL.value()
+
+
+def pytest_configure(config):
+    # DVC 3.67 trips a deprecation in its own trie dependency on every add; not ours to fix.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:dvc.*")

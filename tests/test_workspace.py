@@ -1,0 +1,220 @@
+"""The workspace with real git and DVC: init, round commits and tags, recovery, the lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from baldflow.workspace import (
+    LedgerError,
+    LedgerRow,
+    Workspace,
+    WorkspaceLockedError,
+    round_tag,
+    workspace_lock,
+)
+from baldflow.workspace.ledger import (
+    labeled_rows_from_ledger,
+    md5_of_file,
+    read_ledger,
+)
+
+
+def rows(campaign: str, round_index: int, ids: list[str], label: int = 1) -> list[LedgerRow]:
+    return [
+        LedgerRow(
+            campaign=campaign,
+            round=round_index,
+            sample_id=sid,
+            label=label,
+            strategy="power-bald",
+            rank=i,
+            score=0.25 + i,
+            selection_probability=0.1,
+            selection_key=-1.5,
+            seed=42,
+            acquired_at="2026-01-01T00:00:00.000Z",
+            mlflow_run_id="run",
+            prefect_flow_run_id="flow",
+            labeled_set_md5="",
+        )
+        for i, sid in enumerate(ids)
+    ]
+
+
+@pytest.fixture
+def ws(tmp_path):
+    workspace = Workspace.init(tmp_path / "ws", params_text="campaign:\n  rounds: 2\n")
+    yield workspace
+    workspace.close()
+
+
+def test_init_makes_git_dvc_remote_params_and_ignores(ws):
+    root = ws.root
+    assert (root / ".git").is_dir() and (root / ".dvc").is_dir()
+    assert Workspace.is_workspace(root)
+    config = (root / ".dvc" / "config").read_text()
+    assert "analytics = False" in config
+    assert "remote = local" in config and "../dvc-remote" in config
+    ignored = (root / ".gitignore").read_text()
+    for entry in ("/mlflow/", "/.prefect/", "/dvc-remote/", "/.baldflow.lock"):
+        assert entry in ignored
+    assert yaml.safe_load((root / "params.yaml").read_text()) == {"campaign": {"rounds": 2}}
+    assert ws.git("status", "--porcelain").strip() == ""
+    # Initialising again changes nothing and adds no commit.
+    head = ws.head()
+    Workspace.init(root).close()
+    assert ws.head() == head
+
+
+def test_rounds_are_commits_with_tags_and_dvc_versions(ws):
+    first = ws.commit_round("c", 0, rows("c", 0, ["a", "b"]), summary={"round": 0})
+    second = ws.commit_round("c", 1, rows("c", 1, ["c"], label=2), summary={"round": 1})
+    assert ws.completed_rounds("c") == [0, 1]
+    assert first.tag == round_tag("c", 0) == "c/round-0000"
+    assert ws.git("rev-parse", second.tag + "^{commit}").strip() == second.commit
+    ledger = read_ledger(ws.ledger_path("c"))
+    assert [r.sample_id for r in ledger] == ["a", "b", "c"]
+    # Every row carries the md5 that DVC recorded for the labeled set after its round.
+    assert {r.labeled_set_md5 for r in ledger if r.round == 0} == {first.labeled_set_md5}
+    dvcfile = yaml.safe_load((ws.campaign_dir("c") / "labeled.csv.dvc").read_text())
+    assert dvcfile["outs"][0]["md5"] == second.labeled_set_md5 == md5_of_file(ws.labeled_path("c"))
+    for round_index in (0, 1):
+        assert ws.labeled_at("c", round_index) == labeled_rows_from_ledger(
+            ledger, up_to_round=round_index
+        )
+    # Pushed to the local remote.
+    assert any((ws.root / "dvc-remote").rglob("*"))
+    assert ws.git("status", "--porcelain").strip() == ""
+
+
+def test_duplicates_and_out_of_order_rounds_are_refused(ws):
+    ws.commit_round("c", 0, rows("c", 0, ["a"]), summary={"round": 0})
+    with pytest.raises(LedgerError, match="already labeled"):
+        ws.commit_round("c", 1, rows("c", 1, ["a"]), summary={"round": 1})
+    ws.recover("c")
+    with pytest.raises(LedgerError, match="expected round 1"):
+        ws.commit_round("c", 3, rows("c", 3, ["z"]), summary={"round": 3})
+
+
+def test_recover_discards_a_half_written_round(ws):
+    ws.commit_round("c", 0, rows("c", 0, ["a", "b"]), summary={"round": 0})
+    before_ledger = ws.ledger_path("c").read_text()
+    before_labeled = ws.labeled_path("c").read_text()
+    # What a kill after writing the files, after `dvc add` and after `git add` leaves behind.
+    ws.ledger_path("c").write_text(before_ledger + "c,1,x,1,power-bald,0,,,,1,t,r,f,m\n")
+    ws.labeled_path("c").write_text(before_labeled + "x,1,1\n")
+    (ws.campaign_dir("c") / "stray.tmp").write_text("junk")
+    ws.dvc.add([str(ws.labeled_path("c"))])
+    ws.git("add", "data/c")
+    recovery = ws.recover("c")
+    assert recovery.discarded and not recovery.retagged and recovery.last_round == 0
+    assert ws.ledger_path("c").read_text() == before_ledger
+    assert ws.labeled_path("c").read_text() == before_labeled
+    assert not (ws.campaign_dir("c") / "stray.tmp").exists()
+    assert ws.git("status", "--porcelain").strip() == ""
+    again = ws.recover("c")
+    assert not again.discarded
+
+
+def test_recover_removes_a_campaign_that_never_finished_round_0(ws):
+    ws.campaign_dir("new").mkdir(parents=True)
+    ws.labeled_path("new").write_text("sample_id,label,round\n")
+    recovery = ws.recover("new")
+    assert recovery.last_round is None and recovery.discarded
+    assert not ws.campaign_dir("new").exists()
+
+
+def test_recover_tags_a_commit_whose_tag_was_lost(ws):
+    ws.commit_round("c", 0, rows("c", 0, ["a"]), summary={"round": 0})
+    ws.commit_round("c", 1, rows("c", 1, ["b"]), summary={"round": 1})
+    ws.git("tag", "-d", "c/round-0001")
+    assert ws.completed_rounds("c") == [0]
+    recovery = ws.recover("c")
+    assert recovery.retagged and recovery.last_round == 1
+    assert ws.git("rev-parse", "c/round-0001^{commit}").strip() == ws.head()
+
+
+def test_recover_clears_a_stale_git_index_lock(ws):
+    ws.commit_round("c", 0, rows("c", 0, ["a"]), summary={"round": 0})
+    (ws.root / ".git" / "index.lock").write_text("")
+    ws.recover("c")
+    ws.commit_round("c", 1, rows("c", 1, ["b"]), summary={"round": 1})
+    assert ws.completed_rounds("c") == [0, 1]
+
+
+def test_campaign_parameters_cannot_change_on_resume(ws):
+    ws.commit_round(
+        "c",
+        0,
+        rows("c", 0, ["a"]),
+        summary={"round": 0},
+        identity={"acquisition": {"strategy": "power-bald"}},
+    )
+    ws.check_campaign_params("c", {"acquisition": {"strategy": "power-bald"}})
+    from baldflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="acquisition.strategy: was 'power-bald', now 'random'"):
+        ws.check_campaign_params("c", {"acquisition": {"strategy": "random"}})
+
+
+def test_lock_is_exclusive_reentrant_and_released(tmp_path):
+    with workspace_lock(tmp_path):
+        with workspace_lock(tmp_path):
+            pass
+        # Still held after the nested release: another process cannot take it.
+        code = (
+            "import sys; from baldflow.workspace import workspace_lock, WorkspaceLockedError\n"
+            "try:\n"
+            f"    with workspace_lock({str(tmp_path)!r}): sys.exit(0)\n"
+            "except WorkspaceLockedError as e:\n"
+            "    print(e); sys.exit(3)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 3, result.stderr
+        assert f"pid {os.getpid()}" in result.stdout
+        assert "only one run may write to a workspace" in result.stdout
+    with workspace_lock(tmp_path):
+        pass
+
+
+def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
+    code = (
+        "import time, sys; from baldflow.workspace import workspace_lock\n"
+        f"with workspace_lock({str(tmp_path)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(WorkspaceLockedError), workspace_lock(tmp_path):
+            pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with workspace_lock(tmp_path):
+                    break
+            except WorkspaceLockedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ledger_file_only_grows(ws):
+    ws.commit_round("c", 0, rows("c", 0, ["a"]), summary={"round": 0})
+    first = ws.ledger_path("c").read_text()
+    ws.commit_round("c", 1, rows("c", 1, ["b"]), summary={"round": 1})
+    assert ws.ledger_path("c").read_text().startswith(first)
+    assert Path(ws.rounds_path("c")).read_text().count("\n") == 3
