@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make run    create the environment if missing, then run the default campaign
+#   make test   create the environment if missing, then lint and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch/torchvision builds that pip takes from this machine's local disk (x86_64, Python 3.11).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: run test lint bench env clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: env
+	$(BIN)/baldflow demo
+
+lint: env
+	$(BIN)/ruff check baldflow tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: env
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/acquisition.py --peers
+
+clean:
+	rm -rf $(VENV)
