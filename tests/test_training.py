@@ -58,9 +58,7 @@ def test_trained_model_on_digits_is_accurate_and_more_uncertain_on_noise(digits)
     # The MLP: a tenth of the CNN's compute, so this stays a few seconds on two cores.
     model = build_model("mlp", digits.input_shape, digits.num_classes, seed=0)
     config = TrainConfig(epoch_samples=2048, max_epochs=12, patience=3)
-    result = fit(
-        model, digits.pool_x, digits.pool_y, digits.val_x, digits.val_y, config, seeded()
-    )
+    result = fit(model, digits.pool_x, digits.pool_y, digits.val_x, digits.val_y, config, seeded())
     test = evaluate(model, digits.test_x, digits.test_y, 20, seeded(1))
     assert test["accuracy"] >= 0.90, (test, result.history)
     assert 0 < test["nll"] < 0.5

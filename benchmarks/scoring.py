@@ -1,0 +1,184 @@
+"""Pool-scoring speed and memory of baldflow's streamed MC dropout scoring (not part of the tests).
+
+Throughput: the `cnn` on 28x28 inputs, K MC samples, BALD, against
+  - naive: K full forward passes of the whole network with dropout on (classic MC dropout);
+  - batchbald-cnn: the exact BatchBALD reference CNN, whose second conv runs K times.
+Memory: peak resident memory added by streamed BALD scoring of N = 200,000 inputs, measured in a
+fresh subprocess per K, next to N*K*C*8 bytes (what a full float64 log-prob tensor would take).
+
+    python benchmarks/scoring.py                      # everything, defaults below
+    python benchmarks/scoring.py --skip-memory --n 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from baldflow.acquisition.scores import bald
+from baldflow.inference import score_pool
+from baldflow.models import build_model
+
+C = 10
+SHAPE = (1, 28, 28)
+
+
+def naive_scores(model, x: torch.Tensor, k: int, generator: torch.Generator, chunk_size: int):
+    """K full passes with fresh dropout masks (training-mode dropout, no gradient): the way MC
+    dropout is usually written, with no shared prefix and no consistent masks."""
+    model.train()
+    model.set_train_generator(generator)
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk_size):
+            x_B = x[start : start + chunk_size]
+            log_probs_B_K_C = torch.stack([model(x_B, 1)[:, 0] for _ in range(k)], dim=1)
+            out[start : start + x_B.shape[0]] = bald(log_probs_B_K_C)
+    model.set_train_generator(None)
+    model.eval()
+    return out
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls pay for allocator growth and kernel selection
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def throughput(n: int, k: int, chunk_size: int, repeats: int) -> dict:
+    x = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(0))
+    cnn = build_model("cnn", SHAPE, C, seed=0).eval()
+    reference = build_model("batchbald-cnn", SHAPE, C, seed=0).eval()
+    runs = {
+        "baldflow cnn (streamed, prefix once)": lambda: score_pool(
+            cnn, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk_size
+        ),
+        "baldflow batchbald-cnn (conv2 in head)": lambda: score_pool(
+            reference, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk_size
+        ),
+        "naive: K full passes, dropout on": lambda: naive_scores(
+            cnn, x, k, torch.Generator().manual_seed(1), chunk_size
+        ),
+    }
+    results = {name: n / best_time(fn, repeats) for name, fn in runs.items()}
+    naive = results["naive: K full passes, dropout on"]
+    return {
+        "n": n,
+        "k": k,
+        "chunk_size": chunk_size,
+        "samples_per_s": results,
+        "speedup_vs_naive": {name: rate / naive for name, rate in results.items()},
+    }
+
+
+def _rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_child(n: int, k: int, chunk_size: int) -> None:
+    """Runs in a fresh process: allocate the pool, warm up, then score it all; print JSON."""
+    x = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(0))
+    model = build_model("cnn", SHAPE, C, seed=0).eval()
+    score_pool(
+        model,
+        x[: 2 * chunk_size],
+        "bald",
+        k,
+        torch.Generator().manual_seed(1),
+        chunk_size=chunk_size,
+    )
+    baseline = _rss_bytes()
+    started = time.perf_counter()
+    scores_N = score_pool(
+        model, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk_size
+    )
+    seconds = time.perf_counter() - started
+    peak = _rss_bytes()
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "k": k,
+                "chunk_size": chunk_size,
+                "input_bytes": x.numel() * 4,
+                "baseline_rss": baseline,
+                "peak_rss": peak,
+                "scoring_added_bytes": peak - baseline,
+                "scores_bytes": scores_N.numel() * 8,
+                "full_log_probs_bytes": n * k * C * 8,
+                "seconds": seconds,
+            }
+        )
+    )
+
+
+def memory(n: int, ks: list[int], chunk_size: int) -> list[dict]:
+    rows = []
+    for k in ks:
+        command = [sys.executable, __file__, "--memory-child", str(n), str(k), str(chunk_size)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4096, help="pool size for throughput")
+    parser.add_argument("--k", type=int, default=20, help="MC samples for throughput")
+    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-n", type=int, default=200_000)
+    parser.add_argument("--memory-k", type=int, nargs="+", default=[20, 100])
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--memory-child", nargs=3, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return
+
+    report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    if not args.skip_throughput:
+        result = throughput(args.n, args.k, args.chunk_size, args.repeats)
+        report["throughput"] = result
+        print(
+            f"Pool scoring, cnn on 28x28, K={args.k}, N={args.n}, BALD "
+            f"({report['threads']} threads):"
+        )
+        for name, rate in result["samples_per_s"].items():
+            speedup = result["speedup_vs_naive"][name]
+            print(f"  {name:42s} {rate:10.0f} samples/s  {speedup:5.2f}x naive")
+    if not args.skip_memory:
+        rows = memory(args.memory_n, args.memory_k, args.chunk_size)
+        report["memory"] = rows
+        mib = 2**20
+        print(f"Streamed BALD scoring of N={args.memory_n} (cnn, 28x28), peak RSS added:")
+        for row in rows:
+            print(
+                f"  K={row['k']:4d}: +{row['scoring_added_bytes'] / mib:7.1f} MiB "
+                f"(inputs {row['input_bytes'] / mib:.0f} MiB held before; full N*K*C*8 "
+                f"log-probs would be {row['full_log_probs_bytes'] / mib:.0f} MiB; "
+                f"{row['seconds']:.1f} s, {row['n'] / row['seconds']:.0f} samples/s)"
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
