@@ -151,17 +151,20 @@ def select(
     if generator is None:
         generator = torch.Generator()
         generator.seed()
+    if N == 0:
+        empty = torch.empty(0, dtype=torch.float64)
+        indices = torch.empty(0, dtype=torch.long)
+        return Selection(indices, empty, empty) if return_details else indices
 
     if mode == "topk" or (mode != "random" and math.isinf(coldness)):
         indices = _top(scores_N, count)
         probabilities_N = torch.zeros(N, dtype=torch.float64)
-        if N:
-            probabilities_N[indices[0]] = 1.0
+        probabilities_N[indices[0]] = 1.0
         keys_N = scores_N.clone()
     elif mode == "random":
         keys_N = standard_gumbel(N, generator)
         indices = _top(keys_N, count)
-        probabilities_N = torch.full((N,), 1.0 / max(N, 1), dtype=torch.float64)
+        probabilities_N = torch.full((N,), 1.0 / N, dtype=torch.float64)
     else:
         log_weights_N = _LOG_WEIGHTS[mode](scores_N, coldness)
         gumbel_N = standard_gumbel(N, generator)
