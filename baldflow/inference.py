@@ -11,9 +11,16 @@ import torch
 
 from baldflow.models.base import BayesianModule
 
-# Inputs per chunk. The head sees chunk_size * K rows, so this bounds the activation memory of
-# one step; larger chunks amortise Python overhead but stop paying off beyond a few hundred.
-DEFAULT_CHUNK_SIZE = 512
+# The head sees chunk_size * K rows, so the automatic chunk size keeps that product near
+# HEAD_ROW_BUDGET: activation memory then stays the same whatever K is. MAX_CHUNK_INPUTS bounds
+# the prefix's activations; beyond a few hundred inputs bigger chunks stop paying off anyway.
+HEAD_ROW_BUDGET = 10240
+MAX_CHUNK_INPUTS = 512
+
+
+def auto_chunk_size(mc_samples: int) -> int:
+    """Inputs per chunk for K = mc_samples: min(512, 10240 // K), at least 1."""
+    return max(1, min(MAX_CHUNK_INPUTS, HEAD_ROW_BUDGET // max(mc_samples, 1)))
 
 
 class InferenceError(ValueError):
@@ -68,7 +75,7 @@ def iter_log_probs(
     x: torch.Tensor,
     mc_samples: int,
     generator: torch.Generator,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     indices: torch.Tensor | None = None,
     progress: bool = False,
     description: str = "MC prediction",
@@ -76,12 +83,15 @@ def iter_log_probs(
     """Yield (offset, log_probs_B_K_C) chunk by chunk, on the model's device.
 
     One set of K masks is drawn from `generator` at the start and used for every chunk, so the
-    log-probabilities do not depend on `chunk_size`. `mc_samples = 0` is the deterministic pass
-    (K = 1, dropout off). `indices` restricts the pass to those rows of `x`, in that order.
+    log-probabilities do not depend on `chunk_size` (None: `auto_chunk_size(mc_samples)`).
+    `mc_samples = 0` is the deterministic pass (K = 1, dropout off). `indices` restricts the
+    pass to those rows of `x`, in that order.
     The model stays in eval and inference mode until the iterator is exhausted or closed.
     """
     if mc_samples < 0:
         raise InferenceError(f"mc_samples must be >= 0, got {mc_samples}")
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(mc_samples)
     if chunk_size < 1:
         raise InferenceError(f"chunk_size must be >= 1, got {chunk_size}")
     n = x.shape[0] if indices is None else int(indices.numel())
@@ -105,7 +115,7 @@ def predict_log_probs(
     x: torch.Tensor,
     mc_samples: int,
     generator: torch.Generator,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     indices: torch.Tensor | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -140,7 +150,7 @@ def score_pool(
     score: str | Callable[[torch.Tensor], torch.Tensor],
     mc_samples: int,
     generator: torch.Generator,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool = False,
     indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -148,7 +158,8 @@ def score_pool(
     (a name from `baldflow.acquisition.scores.SCORES` or a function of log_probs_N_K_C).
 
     Streams: each chunk's log-probabilities are reduced to scores and dropped, so memory is
-    O(N + chunk_size * K * C) whatever K is. One set of K masks serves the whole pass.
+    O(N) plus one chunk's activations, which the automatic chunk size keeps independent of K.
+    One set of K masks serves the whole pass.
     """
     score_fn = _score_function(score)
     n = x.shape[0] if indices is None else int(torch.as_tensor(indices).numel())

@@ -22,7 +22,7 @@ import time
 import torch
 
 from baldflow.acquisition.scores import bald
-from baldflow.inference import score_pool
+from baldflow.inference import MAX_CHUNK_INPUTS, auto_chunk_size, score_pool
 from baldflow.models import build_model
 
 C = 10
@@ -55,7 +55,7 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def throughput(n: int, k: int, chunk_size: int, repeats: int) -> dict:
+def throughput(n: int, k: int, chunk_size: int | None, repeats: int) -> dict:
     x = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(0))
     cnn = build_model("cnn", SHAPE, C, seed=0).eval()
     reference = build_model("batchbald-cnn", SHAPE, C, seed=0).eval()
@@ -67,7 +67,7 @@ def throughput(n: int, k: int, chunk_size: int, repeats: int) -> dict:
             reference, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk_size
         ),
         "naive: K full passes, dropout on": lambda: naive_scores(
-            cnn, x, k, torch.Generator().manual_seed(1), chunk_size
+            cnn, x, k, torch.Generator().manual_seed(1), chunk_size or MAX_CHUNK_INPUTS
         ),
     }
     results = {name: n / best_time(fn, repeats) for name, fn in runs.items()}
@@ -87,46 +87,37 @@ def _rss_bytes() -> int:
 
 
 def memory_child(n: int, k: int, chunk_size: int) -> None:
-    """Runs in a fresh process: allocate the pool, warm up, then score it all; print JSON."""
+    """Runs in a fresh process: allocate the pool and the model, then score it all; print JSON.
+    The baseline is taken before any scoring, so the growth includes the first-call setup of
+    torch's kernels as well as the chunk activations and scores_N."""
+    chunk = chunk_size or auto_chunk_size(k)
     x = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(0))
     model = build_model("cnn", SHAPE, C, seed=0).eval()
-    score_pool(
-        model,
-        x[: 2 * chunk_size],
-        "bald",
-        k,
-        torch.Generator().manual_seed(1),
-        chunk_size=chunk_size,
-    )
     baseline = _rss_bytes()
     started = time.perf_counter()
-    scores_N = score_pool(
-        model, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk_size
-    )
+    scores_N = score_pool(model, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk)
     seconds = time.perf_counter() - started
     peak = _rss_bytes()
-    print(
-        json.dumps(
-            {
-                "n": n,
-                "k": k,
-                "chunk_size": chunk_size,
-                "input_bytes": x.numel() * 4,
-                "baseline_rss": baseline,
-                "peak_rss": peak,
-                "scoring_added_bytes": peak - baseline,
-                "scores_bytes": scores_N.numel() * 8,
-                "full_log_probs_bytes": n * k * C * 8,
-                "seconds": seconds,
-            }
-        )
-    )
+    row = {
+        "n": n,
+        "k": k,
+        "chunk_size": chunk,
+        "input_bytes": x.numel() * 4,
+        "baseline_rss": baseline,
+        "peak_rss": peak,
+        "scoring_added_bytes": peak - baseline,
+        "scores_bytes": scores_N.numel() * 8,
+        "full_log_probs_bytes": n * k * C * 8,
+        "seconds": seconds,
+    }
+    print(json.dumps(row))
 
 
-def memory(n: int, ks: list[int], chunk_size: int) -> list[dict]:
+def memory(n: int, ks: list[int], chunk_size: int | None) -> list[dict]:
     rows = []
     for k in ks:
-        command = [sys.executable, __file__, "--memory-child", str(n), str(k), str(chunk_size)]
+        command = [sys.executable, __file__, "--memory-child", str(n), str(k), str(chunk_size or 0)]
+        command += ["--threads", str(torch.get_num_threads())]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
     return rows
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096, help="pool size for throughput")
     parser.add_argument("--k", type=int, default=20, help="MC samples for throughput")
-    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: automatic")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-n", type=int, default=200_000)
     parser.add_argument("--memory-k", type=int, nargs="+", default=[20, 100])
@@ -153,11 +144,12 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     report: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    chunk_label = args.chunk_size or f"auto ({auto_chunk_size(args.k)})"
     if not args.skip_throughput:
         result = throughput(args.n, args.k, args.chunk_size, args.repeats)
         report["throughput"] = result
         print(
-            f"Pool scoring, cnn on 28x28, K={args.k}, N={args.n}, BALD "
+            f"Pool scoring, cnn on 28x28, K={args.k}, N={args.n}, BALD, chunk {chunk_label} "
             f"({report['threads']} threads):"
         )
         for name, rate in result["samples_per_s"].items():
@@ -170,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Streamed BALD scoring of N={args.memory_n} (cnn, 28x28), peak RSS added:")
         for row in rows:
             print(
-                f"  K={row['k']:4d}: +{row['scoring_added_bytes'] / mib:7.1f} MiB "
+                f"  K={row['k']:4d} (chunk {row['chunk_size']}): "
+                f"+{row['scoring_added_bytes'] / mib:7.1f} MiB "
                 f"(inputs {row['input_bytes'] / mib:.0f} MiB held before; full N*K*C*8 "
                 f"log-probs would be {row['full_log_probs_bytes'] / mib:.0f} MiB; "
                 f"{row['seconds']:.1f} s, {row['n'] / row['seconds']:.0f} samples/s)"
