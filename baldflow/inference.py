@@ -86,7 +86,8 @@ def iter_log_probs(
     log-probabilities do not depend on `chunk_size` (None: `auto_chunk_size(mc_samples)`).
     `mc_samples = 0` is the deterministic pass (K = 1, dropout off). `indices` restricts the
     pass to those rows of `x`, in that order.
-    The model stays in eval and inference mode until the iterator is exhausted or closed.
+    The model stays in eval and inference mode until the iterator is exhausted or closed: wrap
+    it in `contextlib.closing` when the loop may stop early or raise.
     """
     if mc_samples < 0:
         raise InferenceError(f"mc_samples must be >= 0, got {mc_samples}")
@@ -94,9 +95,9 @@ def iter_log_probs(
         chunk_size = auto_chunk_size(mc_samples)
     if chunk_size < 1:
         raise InferenceError(f"chunk_size must be >= 1, got {chunk_size}")
-    n = x.shape[0] if indices is None else int(indices.numel())
     if indices is not None:
         indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+    n = x.shape[0] if indices is None else int(indices.numel())
     device = model_device(model)
     bar = _progress_bar(progress and n > chunk_size)
     with eval_mode(model), torch.inference_mode(), bar:
@@ -123,12 +124,15 @@ def predict_log_probs(
     (e.g. BatchBALD candidates). Memory is N*K*C; use `score_pool` for a whole large pool."""
     n = x.shape[0] if indices is None else int(torch.as_tensor(indices).numel())
     out: torch.Tensor | None = None
-    for start, log_probs_B_K_C in iter_log_probs(
+    chunks = iter_log_probs(
         model, x, mc_samples, generator, chunk_size, indices, progress, "MC log-probs"
-    ):
-        if out is None:
-            out = torch.empty((n, *log_probs_B_K_C.shape[1:]), dtype=log_probs_B_K_C.dtype)
-        out[start : start + log_probs_B_K_C.shape[0]] = log_probs_B_K_C.cpu()
+    )
+    with contextlib.closing(chunks):
+        for start, log_probs_B_K_C in chunks:
+            if out is None:
+                shape = (n, *log_probs_B_K_C.shape[1:])
+                out = torch.empty(shape, dtype=log_probs_B_K_C.dtype)
+            out[start : start + log_probs_B_K_C.shape[0]] = log_probs_B_K_C.cpu()
     if out is None:
         # An empty request still has a well-defined shape when the model can tell us C.
         num_classes = getattr(model, "spec", {}).get("num_classes", 0)
@@ -164,9 +168,11 @@ def score_pool(
     score_fn = _score_function(score)
     n = x.shape[0] if indices is None else int(torch.as_tensor(indices).numel())
     scores_N = torch.empty(n, dtype=torch.float64)
-    for start, log_probs_B_K_C in iter_log_probs(
+    chunks = iter_log_probs(
         model, x, mc_samples, generator, chunk_size, indices, progress, "Scoring pool"
-    ):
-        chunk_scores = score_fn(log_probs_B_K_C)
-        scores_N[start : start + log_probs_B_K_C.shape[0]] = chunk_scores.to("cpu", torch.float64)
+    )
+    with contextlib.closing(chunks):
+        for start, log_probs_B_K_C in chunks:
+            chunk_scores = score_fn(log_probs_B_K_C).to("cpu", torch.float64)
+            scores_N[start : start + log_probs_B_K_C.shape[0]] = chunk_scores
     return scores_N

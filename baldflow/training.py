@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -196,10 +197,12 @@ def evaluate(
     y = torch.as_tensor(y, dtype=torch.long).to(model_device(model))
     correct = 0
     nll_sum = 0.0
-    for start, log_probs_B_K_C in iter_log_probs(model, x, mc_samples, generator, batch_size):
-        K = log_probs_B_K_C.shape[1]
-        log_pbar_B_C = torch.logsumexp(log_probs_B_K_C.double(), dim=1) - math.log(K)
-        y_B = y[start : start + log_pbar_B_C.shape[0]]
-        correct += int((log_pbar_B_C.argmax(-1) == y_B).sum())
-        nll_sum += float(-log_pbar_B_C.gather(1, y_B[:, None]).sum())
+    chunks = iter_log_probs(model, x, mc_samples, generator, batch_size)
+    with contextlib.closing(chunks):
+        for start, log_probs_B_K_C in chunks:
+            K = log_probs_B_K_C.shape[1]
+            log_pbar_B_C = torch.logsumexp(log_probs_B_K_C.double(), dim=1) - math.log(K)
+            y_B = y[start : start + log_pbar_B_C.shape[0]]
+            correct += int((log_pbar_B_C.argmax(-1) == y_B).sum())
+            nll_sum += float(-log_pbar_B_C.gather(1, y_B[:, None]).sum())
     return {"accuracy": correct / n, "nll": nll_sum / n, "n": n}

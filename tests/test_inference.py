@@ -110,3 +110,14 @@ def test_bad_arguments_are_clear_errors(cnn, pool):
         score_pool(cnn, pool, "bald", -1, seeded())
     with pytest.raises(InferenceError, match="chunk_size must be >= 1, got 0"):
         predict_log_probs(cnn, pool, 4, seeded(), chunk_size=0)
+
+
+def test_a_failing_score_leaves_no_inference_or_eval_mode_behind(cnn, pool):
+    def broken(log_probs_B_K_C):
+        raise RuntimeError("score failed")
+
+    cnn.train()
+    with pytest.raises(RuntimeError, match="score failed"):
+        score_pool(cnn, pool, broken, 4, seeded(), chunk_size=5)
+    assert not torch.is_inference_mode_enabled()
+    assert cnn.training

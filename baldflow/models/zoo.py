@@ -190,4 +190,6 @@ def build_model(
         try:
             return MODELS[name](input_shape, int(num_classes), float(dropout), **options)
         except TypeError as error:
+            if "argument" not in str(error):
+                raise
             raise ModelSpecError(f"invalid options for model {name!r}: {error}") from error
