@@ -18,7 +18,7 @@ from prefect.utilities.annotations import quote
 from baldflow import steps
 from baldflow.config import Config, validate
 from baldflow.oracle import build_oracle
-from baldflow.workspace import LedgerRow, Workspace, WorkspaceError, workspace_lock
+from baldflow.workspace import LedgerRow, Workspace, WorkspaceError, round_tag, workspace_lock
 from baldflow.workspace.ledger import labeled_rows_from_ledger
 from baldflow.workspace.tracking import Tracker, local_tracking_uri
 from tasks import (
@@ -57,6 +57,33 @@ def make_tracker(config: Config, workspace: Workspace) -> Tracker:
 def _flow_run_id() -> str:
     value = flow_run.id
     return str(value) if value else ""
+
+
+def _committed_runs(workspace: Workspace, campaign: str) -> dict[str, dict[str, Any]]:
+    """What git recorded of each committed round, by MLflow run id, to close killed runs."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in workspace.rounds_summary(campaign):
+        run_id = row.get("mlflow_run_id")
+        if not run_id or int(row["round"]) == 0:
+            continue
+        tag = round_tag(campaign, int(row["round"]))
+        metrics = {
+            "test_accuracy": row.get("test_accuracy"),
+            "test_nll": row.get("test_nll"),
+            "train_size": row.get("train_size"),
+            "labeled_size": row.get("labeled"),
+            "acquired": row.get("acquired"),
+            "seconds_compute": row.get("seconds_compute"),
+        }
+        out[run_id] = {
+            "metrics": {k: float(v) for k, v in metrics.items() if v not in (None, "")},
+            "tags": {
+                "git.tag": tag,
+                "git.commit": workspace.git("rev-parse", tag + "^{commit}").strip(),
+                "dvc.labeled_set_md5": row.get("labeled_set_md5", ""),
+            },
+        }
+    return out
 
 
 class _Campaign:
@@ -316,7 +343,7 @@ def campaign_flow(workspace: str, params: Mapping[str, Any], campaign: str = "")
         ws.check_campaign_params(name, config.identity())
         state = _Campaign(config, ws, make_tracker(config, ws), logger)
         state.parent_run_id, orphans = start_campaign_tracking(
-            quote(state.tracker), name, config.to_dict()
+            quote(state.tracker), name, config.to_dict(), quote(_committed_runs(ws, name))
         )
         if orphans:
             logger.warning("marked %d MLflow run(s) of a killed run as KILLED", len(orphans))

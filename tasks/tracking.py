@@ -18,10 +18,13 @@ _RETRY = {"retries": 2, "retry_delay_seconds": 1}
 
 @task(name="start-tracking", cache_policy=NO_CACHE, **_RETRY)
 def start_campaign_tracking(
-    tracker: Tracker, campaign: str, params: Mapping[str, Any]
+    tracker: Tracker,
+    campaign: str,
+    params: Mapping[str, Any],
+    committed: Mapping[str, Mapping[str, Any]],
 ) -> tuple[str, list[str]]:
     """The parent run's id, and the ids of round runs a killed process left open."""
-    orphans = tracker.close_orphans(campaign)
+    orphans = tracker.close_orphans(campaign, committed)
     return tracker.campaign_run(campaign, params), orphans
 
 

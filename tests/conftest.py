@@ -46,6 +46,12 @@ def tiny_params() -> dict:
 
 
 @pytest.fixture(scope="session")
+def tiny_defaults() -> dict:
+    """TINY_PARAMS for fixtures wider than a function; copy before changing it."""
+    return copy.deepcopy(TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the whole session; yields its API URL.
 

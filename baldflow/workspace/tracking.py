@@ -98,14 +98,28 @@ class Tracker:
         self._log(run.info.run_id, params=flatten_params(params))
         return run.info.run_id
 
-    def close_orphans(self, campaign: str) -> list[str]:
-        """Mark round runs left RUNNING by a killed process as KILLED; return their ids."""
+    def close_orphans(
+        self, campaign: str, committed: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> list[str]:
+        """Close the round runs that a killed process left RUNNING; return their ids.
+
+        A run whose round was committed to git before the kill (`committed`: run id -> the
+        round's recorded "metrics" and "tags") gets those logged and is FINISHED, since the
+        round is complete; the others are KILLED, as their rounds will run again.
+        """
+        committed = committed or {}
         found = self._search(
             f"tags.`{TAG_CAMPAIGN}` = '{campaign}' and tags.`{TAG_KIND}` = 'round' "
             "and attributes.status = 'RUNNING'"
         )
         for run in found:
-            self.client.set_terminated(run.info.run_id, status="KILLED")
+            record = committed.get(run.info.run_id)
+            if record is None:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                continue
+            tags = {**record.get("tags", {}), "baldflow.tracking": "recovered after a kill"}
+            self._log(run.info.run_id, metrics=record.get("metrics"), tags=tags)
+            self.end(run.info.run_id)
         return [run.info.run_id for run in found]
 
     def start_round(
