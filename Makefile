@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: env
-	$(BIN)/baldflow demo
+	$(BIN)/baldflow run --workspace baldflow-workspace
 
 lint: env
 	$(BIN)/ruff check baldflow tests benchmarks
