@@ -282,7 +282,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     table = Table(title=f"campaigns in {ws_root}")
     for column in ("campaign", "strategy", "rounds done", "labeled", "latest test acc.", "tag"):
-        table.add_column(column)
+        # Fold rather than cut: tags and names must stay copyable on narrow terminals.
+        table.add_column(column, overflow="fold")
     for rec in records:
         acc = rec["latest_test_accuracy"]
         table.add_row(

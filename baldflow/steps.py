@@ -183,9 +183,8 @@ def score_pool(
             rows_N, torch.as_tensor(bald_N), candidates, log_probs, time.perf_counter() - start
         )
     if strategy.score is None:
-        # Random needs no model output; uniform zeros carry the pool size to the selection.
-        zeros = torch.zeros(len(rows_N), dtype=torch.float64)
-        return PoolScores(rows_N, zeros, None, None, time.perf_counter() - start)
+        # Random needs no model output, only the size of the pool.
+        return PoolScores(rows_N, None, None, None, time.perf_counter() - start)
     scores_N = stream_scores(
         model, pool_x, strategy.score, a.mc_samples, generator, chunk_size=a.chunk_size
     )
@@ -250,16 +249,15 @@ def select_batch(config: Config, data: CampaignData, scored: PoolScores, seed: i
             scores_N=scored.scores_N,
             coldness=a.coldness,
             generator=generator,
+            pool_size=remaining,
         )
         positions = result.indices
     rows = scored.rows_N[positions]
     ids = [data.splits.pool_ids[int(r)] for r in rows]
     n = len(ids)
-    # Random picks carry no score; recording 0.0 would read as "scored zero".
-    scores = result.scores if strategy.score is not None or strategy.needs_log_probs else None
     return Selected(
         sample_ids=ids,
-        scores=_as_list(scores, n),
+        scores=_as_list(result.scores, n),
         probabilities=_as_list(result.probabilities, n),
         keys=_as_list(result.keys, n),
         requested=a.batch_size,
