@@ -269,6 +269,23 @@ def test_folder_reads_an_image_tree(tmp_path):
     assert rgb.input_shape == (3, 4, 4)
 
 
+def test_folder_keeps_rgb_channels_in_order(tmp_path):
+    for name in ("red", "blue"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            pixels = np.zeros((3, 4, 3), dtype=np.uint8)  # 3 rows x 4 columns, R G B
+            pixels[..., 0 if name == "red" else 2] = 200 + i
+            pixels[..., 1] = 7
+            Image.fromarray(pixels, mode="RGB").save(tmp_path / name / f"{i}.png")
+    splits = load_source("folder", root=str(tmp_path), val_size=1, test_size=1, normalize=False)
+    assert splits.input_shape == (3, 3, 4)
+    for sample_id, x in zip(splits.pool_ids, splits.pool_x, strict=True):
+        channel = 0 if sample_id.startswith("red/") else 2
+        value = (200 + int(sample_id[-5])) / 255
+        torch.testing.assert_close(x[channel], torch.full((3, 4), value))
+        torch.testing.assert_close(x[1], torch.full((3, 4), 7 / 255))
+
+
 def test_folder_with_train_and_test_trees(tmp_path):
     write_image_tree(tmp_path / "train")
     write_image_tree(tmp_path / "test", per_class=2)

@@ -96,13 +96,13 @@ def _finish(
     )
 
 
-def _as_float_images(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 images to float32 in [0, 1]; [N, H, W] gets a channel axis, [N, H, W, C] is
-    moved to channels-first."""
+def _as_float_images(array: np.ndarray | torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 images to float32 in [0, 1], channels first: [N, H, W] gets a channel axis and
+    [N, H, W, C] is transposed when `channels_last`."""
     t = torch.as_tensor(np.asarray(array))
     if t.ndim == 3:
         t = t.unsqueeze(1)
-    elif t.ndim == 4 and t.shape[-1] in (1, 3) and t.shape[1] not in (1, 3):
+    elif channels_last:
         t = t.permute(0, 3, 1, 2)
     return t.to(torch.float32).div(255.0)
 
@@ -510,7 +510,7 @@ def load_folder(
                 f"{images[0].size[0]}x{images[0].size[1]}; pass size= to resize"
             )
         arrays.append(np.asarray(im, dtype=np.uint8))
-    x_all = _as_float_images(np.stack(arrays))
+    x_all = _as_float_images(np.stack(arrays), channels_last=not grayscale)
     y_all = torch.tensor([class_index[c] for _, c in train_items + test_items], dtype=torch.long)
     base = directory / "train" if split_trees else directory
     ids = [p.relative_to(base).as_posix() for p, _ in train_items]
