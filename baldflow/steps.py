@@ -5,9 +5,10 @@ The Prefect tasks in tasks/ wrap these; tests and notebooks can call them direct
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,18 @@ STREAM_TRAIN = 0
 STREAM_EVALUATE = 1
 STREAM_SCORE = 2
 STREAM_SELECT = 3
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block with `count` torch CPU threads (0 leaves torch's choice), then restore."""
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def round_seed(campaign_seed: int, round_index: int) -> int:

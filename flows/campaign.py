@@ -328,7 +328,7 @@ def campaign_flow(workspace: str, params: Mapping[str, Any], campaign: str = "")
         from baldflow.config import dump_yaml
 
         ws = Workspace.init(ws.root, params_text=dump_yaml(config))
-    with workspace_lock(ws.root), ws:
+    with workspace_lock(ws.root), ws, steps.torch_threads(config.training.num_threads):
         name = config.campaign.name
         recovery = recover_workspace(quote(ws), name)
         if recovery.discarded or recovery.retagged:

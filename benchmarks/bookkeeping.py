@@ -1,0 +1,97 @@
+"""Seconds per round in bookkeeping (Prefect, MLflow, DVC, git) against training and scoring.
+
+Reads the round metrics that a campaign logged to MLflow; runs the default campaign in a fresh
+workspace first unless --workspace names one that has already run.
+
+    python benchmarks/bookkeeping.py                      # run the default campaign, report
+    python benchmarks/bookkeeping.py --workspace DIR      # report on an existing workspace
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PARTS = [
+    ("seconds_train", "train"),
+    ("seconds_evaluate", "evaluate"),
+    ("seconds_score", "score pool"),
+    ("seconds_select", "select batch"),
+    ("seconds_dvc", "DVC add + push"),
+    ("seconds_git", "git commit + tag"),
+    ("seconds_bookkeeping", "bookkeeping, all"),
+    ("seconds_round", "round wall time"),
+]
+
+
+def round_metrics(workspace: Path, campaign: str | None) -> tuple[str, list[dict[str, float]]]:
+    from mlflow.tracking import MlflowClient
+
+    from baldflow.workspace.tracking import TAG_CAMPAIGN, TAG_KIND, local_tracking_uri
+
+    client = MlflowClient(tracking_uri=local_tracking_uri(workspace / "mlflow"))
+    experiment = client.get_experiment_by_name("baldflow")
+    query = f"tags.`{TAG_KIND}` = 'round' and attributes.status = 'FINISHED'"
+    if campaign:
+        query += f" and tags.`{TAG_CAMPAIGN}` = '{campaign}'"
+    runs = client.search_runs([experiment.experiment_id], filter_string=query, max_results=10000)
+    if not runs:
+        raise SystemExit(f"no finished round runs in {workspace}")
+    name = runs[0].data.tags[TAG_CAMPAIGN]
+    return name, [r.data.metrics for r in runs if r.data.tags[TAG_CAMPAIGN] == name]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path)
+    parser.add_argument("--campaign")
+    parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    wall = None
+    workspace = args.workspace
+    if workspace is None or not (workspace / "mlflow").exists():
+        workspace = workspace or Path(tempfile.mkdtemp(prefix="baldflow-bench-")) / "ws"
+        command = [sys.executable, "-m", "baldflow.cli", "run", "--workspace", str(workspace)]
+        for override in args.overrides:
+            command += ["--set", override]
+        started = time.perf_counter()
+        subprocess.run(command, check=True)
+        wall = time.perf_counter() - started
+
+    campaign, rounds = round_metrics(workspace, args.campaign)
+    summary = {"campaign": campaign, "rounds": len(rounds), "campaign_wall_seconds": wall}
+    print(f"campaign {campaign}: {len(rounds)} rounds (mean / median / max seconds per round)")
+    for key, label in PARTS:
+        values = [m[key] for m in rounds if key in m]
+        if not values:
+            continue
+        stats = (statistics.mean(values), statistics.median(values), max(values))
+        summary[key] = dict(zip(("mean", "median", "max"), stats, strict=True))
+        print(f"  {label:<20} {stats[0]:7.3f} {stats[1]:7.3f} {stats[2]:7.3f}")
+    compute = [m["seconds_compute"] for m in rounds]
+    bookkeeping = [m["seconds_bookkeeping"] for m in rounds]
+    share = sum(bookkeeping) / (sum(bookkeeping) + sum(compute))
+    summary["bookkeeping_share"] = share
+    print(f"  bookkeeping share of round time: {share:.1%}")
+    if wall is not None:
+        startup = wall - sum(m["seconds_round"] for m in rounds)
+        summary["outside_rounds_seconds"] = startup
+        print(
+            f"  whole campaign {wall:.1f} s, of which {startup:.1f} s outside the rounds "
+            "(imports, Prefect server start, MLflow store, data, round 0, learning curve)"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
