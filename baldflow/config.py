@@ -165,7 +165,13 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
             and not isinstance(content, Mapping)
         ):
             raise ConfigError(f"{section} must be a mapping, got {content!r}")
-    cleaned = {k: v for k, v in data.items() if v is not None}
+    # The strategy comparison (dvc.yaml) keeps its `benchmark` section in the same params.yaml;
+    # it has its own schema, so a typo there fails here as clearly as one in a campaign section.
+    if "benchmark" in data:
+        from baldflow.comparison.config import validate_benchmark
+
+        validate_benchmark(data["benchmark"], check_names=check_names)
+    cleaned = {k: v for k, v in data.items() if v is not None and k != "benchmark"}
     try:
         config = Config.model_validate(cleaned)
     except ValidationError as exc:

@@ -1,0 +1,197 @@
+"""Run one benchmark campaign (a strategy and a seed) through the CLI's flow in a throwaway
+workspace, and keep only its learning curve and summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from baldflow.comparison.config import BenchmarkConfig, campaign_params
+from baldflow.comparison.curves import Curve, summarize_campaign
+
+# Settings that keep a benchmark process quiet and offline; a value the user set wins.
+_ENVIRONMENT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "DVC_NO_UPDATER": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+    # Eighteen campaigns of ~16 rounds print ~3,000 task lines at INFO; the flow's one line per
+    # round (accuracy, acquired, seconds) is the progress worth seeing.
+    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
+}
+
+
+class CampaignFailedError(RuntimeError):
+    """The campaign flow of a benchmark run exited with an error."""
+
+
+def default_scratch() -> Path:
+    """Where throwaway workspaces and the shared Prefect home live ($BALDFLOW_BENCH_SCRATCH)."""
+    env = os.environ.get("BALDFLOW_BENCH_SCRATCH")
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / "baldflow-benchmark"
+
+
+def default_tracking_uri(project_root: str | Path) -> str:
+    from baldflow.workspace.tracking import local_tracking_uri
+
+    return local_tracking_uri(Path(project_root) / "mlflow")
+
+
+def curve_paths(out_dir: str | Path, strategy: str, seed: int) -> tuple[Path, Path]:
+    """The curve CSV and summary JSON of one campaign (the outputs of its dvc stage)."""
+    stem = Path(out_dir) / f"{strategy}-seed{seed}"
+    return stem.with_suffix(".csv"), stem.with_suffix(".json")
+
+
+def _num_classes(bench: BenchmarkConfig) -> int:
+    from baldflow.data import load_source
+
+    splits = load_source(bench.data.source, root=bench.data.root, seed=0, **bench.data.options)
+    return splits.num_classes
+
+
+def _ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
+    """Create the experiment once, before campaigns run, with artifacts beside the store."""
+    from baldflow.workspace.tracking import Tracker
+
+    Tracker(tracking_uri, experiment, artifact_root).experiment_id  # noqa: B018 (creates it)
+
+
+def _parent_run_id(tracking_uri: str, experiment: str, campaign: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    from baldflow.workspace.tracking import TAG_CAMPAIGN, TAG_KIND
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{TAG_CAMPAIGN}` = '{campaign}' and tags.`{TAG_KIND}` = 'campaign'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def _log_summary(
+    tracking_uri: str, run_id: str, summary: dict[str, Any], tags: dict[str, str]
+) -> None:
+    """Put the campaign's benchmark numbers on its parent run, so `mlflow ui` compares them."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for key in ("auc", "final_accuracy", "acquisition_seconds", "train_seconds"):
+        value = summary.get(key)
+        if value is not None:
+            client.log_metric(run_id, f"benchmark.{key}", float(value))
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def run_one(
+    bench: BenchmarkConfig,
+    strategy: str,
+    seed: int,
+    *,
+    project_root: str | Path = ".",
+    out_dir: str | Path = "data/benchmark/campaigns",
+    scratch: str | Path | None = None,
+    keep_workspace: bool = False,
+) -> dict[str, Any]:
+    """Run one campaign with `baldflow run` in a fresh workspace; write its curve and summary.
+
+    Returns the summary (also written as JSON next to the curve CSV).
+    """
+    started = time.perf_counter()
+    for key, value in _ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    project_root = Path(project_root).resolve()
+    scratch = Path(scratch) if scratch is not None else default_scratch()
+    scratch.mkdir(parents=True, exist_ok=True)
+    # One Prefect home for all benchmark campaigns: an empty home costs a slower first start.
+    os.environ.setdefault("PREFECT_HOME", str((scratch / "prefect-home").resolve()))
+
+    tracking_uri = bench.mlflow_uri or default_tracking_uri(project_root)
+    if bench.mlflow_uri is None:
+        _ensure_experiment(tracking_uri, bench.experiment, project_root / "mlflow" / "artifacts")
+    params = campaign_params(
+        bench, strategy, seed, num_classes=_num_classes(bench), mlflow_uri=tracking_uri
+    )
+    name = params["campaign"]["name"]
+    workspace = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
+    params_file = workspace.with_suffix(".params.yaml")
+    import yaml
+
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    print(
+        f"benchmark: {strategy} seed {seed}: {params['campaign']['rounds']} rounds of "
+        f"{bench.batch_size} in {workspace}",
+        flush=True,
+    )
+    from baldflow.cli import main as cli_main
+
+    try:
+        code = cli_main(["run", "--workspace", str(workspace), "--config", str(params_file)])
+        if code != 0:
+            raise CampaignFailedError(
+                f"campaign {name!r} ({strategy}, seed {seed}) failed with exit code {code}; "
+                f"its workspace is kept at {workspace}"
+            )
+        from baldflow.workspace import Workspace
+
+        curve = Curve.from_rounds(Workspace(workspace).rounds_summary(name))
+    except BaseException:
+        keep_workspace = True
+        raise
+    finally:
+        params_file.unlink(missing_ok=True)
+        if not keep_workspace:
+            shutil.rmtree(workspace, ignore_errors=True)
+
+    summary = summarize_campaign(curve, bench.target_accuracy)
+    # labels_to_target depends on the target, which the report owns; keep it out of here so a
+    # new target re-runs only the report.
+    summary.pop("labels_to_target")
+    run_id = _parent_run_id(tracking_uri, bench.experiment, name)
+    if run_id is not None:
+        _log_summary(
+            tracking_uri,
+            run_id,
+            summary,
+            {
+                "benchmark.strategy": strategy,
+                "benchmark.seed": str(seed),
+                "benchmark.fingerprint": bench.fingerprint(),
+            },
+        )
+    record = {
+        "strategy": strategy,
+        "seed": seed,
+        "campaign": name,
+        "mlflow_run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "experiment": bench.experiment,
+        **summary,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    curve_csv, summary_json = curve_paths(out_dir, strategy, seed)
+    curve.write_csv(curve_csv)
+    summary_json.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    print(
+        f"benchmark: {strategy} seed {seed}: final accuracy {summary['final_accuracy']:.3f} at "
+        f"{summary['final_labeled']} labels, AUC {summary['auc']:.3f}, acquisition "
+        f"{summary['acquisition_seconds']:.2f} s/round, {record['wall_seconds']:.0f} s in all",
+        flush=True,
+    )
+    return record

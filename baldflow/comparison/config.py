@@ -1,0 +1,205 @@
+"""The `benchmark` section of params.yaml and the campaign parameters it implies per strategy.
+
+The section is validated like the campaign sections: unknown keys and out-of-range values fail
+with a ConfigError naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from baldflow.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainingConfig,
+    _describe,
+    read_yaml,
+    validate,
+)
+
+SECTION = "benchmark"
+DEFAULT_STRATEGIES = (
+    "random",
+    "topk-bald",
+    "power-bald",
+    "softmax-bald",
+    "softrank-bald",
+    "batchbald",
+)
+
+
+def _default_data() -> DataConfig:
+    # The CPU-sized analogue of RepeatedMNIST x3: digits, three noisy copies of the pool.
+    return DataConfig(source="digits", repeat=3, noise_std=0.1)
+
+
+class BenchmarkConfig(BaseModel):
+    """What one strategy comparison runs: every strategy x seed on the same data and model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES), min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    # Labels needed to reach this test accuracy is the headline number of the report.
+    target_accuracy: float = Field(0.9, gt=0.0, le=1.0)
+    initial_per_class: int = Field(2, ge=1)
+    batch_size: int = Field(10, ge=1)
+    # The largest labeled set a model is trained and evaluated on; rounds follow from it.
+    label_budget: int = Field(160, ge=1)
+    mc_samples: int = Field(20, ge=1)
+    coldness: float = Field(1.0, ge=0.0)
+    batchbald_candidates: int = Field(1000, ge=1)
+    batchbald_num_samples: int = Field(10000, ge=1)
+    data: DataConfig = Field(default_factory=_default_data)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    experiment: str = Field("baldflow-comparison", min_length=1)
+    # null: a SQLite store under the project's mlflow/ directory.
+    mlflow_uri: str | None = None
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique_strategies(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a strategy")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a seed")
+        if any(seed < 0 for seed in value):
+            raise ValueError("must be seeds >= 0")
+        return value
+
+    def initial_size(self, num_classes: int) -> int:
+        return self.initial_per_class * num_classes
+
+    def rounds(self, num_classes: int) -> int:
+        """Acquisition rounds so that the last trained model sees at most label_budget labels.
+
+        Round r trains on initial + (r - 1) * batch_size labels, then acquires a batch.
+        """
+        initial = self.initial_size(num_classes)
+        if self.label_budget < initial:
+            raise ConfigError(
+                f"benchmark.label_budget must be >= the initial labeled set "
+                f"({self.initial_per_class} per class x {num_classes} classes = {initial}), "
+                f"got {self.label_budget}"
+            )
+        return (self.label_budget - initial) // self.batch_size + 1
+
+    def fingerprint(self) -> str:
+        """A short hash of everything but the lists and the target, for campaign names.
+
+        MLflow reopens a campaign's parent run by name; a new name per parameter set keeps the
+        runs of different benchmark settings apart in one experiment.
+        """
+        data = self.model_dump(mode="json")
+        for key in ("strategies", "seeds", "target_accuracy", "experiment", "mlflow_uri"):
+            data.pop(key)
+        # Like a campaign's identity: where and on how many threads it runs changes no result.
+        data["training"].pop("device")
+        data["training"].pop("num_threads", None)
+        text = json.dumps(data, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def validate_benchmark(
+    data: Mapping[str, Any] | None, *, check_names: bool = True
+) -> BenchmarkConfig:
+    """Build a BenchmarkConfig from the raw `benchmark` section, raising ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{SECTION} must be a mapping, got {data!r}")
+    try:
+        bench = BenchmarkConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        messages = []
+        for error in exc.errors():
+            error = dict(error)
+            error["loc"] = (SECTION, *error["loc"])
+            messages.append(_describe(error))
+        raise ConfigError("; ".join(messages)) from None
+    if check_names:
+        _check_names(bench)
+    return bench
+
+
+def _check_names(bench: BenchmarkConfig) -> None:
+    from baldflow.acquisition.strategies import STRATEGY_NAMES
+    from baldflow.data import SOURCES
+    from baldflow.models import MODELS
+
+    for index, name in enumerate(bench.strategies):
+        if name not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"{SECTION}.strategies.{index} must be one of {', '.join(STRATEGY_NAMES)}, "
+                f"got {name!r}"
+            )
+    for field, value, valid in (
+        ("model.name", bench.model.name, MODELS),
+        ("data.source", bench.data.source, SOURCES),
+    ):
+        if value not in valid:
+            raise ConfigError(
+                f"{SECTION}.{field} must be one of {', '.join(sorted(valid))}, got {value!r}"
+            )
+
+
+def load_benchmark(params_path: str | Path = "params.yaml") -> BenchmarkConfig:
+    """The benchmark section of a params file (defaults when the file has none)."""
+    return validate_benchmark(read_yaml(params_path).get(SECTION))
+
+
+def campaign_name(strategy: str, seed: int, fingerprint: str) -> str:
+    return f"{strategy}-seed{seed}-{fingerprint}"
+
+
+def campaign_params(
+    bench: BenchmarkConfig,
+    strategy: str,
+    seed: int,
+    *,
+    num_classes: int,
+    mlflow_uri: str,
+) -> dict[str, Any]:
+    """The params.yaml of one benchmark campaign, validated by the campaign schema."""
+    if strategy not in bench.strategies:
+        raise ConfigError(
+            f"strategy {strategy!r} is not in {SECTION}.strategies ({', '.join(bench.strategies)})"
+        )
+    if seed not in bench.seeds:
+        raise ConfigError(f"seed {seed} is not in {SECTION}.seeds ({bench.seeds})")
+    params = {
+        "campaign": {
+            "name": campaign_name(strategy, seed, bench.fingerprint()),
+            "seed": seed,
+            "rounds": bench.rounds(num_classes),
+            "initial_per_class": bench.initial_per_class,
+        },
+        "data": bench.data.model_dump(mode="json"),
+        "model": bench.model.model_dump(mode="json"),
+        "training": bench.training.model_dump(mode="json"),
+        "acquisition": {
+            "strategy": strategy,
+            "batch_size": bench.batch_size,
+            "coldness": bench.coldness,
+            "mc_samples": bench.mc_samples,
+            "batchbald_candidates": bench.batchbald_candidates,
+            "batchbald_num_samples": bench.batchbald_num_samples,
+        },
+        "oracle": {"kind": "simulated"},
+        "tracking": {"mlflow_uri": mlflow_uri, "experiment": bench.experiment},
+    }
+    # The campaign schema has the last word: whatever it refuses fails here, before any work.
+    return validate(params).to_dict()

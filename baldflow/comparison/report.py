@@ -1,0 +1,196 @@
+"""The comparison report: per-strategy table (CSV, markdown, DVC metrics), mean learning curves
+for `dvc plots`, and a PNG of the curves with a band over seeds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from baldflow.comparison.config import BenchmarkConfig
+from baldflow.comparison.curves import Curve, StrategySummary, aggregate, mean_curve
+
+SUMMARY_FIELDS = (
+    "strategy",
+    "seeds",
+    "reached",
+    "labels_to_target_mean",
+    "labels_to_target_std",
+    "labels_to_target_median",
+    "auc_mean",
+    "auc_std",
+    "final_accuracy_mean",
+    "acquisition_seconds_mean",
+    "acquisition_seconds_std",
+)
+
+
+def read_curves(
+    campaigns_dir: str | Path, strategies: Sequence[str], seeds: Sequence[int]
+) -> dict[str, list[Curve]]:
+    """The curves of every strategy x seed; a missing campaign is an error naming its file."""
+    from baldflow.comparison.campaigns import curve_paths
+
+    out: dict[str, list[Curve]] = {}
+    for strategy in strategies:
+        out[strategy] = [Curve.read_csv(curve_paths(campaigns_dir, strategy, s)[0]) for s in seeds]
+    return out
+
+
+def _fmt(value: float, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "not reached"
+    return f"{value:.{digits}f}"
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "not reached"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(
+    summaries: Sequence[StrategySummary], target: float, budget: int | None = None
+) -> str:
+    """The report table as markdown: labels to target, AUC, acquisition seconds per round."""
+    pct = f"{target * 100:g}%"
+    beyond = f" (> {budget})" if budget else ""
+    header = (
+        f"| strategy | labels to {pct} (mean ± sd of seeds that reached it) | reached "
+        f"| median labels to {pct} | AUC (mean ± sd) | final accuracy | acquisition s/round |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        median = _fmt(s.labels_to_target_median)
+        if median == "not reached":
+            median += beyond
+        lines.append(
+            f"| {s.strategy} | {_pm(s.labels_to_target_mean, s.labels_to_target_std, 0)} "
+            f"| {s.reached}/{s.seeds} | {median} | {_pm(s.auc_mean, s.auc_std, 3)} "
+            f"| {_fmt(s.final_accuracy_mean, 3)} "
+            f"| {_pm(s.acquisition_seconds_mean, s.acquisition_seconds_std, 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no NaN or infinity; DVC's metrics reader refuses them.
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None
+    return round(float(value), 6)
+
+
+def plot_curves(
+    curves: dict[str, list[Curve]],
+    summaries: Sequence[StrategySummary],
+    target: float,
+    path: str | Path,
+    title: str = "",
+) -> None:
+    """Learning curves (mean over seeds, band = min..max over seeds) beside acquisition time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2.2, 1]}
+    )
+    colors = plt.get_cmap("tab10")
+    for i, (strategy, cs) in enumerate(curves.items()):
+        rows = mean_curve(cs)
+        x = [r["labeled"] for r in rows]
+        mean = [r["accuracy_mean"] for r in rows]
+        low = [r["accuracy_min"] for r in rows]
+        high = [r["accuracy_max"] for r in rows]
+        color = colors(i % 10)
+        left.plot(x, mean, label=strategy, color=color, linewidth=1.8)
+        left.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
+    left.axhline(target, color="grey", linestyle="--", linewidth=1)
+    left.text(left.get_xlim()[0], target, f" target {target:g}", va="bottom", color="grey")
+    left.set_xlabel("labeled samples (training set size)")
+    left.set_ylabel("test accuracy")
+    left.set_title(title or "learning curves: mean over seeds, band = min..max")
+    left.grid(True, alpha=0.3)
+    left.legend(loc="lower right", fontsize=9)
+
+    names = [s.strategy for s in summaries]
+    seconds = [s.acquisition_seconds_mean for s in summaries]
+    errors = [
+        0.0 if math.isnan(s.acquisition_seconds_std) else s.acquisition_seconds_std
+        for s in summaries
+    ]
+    right.barh(names, seconds, xerr=errors, color=[colors(i % 10) for i in range(len(names))])
+    right.set_xscale("log")
+    right.invert_yaxis()
+    right.set_xlabel("acquisition seconds per round (score + select, log scale)")
+    right.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Fixed metadata keeps the PNG byte-identical for identical data (no timestamp).
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_report(
+    bench: BenchmarkConfig,
+    campaigns_dir: str | Path = "data/benchmark/campaigns",
+    out_dir: str | Path = "data/benchmark/report",
+) -> list[StrategySummary]:
+    """Aggregate the campaigns of `bench` and write the table, metrics, curves and plot."""
+    curves = read_curves(campaigns_dir, bench.strategies, bench.seeds)
+    target = bench.target_accuracy
+    summaries = [aggregate(strategy, cs, target) for strategy, cs in curves.items()]
+    out = Path(out_dir)
+    (out / "curves").mkdir(parents=True, exist_ok=True)
+
+    with (out / "summary.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for s in summaries:
+            row = s.as_dict()
+            writer.writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+    budget = max(c.labeled[-1] for cs in curves.values() for c in cs)
+    table = markdown_table(summaries, target, budget)
+    data = bench.data
+    setting = (
+        f"{data.source} x{data.repeat} (noise_std {data.noise_std:g}), model {bench.model.name}, "
+        f"{bench.initial_per_class} initial per class, batch {bench.batch_size}, "
+        f"K={bench.mc_samples}, up to {budget} labels, seeds {bench.seeds}"
+    )
+    (out / "summary.md").write_text(f"{setting}\n\n{table}")
+
+    metrics: dict[str, Any] = {"target_accuracy": target}
+    for s in summaries:
+        metrics[s.strategy] = {
+            "labels_to_target_mean": _json_number(s.labels_to_target_mean),
+            "labels_to_target_median": _json_number(s.labels_to_target_median),
+            "reached": s.reached,
+            "auc_mean": _json_number(s.auc_mean),
+            "final_accuracy_mean": _json_number(s.final_accuracy_mean),
+            "acquisition_seconds_mean": _json_number(s.acquisition_seconds_mean),
+        }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    for strategy, cs in curves.items():
+        rows = mean_curve(cs)
+        with (out / "curves" / f"{strategy}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                )
+    plot_curves(curves, summaries, target, out / "learning_curves.png", title=setting)
+    print(setting)
+    print(table, end="")
+    return summaries
