@@ -145,7 +145,16 @@ def _print_run_summary(result: dict) -> None:
     console = Console()
     bookkeeping = {t["round"]: t for t in result.get("timings", [])}
     table = Table(title=f"campaign {result['campaign']}")
-    for column in ("round", "labeled", "test accuracy", "acquisition s", "bookkeeping s"):
+    # Round r's model is trained on the labeled set of round r-1, then acquires the batch that
+    # makes the labeled count of round r.
+    for column in (
+        "round",
+        "trained on",
+        "test accuracy",
+        "labeled",
+        "acquisition s",
+        "bookkeeping s",
+    ):
         table.add_column(column, justify="right")
     for row in result["rounds"]:
         r = int(row["round"])
@@ -153,8 +162,9 @@ def _print_run_summary(result: dict) -> None:
         timing = bookkeeping.get(r)
         table.add_row(
             str(r),
-            str(row.get("labeled", "")),
+            str(row.get("train_size") or "-") if r > 0 else "-",
             f"{float(acc):.4f}" if acc else "-",
+            str(row.get("labeled", "")),
             f"{float(row['seconds_acquisition']):.2f}" if row.get("seconds_acquisition") else "-",
             f"{timing['seconds_bookkeeping']:.2f}" if timing else "-",
         )
@@ -282,8 +292,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     table = Table(title=f"campaigns in {ws_root}")
     for column in ("campaign", "strategy", "rounds done", "labeled", "latest test acc.", "tag"):
-        # Fold rather than cut: tags and names must stay copyable on narrow terminals.
-        table.add_column(column, overflow="fold")
+        # Names and tags are meant to be copied: never cut or fold them; wrap the rest.
+        table.add_column(column, no_wrap=column in ("campaign", "tag"))
     for rec in records:
         acc = rec["latest_test_accuracy"]
         table.add_row(

@@ -315,11 +315,21 @@ class _Campaign:
         return record
 
 
-@flow(name="baldflow-campaign", flow_run_name="{campaign}", validate_parameters=False)
-def campaign_flow(workspace: str, params: Mapping[str, Any], campaign: str = "") -> dict[str, Any]:
+def _run_name() -> str:
+    params = flow_run.parameters
+    given = params.get("campaign")
+    if given:
+        return str(given)
+    return str(((params.get("params") or {}).get("campaign") or {}).get("name") or "campaign")
+
+
+@flow(name="baldflow-campaign", flow_run_name=_run_name, validate_parameters=False)
+def campaign_flow(
+    workspace: str, params: Mapping[str, Any], campaign: str | None = None
+) -> dict[str, Any]:
     """Run (or resume) the campaign described by params in the workspace directory.
 
-    `campaign` only names the flow run in the UI; the campaign's name comes from params.
+    `campaign` only names the flow run in the UI (default: the name in params).
     """
     config = validate(dict(params))
     logger = get_run_logger()
