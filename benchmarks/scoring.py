@@ -3,8 +3,9 @@
 Throughput: the `cnn` on 28x28 inputs, K MC samples, BALD, against
   - naive: K full forward passes of the whole network with dropout on (classic MC dropout);
   - batchbald-cnn: the exact BatchBALD reference CNN, whose second conv runs K times.
-Memory: peak resident memory added by streamed BALD scoring of N = 200,000 inputs, measured in a
-fresh subprocess per K, next to N*K*C*8 bytes (what a full float64 log-prob tensor would take).
+Memory: peak resident memory added by streamed BALD scoring of N = 200,000 inputs (sampled from
+/proc during the pass, in a fresh subprocess per K), next to N*K*C*8 bytes (what a full float64
+log-prob tensor would take).
 
     python benchmarks/scoring.py                      # everything, defaults below
     python benchmarks/scoring.py --skip-memory --n 2048
@@ -17,6 +18,7 @@ import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -81,9 +83,39 @@ def throughput(n: int, k: int, chunk_size: int | None, repeats: int) -> dict:
     }
 
 
-def _rss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _current_rss() -> int:
+    """Resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
+
+
+class PeakRss:
+    """Samples the resident set every few milliseconds on a thread and keeps the maximum. The
+    process-wide high-water mark (ru_maxrss) is no use here: building the pool already set it."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _current_rss())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakRss:
+        self.peak = _current_rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _current_rss())
 
 
 def memory_child(n: int, k: int, chunk_size: int) -> None:
@@ -93,19 +125,21 @@ def memory_child(n: int, k: int, chunk_size: int) -> None:
     chunk = chunk_size or auto_chunk_size(k)
     x = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(0))
     model = build_model("cnn", SHAPE, C, seed=0).eval()
-    baseline = _rss_bytes()
+    baseline = _current_rss()
     started = time.perf_counter()
-    scores_N = score_pool(model, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk)
+    with PeakRss() as sampler:
+        scores_N = score_pool(
+            model, x, "bald", k, torch.Generator().manual_seed(1), chunk_size=chunk
+        )
     seconds = time.perf_counter() - started
-    peak = _rss_bytes()
     row = {
         "n": n,
         "k": k,
         "chunk_size": chunk,
         "input_bytes": x.numel() * 4,
         "baseline_rss": baseline,
-        "peak_rss": peak,
-        "scoring_added_bytes": peak - baseline,
+        "peak_rss": sampler.peak,
+        "scoring_added_bytes": sampler.peak - baseline,
         "scores_bytes": scores_N.numel() * 8,
         "full_log_probs_bytes": n * k * C * 8,
         "seconds": seconds,
