@@ -19,7 +19,7 @@ from baldflow import steps
 from baldflow.config import Config, validate
 from baldflow.oracle import build_oracle
 from baldflow.workspace import LedgerRow, Workspace, WorkspaceError, round_tag, workspace_lock
-from baldflow.workspace.ledger import labeled_rows_from_ledger
+from baldflow.workspace.ledger import labeled_rows_from_ledger, labeled_text, md5_of_text
 from baldflow.workspace.tracking import Tracker, local_tracking_uri
 from tasks import (
     evaluate_model,
@@ -169,12 +169,20 @@ class _Campaign:
             )
             return None
         seed = steps.round_seed(config.campaign.seed, round_index)
+        training_set = {
+            "name": f"{self.name}/labeled.csv",
+            "md5": md5_of_text(labeled_text(labeled)),
+            "rows": len(labeled),
+            "path": str(self.workspace.labeled_path(self.name).relative_to(self.workspace.root)),
+            "rev": round_tag(self.name, round_index - 1),
+        }
         run_id = start_round_run(
             quote(self.tracker),
             self.parent_run_id,
             self.name,
             round_index,
             {"round": round_index, "seed": seed, "train_size": len(labeled), **config.identity()},
+            training_set,
         )
         data = quote(self.data)
         trained = train_model(

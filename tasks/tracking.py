@@ -40,8 +40,12 @@ def start_round_run(
     campaign: str,
     round_index: int,
     params: Mapping[str, Any],
+    training_set: Mapping[str, Any],
 ) -> str:
-    return tracker.start_round(parent_run_id, campaign, round_index, params)
+    """A round's MLflow run, with the DVC version of the labeled set it trains on as input."""
+    run_id = tracker.start_round(parent_run_id, campaign, round_index, params)
+    tracker.log_training_set(run_id, **training_set)
+    return run_id
 
 
 @task(

@@ -88,6 +88,14 @@ def test_three_rounds_are_tracked_in_mlflow(campaign3):
             assert key in metrics, key
         assert 0.0 <= metrics["test_accuracy"] <= 1.0
         assert metrics["labeled_size"] == 10 + 5 * round_index
+        # The training set is logged as an input: DVC's md5 of labeled.csv at the previous tag.
+        (dataset_input,) = run.inputs.dataset_inputs
+        assert (
+            dataset_input.dataset.digest
+            == ws.git("show", f"tiny/round-{round_index - 1:04d}:data/tiny/labeled.csv.dvc")
+            .split("md5: ")[1]
+            .split()[0]
+        )
         run_artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"model", "acquired.json"} <= run_artifacts
         model_files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}

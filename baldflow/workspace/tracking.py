@@ -159,6 +159,26 @@ class Tracker:
             tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
         )
 
+    def log_training_set(
+        self, run_id: str, *, name: str, md5: str, rows: int, path: str, rev: str
+    ) -> None:
+        """Record the DVC version of the labeled set a round's model was trained on.
+
+        The digest is DVC's md5 of the whole file: MLflow's own digest of a DataFrame would only
+        look at its first rows.
+        """
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=name,
+            digest=md5,
+            source_type="dvc",
+            source=json.dumps({"path": path, "rev": rev}),
+            profile=json.dumps({"num_rows": rows}),
+        )
+        context = InputTag("mlflow.data.context", "training")
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+
     def log_round(
         self,
         run_id: str,
