@@ -196,6 +196,15 @@ def check_registry_names(config: Config) -> None:
         names = sorted(valid)
         if value not in names:
             raise ConfigError(f"{field} must be one of {', '.join(names)}, got {value!r}")
+    if config.training.device != "auto":
+        import torch
+
+        try:
+            torch.device(config.training.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(
+                f"training.device must be auto, cpu, cuda or cuda:N, got {config.training.device!r}"
+            ) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -6,6 +6,7 @@ git commit marks it complete, so a killed run resumes at the last completed roun
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Mapping
@@ -86,6 +87,12 @@ def _committed_runs(workspace: Workspace, campaign: str) -> dict[str, dict[str, 
     return out
 
 
+def _quietly(call: Any, *args: Any) -> None:
+    """Best-effort bookkeeping on an error path: never hide the original error."""
+    with contextlib.suppress(Exception):
+        call(*args)
+
+
 class _Campaign:
     """The state one flow run carries from round to round."""
 
@@ -157,15 +164,13 @@ class _Campaign:
         assert self.data is not None
         started = time.perf_counter()
         config = self.config
-        a = config.acquisition
         labeled = self.labeled()
-        labeled_ids = {sid for sid, _, _ in labeled}
-        remaining = len(self.data.splits.pool_ids) - len(labeled_ids)
+        remaining = len(self.data.splits.pool_ids) - len(labeled)
         if remaining <= 0:
             self.logger.info(
                 "the pool is empty after round %d: all %d samples are labeled; campaign ends",
                 round_index - 1,
-                len(labeled_ids),
+                len(labeled),
             )
             return None
         seed = steps.round_seed(config.campaign.seed, round_index)
@@ -184,6 +189,26 @@ class _Campaign:
             {"round": round_index, "seed": seed, "train_size": len(labeled), **config.identity()},
             training_set,
         )
+        try:
+            return self._acquire(round_index, run_id, seed, started, labeled, remaining)
+        except BaseException as exc:
+            # The round will run again from its start; its run must not look finished or live.
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            _quietly(self.tracker.end, run_id, status)
+            raise
+
+    def _acquire(
+        self,
+        round_index: int,
+        run_id: str,
+        seed: int,
+        started: float,
+        labeled: list[tuple[str, int, int]],
+        remaining: int,
+    ) -> dict[str, Any]:
+        config = self.config
+        a = config.acquisition
+        labeled_ids = {sid for sid, _, _ in labeled}
         data = quote(self.data)
         trained = train_model(
             config, data, quote([(sid, y) for sid, y, _ in labeled]), seed, round_index
@@ -378,18 +403,21 @@ def campaign_flow(
             state.check_consistency()
             logger.info("campaign %s: resuming after round %d", name, last)
         stopped = "rounds"
-        for round_index in range(last + 1, config.campaign.rounds + 1):
-            if state.run_round(round_index) is None:
-                stopped = "pool-empty"
-                break
-        else:
-            if last >= config.campaign.rounds:
-                logger.info(
-                    "campaign %s already has %d round(s) of the %d asked for; nothing to do",
-                    name,
-                    last,
-                    config.campaign.rounds,
-                )
+        try:
+            for round_index in range(last + 1, config.campaign.rounds + 1):
+                if state.run_round(round_index) is None:
+                    stopped = "pool-empty"
+                    break
+        except BaseException:
+            _quietly(state.tracker.end, state.parent_run_id, "FAILED")
+            raise
+        if stopped == "rounds" and last >= config.campaign.rounds:
+            logger.info(
+                "campaign %s already has %d round(s) of the %d asked for; nothing to do",
+                name,
+                last,
+                config.campaign.rounds,
+            )
         curve = ws.rounds_summary(name)
         finish_campaign(quote(state.tracker), state.parent_run_id, name, quote(curve))
         return {

@@ -372,6 +372,27 @@ def test_a_second_writer_fails_fast_and_leaves_the_first_unharmed(
     assert len(read_ledger(ws.ledger_path("tiny"))) == 15
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_failing_round_leaves_the_last_completed_round(tmp_path, tiny_params):
+    tiny_params["campaign"]["rounds"] = 1
+    tiny_params["training"]["device"] = "cuda"  # valid, but fails when training starts here
+    with pytest.raises(Exception):  # noqa: B017 (whatever torch raises without CUDA)
+        run_flow(tmp_path / "ws", tiny_params)
+    ws = Workspace(tmp_path / "ws")
+    assert ws.completed_rounds("tiny") == [0]
+    _, parents, rounds = mlflow_runs(tmp_path / "ws", "tiny")
+    assert [r.info.status for r in parents] == ["FAILED"]
+    assert [r.info.status for r in rounds] == ["FAILED"]
+    # The device may change on resume; the round runs again and the campaign completes.
+    tiny_params["training"]["device"] = "cpu"
+    result = run_flow(tmp_path / "ws", tiny_params)
+    assert result["last_round"] == 1
+    assert len(read_ledger(ws.ledger_path("tiny"))) == 15
+    _, parents, rounds = mlflow_runs(tmp_path / "ws", "tiny")
+    assert [r.info.status for r in parents] == ["FINISHED"]
+    assert sorted(r.info.status for r in rounds) == ["FAILED", "FINISHED"]
+
+
 def test_resume_with_other_parameters_is_refused(tmp_path, tiny_params):
     from baldflow.config import ConfigError
 

@@ -95,6 +95,11 @@ def test_unknown_names_list_the_valid_ones(section, key, value, valid):
     assert valid in text
 
 
+def test_device_is_checked_before_any_work():
+    with pytest.raises(ConfigError, match="training.device must be auto, cpu, cuda or cuda:N"):
+        validate({"training": {"device": "gpu-please"}})
+
+
 def test_unknown_section_and_non_mapping_section():
     with pytest.raises(ConfigError, match="sampling is not a known parameter"):
         validate({"sampling": {}}, check_names=False)
