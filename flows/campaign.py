@@ -389,21 +389,21 @@ def campaign_flow(
             quote(state.tracker), name, config.to_dict(), quote(_committed_runs(ws, name))
         )
         if orphans:
-            logger.warning("marked %d MLflow run(s) of a killed run as KILLED", len(orphans))
+            logger.warning("closed %d MLflow run(s) that a killed run left open", len(orphans))
         state.data = prepare_data(config)
         splits = state.data.splits
         state.oracle = build_oracle(
             config.oracle.kind, pool_ids=splits.pool_ids, pool_labels=splits.pool_y.tolist()
         )
         last = recovery.last_round
-        if last is None:
-            state.initial_round()
-            last = 0
-        else:
-            state.check_consistency()
-            logger.info("campaign %s: resuming after round %d", name, last)
         stopped = "rounds"
         try:
+            if last is None:
+                state.initial_round()
+                last = 0
+            else:
+                state.check_consistency()
+                logger.info("campaign %s: resuming after round %d", name, last)
             for round_index in range(last + 1, config.campaign.rounds + 1):
                 if state.run_round(round_index) is None:
                     stopped = "pool-empty"
