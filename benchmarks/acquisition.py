@@ -60,8 +60,9 @@ def bench_scoring(args) -> None:
     generator = torch.Generator().manual_seed(0)
     scores_N = bald(log_probs)
     t_bald = seconds(lambda: bald(log_probs), args.repeats)
-    t_power = seconds(lambda: select(scores_N, args.batch_size, "power", generator=generator),
-                      args.repeats)
+    t_power = seconds(
+        lambda: select(scores_N, args.batch_size, "power", generator=generator), args.repeats
+    )
     peers: dict[str, float | None] = {}
     if args.peers:
         heuristics = try_import("baal.active.heuristics")
@@ -83,8 +84,14 @@ def bench_batchbald(args) -> None:
     b, M = args.batch_size, args.num_samples
 
     def ours(lazy: bool):
-        return batchbald(log_probs, b, num_samples=M, lazy=lazy,
-                         generator=torch.Generator().manual_seed(0), return_details=True)
+        return batchbald(
+            log_probs,
+            b,
+            num_samples=M,
+            lazy=lazy,
+            generator=torch.Generator().manual_seed(0),
+            return_details=True,
+        )
 
     start = time.perf_counter()
     picked = ours(lazy=True)
@@ -98,15 +105,18 @@ def bench_batchbald(args) -> None:
             peers["batchbald_redux"] = None
         else:
             start = time.perf_counter()
-            theirs = redux.get_batchbald_batch(log_probs.double(), b, M, dtype=torch.float64,
-                                               device="cpu")
+            theirs = redux.get_batchbald_batch(
+                log_probs.double(), b, M, dtype=torch.float64, device="cpu"
+            )
             peers["batchbald_redux"] = time.perf_counter() - start
             overlap = len(set(theirs.indices) & set(picked.indices.tolist()))
             print(f"    batchbald_redux picked {overlap}/{b} of the same points")
     label = f"BatchBALD, N={args.batchbald_n:,} K={args.k} C={args.c} b={b} M={M:,}"
     report(label, t_ours, peers)
-    print(f"    ({picked.exact_steps} exact steps, then sampled; total gain "
-          f"{picked.gains.sum():.4f} nats)")
+    print(
+        f"    ({picked.exact_steps} exact steps, then sampled; total gain "
+        f"{picked.gains.sum():.4f} nats)"
+    )
 
 
 def main() -> None:

@@ -55,10 +55,22 @@ def test_exact_regime_matches_brute_force_greedy(seed):
 def test_lazy_greedy_equals_plain_greedy_in_the_exact_regime(seed):
     log_probs = random_log_probs(N=400, K=10, C=4, seed=seed)
     kwargs = {"num_samples": 4**5, "max_memory_bytes": 2**20}
-    lazy = batchbald(log_probs, 6, lazy=True, generator=torch.Generator().manual_seed(1),
-                     return_details=True, **kwargs)
-    plain = batchbald(log_probs, 6, lazy=False, generator=torch.Generator().manual_seed(1),
-                      return_details=True, **kwargs)
+    lazy = batchbald(
+        log_probs,
+        6,
+        lazy=True,
+        generator=torch.Generator().manual_seed(1),
+        return_details=True,
+        **kwargs,
+    )
+    plain = batchbald(
+        log_probs,
+        6,
+        lazy=False,
+        generator=torch.Generator().manual_seed(1),
+        return_details=True,
+        **kwargs,
+    )
     assert lazy.exact_steps == 6
     assert lazy.indices.tolist() == plain.indices.tolist()
     torch.testing.assert_close(lazy.gains, plain.gains)
@@ -66,8 +78,9 @@ def test_lazy_greedy_equals_plain_greedy_in_the_exact_regime(seed):
 
 def test_gains_add_up_to_the_joint_mutual_information_and_never_exceed_bald():
     log_probs = random_log_probs(N=30, K=5, C=3, seed=7)
-    chosen = batchbald(log_probs, 4, return_details=True,
-                       generator=torch.Generator().manual_seed(0))
+    chosen = batchbald(
+        log_probs, 4, return_details=True, generator=torch.Generator().manual_seed(0)
+    )
     assert chosen.gains.sum().item() == pytest.approx(
         joint_mutual_information(log_probs, chosen.indices.tolist()), abs=1e-10
     )
@@ -89,10 +102,20 @@ def test_does_not_pick_a_duplicate_while_an_informative_point_remains():
 
 def test_sampled_regime_agrees_with_the_exact_one():
     log_probs = random_log_probs(N=60, K=8, C=3, seed=11)
-    exact = batchbald(log_probs, 5, num_samples=3**5, return_details=True,
-                      generator=torch.Generator().manual_seed(0))
-    sampled = batchbald(log_probs, 5, num_samples=60, return_details=True,
-                        generator=torch.Generator().manual_seed(0))
+    exact = batchbald(
+        log_probs,
+        5,
+        num_samples=3**5,
+        return_details=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    sampled = batchbald(
+        log_probs,
+        5,
+        num_samples=60,
+        return_details=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert exact.exact_steps == 5 and sampled.exact_steps < 5
     exact_value = joint_mutual_information(log_probs, exact.indices.tolist())
     sampled_value = joint_mutual_information(log_probs, sampled.indices.tolist())
@@ -103,8 +126,10 @@ def test_sampled_regime_agrees_with_the_exact_one():
 
 def test_same_generator_state_gives_the_same_batch_in_the_sampled_regime():
     log_probs = random_log_probs(N=200, K=8, C=5, seed=2)
-    runs = [batchbald(log_probs, 6, num_samples=100, generator=torch.Generator().manual_seed(5))
-            for _ in range(2)]
+    runs = [
+        batchbald(log_probs, 6, num_samples=100, generator=torch.Generator().manual_seed(5))
+        for _ in range(2)
+    ]
     assert torch.equal(runs[0], runs[1])
     assert len(set(runs[0].tolist())) == 6
 
@@ -112,8 +137,9 @@ def test_same_generator_state_gives_the_same_batch_in_the_sampled_regime():
 def test_float32_input_and_tiny_memory_budget_work():
     log_probs = random_log_probs(N=50, K=6, C=4, seed=3)
     reference = batchbald(log_probs, 3, generator=torch.Generator().manual_seed(0))
-    squeezed = batchbald(log_probs.float(), 3, max_memory_bytes=1,
-                         generator=torch.Generator().manual_seed(0))
+    squeezed = batchbald(
+        log_probs.float(), 3, max_memory_bytes=1, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(reference, squeezed)
 
 

@@ -80,10 +80,12 @@ def test_topk_breaks_ties_toward_the_lower_index():
 
 def test_details_give_first_pick_probabilities_and_keys():
     generator = torch.Generator().manual_seed(0)
-    details = select(torch.tensor([0.5, 0.25, 0.25]), 2, "power", generator=generator,
-                     return_details=True)
-    torch.testing.assert_close(details.probabilities_N, torch.tensor([0.5, 0.25, 0.25],
-                                                                      dtype=torch.float64))
+    details = select(
+        torch.tensor([0.5, 0.25, 0.25]), 2, "power", generator=generator, return_details=True
+    )
+    torch.testing.assert_close(
+        details.probabilities_N, torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    )
     assert details.keys_N.shape == (3,)
     # The picks are the points with the largest perturbed keys, in order.
     assert details.indices.tolist() == details.keys_N.argsort(descending=True)[:2].tolist()
@@ -137,8 +139,14 @@ def test_selection_properties(scores, batch_size, mode, coldness, seed):
     assert len(set(first.tolist())) == len(first)
     assert all(0 <= i < len(scores) for i in first.tolist())
     assert torch.equal(first, again)
-    details = select(scores_N, batch_size, mode, coldness, torch.Generator().manual_seed(seed),
-                     return_details=True)
+    details = select(
+        scores_N,
+        batch_size,
+        mode,
+        coldness,
+        torch.Generator().manual_seed(seed),
+        return_details=True,
+    )
     assert torch.equal(details.indices, first)
     assert details.probabilities_N.sum().item() == pytest.approx(1.0)
     assert not torch.isnan(details.keys_N).any()

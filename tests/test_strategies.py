@@ -7,12 +7,23 @@ from baldflow.acquisition import STRATEGY_NAMES, UnknownStrategyError, acquire, 
 
 
 def test_names_cover_every_mode_score_pair_plus_random_and_batchbald():
-    for name in ["power-bald", "softmax-bald", "softrank-bald", "topk-bald", "power-entropy",
-                 "topk-margin", "random", "batchbald"]:
+    for name in [
+        "power-bald",
+        "softmax-bald",
+        "softrank-bald",
+        "topk-bald",
+        "power-entropy",
+        "topk-margin",
+        "random",
+        "batchbald",
+    ]:
         assert name in STRATEGY_NAMES
     power_bald = get_strategy("power-bald")
-    assert (power_bald.mode, power_bald.score, power_bald.needs_log_probs) == ("power", "bald",
-                                                                             False)
+    assert (power_bald.mode, power_bald.score, power_bald.needs_log_probs) == (
+        "power",
+        "bald",
+        False,
+    )
     assert get_strategy("batchbald").needs_log_probs
 
 
@@ -36,8 +47,10 @@ def test_random_needs_no_scores_and_batchbald_needs_log_probs():
     assert len(set(chosen.indices.tolist())) == 3 and chosen.scores is None
     with pytest.raises(ValueError, match="needs log_probs_N_K_C"):
         acquire("batchbald", 2, scores_N=torch.rand(5))
-    log_probs = torch.log_softmax(torch.randn(20, 4, 3, generator=torch.Generator().manual_seed(0)),
-                                  -1)
-    picked = acquire("batchbald", 3, log_probs_N_K_C=log_probs,
-                     generator=torch.Generator().manual_seed(0))
+    log_probs = torch.log_softmax(
+        torch.randn(20, 4, 3, generator=torch.Generator().manual_seed(0)), -1
+    )
+    picked = acquire(
+        "batchbald", 3, log_probs_N_K_C=log_probs, generator=torch.Generator().manual_seed(0)
+    )
     assert len(picked.indices) == 3 and picked.scores.shape == (3,)

@@ -119,7 +119,9 @@ class _Configurations:
         unique_keys, counts = torch.unique(parents * C + classes, return_counts=True)
         self.sample_counts_M = counts
         self._set_children(
-            unique_keys // C, unique_keys % C, probs_K_C,
+            unique_keys // C,
+            unique_keys % C,
+            probs_K_C,
             counts.to(torch.float64) / self.num_samples,
         )
 
@@ -198,10 +200,15 @@ def batchbald(
         )
         candidates = available.nonzero().squeeze(1)
         group_chunk = max(1, max_memory_bytes // (2 * len(weights_G) * C * 8))
-        grouped = torch.cat([
-            expected_entropies(posteriors_G_K, weights_G, probs_N_K_C[part])
-            for part in candidates.split(group_chunk)
-        ]) - conditional_entropy_N[candidates]
+        grouped = (
+            torch.cat(
+                [
+                    expected_entropies(posteriors_G_K, weights_G, probs_N_K_C[part])
+                    for part in candidates.split(group_chunk)
+                ]
+            )
+            - conditional_entropy_N[candidates]
+        )
         bounds_N[candidates] = torch.minimum(bounds_N[candidates], grouped + _BOUND_SLACK)
 
     chosen: list[int] = []

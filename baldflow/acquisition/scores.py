@@ -46,9 +46,7 @@ def _raise_if_invalid(chunk: torch.Tensor, start: int) -> None:
     bad_rows = (torch.isnan(chunk) | (chunk == torch.inf)).flatten(1).any(1)
     if bad_rows.any():
         row = start + int(bad_rows.nonzero()[0])
-        raise ScoreInputError(
-            f"log_probs_N_K_C contains NaN or +inf (first at pool index {row})"
-        )
+        raise ScoreInputError(f"log_probs_N_K_C contains NaN or +inf (first at pool index {row})")
 
 
 def _entropy_of_probs(probs_N_C: torch.Tensor) -> torch.Tensor:
@@ -198,6 +196,7 @@ SCORES: dict[str, Callable[..., torch.Tensor]] = {
     "variation_ratios": variation_ratios,
     "mean_std": mean_std,
 }
+
 
 def get_score(name: str) -> Callable[..., torch.Tensor]:
     """The score function called `name`; a ValueError listing the valid names otherwise."""

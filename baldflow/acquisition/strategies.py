@@ -97,7 +97,10 @@ def acquire(
         if log_probs_N_K_C is None:
             raise ValueError(f"strategy {strategy.name!r} needs log_probs_N_K_C")
         chosen = batchbald(
-            log_probs_N_K_C, batch_size, num_samples=num_samples, generator=generator,
+            log_probs_N_K_C,
+            batch_size,
+            num_samples=num_samples,
+            generator=generator,
             return_details=True,
         )
         return Acquisition(chosen.indices, chosen.gains, None, None)
@@ -111,7 +114,11 @@ def acquire(
     else:
         selection_scores_N = scores_N
     chosen = select(
-        selection_scores_N, batch_size, strategy.mode, coldness=coldness, generator=generator,
+        selection_scores_N,
+        batch_size,
+        strategy.mode,
+        coldness=coldness,
+        generator=generator,
         return_details=True,
     )
     indices = chosen.indices
