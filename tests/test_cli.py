@@ -39,20 +39,29 @@ def test_help_is_fast_and_imports_nothing_heavy():
     assert out.stdout.strip() == "[]"
 
 
+def test_run_with_a_bad_parameter_fails_before_any_work(tmp_path):
+    workspace = tmp_path / "ws"
+    result = cli("run", "--workspace", str(workspace), "--set", "acquisition.batch_size=0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ConfigError: acquisition.batch_size must be >= 1, got 0"
+    # Validation comes first: no workspace was created.
+    assert not workspace.exists()
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("acquisition.batch_size=0", "ConfigError: acquisition.batch_size must be >= 1, got 0"),
         ("acquisition.strategy=bald-power", "acquisition.strategy must be one of"),
         ("model.name=vit", "model.name must be one of"),
+        ("data.source=imagenet", "data.source must be one of"),
+        ("campaign.name=Bad_Name", "campaign.name must be lowercase"),
     ],
 )
-def test_run_with_bad_parameters_fails_before_any_work(tmp_path, override, message):
+def test_run_with_unknown_names_lists_the_valid_ones(tmp_path, capsys, override, message):
     workspace = tmp_path / "ws"
-    result = cli("run", "--workspace", str(workspace), "--set", override)
-    assert result.returncode == 2
-    assert message in result.stderr
-    # Validation comes first: no workspace was created.
+    assert main(["run", "--workspace", str(workspace), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ConfigError: ") and message in err
     assert not workspace.exists()
 
 
