@@ -84,6 +84,32 @@ def _parent_run_id(tracking_uri: str, experiment: str, campaign: str) -> str | N
     return runs[0].info.run_id if runs else None
 
 
+def _step_seconds(tracking_uri: str, experiment: str, campaign: str) -> dict[int, dict]:
+    """Per round, the scoring and selection seconds its MLflow run logged."""
+    from mlflow.tracking import MlflowClient
+
+    from baldflow.workspace.tracking import TAG_CAMPAIGN, TAG_KIND, TAG_ROUND
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{TAG_CAMPAIGN}` = '{campaign}' and tags.`{TAG_KIND}` = 'round'",
+        max_results=10000,
+    )
+    out: dict[int, dict] = {}
+    for run in runs:
+        if run.info.status != "FINISHED":
+            continue
+        metrics = run.data.metrics
+        out[int(run.data.tags[TAG_ROUND])] = {
+            k: metrics[k] for k in ("seconds_score", "seconds_select") if k in metrics
+        }
+    return out
+
+
 def _log_summary(
     tracking_uri: str, run_id: str, summary: dict[str, Any], tags: dict[str, str]
 ) -> None:
@@ -91,7 +117,7 @@ def _log_summary(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    for key in ("auc", "final_accuracy", "acquisition_seconds", "train_seconds"):
+    for key in ("auc", "final_accuracy", "acquisition_seconds", "select_seconds", "train_seconds"):
         value = summary.get(key)
         if value is not None:
             client.log_metric(run_id, f"benchmark.{key}", float(value))
@@ -125,8 +151,14 @@ def run_one(
     tracking_uri = bench.mlflow_uri or default_tracking_uri(project_root)
     if bench.mlflow_uri is None:
         _ensure_experiment(tracking_uri, bench.experiment, project_root / "mlflow" / "artifacts")
+    stamp = time.strftime("%m%d%H%M%S", time.gmtime())
     params = campaign_params(
-        bench, strategy, seed, num_classes=_num_classes(bench), mlflow_uri=tracking_uri
+        bench,
+        strategy,
+        seed,
+        num_classes=_num_classes(bench),
+        mlflow_uri=tracking_uri,
+        suffix=stamp,
     )
     name = params["campaign"]["name"]
     workspace = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
@@ -150,7 +182,10 @@ def run_one(
             )
         from baldflow.workspace import Workspace
 
-        curve = Curve.from_rounds(Workspace(workspace).rounds_summary(name))
+        curve = Curve.from_rounds(
+            Workspace(workspace).rounds_summary(name),
+            _step_seconds(tracking_uri, bench.experiment, name),
+        )
     except BaseException:
         keep_workspace = True
         raise
@@ -191,7 +226,8 @@ def run_one(
     print(
         f"benchmark: {strategy} seed {seed}: final accuracy {summary['final_accuracy']:.3f} at "
         f"{summary['final_labeled']} labels, AUC {summary['auc']:.3f}, acquisition "
-        f"{summary['acquisition_seconds']:.2f} s/round, {record['wall_seconds']:.0f} s in all",
+        f"{summary['acquisition_seconds']:.2f} s/round (select {summary['select_seconds']:.3f} s), "
+        f"{record['wall_seconds']:.0f} s in all",
         flush=True,
     )
     return record

@@ -100,8 +100,7 @@ class BenchmarkConfig(BaseModel):
     def fingerprint(self) -> str:
         """A short hash of everything but the lists and the target, for campaign names.
 
-        MLflow reopens a campaign's parent run by name; a new name per parameter set keeps the
-        runs of different benchmark settings apart in one experiment.
+        It names the campaigns, so the runs of one setting are easy to find in MLflow.
         """
         data = self.model_dump(mode="json")
         for key in ("strategies", "seeds", "target_accuracy", "experiment", "mlflow_uri"):
@@ -161,8 +160,15 @@ def load_benchmark(params_path: str | Path = "params.yaml") -> BenchmarkConfig:
     return validate_benchmark(read_yaml(params_path).get(SECTION))
 
 
-def campaign_name(strategy: str, seed: int, fingerprint: str) -> str:
-    return f"{strategy}-seed{seed}-{fingerprint}"
+def campaign_name(strategy: str, seed: int, fingerprint: str, suffix: str = "") -> str:
+    """`<strategy>-seed<seed>-<fingerprint>[-<suffix>]`, a valid campaign name.
+
+    MLflow reopens a campaign's parent run by name, so each execution of a benchmark campaign
+    gets its own suffix (run_one uses the UTC start time): re-running never mixes the rounds of
+    two executions in one parent run, and the fingerprint still groups equal settings.
+    """
+    name = f"{strategy}-seed{seed}-{fingerprint}"
+    return f"{name}-{suffix}" if suffix else name
 
 
 def campaign_params(
@@ -172,6 +178,7 @@ def campaign_params(
     *,
     num_classes: int,
     mlflow_uri: str,
+    suffix: str = "",
 ) -> dict[str, Any]:
     """The params.yaml of one benchmark campaign, validated by the campaign schema."""
     if strategy not in bench.strategies:
@@ -182,7 +189,7 @@ def campaign_params(
         raise ConfigError(f"seed {seed} is not in {SECTION}.seeds ({bench.seeds})")
     params = {
         "campaign": {
-            "name": campaign_name(strategy, seed, bench.fingerprint()),
+            "name": campaign_name(strategy, seed, bench.fingerprint(), suffix),
             "seed": seed,
             "rounds": bench.rounds(num_classes),
             "initial_per_class": bench.initial_per_class,

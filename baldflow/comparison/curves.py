@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CURVE_FIELDS = ("labeled", "test_accuracy", "test_nll", "seconds_acquisition", "seconds_train")
+CURVE_FIELDS = (
+    "labeled",
+    "test_accuracy",
+    "test_nll",
+    "seconds_acquisition",
+    "seconds_score",
+    "seconds_select",
+    "seconds_train",
+)
+# Optional per-point columns; a curve may lack any of them (NaN in the CSV as an empty cell).
+_OPTIONAL = CURVE_FIELDS[2:]
 
 
 class CurveError(ValueError):
@@ -25,6 +35,9 @@ class Curve:
     test_accuracy: list[float]
     test_nll: list[float] = field(default_factory=list)
     seconds_acquisition: list[float] = field(default_factory=list)
+    # Acquisition = scoring the pool (forward passes) + selecting the batch from the scores.
+    seconds_score: list[float] = field(default_factory=list)
+    seconds_select: list[float] = field(default_factory=list)
     seconds_train: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -35,7 +48,7 @@ class Curve:
                 f"test_accuracy has {len(self.test_accuracy)} points but labeled has "
                 f"{len(self.labeled)}"
             )
-        for name in ("test_nll", "seconds_acquisition", "seconds_train"):
+        for name in _OPTIONAL:
             values = getattr(self, name)
             if values and len(values) != len(self.labeled):
                 raise CurveError(
@@ -48,15 +61,30 @@ class Curve:
             raise CurveError(f"test_accuracy must lie in [0, 1], got {bad!r}")
 
     @classmethod
-    def from_rounds(cls, rounds: Iterable[Mapping[str, Any]]) -> Curve:
-        """The curve of a campaign's rounds summary (round 0, the initial set, has no model)."""
+    def from_rounds(
+        cls,
+        rounds: Iterable[Mapping[str, Any]],
+        step_seconds: Mapping[int, Mapping[str, float]] | None = None,
+    ) -> Curve:
+        """The curve of a campaign's rounds summary (round 0, the initial set, has no model).
+
+        `step_seconds` maps a round number to the seconds of its steps as MLflow logged them
+        (seconds_score, seconds_select), which the rounds summary does not keep.
+        """
         points = [r for r in rounds if str(r.get("test_accuracy", "")) not in ("", "None")]
         points.sort(key=lambda r: int(r["round"]))
+        steps = step_seconds or {}
+
+        def step(row: Mapping[str, Any], name: str) -> float:
+            return _number(steps.get(int(row["round"]), {}).get(name))
+
         return cls(
             labeled=[int(r["train_size"]) for r in points],
             test_accuracy=[float(r["test_accuracy"]) for r in points],
             test_nll=[_number(r.get("test_nll")) for r in points],
             seconds_acquisition=[_number(r.get("seconds_acquisition")) for r in points],
+            seconds_score=[step(r, "seconds_score") for r in points],
+            seconds_select=[step(r, "seconds_select") for r in points],
             seconds_train=[_train_seconds(r) for r in points],
         )
 
@@ -64,7 +92,7 @@ class Curve:
         out = []
         for i, n in enumerate(self.labeled):
             row: dict[str, float | int] = {"labeled": n, "test_accuracy": self.test_accuracy[i]}
-            for name in CURVE_FIELDS[2:]:
+            for name in _OPTIONAL:
                 values = getattr(self, name)
                 row[name] = values[i] if values else math.nan
             out.append(row)
@@ -91,9 +119,7 @@ class Curve:
         return cls(
             labeled=[int(r["labeled"]) for r in rows],
             test_accuracy=[float(r["test_accuracy"]) for r in rows],
-            test_nll=[_number(r.get("test_nll")) for r in rows],
-            seconds_acquisition=[_number(r.get("seconds_acquisition")) for r in rows],
-            seconds_train=[_number(r.get("seconds_train")) for r in rows],
+            **{name: [_number(r.get(name)) for r in rows] for name in _OPTIONAL},
         )
 
 
@@ -172,6 +198,7 @@ def summarize_campaign(curve: Curve, target: float) -> dict[str, Any]:
         "final_accuracy": curve.test_accuracy[-1],
         "final_labeled": curve.labeled[-1],
         "acquisition_seconds": _mean(curve.seconds_acquisition),
+        "select_seconds": _mean(curve.seconds_select),
         "train_seconds": _mean(curve.seconds_train),
         "rounds": len(curve.labeled),
     }
@@ -192,6 +219,7 @@ class StrategySummary:
     final_accuracy_mean: float
     acquisition_seconds_mean: float
     acquisition_seconds_std: float
+    select_seconds_mean: float
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -228,6 +256,7 @@ def aggregate(strategy: str, curves: Sequence[Curve], target: float) -> Strategy
         final_accuracy_mean=_mean([p["final_accuracy"] for p in per]),
         acquisition_seconds_mean=_mean([p["acquisition_seconds"] for p in per]),
         acquisition_seconds_std=_std([p["acquisition_seconds"] for p in per]),
+        select_seconds_mean=_mean([p["select_seconds"] for p in per]),
     )
 
 

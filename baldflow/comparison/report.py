@@ -25,6 +25,7 @@ SUMMARY_FIELDS = (
     "final_accuracy_mean",
     "acquisition_seconds_mean",
     "acquisition_seconds_std",
+    "select_seconds_mean",
 )
 
 
@@ -62,9 +63,10 @@ def markdown_table(
     beyond = f" (> {budget})" if budget else ""
     header = (
         f"| strategy | labels to {pct} (mean ± sd of seeds that reached it) | reached "
-        f"| median labels to {pct} | AUC (mean ± sd) | final accuracy | acquisition s/round |"
+        f"| median labels to {pct} | AUC (mean ± sd) | final accuracy "
+        f"| acquisition s/round (score + select) | select s/round |"
     )
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         median = _fmt(s.labels_to_target_median)
         if median == "not reached":
@@ -73,9 +75,17 @@ def markdown_table(
             f"| {s.strategy} | {_pm(s.labels_to_target_mean, s.labels_to_target_std, 0)} "
             f"| {s.reached}/{s.seeds} | {median} | {_pm(s.auc_mean, s.auc_std, 3)} "
             f"| {_fmt(s.final_accuracy_mean, 3)} "
-            f"| {_pm(s.acquisition_seconds_mean, s.acquisition_seconds_std, 2)} |"
+            f"| {_pm(s.acquisition_seconds_mean, s.acquisition_seconds_std, 2)} "
+            f"| {_seconds(s.select_seconds_mean)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value: float) -> str:
+    # Selection ranges from microseconds (top-k) to seconds (BatchBALD): keep 2 significant.
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.2g}"
 
 
 def _json_number(value: float) -> float | None:
@@ -115,20 +125,23 @@ def plot_curves(
     left.text(left.get_xlim()[0], target, f" target {target:g}", va="bottom", color="grey")
     left.set_xlabel("labeled samples (training set size)")
     left.set_ylabel("test accuracy")
-    left.set_title(title or "learning curves: mean over seeds, band = min..max")
+    band = "line: mean over seeds, band: min to max"
+    left.set_title(f"{title}\n{band}" if title else band, fontsize=9)
     left.grid(True, alpha=0.3)
     left.legend(loc="lower right", fontsize=9)
 
     names = [s.strategy for s in summaries]
-    seconds = [s.acquisition_seconds_mean for s in summaries]
-    errors = [
-        0.0 if math.isnan(s.acquisition_seconds_std) else s.acquisition_seconds_std
-        for s in summaries
-    ]
-    right.barh(names, seconds, xerr=errors, color=[colors(i % 10) for i in range(len(names))])
+    rows = range(len(names))
+    total = [s.acquisition_seconds_mean for s in summaries]
+    select = [s.select_seconds_mean for s in summaries]
+    right.barh([r - 0.2 for r in rows], total, height=0.4, color="tab:blue", label="score + select")
+    right.barh([r + 0.2 for r in rows], select, height=0.4, color="tab:orange", label="select")
+    right.set_yticks(list(rows), names)
     right.set_xscale("log")
     right.invert_yaxis()
-    right.set_xlabel("acquisition seconds per round (score + select, log scale)")
+    right.set_xlabel("seconds per round (mean over rounds and seeds, log)")
+    right.set_title("acquisition time")
+    right.legend(loc="lower right", fontsize=8)
     right.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -178,6 +191,7 @@ def write_report(
             "auc_mean": _json_number(s.auc_mean),
             "final_accuracy_mean": _json_number(s.final_accuracy_mean),
             "acquisition_seconds_mean": _json_number(s.acquisition_seconds_mean),
+            "select_seconds_mean": _json_number(s.select_seconds_mean),
         }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 

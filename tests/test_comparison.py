@@ -1,0 +1,343 @@
+"""Strategy comparison: curve maths by hand, the benchmark schema, the report on synthetic
+campaigns, and one real tiny benchmark campaign through the CLI's flow."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from baldflow.comparison import (
+    BenchmarkConfig,
+    Curve,
+    area_under_curve,
+    campaign_params,
+    labels_to_target,
+    validate_benchmark,
+)
+from baldflow.comparison.__main__ import main as comparison_main
+from baldflow.comparison.campaigns import curve_paths
+from baldflow.comparison.curves import CurveError, aggregate, mean_curve
+from baldflow.comparison.report import markdown_table, write_report
+from baldflow.config import ConfigError, validate
+
+
+# ------------------------------------------------------------------------------ curve maths
+def test_labels_to_target_is_the_first_size_at_or_above_the_target():
+    labeled = [20, 30, 40, 50]
+    accuracy = [0.50, 0.91, 0.85, 0.95]
+    assert labels_to_target(labeled, accuracy, 0.90) == 30
+    # Reaching the target exactly counts; a later dip does not undo an earlier crossing.
+    assert labels_to_target(labeled, accuracy, 0.91) == 30
+    assert labels_to_target(labeled, accuracy, 0.95) == 50
+
+
+def test_labels_to_target_not_reached_is_none():
+    assert labels_to_target([20, 30], [0.5, 0.8], 0.9) is None
+
+
+def test_area_under_curve_by_hand():
+    # Trapezoids: (0 + 1)/2 * 10 + (1 + 1)/2 * 10 = 15 over a range of 20 labels.
+    assert area_under_curve([0, 10, 20], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
+    # Unequal widths: (0.5+0.7)/2*10 + (0.7+0.9)/2*30 = 6 + 24 = 30 over 40.
+    assert area_under_curve([20, 30, 60], [0.5, 0.7, 0.9]) == pytest.approx(0.75)
+    # A flat curve's normalised area is its level; one point is its own accuracy.
+    assert area_under_curve([20, 30, 40], [0.6, 0.6, 0.6]) == pytest.approx(0.6)
+    assert area_under_curve([20], [0.42]) == pytest.approx(0.42)
+
+
+def test_curves_refuse_bad_input_with_clear_messages():
+    with pytest.raises(CurveError, match="labeled must increase"):
+        area_under_curve([20, 20], [0.5, 0.6])
+    with pytest.raises(CurveError, match="labeled has 2 points but accuracy has 1"):
+        labels_to_target([20, 30], [0.5], 0.9)
+    with pytest.raises(CurveError, match=r"test_accuracy must lie in \[0, 1\], got 1.5"):
+        Curve([20], [1.5])
+    with pytest.raises(CurveError, match="at least one point"):
+        Curve([], [])
+
+
+def _curve(accuracy, start=20, step=10, seconds=0.1):
+    labeled = [start + step * i for i in range(len(accuracy))]
+    return Curve(
+        labeled,
+        list(accuracy),
+        seconds_acquisition=[seconds] * len(accuracy),
+        seconds_train=[1.0] * len(accuracy),
+    )
+
+
+def test_aggregate_over_seeds_with_a_seed_that_never_reaches():
+    curves = [
+        _curve([0.5, 0.9, 0.95], seconds=0.1),  # reaches 0.9 at 30
+        _curve([0.5, 0.7, 0.92], seconds=0.3),  # reaches at 40
+        _curve([0.5, 0.6, 0.70], seconds=0.2),  # never
+    ]
+    s = aggregate("power-bald", curves, 0.9)
+    assert (s.seeds, s.reached) == (3, 2)
+    assert s.labels_to_target_mean == pytest.approx(35.0)
+    assert s.labels_to_target_std == pytest.approx(math.sqrt(50.0))  # sample std of 30, 40
+    # Median with "not reached" counted as beyond any size: sorted 30, 40, inf.
+    assert s.labels_to_target_median == 40
+    assert s.acquisition_seconds_mean == pytest.approx(0.2)
+    assert s.acquisition_seconds_std == pytest.approx(0.1)
+    expected_auc = [area_under_curve(c.labeled, c.test_accuracy) for c in curves]
+    assert s.auc_mean == pytest.approx(sum(expected_auc) / 3)
+    assert s.final_accuracy_mean == pytest.approx((0.95 + 0.92 + 0.70) / 3)
+
+
+def test_aggregate_when_no_seed_or_most_seeds_do_not_reach():
+    never = aggregate("topk-bald", [_curve([0.5, 0.6]), _curve([0.5, 0.7])], 0.9)
+    assert never.reached == 0
+    assert math.isnan(never.labels_to_target_mean)
+    assert math.isinf(never.labels_to_target_median)
+    mostly = aggregate("random", [_curve([0.95]), _curve([0.5]), _curve([0.5])], 0.9)
+    assert mostly.reached == 1 and math.isinf(mostly.labels_to_target_median)
+    even = aggregate("x", [_curve([0.5, 0.95]), _curve([0.95, 0.95])], 0.9)
+    assert even.labels_to_target_median == pytest.approx(25.0)
+
+
+def test_mean_curve_band_over_seeds():
+    rows = mean_curve([_curve([0.2, 0.6]), _curve([0.4, 0.8]), _curve([0.6, 1.0])])
+    assert [r["labeled"] for r in rows] == [20, 30]
+    assert rows[0]["accuracy_mean"] == pytest.approx(0.4)
+    assert rows[0]["accuracy_std"] == pytest.approx(0.2)
+    assert (rows[1]["accuracy_min"], rows[1]["accuracy_max"]) == (0.6, 1.0)
+
+
+def test_curve_from_a_campaign_rounds_summary_skips_round_zero():
+    rounds = [
+        {"round": "0", "train_size": "0", "labeled": "20", "test_accuracy": ""},
+        {
+            "round": "2",
+            "train_size": "30",
+            "test_accuracy": "0.8",
+            "test_nll": "0.5",
+            "seconds_compute": "3.0",
+            "seconds_acquisition": "0.5",
+        },
+        {
+            "round": "1",
+            "train_size": "20",
+            "test_accuracy": "0.6",
+            "test_nll": "0.9",
+            "seconds_compute": "2.0",
+            "seconds_acquisition": "0.25",
+        },
+    ]
+    curve = Curve.from_rounds(rounds, {1: {"seconds_score": 0.2, "seconds_select": 0.05}})
+    assert curve.labeled == [20, 30]
+    assert curve.test_accuracy == [0.6, 0.8]
+    assert curve.seconds_train == [1.75, 2.5]
+    assert curve.seconds_select[0] == 0.05 and math.isnan(curve.seconds_select[1])
+
+
+def test_curve_csv_round_trip_keeps_missing_columns_missing(tmp_path):
+    curve = Curve([20, 30], [0.5, 0.75], seconds_acquisition=[0.1, 0.2])
+    curve.write_csv(tmp_path / "c.csv")
+    back = Curve.read_csv(tmp_path / "c.csv")
+    assert back.labeled == [20, 30] and back.test_accuracy == [0.5, 0.75]
+    assert back.seconds_acquisition == [0.1, 0.2]
+    assert all(math.isnan(v) for v in back.seconds_select)
+
+
+# ------------------------------------------------------------------------------ the schema
+def test_benchmark_defaults_are_the_issue_setting():
+    bench = validate_benchmark({})
+    assert bench.strategies == [
+        "random",
+        "topk-bald",
+        "power-bald",
+        "softmax-bald",
+        "softrank-bald",
+        "batchbald",
+    ]
+    assert len(bench.seeds) >= 3
+    assert (bench.data.source, bench.data.repeat, bench.data.noise_std) == ("digits", 3, 0.1)
+    assert (bench.initial_per_class, bench.batch_size) == (2, 10)
+    # Round r trains on 20 + 10 (r - 1) labels: 15 rounds reach a budget of 160.
+    assert bench.rounds(num_classes=10) == 15
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"batch_sise": 5}, "benchmark.batch_sise is not a known parameter"),
+        ({"batch_size": 0}, "benchmark.batch_size must be >= 1, got 0"),
+        ({"target_accuracy": 1.5}, "benchmark.target_accuracy must be <= 1"),
+        ({"seeds": [0, 0]}, "benchmark.seeds must not repeat a seed"),
+        ({"strategies": ["power-bal"]}, "benchmark.strategies.0 must be one of .*power-bald"),
+        ({"data": {"source": "mnits"}}, "benchmark.data.source must be one of .*digits"),
+        ({"training": {"max_epoch": 3}}, "benchmark.training.max_epoch is not a known"),
+        ("fast", "benchmark must be a mapping"),
+    ],
+)
+def test_benchmark_errors_name_field_and_value(section, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_benchmark(section)
+
+
+def test_the_campaign_loader_accepts_and_checks_the_benchmark_section():
+    config = validate({"campaign": {"seed": 4}, "benchmark": {"batch_size": 5}})
+    assert config.campaign.seed == 4
+    assert "benchmark" not in config.to_dict()
+    with pytest.raises(ConfigError, match="benchmark.label_budjet is not a known parameter"):
+        validate({"benchmark": {"label_budjet": 100}})
+
+
+def test_the_repository_params_yaml_is_valid():
+    from pathlib import Path
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    validate(params)
+    validate_benchmark(params["benchmark"])
+
+
+def test_campaign_params_follow_the_benchmark():
+    bench = validate_benchmark({"batch_size": 5, "label_budget": 40, "mc_samples": 7})
+    params = campaign_params(bench, "power-bald", 1, num_classes=10, mlflow_uri="sqlite:///x.db")
+    assert params["campaign"]["rounds"] == 5  # trains on 20, 25, ..., 40
+    assert params["campaign"]["name"] == f"power-bald-seed1-{bench.fingerprint()}"
+    stamped = campaign_params(
+        bench, "power-bald", 1, num_classes=10, mlflow_uri="sqlite:///x.db", suffix="1124051700"
+    )
+    assert stamped["campaign"]["name"].endswith("-1124051700")
+    assert params["acquisition"]["strategy"] == "power-bald"
+    assert params["acquisition"]["mc_samples"] == 7
+    assert params["tracking"] == {"mlflow_uri": "sqlite:///x.db", "experiment": bench.experiment}
+    # A different setting gets a different campaign name, so MLflow keeps their runs apart.
+    other = campaign_params(
+        validate_benchmark({"batch_size": 6, "label_budget": 40}),
+        "power-bald",
+        1,
+        num_classes=10,
+        mlflow_uri="sqlite:///x.db",
+    )
+    assert other["campaign"]["name"] != params["campaign"]["name"]
+    with pytest.raises(ConfigError, match="strategy 'softmax-entropy' is not in"):
+        campaign_params(bench, "softmax-entropy", 1, num_classes=10, mlflow_uri="sqlite:///x")
+    with pytest.raises(ConfigError, match="benchmark.label_budget must be >= the initial"):
+        validate_benchmark({"label_budget": 10}).rounds(num_classes=10)
+
+
+# ------------------------------------------------------------------------------ the report
+def _write_campaigns(directory, bench: BenchmarkConfig, levels: dict[str, list[list[float]]]):
+    for strategy, per_seed in levels.items():
+        for seed, accuracy in zip(bench.seeds, per_seed, strict=True):
+            csv_path, _ = curve_paths(directory, strategy, seed)
+            seconds = 5.0 if strategy == "batchbald" else 0.05
+            _curve(accuracy, seconds=seconds).write_csv(csv_path)
+
+
+def test_report_on_synthetic_campaigns(tmp_path):
+    bench = validate_benchmark(
+        {
+            "strategies": ["random", "power-bald", "batchbald"],
+            "seeds": [0, 1],
+            "target_accuracy": 0.9,
+        }
+    )
+    _write_campaigns(
+        tmp_path / "campaigns",
+        bench,
+        {
+            "random": [[0.5, 0.7, 0.8], [0.5, 0.75, 0.85]],
+            "power-bald": [[0.6, 0.9, 0.95], [0.6, 0.85, 0.92]],
+            "batchbald": [[0.6, 0.92, 0.96], [0.65, 0.9, 0.93]],
+        },
+    )
+    summaries = write_report(bench, tmp_path / "campaigns", tmp_path / "report")
+    by_name = {s.strategy: s for s in summaries}
+    assert by_name["power-bald"].labels_to_target_mean == pytest.approx(35.0)
+    assert by_name["batchbald"].labels_to_target_mean == pytest.approx(30.0)
+    assert by_name["random"].reached == 0
+
+    report = tmp_path / "report"
+    table = (report / "summary.md").read_text()
+    assert "| random | not reached | 0/2 | not reached (> 40) |" in table
+    assert "| power-bald | 35 ± 7 | 2/2 | 35 |" in table
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["target_accuracy"] == 0.9
+    assert metrics["random"]["labels_to_target_mean"] is None  # JSON has no NaN
+    assert metrics["batchbald"]["acquisition_seconds_mean"] == pytest.approx(5.0)
+    curve_rows = (report / "curves" / "power-bald.csv").read_text().splitlines()
+    assert curve_rows[0].startswith("labeled,accuracy_mean,accuracy_std")
+    assert curve_rows[1].startswith("20,0.6,0,0.6,0.6,2")
+    png = (report / "learning_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (report / "summary.csv").read_text().startswith("strategy,seeds,reached,")
+
+
+def test_report_entry_point_names_a_missing_campaign(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"benchmark": {"strategies": ["random"], "seeds": [3]}}))
+    code = comparison_main(
+        ["--params", str(params), "report", "--campaigns", str(tmp_path / "none")]
+    )
+    assert code == 1
+    assert "random-seed3.csv does not exist" in capsys.readouterr().err
+
+
+def test_markdown_table_marks_not_reached():
+    s = aggregate("topk-bald", [_curve([0.5, 0.6])], 0.9)
+    line = markdown_table([s], 0.9, budget=30).splitlines()[2]
+    assert line.startswith("| topk-bald | not reached | 0/1 | not reached (> 30) |")
+
+
+# ------------------------------------------------------------------------------ a real campaign
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_one_real_tiny_campaign(tmp_path, monkeypatch):
+    """One benchmark campaign through `baldflow run`'s flow, Prefect, MLflow, git and DVC."""
+    from mlflow.tracking import MlflowClient
+
+    from baldflow.comparison.campaigns import _ENVIRONMENT, run_one
+
+    for key, value in _ENVIRONMENT.items():  # run_one sets these; undo them after the test
+        monkeypatch.setenv(key, value)
+    bench = validate_benchmark(
+        {
+            "strategies": ["power-bald"],
+            "seeds": [5],
+            "initial_per_class": 1,
+            "batch_size": 5,
+            "label_budget": 20,
+            "mc_samples": 4,
+            "data": {
+                "source": "digits",
+                "repeat": 2,
+                "noise_std": 0.1,
+                "options": {"pool_size": 200},
+            },
+            "training": {"max_epochs": 2, "epoch_samples": 64, "eval_mc_samples": 2},
+        }
+    )
+    record = run_one(
+        bench,
+        "power-bald",
+        5,
+        project_root=tmp_path,
+        out_dir=tmp_path / "out",
+        scratch=tmp_path / "scratch",
+    )
+    curve = Curve.read_csv(tmp_path / "out" / "power-bald-seed5.csv")
+    assert curve.labeled == [10, 15, 20]
+    summary = json.loads((tmp_path / "out" / "power-bald-seed5.json").read_text())
+    assert summary["campaign"] == record["campaign"]
+    assert summary["auc"] == pytest.approx(area_under_curve(curve.labeled, curve.test_accuracy))
+    # The throwaway workspace is gone; only the shared Prefect home may stay in the scratch dir.
+    leftovers = [p.name for p in (tmp_path / "scratch").iterdir()]
+    assert not [name for name in leftovers if name.startswith(record["campaign"])]
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    run = client.get_run(record["mlflow_run_id"])
+    assert run.data.tags["benchmark.strategy"] == "power-bald"
+    assert run.data.metrics["benchmark.auc"] == pytest.approx(summary["auc"])
+    # Scoring and selection seconds come from the round runs, one per curve point.
+    assert all(v >= 0 for v in curve.seconds_select)
+    experiment = client.get_experiment_by_name(bench.experiment)
+    assert experiment.artifact_location.startswith((tmp_path / "mlflow").as_uri())
+    rounds = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`baldflow.kind` = 'round'"
+    )
+    assert len(rounds) == 3
