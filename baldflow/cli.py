@@ -123,6 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Take the lock before starting Prefect's server: a second writer fails in a second or two.
     with workspace_lock(ws_root):
         offline_environment(ws_root)
+        # One line per round from the flow is the progress report; the "Finished in state
+        # Completed()" line of each task would bury it (task states stay visible in the UI).
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
         print(
             f"baldflow: campaign {config.campaign.name!r} in {ws_root} "
             f"({config.acquisition.strategy}, {config.campaign.rounds} rounds of "
