@@ -23,6 +23,7 @@ from baldflow.workspace import LedgerRow, Workspace, WorkspaceError, round_tag, 
 from baldflow.workspace.ledger import labeled_rows_from_ledger, labeled_text, md5_of_text
 from baldflow.workspace.tracking import Tracker, local_tracking_uri
 from tasks import (
+    close_stale_flow_runs,
     evaluate_model,
     finish_campaign,
     label_batch,
@@ -385,6 +386,14 @@ def campaign_flow(
             )
         ws.check_campaign_params(name, config.identity())
         state = _Campaign(config, ws, make_tracker(config, ws), logger)
+        try:
+            crashed = close_stale_flow_runs("baldflow-campaign", workspace, state.flow_run_id)
+        except Exception as exc:  # noqa: BLE001
+            # Tidying the server's view of old runs must never stop a campaign.
+            logger.warning("could not check for flow runs left by a killed process: %s", exc)
+            crashed = 0
+        if crashed:
+            logger.warning("marked %d flow run(s) of a killed process as Crashed", crashed)
         state.parent_run_id, orphans = start_campaign_tracking(
             quote(state.tracker), name, config.to_dict(), quote(_committed_runs(ws, name))
         )

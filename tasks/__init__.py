@@ -2,6 +2,7 @@
 
 from tasks.acquisition import score_pool, select_batch
 from tasks.data import prepare_data
+from tasks.flow_runs import close_stale_flow_runs
 from tasks.model import evaluate_model, train_model
 from tasks.oracle import label_batch
 from tasks.tracking import (
@@ -14,6 +15,7 @@ from tasks.tracking import (
 from tasks.workspace import recover_workspace, version_round
 
 __all__ = [
+    "close_stale_flow_runs",
     "evaluate_model",
     "finish_campaign",
     "label_batch",

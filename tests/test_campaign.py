@@ -252,6 +252,21 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+def flow_run_states(prefect_api_url: str, workspace: Path) -> list[str]:
+    import httpx
+
+    response = httpx.post(
+        f"{prefect_api_url}/flow_runs/filter",
+        json={"flows": {"name": {"any_": ["baldflow-campaign"]}}, "limit": 200, "offset": 0},
+    )
+    response.raise_for_status()
+    return [
+        run["state_type"]
+        for run in response.json()
+        if Path(run["parameters"].get("workspace", "")).resolve() == workspace.resolve()
+    ]
+
+
 def kill_at(workspace, params_file, prefect_harness, tmp_path, point: str) -> None:
     marker = tmp_path / f"paused-{point.replace(':', '-')}"
     env = cli_env(prefect_harness, BALDFLOW_PAUSE_AT=point, BALDFLOW_PAUSE_FILE=str(marker))
@@ -305,6 +320,9 @@ def test_sigkill_mid_round_then_resume_loses_and_duplicates_nothing(
     finished = [r for r in rounds if r.info.status == "FINISHED"]
     assert sorted(int(r.data.tags["baldflow.round"]) for r in finished) == [1, 2, 3]
     assert all(r.info.status in ("FINISHED", "KILLED") for r in rounds)
+    # Prefect: the two killed flow runs were marked Crashed by the resume, none looks alive.
+    states = flow_run_states(prefect_harness, workspace)
+    assert sorted(states) == ["COMPLETED", "CRASHED", "CRASHED"]
 
     # A clean stop then more rounds: the campaign continues at round 4, in order.
     result = run_flow(
