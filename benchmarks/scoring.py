@@ -1,15 +1,13 @@
-"""Pool-scoring speed and memory of baldflow's streamed MC dropout scoring (not part of the tests).
+"""Pool-scoring throughput and memory of baldflow's streamed MC dropout scoring.
 
-Throughput: the `cnn` on 28x28 inputs, K MC samples, BALD, against
-  - naive: K full forward passes of the whole network with dropout on (classic MC dropout);
-  - batchbald-cnn: the exact BatchBALD reference CNN, whose second conv runs K times.
-Memory: peak resident memory added by streamed BALD scoring of N = 200,000 inputs (sampled from
-/proc during the pass, in a fresh subprocess per K), next to N*K*C*8 bytes (what a full float64
-log-prob tensor would take).
+Not part of the test run. Usage: `python benchmarks/scoring.py [--threads 1] [--skip-memory]`."""
 
-    python benchmarks/scoring.py                      # everything, defaults below
-    python benchmarks/scoring.py --skip-memory --n 2048
-"""
+# Throughput: the `cnn` on 28x28 inputs, K MC samples, BALD, against
+#   - naive: K full forward passes of the whole network with dropout on (classic MC dropout);
+#   - batchbald-cnn: the exact BatchBALD reference CNN, whose second conv runs K times.
+# Memory: resident memory added by streamed BALD scoring of N = 200,000 inputs (sampled from
+# /proc during the pass, in a fresh subprocess per K), next to N*K*C*8 bytes, what a full float64
+# log-prob tensor would take.
 
 from __future__ import annotations
 
