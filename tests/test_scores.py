@@ -24,6 +24,11 @@ def test_bald_is_zero_when_all_samples_agree():
     assert scores.bald(log_probs_from(probs)).item() == pytest.approx(0.0, abs=1e-12)
 
 
+def test_bald_of_a_single_sample_is_exactly_zero():
+    log_probs = random_log_probs(N=50, K=1, dtype=torch.float32)
+    assert torch.equal(scores.bald(log_probs), torch.zeros(50, dtype=torch.float64))
+
+
 def test_bald_of_two_disagreeing_one_hot_samples_is_log_2():
     # Two samples, each certain, of different classes: H[y] = log 2, E H[y|w] = 0.
     log_probs = log_probs_from([[[1.0, 0.0], [0.0, 1.0]]])

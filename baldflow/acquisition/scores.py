@@ -114,6 +114,11 @@ def bald(log_probs_N_K_C: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES) 
     step = _chunk_rows(K, C, chunk_bytes)
     for start in range(0, N, step):
         chunk = log_probs_N_K_C[start : start + step]
+        if K == 1:
+            # One sample carries no disagreement: exactly 0, not float32 rounding noise.
+            _raise_if_invalid(chunk, start)
+            scores_N[start : start + step] = 0.0
+            continue
         scores_n = _bald_fast(chunk)
         unsure = torch.isnan(scores_n)
         if unsure.any():
