@@ -15,6 +15,7 @@ DEFAULT_WORKSPACE = "baldflow-workspace"
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_LOCKED = 3
+EXIT_LABELS = 4
 
 
 def _default_workspace() -> str:
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="campaigns in a workspace, rounds done, latest accuracy")
     _workspace_arg(p)
     p.add_argument("--format", choices=["table", "json"], default="table")
+    _add_cycle_parsers(sub)
     return parser
 
 
@@ -183,6 +185,7 @@ def _print_run_summary(result: dict) -> None:
     print(f"  git tags:      git -C {ws} tag --list '{name}/round-*'")
     print(f"  audit ledger:  baldflow history --workspace {ws} --campaign {name}")
     print(f"  status:        baldflow status --workspace {ws}")
+    _print_waiting(result)
 
 
 def _ledger_rows(ws_root: Path, campaign: str | None):
@@ -214,6 +217,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r.round == args.round]
     if args.sample is not None:
         rows = [r for r in rows if r.sample_id == args.sample]
+        if args.format == "table":
+            from baldflow.audit import sample_story
+            from baldflow.report import print_story
+
+            print_story(sample_story(ws_root, args.sample, args.campaign))
+            return 0
     if args.format == "csv":
         sys.stdout.write(ledger_text(rows, header=True))
     elif args.format == "json":
@@ -313,7 +322,260 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"init": cmd_init, "run": cmd_run, "history": cmd_history, "status": cmd_status}
+# ---------------------------------------------------------------------------- issue-6 commands
+def _add_cycle_parsers(sub) -> None:
+    """Human labeling, audit and scheduled cycles."""
+    p = sub.add_parser("label", help="hand-off labeling: import people's labels")
+    label_sub = p.add_subparsers(dest="label_command", metavar="ACTION")
+    label_sub.required = True
+    q = label_sub.add_parser("import", help="import a label file for the pending batch")
+    q.add_argument("file", metavar="FILE", help="CSV with sample_id and label columns")
+    _workspace_arg(q)
+    q.add_argument("--campaign", metavar="NAME", help="(default: the one with a pending batch)")
+    q.add_argument(
+        "--partial",
+        action="store_true",
+        help="the file labels part of the batch; rows with an empty label are skipped",
+    )
+    q.add_argument("--by", metavar="NAME", help="who labeled (default: $USER)")
+    q.add_argument(
+        "--no-complete",
+        action="store_true",
+        help="only store the labels; the next cycle or run completes the round",
+    )
+
+    p = sub.add_parser("show", help="one round: its batch, class histogram, MLflow run, tag")
+    _workspace_arg(p)
+    p.add_argument("--campaign", metavar="NAME")
+    p.add_argument("--round", type=int, required=True, metavar="N")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = sub.add_parser("diff", help="what the labeled set gained between two rounds (via DVC)")
+    _workspace_arg(p)
+    p.add_argument("--campaign", metavar="NAME")
+    p.add_argument("--from", dest="from_round", type=int, required=True, metavar="N")
+    p.add_argument("--to", dest="to_round", type=int, required=True, metavar="M")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a campaign")
+    _workspace_arg(p)
+    p.add_argument("--campaign", metavar="NAME")
+    p.add_argument("--output", "-o", metavar="FILE", help="(default: DIR/report-<campaign>.html)")
+
+    p = sub.add_parser("cycle", help="run exactly one round of the workspace's campaign now")
+    _workspace_arg(p)
+    p.add_argument("--config", "-c", metavar="FILE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+
+    p = sub.add_parser("serve", help="serve the cycle on a schedule (needs `baldflow server`)")
+    _workspace_arg(p)
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help="e.g. '0 * * * *' (every hour)")
+    when.add_argument("--interval", type=float, metavar="SECONDS")
+    p.add_argument("--config", "-c", metavar="FILE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+
+    p = sub.add_parser("server", help="start a persistent Prefect server on 127.0.0.1")
+    _workspace_arg(p)
+    p.add_argument("--port", type=int, default=4200)
+
+
+def _ws_root(args: argparse.Namespace) -> Path:
+    return Path(args.workspace or _default_workspace()).resolve()
+
+
+def _prepare_prefect(ws_root: Path) -> None:
+    from baldflow.workspace import offline_environment
+
+    offline_environment(ws_root)
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    import getpass
+
+    from baldflow.labeling import NoPendingBatchError, pending_batches
+    from baldflow.workspace import workspace_lock
+
+    ws_root = _ws_root(args)
+    batches = pending_batches(ws_root)
+    if args.campaign is not None:
+        batches = [(h, p) for h, p in batches if h.campaign == args.campaign]
+    if not batches:
+        which = f"campaign {args.campaign!r}" if args.campaign else "any campaign"
+        raise NoPendingBatchError(f"no batch of {which} is waiting for labels in {ws_root}")
+    if len(batches) > 1:
+        names = ", ".join(h.campaign for h, _ in batches)
+        raise NoPendingBatchError(f"batches of {names} are waiting for labels: pass --campaign")
+    handoff, pending = batches[0]
+    by = args.by or os.environ.get("USER") or getpass.getuser()
+    with workspace_lock(ws_root):
+        result = handoff.import_labels(args.file, partial=args.partial, labeled_by=by)
+        print(
+            f"imported {result.added} label(s) for round {result.round} of {handoff.campaign}: "
+            f"{result.labeled} of {result.batch_size} labeled"
+        )
+        if not result.complete:
+            print("the round completes once the whole batch is labeled (import more files)")
+            return 0
+        if args.no_complete:
+            print("batch complete; the next `baldflow cycle`, scheduled cycle or run completes it")
+            return 0
+        _prepare_prefect(ws_root)
+        print("batch complete; completing the round (version, track)...", flush=True)
+        from flows.cycle import cycle_flow
+
+        outcome = cycle_flow(workspace=str(ws_root), params=pending.params)
+    print(f"round {outcome['last_round']} of {outcome['campaign']} committed")
+    _print_waiting(outcome)
+    return 0
+
+
+def _print_waiting(result: dict) -> None:
+    waiting = result.get("waiting_for_labels")
+    if not waiting:
+        return
+    print(f"Waiting for labels: round {waiting['round']} ({waiting['batch_size']} samples).")
+    print(f"  fill in the label column of {waiting['sheet']}")
+    print(f"  then: baldflow label import {waiting['sheet']} --workspace {result['workspace']}")
+
+
+def cmd_cycle(args: argparse.Namespace) -> int:
+    ws_root = _ws_root(args)
+    from flows.cycle import load_cycle_config
+
+    config = load_cycle_config(ws_root, args.config, args.overrides)
+    if not (ws_root / ".git").exists():
+        from baldflow.config import dump_yaml
+        from baldflow.workspace import Workspace
+
+        Workspace.init(ws_root, params_text=dump_yaml(config)).close()
+    _prepare_prefect(ws_root)
+    from flows.cycle import cycle_flow
+
+    result = cycle_flow(workspace=str(ws_root), params=config.to_dict())
+    if result.get("stopped") == "workspace-busy":
+        print(f"skipped: {ws_root} is busy with another round")
+        return EXIT_LOCKED
+    print(
+        f"campaign {result['campaign']}: last completed round {result['last_round']} "
+        f"({result['stopped']})"
+    )
+    _print_waiting(result)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    ws_root = _ws_root(args)
+    from flows.cycle import load_cycle_config
+
+    config = load_cycle_config(ws_root, args.config, args.overrides)
+    if not os.environ.get("PREFECT_API_URL"):
+        raise LookupError(
+            "baldflow serve needs a persistent Prefect server (a temporary one cannot "
+            "schedule): start one with `baldflow server` (or `prefect server start`) and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    if args.interval is not None and args.interval <= 0:
+        from baldflow.config import ConfigError
+
+        raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
+    if not (ws_root / ".git").exists():
+        from baldflow.config import dump_yaml
+        from baldflow.workspace import Workspace
+
+        Workspace.init(ws_root, params_text=dump_yaml(config)).close()
+    _prepare_prefect(ws_root)
+    from flows.serve import serve_cycle
+
+    serve_cycle(
+        ws_root,
+        config.campaign.name,
+        cron=args.cron,
+        interval=args.interval,
+        config=args.config,
+        overrides=args.overrides,
+    )
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from baldflow.workspace import offline_environment
+
+    ws_root = _ws_root(args)
+    ws_root.mkdir(parents=True, exist_ok=True)
+    # The workspace's Prefect home: the UI then also shows runs of the temporary servers.
+    offline_environment(ws_root)
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"Prefect server for {ws_root} on {url} (UI: {url}, API: {url}/api)")
+    print(f"in another shell: export PREFECT_API_URL={url}/api", flush=True)
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(args.port)]
+    return subprocess.call(command)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from baldflow import audit
+
+    record = audit.show_round(_ws_root(args), args.round, args.campaign)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(record, indent=2))
+        return 0
+    from baldflow.report import print_round
+
+    print_round(record)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from baldflow import audit
+
+    record = audit.diff_rounds(_ws_root(args), args.from_round, args.to_round, args.campaign)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(record, indent=2))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["change", "sample_id", "label", "round"])
+        for row in record["added"]:
+            writer.writerow(["added", row["sample_id"], row["label"], row["round"]])
+        for row in record["removed"]:
+            writer.writerow(["removed", row["sample_id"], row["label"], row["round"]])
+    else:
+        from baldflow.report import print_diff
+
+        print_diff(record)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from baldflow.report import write_report
+
+    path = write_report(_ws_root(args), args.campaign, args.output)
+    print(f"report written: {path}")
+    return 0
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "run": cmd_run,
+    "history": cmd_history,
+    "status": cmd_status,
+    "label": cmd_label,
+    "show": cmd_show,
+    "diff": cmd_diff,
+    "report": cmd_report,
+    "cycle": cmd_cycle,
+    "serve": cmd_serve,
+    "server": cmd_server,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,6 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, LookupError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except ValueError as exc:
+        from baldflow.labeling import LabelImportError
+
+        if not isinstance(exc, LabelImportError):
+            raise
+        print(f"LabelImportError: {exc}", file=sys.stderr)
+        return EXIT_LABELS
 
 
 if __name__ == "__main__":

@@ -85,9 +85,9 @@ class AcquisitionConfig(_Section):
 
 
 class OracleConfig(_Section):
-    # "simulated" reads the held-back labels; other kinds (a file hand-off to people) plug in
-    # through baldflow.oracle.build_oracle.
-    kind: Literal["simulated"] = "simulated"
+    # "simulated" reads the held-back labels; "file" hands each batch to people as a CSV under
+    # data/<campaign>/to-label/ and waits for `baldflow label import`.
+    kind: Literal["simulated", "file"] = "simulated"
 
 
 class TrackingConfig(_Section):

@@ -4,7 +4,7 @@ from tasks.acquisition import score_pool, select_batch
 from tasks.data import prepare_data
 from tasks.flow_runs import close_stale_flow_runs
 from tasks.model import evaluate_model, train_model
-from tasks.oracle import label_batch
+from tasks.oracle import hand_off_batch, label_batch
 from tasks.tracking import (
     finish_campaign,
     publish_batch,
@@ -18,6 +18,7 @@ __all__ = [
     "close_stale_flow_runs",
     "evaluate_model",
     "finish_campaign",
+    "hand_off_batch",
     "label_batch",
     "prepare_data",
     "publish_batch",

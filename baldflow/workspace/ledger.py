@@ -37,9 +37,14 @@ class LedgerRow:
     prefect_flow_run_id: str
     # md5 of the campaign's labeled.csv after this round: the hash DVC records for it.
     labeled_set_md5: str
+    # Who or what gave the label ("simulated oracle", "alice via round-0003.csv"); empty in
+    # ledgers written before the column existed.
+    labeled_by: str = ""
 
 
 LEDGER_FIELDS = [f.name for f in fields(LedgerRow)]
+# Ledgers written before `labeled_by` existed: still read, and appended to in their own columns.
+LEDGER_FIELDS_V1 = LEDGER_FIELDS[:-1]
 LABELED_FIELDS = ["sample_id", "label", "round"]
 
 
@@ -71,6 +76,7 @@ def _row_from_csv(record: dict[str, str]) -> LedgerRow:
         mlflow_run_id=record["mlflow_run_id"],
         prefect_flow_run_id=record["prefect_flow_run_id"],
         labeled_set_md5=record["labeled_set_md5"],
+        labeled_by=record.get("labeled_by") or "",
     )
 
 
@@ -80,28 +86,38 @@ def read_ledger(path: str | Path) -> list[LedgerRow]:
         return []
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is not None and reader.fieldnames != LEDGER_FIELDS:
+        known = (LEDGER_FIELDS, LEDGER_FIELDS_V1)
+        if reader.fieldnames is not None and reader.fieldnames not in known:
             raise LedgerError(f"{path} has columns {reader.fieldnames}, expected {LEDGER_FIELDS}")
         return [_row_from_csv(record) for record in reader]
 
 
-def ledger_text(rows: Iterable[LedgerRow], *, header: bool) -> str:
+def ledger_text(
+    rows: Iterable[LedgerRow], *, header: bool, columns: Sequence[str] = LEDGER_FIELDS
+) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if header:
-        writer.writerow(LEDGER_FIELDS)
+        writer.writerow(columns)
     for row in rows:
         record = asdict(row)
-        writer.writerow([_cell(record[name]) for name in LEDGER_FIELDS])
+        writer.writerow([_cell(record[name]) for name in columns])
     return buffer.getvalue()
+
+
+def _header(path: Path) -> list[str] | None:
+    with path.open(newline="") as handle:
+        return next(csv.reader(handle), None)
 
 
 def append_ledger(path: str | Path, rows: Sequence[LedgerRow]) -> None:
     """Append rows; the file only ever grows, so earlier rounds' rows are never rewritten."""
     path = Path(path)
     exists = path.exists() and path.stat().st_size > 0
+    # An old ledger keeps its columns: rewriting its header would rewrite its history.
+    columns = LEDGER_FIELDS_V1 if exists and _header(path) == LEDGER_FIELDS_V1 else LEDGER_FIELDS
     with path.open("a", newline="") as handle:
-        handle.write(ledger_text(rows, header=not exists))
+        handle.write(ledger_text(rows, header=not exists, columns=columns))
         handle.flush()
 
 

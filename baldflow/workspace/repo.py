@@ -33,6 +33,9 @@ PARAMS_FILE = "params.yaml"
 REMOTE_DIR = "dvc-remote"
 REMOTE_NAME = "local"
 
+# Hand-off files of a batch waiting for labels (baldflow.labeling); never versioned.
+TO_LABEL_DIR = "to-label"
+
 TRAILER_CAMPAIGN = "Baldflow-Campaign"
 TRAILER_ROUND = "Baldflow-Round"
 
@@ -336,10 +339,20 @@ class Workspace:
             self.git("reset", "-q", "HEAD", "--", rel, check=False)
             cdir = self.campaign_dir(campaign)
             if last is None:
-                shutil.rmtree(cdir, ignore_errors=True)
+                # A batch handed to people (to-label/) outlives an interrupted round 0.
+                for path in cdir.iterdir() if cdir.is_dir() else []:
+                    if path.name == TO_LABEL_DIR:
+                        continue
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                if cdir.is_dir() and not any(cdir.iterdir()):
+                    cdir.rmdir()
             else:
                 self.git("checkout", "HEAD", "--", rel)
-                self.git("clean", "-fdxq", "--", rel)
+                # A batch handed to people (to-label/, git-ignored) is not part of a round.
+                self.git("clean", "-fdxq", "-e", f"{TO_LABEL_DIR}/", "--", rel)
                 targets = [str(p) for p in cdir.glob("*.dvc")]
                 with _quiet_dvc():
                     self.dvc.checkout(targets=targets, force=True)

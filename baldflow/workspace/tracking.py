@@ -214,6 +214,21 @@ class Tracker:
         self._log(run_id, metrics=metrics, step=round_index)
         self.end(run_id)
 
+    def park(self, run_id: str, metrics: Mapping[str, float], round_index: int) -> None:
+        """A round waiting for people's labels: its run is SCHEDULED, not RUNNING.
+
+        SCHEDULED keeps it out of close_orphans (which kills RUNNING runs a crash left behind)
+        while the batch waits, however long that takes.
+        """
+        self._log(
+            run_id, metrics=metrics, tags={"baldflow.state": "waiting-for-labels"}, step=round_index
+        )
+        self.client.update_run(run_id, status="SCHEDULED")
+
+    def unpark(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+        self._log(run_id, tags={"baldflow.state": "labeled"})
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -1,0 +1,216 @@
+"""Audit queries over a workspace: one sample's story, one round's batch, what two rounds differ by.
+
+Answers come from the ledger, git tags, DVC (labeled sets read at tags) and MLflow, so each
+command can be checked against the others.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from baldflow.labeling import HandOff
+from baldflow.workspace import Workspace, round_tag
+
+
+class AuditError(LookupError):
+    """The campaign, round or sample asked about is not in the workspace."""
+
+
+def open_workspace(root: str | Path) -> Workspace:
+    root = Path(root).resolve()
+    if not Workspace.is_workspace(root):
+        raise AuditError(f"{root} is not a baldflow workspace (run `baldflow init`)")
+    return Workspace(root)
+
+
+def pick_campaign(ws: Workspace, campaign: str | None) -> str:
+    """The campaign asked for, or the only one in the workspace."""
+    names = ws.campaigns()
+    if campaign is not None:
+        if campaign not in names:
+            known = ", ".join(names) or "none yet"
+            raise AuditError(f"campaign {campaign!r} is not in {ws.root} (campaigns: {known})")
+        return campaign
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise AuditError(f"{ws.root} has no campaign with a completed round yet")
+    raise AuditError(f"{ws.root} holds several campaigns ({', '.join(names)}): pass --campaign")
+
+
+def _tag_commit(ws: Workspace, tag: str) -> tuple[str, str]:
+    out = ws.git("log", "-1", "--format=%H%x00%cI", tag + "^{commit}", check=False).strip()
+    sha, _, date = out.partition("\x00")
+    return sha, date
+
+
+def _round_summary(ws: Workspace, campaign: str, round_index: int) -> dict[str, str]:
+    for row in ws.rounds_summary(campaign):
+        if int(row["round"]) == round_index:
+            return row
+    return {}
+
+
+def tracking_uri(ws: Workspace) -> str:
+    """The MLflow store of the workspace: its params.yaml's tracking.mlflow_uri, else local."""
+    from baldflow.workspace.tracking import local_tracking_uri
+
+    if ws.params_path.exists():
+        params = yaml.safe_load(ws.params_path.read_text()) or {}
+        uri = (params.get("tracking") or {}).get("mlflow_uri")
+        if uri:
+            return str(uri)
+    return local_tracking_uri(ws.mlflow_dir)
+
+
+def mlflow_run(ws: Workspace, run_id: str) -> dict[str, Any]:
+    """Status, metrics and tags of an MLflow run, or why they could not be read."""
+    if not run_id:
+        return {"run_id": "", "error": "no MLflow run recorded"}
+    uri = tracking_uri(ws)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return {"run_id": run_id, "error": f"no MLflow store at {uri}"}
+    try:
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 (an audit answer without MLflow is still an answer)
+        return {"run_id": run_id, "error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "run_id": run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "artifact_uri": run.info.artifact_uri,
+        "metrics": dict(run.data.metrics),
+        "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        "tracking_uri": uri,
+    }
+
+
+# ---------------------------------------------------------------------------- one sample
+def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) -> dict[str, Any]:
+    """Everything the workspace knows about one sample, in every campaign that touched it."""
+    ws = open_workspace(root)
+    names = [pick_campaign(ws, campaign)] if campaign else ws.campaigns()
+    acquisitions = []
+    pending = []
+    for name in names:
+        ledger = ws.ledger(name)
+        for row in ledger:
+            if row.sample_id != sample_id:
+                continue
+            tag = round_tag(name, row.round)
+            sha, date = _tag_commit(ws, tag)
+            batch = [r for r in ledger if r.round == row.round]
+            record = dataclasses.asdict(row)
+            record.update(
+                {
+                    "batch_size": len(batch),
+                    "git_tag": tag,
+                    "git_commit": sha,
+                    "committed_at": date,
+                    # Round 0's "model" is the campaign's parent run: no model chose it.
+                    "chosen_by": "initial labeled set (balanced per class)"
+                    if row.round == 0
+                    else f"the round-{row.round} model (MLflow run {row.mlflow_run_id})",
+                    "labeled_set_version": f"{row.labeled_set_md5} (data/{name}/labeled.csv "
+                    f"at {tag})",
+                }
+            )
+            acquisitions.append(record)
+        waiting = HandOff(ws.campaign_dir(name), name).pending()
+        if waiting is not None and sample_id in waiting.sample_ids:
+            pending.append(
+                {
+                    "campaign": name,
+                    "round": waiting.round,
+                    "handed_off_at": waiting.created_at,
+                    "labeled": sample_id
+                    in HandOff(ws.campaign_dir(name), name).imported(waiting.round),
+                }
+            )
+    if not acquisitions and not pending:
+        where = ", ".join(names) or "no campaign"
+        raise AuditError(f"sample_id {sample_id!r} was never acquired ({where} in {ws.root})")
+    return {"sample_id": sample_id, "acquisitions": acquisitions, "pending": pending}
+
+
+# ---------------------------------------------------------------------------- one round
+def show_round(
+    root: str | Path, round_index: int, campaign: str | None = None, *, with_mlflow: bool = True
+) -> dict[str, Any]:
+    """A round's batch with scores and probabilities, its class histogram, tag and MLflow run."""
+    ws = open_workspace(root)
+    name = pick_campaign(ws, campaign)
+    done = ws.completed_rounds(name)
+    if round_index not in done:
+        raise AuditError(
+            f"round {round_index} of campaign {name!r} is not completed "
+            f"(completed: {', '.join(map(str, done)) or 'none'})"
+        )
+    tag = round_tag(name, round_index)
+    sha, date = _tag_commit(ws, tag)
+    batch = [r for r in ws.ledger(name) if r.round == round_index]
+    histogram = collections.Counter(r.label for r in batch)
+    summary = _round_summary(ws, name, round_index)
+    run_id = batch[0].mlflow_run_id if batch else summary.get("mlflow_run_id", "")
+    return {
+        "campaign": name,
+        "round": round_index,
+        "git_tag": tag,
+        "git_commit": sha,
+        "committed_at": date,
+        "strategy": batch[0].strategy if batch else "",
+        "labeled_set_md5": batch[0].labeled_set_md5 if batch else "",
+        "labeled_size": int(summary["labeled"]) if summary.get("labeled") else None,
+        "test_accuracy": float(summary["test_accuracy"]) if summary.get("test_accuracy") else None,
+        "class_histogram": {str(k): histogram[k] for k in sorted(histogram)},
+        "batch": [dataclasses.asdict(r) for r in batch],
+        "mlflow": mlflow_run(ws, run_id) if with_mlflow else {"run_id": run_id},
+    }
+
+
+# ---------------------------------------------------------------------------- two rounds
+def diff_rounds(
+    root: str | Path, from_round: int, to_round: int, campaign: str | None = None
+) -> dict[str, Any]:
+    """What the labeled set gained (or lost) between two rounds, read through DVC at the tags."""
+    ws = open_workspace(root)
+    name = pick_campaign(ws, campaign)
+    done = ws.completed_rounds(name)
+    for which, value in (("--from", from_round), ("--to", to_round)):
+        if value not in done:
+            raise AuditError(
+                f"{which} {value}: round {value} of campaign {name!r} is not completed "
+                f"(completed: {', '.join(map(str, done)) or 'none'})"
+            )
+    before = {sid: (label, r) for sid, label, r in ws.labeled_at(name, from_round)}
+    after = {sid: (label, r) for sid, label, r in ws.labeled_at(name, to_round)}
+    added = [
+        {"sample_id": sid, "label": label, "round": r}
+        for sid, (label, r) in after.items()
+        if sid not in before
+    ]
+    removed = [
+        {"sample_id": sid, "label": label, "round": r}
+        for sid, (label, r) in before.items()
+        if sid not in after
+    ]
+    relabeled = [
+        {"sample_id": sid, "label_from": before[sid][0], "label_to": after[sid][0]}
+        for sid in before.keys() & after.keys()
+        if before[sid][0] != after[sid][0]
+    ]
+    return {
+        "campaign": name,
+        "from": {"round": from_round, "tag": round_tag(name, from_round), "size": len(before)},
+        "to": {"round": to_round, "tag": round_tag(name, to_round), "size": len(after)},
+        "added": sorted(added, key=lambda r: (r["round"], r["sample_id"])),
+        "removed": removed,
+        "relabeled": relabeled,
+    }

@@ -1,0 +1,69 @@
+"""The cycle flow: exactly one round of a workspace's campaign from its current state, then stop.
+
+Meant to be triggered again and again (a schedule, a button in the Prefect UI): each trigger
+completes at most one round, and one that finds the workspace busy is skipped, not queued.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed
+
+from baldflow.workspace import WorkspaceLockedError
+from flows.campaign import final_state, run_campaign
+
+
+def load_cycle_config(workspace: str | Path, config: str | None, overrides: list[str] | None):
+    """The parameters a cycle runs with: `config`, else the workspace's params.yaml."""
+    from baldflow.config import load_config
+
+    root = Path(workspace).resolve()
+    path = config if config else (root / "params.yaml" if (root / "params.yaml").exists() else None)
+    return load_config(path, overrides or [])
+
+
+def _cycle_run_name() -> str:
+    workspace = str(flow_run.parameters.get("workspace") or "workspace")
+    return f"cycle {Path(workspace).name}"
+
+
+@flow(name="baldflow-cycle", flow_run_name=_cycle_run_name, validate_parameters=False)
+def cycle_flow(
+    workspace: str,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """Run one round of the workspace's campaign (round 0 first), or finish a labeled batch.
+
+    With the `file` oracle a batch still waiting for labels makes the cycle stop at once in
+    the state "WaitingForLabels"; once the labels are imported, the next cycle completes it.
+    """
+    from baldflow.workspace import offline_environment
+
+    offline_environment()
+    logger = get_run_logger()
+    if params is None:
+        params = load_cycle_config(workspace, config, overrides).to_dict()
+    try:
+        result = run_campaign(workspace, params, max_new_rounds=1)
+    except WorkspaceLockedError as exc:
+        # Another round is running here: this trigger has nothing to add, and waiting for the
+        # lock would only stack rounds up behind it.
+        logger.warning("skipped: %s", exc)
+        return Completed(
+            name="Skipped",
+            message=str(exc),
+            data={"stopped": "workspace-busy", "workspace": workspace},
+        )
+    if result["stopped"] in ("rounds", "pool-empty") and not result["timings"]:
+        logger.info(
+            "campaign %s is complete (%s); raise campaign.rounds to go on",
+            result["campaign"],
+            result["stopped"],
+        )
+    return final_state(result)
