@@ -57,7 +57,8 @@ def test_dump_round_trips():
         ("acquisition.coldness=-0.5", "acquisition.coldness must be >= 0.0, got -0.5"),
         ("acquisition.batchsize=3", "acquisition.batchsize is not a known parameter (got 3)"),
         ("campaign.seed=abc", "campaign.seed"),
-        ("oracle.kind=crowd", "oracle.kind must be one of 'simulated', got 'crowd'"),
+        ("oracle.kind=crowd", "oracle.kind must be one of 'simulated'"),
+        ("oracle.kind=crowd", "got 'crowd'"),
     ],
 )
 def test_bad_values_name_the_field_and_the_value(override, message):
