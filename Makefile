@@ -22,7 +22,7 @@ run: env
 	$(BIN)/baldflow run --workspace baldflow-workspace
 
 lint: env
-	$(BIN)/ruff check baldflow tests benchmarks
+	$(BIN)/ruff check baldflow flows tasks tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q
