@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -262,3 +264,14 @@ def test_report_is_one_self_contained_html_page(labeled, tmp_path):
     assert "http://" not in text and "https://" not in text
     for sid in labeled["pending1"].sample_ids:
         assert sid in text
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium package")
+def test_report_renders_in_headless_chromium(labeled, tmp_path):
+    report = tmp_path / "report.html"
+    assert main(["report", "-w", str(labeled["workspace"]), "--output", str(report)]) == 0
+    shot = tmp_path / "report.png"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "render_report.sh"
+    subprocess.run([str(script), str(report), str(shot)], check=True, timeout=120)
+    # A blank page compresses to a few kB; the curve, tables and digits do not.
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 30_000
