@@ -146,3 +146,34 @@ def test_serve_runs_scheduled_cycles_one_round_each(tmp_path, tiny_params):
     assert len(by_run) >= 2
     assert by_run <= {r["id"] for r in runs}
     assert len(completed) >= 1
+
+
+def test_a_cycle_on_a_busy_workspace_is_skipped(tmp_path, tiny_params, prefect_harness):
+    from flows.cycle import cycle_flow
+
+    workspace = tmp_path / "ws"
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params))
+    assert main(["init", str(workspace), "--config", str(params_file)]) == 0
+    # The lock is re-entrant within a process, so another process must hold it.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom baldflow.workspace import workspace_lock\n"
+            f"with workspace_lock({str(workspace)!r}):\n"
+            "    print('held', flush=True)\n    sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        state = cycle_flow(workspace=str(workspace), return_state=True)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert state.is_completed() and state.name == "Skipped"
+    assert "in use by pid" in state.message
+    assert Workspace(workspace).completed_rounds("tiny") == []
