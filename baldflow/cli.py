@@ -317,7 +317,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             str(rec["latest_tag"]),
         )
     Console().print(table)
-    if not records:
+    from baldflow.labeling import pending_batches
+
+    waiting = pending_batches(ws_root)
+    for handoff, pending in waiting:
+        done = len(set(handoff.imported(pending.round)) & set(pending.sample_ids))
+        print(
+            f"{handoff.campaign}: round {pending.round} waiting for labels "
+            f"({done} of {len(pending.sample_ids)} imported): {handoff.sheet_path(pending.round)}"
+        )
+    if not records and not waiting:
         print("no campaigns yet: baldflow run --workspace", ws_root)
     return 0
 

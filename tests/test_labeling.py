@@ -7,7 +7,9 @@ imports) and records what it saw; the tests check those records and audit the re
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -74,6 +76,10 @@ def labeled(tmp_path_factory, prefect_harness, tiny_defaults):
     with handoff.sheet_path(0).open(newline="") as handle:
         seen["sheet0"] = list(csv.DictReader(handle))
     seen["contact0"] = handoff.contact_sheet_path(0).read_bytes()[:8]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        main(["status", "-w", str(workspace)])
+    seen["status0"] = buffer.getvalue()
     batch0 = [r["sample_id"] for r in seen["sheet0"]]
 
     # 2. Bad label files are refused with the offending rows listed; nothing is written.
@@ -145,6 +151,7 @@ def test_round_0_waits_for_labels_with_a_sheet_and_contact_sheet(labeled):
     assert len(sheet) == 10 and all(r["label"] == "" for r in sheet)
     assert all(r["item"] == f"digits sample {r['sample_id']}" for r in sheet)
     assert labeled["contact0"] == b"\x89PNG\r\n\x1a\n"
+    assert "people: round 0 waiting for labels (0 of 10 imported)" in labeled["status0"]
 
 
 def test_bad_imports_are_refused_and_write_nothing(labeled):

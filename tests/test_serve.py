@@ -177,3 +177,10 @@ def test_a_cycle_on_a_busy_workspace_is_skipped(tmp_path, tiny_params, prefect_h
     assert state.is_completed() and state.name == "Skipped"
     assert "in use by pid" in state.message
     assert Workspace(workspace).completed_rounds("tiny") == []
+
+
+def test_serve_without_a_persistent_server_says_how_to_start_one(tmp_path, capsys):
+    assert "PREFECT_API_URL" not in os.environ
+    assert main(["serve", "-w", str(tmp_path / "ws"), "--interval", "60"]) == 1
+    err = capsys.readouterr().err
+    assert "needs a persistent Prefect server" in err and "baldflow server" in err
