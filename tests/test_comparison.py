@@ -262,9 +262,11 @@ def test_report_on_synthetic_campaigns(tmp_path):
     assert metrics["target_accuracy"] == 0.9
     assert metrics["random"]["labels_to_target_mean"] is None  # JSON has no NaN
     assert metrics["batchbald"]["acquisition_seconds_mean"] == pytest.approx(5.0)
-    curve_rows = (report / "curves" / "power-bald.csv").read_text().splitlines()
-    assert curve_rows[0].startswith("labeled,accuracy_mean,accuracy_std")
-    assert curve_rows[1].startswith("20,0.6,0,0.6,0.6,2")
+    curve_rows = (report / "learning_curves.csv").read_text().splitlines()
+    assert curve_rows[0] == (
+        "strategy,labeled,accuracy_mean,accuracy_std,accuracy_min,accuracy_max,seeds"
+    )
+    assert "power-bald,20,0.6,0,0.6,0.6,2" in curve_rows
     png = (report / "learning_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert (report / "summary.csv").read_text().startswith("strategy,seeds,reached,")

@@ -1,5 +1,5 @@
 """The comparison report: per-strategy table (CSV, markdown, DVC metrics), mean learning curves
-for `dvc plots`, and a PNG of the curves with a band over seeds."""
+for `dvc plots` and a PNG of the curves with a band over seeds."""
 
 from __future__ import annotations
 
@@ -139,9 +139,9 @@ def plot_curves(
     right.set_yticks(list(rows), names)
     right.set_xscale("log")
     right.invert_yaxis()
-    right.set_xlabel("seconds per round (mean over rounds and seeds, log)")
-    right.set_title("acquisition time")
-    right.legend(loc="lower right", fontsize=8)
+    right.set_xlabel("seconds per round (log scale)")
+    right.set_title("acquisition time, mean over rounds and seeds", fontsize=9)
+    right.legend(loc="upper right", fontsize=8)
     right.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -161,7 +161,7 @@ def write_report(
     target = bench.target_accuracy
     summaries = [aggregate(strategy, cs, target) for strategy, cs in curves.items()]
     out = Path(out_dir)
-    (out / "curves").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
 
     with (out / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
@@ -195,14 +195,18 @@ def write_report(
         }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    for strategy, cs in curves.items():
-        rows = mean_curve(cs)
-        with (out / "curves" / f"{strategy}.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
+    # One long table (a strategy column) for `dvc plots`: its template colours by strategy, so
+    # the plot follows whatever benchmark.strategies lists.
+    with (out / "learning_curves.csv").open("w", newline="") as handle:
+        writer = None
+        for strategy, cs in curves.items():
+            for row in mean_curve(cs):
+                record = {"strategy": strategy, **row}
+                if writer is None:
+                    writer = csv.DictWriter(handle, fieldnames=list(record), lineterminator="\n")
+                    writer.writeheader()
                 writer.writerow(
-                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in record.items()}
                 )
     plot_curves(curves, summaries, target, out / "learning_curves.png", title=setting)
     print(setting)
