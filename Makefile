@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The torch/torchvision builds that pip takes from this machine's local disk (x86_64, Python 3.11).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test lint bench env clean
+.PHONY: run test lint bench compare env clean
 
 env: $(VENV)/.installed
 
@@ -27,9 +27,14 @@ lint: env
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Speed benchmarks, with batchbald_redux and baal as peers (not part of the test run).
 bench: env
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python benchmarks/acquisition.py --peers
+	$(BIN)/python benchmarks/run_all.py
+
+# The strategy comparison of dvc.yaml (about 30 minutes on 2 cores).
+compare: env
+	PATH=$(BIN):$$PATH $(BIN)/dvc repro
 
 clean:
 	rm -rf $(VENV)
