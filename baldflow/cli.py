@@ -23,8 +23,9 @@ def _default_workspace() -> str:
     if env:
         return env
     # Inside a workspace already (cd'ed into it), use it rather than a nested one.
-    cwd = Path.cwd()
-    if (cwd / ".dvc").is_dir() and (cwd / ".git").exists() and (cwd / "data").is_dir():
+    from baldflow.workspace.repo import Workspace
+
+    if Workspace.is_workspace(Path.cwd()):
         return "."
     return DEFAULT_WORKSPACE
 

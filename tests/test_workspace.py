@@ -218,3 +218,23 @@ def test_ledger_file_only_grows(ws):
     ws.commit_round("c", 1, rows("c", 1, ["b"]), summary={"round": 1})
     assert ws.ledger_path("c").read_text().startswith(first)
     assert Path(ws.rounds_path("c")).read_text().count("\n") == 3
+
+
+def test_a_plain_git_dvc_repository_is_not_taken_for_a_workspace(tmp_path, monkeypatch):
+    # The baldflow project itself is a git + DVC repository with data/: running the CLI from
+    # its root must not write campaigns into it.
+    from dvc.repo import Repo
+
+    from baldflow.cli import _default_workspace
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    Repo.init(str(project)).close()
+    assert not Workspace.is_workspace(project)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("BALDFLOW_WORKSPACE", raising=False)
+    assert _default_workspace() != "."
+    Workspace.init(project).close()
+    assert Workspace.is_workspace(project)
+    assert _default_workspace() == "."

@@ -30,6 +30,9 @@ LEDGER_FILE = "ledger.csv"
 ROUNDS_FILE = "rounds.csv"
 CAMPAIGN_FILE = "campaign.yaml"
 PARAMS_FILE = "params.yaml"
+# Marks a directory as a baldflow workspace. A git + DVC repository alone is not one: the
+# baldflow project itself is such a repository, and campaigns must never land in it by default.
+MARKER_FILE = ".baldflow-workspace"
 REMOTE_DIR = "dvc-remote"
 REMOTE_NAME = "local"
 
@@ -151,7 +154,9 @@ class Workspace:
     @staticmethod
     def is_workspace(root: str | Path) -> bool:
         root = Path(root)
-        return (root / ".git").exists() and (root / ".dvc").is_dir()
+        return (
+            (root / ".git").exists() and (root / ".dvc").is_dir() and (root / MARKER_FILE).is_file()
+        )
 
     def campaign_dir(self, campaign: str) -> Path:
         return self.root / DATA_DIR / campaign
@@ -276,7 +281,10 @@ class Workspace:
         if params_text is not None and not ws.params_path.exists():
             ws.params_path.write_text(params_text)
         (root / DATA_DIR).mkdir(exist_ok=True)
-        paths = [".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore"]
+        marker = root / MARKER_FILE
+        if not marker.exists():
+            marker.write_text("baldflow workspace: campaigns live under data/, see README.md\n")
+        paths = [MARKER_FILE, ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore"]
         if ws.params_path.exists():
             paths.append(PARAMS_FILE)
         paths = [p for p in paths if (root / p).exists()]
