@@ -6,19 +6,11 @@ import copy
 import os
 import tempfile
 
+from baldflow.workspace.repo import OFFLINE_ENVIRONMENT
+
 # These must be set before prefect, mlflow or dvc are imported: prefect reads its settings once.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="baldflow-test-prefect-")
-for _key, _value in {
-    "PREFECT_HOME": _PREFECT_HOME,
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "DVC_NO_UPDATER": "1",
-    "GIT_TERMINAL_PROMPT": "0",
-}.items():
-    os.environ[_key] = _value
+os.environ.update(OFFLINE_ENVIRONMENT, PREFECT_HOME=_PREFECT_HOME)
 # A server configured in the developer's shell must not receive test runs.
 os.environ.pop("PREFECT_API_URL", None)
 

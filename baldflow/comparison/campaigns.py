@@ -13,20 +13,11 @@ from typing import Any
 
 from baldflow.comparison.config import BenchmarkConfig, campaign_params
 from baldflow.comparison.curves import Curve, summarize_campaign
+from baldflow.workspace.repo import offline_environment
 
-# Settings that keep a benchmark process quiet and offline; a value the user set wins.
-_ENVIRONMENT = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "DVC_NO_UPDATER": "1",
-    "GIT_TERMINAL_PROMPT": "0",
-    # Eighteen campaigns of ~16 rounds print ~3,000 task lines at INFO; the flow's one line per
-    # round (accuracy, acquired, seconds) is the progress worth seeing.
-    "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
-}
+# Eighteen campaigns of ~16 rounds print ~3,000 task lines at INFO; the flow's one line per
+# round (accuracy, acquired, seconds) is the progress worth seeing.
+_QUIET_TASK_RUNS = {"PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING"}
 
 
 class CampaignFailedError(RuntimeError):
@@ -140,7 +131,8 @@ def run_one(
     Returns the summary (also written as JSON next to the curve CSV).
     """
     started = time.perf_counter()
-    for key, value in _ENVIRONMENT.items():
+    offline_environment()
+    for key, value in _QUIET_TASK_RUNS.items():
         os.environ.setdefault(key, value)
     project_root = Path(project_root).resolve()
     scratch = Path(scratch) if scratch is not None else default_scratch()

@@ -73,22 +73,26 @@ def round_tag(campaign: str, round_index: int) -> str:
     return f"{campaign}/round-{round_index:04d}"
 
 
+# Settings that keep Prefect, MLflow, DVC and git local and quiet: no telemetry, no version
+# checks (network calls too), no prompts, and time for the temporary Prefect server to start.
+OFFLINE_ENVIRONMENT = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "DVC_NO_UPDATER": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+
+
 def offline_environment(root: str | Path | None = None) -> dict[str, str]:
-    """Environment settings that keep Prefect, MLflow and DVC local and quiet.
+    """Apply OFFLINE_ENVIRONMENT (and PREFECT_HOME in the workspace `root`) to os.environ.
 
     Call before importing prefect: its settings are read once at import. Values the user set
     already win, so a configured PREFECT_API_URL or PREFECT_HOME is kept.
     """
-    values = {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DVC_NO_ANALYTICS": "1",
-        # Version checks are network calls too.
-        "DVC_NO_UPDATER": "1",
-        "GIT_TERMINAL_PROMPT": "0",
-    }
+    values = dict(OFFLINE_ENVIRONMENT)
     if root is not None:
         values["PREFECT_HOME"] = str(Path(root).resolve() / ".prefect")
     applied = {}
