@@ -452,6 +452,8 @@ def _print_waiting(result: dict) -> None:
 
 def cmd_cycle(args: argparse.Namespace) -> int:
     ws_root = _ws_root(args)
+    # Before anything imports prefect: it reads its settings once, at import.
+    _prepare_prefect(ws_root)
     from flows.cycle import load_cycle_config
 
     config = load_cycle_config(ws_root, args.config, args.overrides)
@@ -460,23 +462,27 @@ def cmd_cycle(args: argparse.Namespace) -> int:
         from baldflow.workspace import Workspace
 
         Workspace.init(ws_root, params_text=dump_yaml(config)).close()
-    _prepare_prefect(ws_root)
     from flows.cycle import cycle_flow
 
     result = cycle_flow(workspace=str(ws_root), params=config.to_dict())
     if result.get("stopped") == "workspace-busy":
         print(f"skipped: {ws_root} is busy with another round")
         return EXIT_LOCKED
-    print(
-        f"campaign {result['campaign']}: last completed round {result['last_round']} "
-        f"({result['stopped']})"
-    )
+    outcome = {
+        "round-limit": "one round done",
+        "rounds": f"all {result.get('last_round')} rounds were done already",
+        "pool-empty": "the pool is empty",
+        "waiting-for-labels": "waiting for labels",
+    }.get(result["stopped"], result["stopped"])
+    print(f"campaign {result['campaign']}: last completed round {result['last_round']} ({outcome})")
     _print_waiting(result)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     ws_root = _ws_root(args)
+    # Before anything imports prefect: it reads its settings once, at import.
+    _prepare_prefect(ws_root)
     from flows.cycle import load_cycle_config
 
     config = load_cycle_config(ws_root, args.config, args.overrides)
@@ -495,7 +501,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from baldflow.workspace import Workspace
 
         Workspace.init(ws_root, params_text=dump_yaml(config)).close()
-    _prepare_prefect(ws_root)
     from flows.serve import serve_cycle
 
     serve_cycle(
