@@ -294,9 +294,11 @@ def test_run_one_real_tiny_campaign(tmp_path, monkeypatch):
     """One benchmark campaign through `baldflow run`'s flow, Prefect, MLflow, git and DVC."""
     from mlflow.tracking import MlflowClient
 
-    from baldflow.comparison.campaigns import _ENVIRONMENT, run_one
+    from baldflow.comparison.campaigns import _QUIET_TASK_RUNS, run_one
+    from baldflow.workspace.repo import OFFLINE_ENVIRONMENT
 
-    for key, value in _ENVIRONMENT.items():  # run_one sets these; undo them after the test
+    # run_one sets these; monkeypatch undoes them after the test.
+    for key, value in {**OFFLINE_ENVIRONMENT, **_QUIET_TASK_RUNS}.items():
         monkeypatch.setenv(key, value)
     bench = validate_benchmark(
         {
