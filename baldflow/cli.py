@@ -457,9 +457,10 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     from flows.cycle import load_cycle_config
 
     config = load_cycle_config(ws_root, args.config, args.overrides)
-    if not (ws_root / ".git").exists():
+    from baldflow.workspace import Workspace
+
+    if not Workspace.is_workspace(ws_root):
         from baldflow.config import dump_yaml
-        from baldflow.workspace import Workspace
 
         Workspace.init(ws_root, params_text=dump_yaml(config)).close()
     from flows.cycle import cycle_flow
@@ -496,9 +497,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from baldflow.config import ConfigError
 
         raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
-    if not (ws_root / ".git").exists():
+    from baldflow.workspace import Workspace
+
+    if not Workspace.is_workspace(ws_root):
         from baldflow.config import dump_yaml
-        from baldflow.workspace import Workspace
 
         Workspace.init(ws_root, params_text=dump_yaml(config)).close()
     from flows.serve import serve_cycle
