@@ -32,6 +32,18 @@ TINY_PARAMS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """The test models are tiny: a second intra-op thread only adds synchronisation, and when
+    anything else runs on the two cores, OpenMP oversubscription slows torch several-fold."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_params() -> dict:
     return copy.deepcopy(TINY_PARAMS)

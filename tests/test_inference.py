@@ -10,16 +10,6 @@ from baldflow.inference import InferenceError, predict_log_probs, score_pool
 from baldflow.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, and when
-    anything else is running on the two cores it slows training several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def cnn():
     return build_model("cnn", (1, 8, 8), 10, seed=0).eval()

@@ -14,17 +14,6 @@ from baldflow.models import (
     build_model,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, and when
-    anything else is running on the two cores it slows training several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Small inputs keep every architecture fast on two CPU cores.
 SHAPES = {"mlp": (1, 8, 8), "cnn": (1, 8, 8), "batchbald-cnn": (1, 28, 28), "resnet18": (3, 8, 8)}
 FAST = ["mlp", "cnn", "batchbald-cnn"]

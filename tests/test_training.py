@@ -20,16 +20,6 @@ from baldflow.training import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, and when
-    anything else is running on the two cores it slows training several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_source("digits", seed=0)
