@@ -124,28 +124,10 @@ td.id, th.id { text-align: left; }
 
 
 def _learning_curve(rounds: list[dict[str, str]], title: str) -> bytes:
-    import matplotlib
+    from baldflow.plots import learning_curve_figure
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    points = [
-        (float(r["train_size"]), float(r["test_accuracy"]))
-        for r in rounds
-        if r.get("test_accuracy")
-    ]
-    fig = Figure(figsize=(7, 3.6), dpi=90)
-    ax = fig.add_subplot()
-    if points:
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o")
-    ax.set_xlabel("labeled samples the round's model was trained on")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    learning_curve_figure(rounds, title).savefig(buffer, format="png")
     return buffer.getvalue()
 
 

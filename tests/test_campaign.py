@@ -61,6 +61,10 @@ def test_three_rounds_are_tracked_in_mlflow(campaign3):
     assert parent.info.run_id == result["parent_run_id"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "learning_curve.png" in artifacts
+    last_round = max(rounds, key=lambda r: int(r.data.tags["baldflow.round"]))
+    assert parent.data.metrics["final_test_accuracy"] == pytest.approx(
+        last_round.data.metrics["test_accuracy"]
+    )
     ws = Workspace(workspace)
     for run in sorted(rounds, key=lambda r: int(r.data.tags["baldflow.round"])):
         tags, metrics = run.data.tags, run.data.metrics

@@ -253,28 +253,16 @@ class Tracker:
         self, parent_run_id: str, rows: Sequence[Mapping[str, Any]], title: str
     ) -> None:
         """Test accuracy against labeled-set size, as a PNG on the campaign's parent run."""
-        import matplotlib
+        from baldflow.plots import learning_curve_figure
 
-        matplotlib.use("Agg")
-        from matplotlib.figure import Figure
-
-        points = [
-            (float(r["train_size"]), float(r["test_accuracy"]))
-            for r in rows
-            if r.get("test_accuracy") not in (None, "")
-        ]
-        fig = Figure(figsize=(6, 4), dpi=100)
-        ax = fig.add_subplot()
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o")
-        ax.set_xlabel("labeled samples used for training")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
+        points = [r for r in rows if r.get("test_accuracy") not in (None, "")]
+        fig = learning_curve_figure(rows, title)
         self.client.log_figure(parent_run_id, fig, "learning_curve.png")
         if points:
             self._log(
                 parent_run_id,
-                metrics={"final_test_accuracy": points[-1][1], "final_train_size": points[-1][0]},
+                metrics={
+                    "final_test_accuracy": float(points[-1]["test_accuracy"]),
+                    "final_train_size": float(points[-1]["train_size"]),
+                },
             )
