@@ -235,19 +235,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         table = Table(title=f"acquisitions in {ws_root}")
-        columns = [
-            "campaign",
-            "round",
-            "rank",
-            "sample_id",
-            "label",
-            "strategy",
-            "score",
-            "selection_probability",
-            "selection_key",
-            "acquired_at",
-            "mlflow_run_id",
-        ]
+        from baldflow.workspace.ledger import ACQUISITION_COLUMNS
+
+        columns = ["campaign", *ACQUISITION_COLUMNS, "mlflow_run_id"]
         for column in columns:
             table.add_column(column.replace("selection_", "sel. "), overflow="fold")
         for r in rows:

@@ -14,6 +14,7 @@ from typing import Any
 
 from baldflow.audit import open_workspace, pick_campaign
 from baldflow.thumbnails import contact_sheet, png_data_uri
+from baldflow.workspace.ledger import ACQUISITION_COLUMNS
 
 
 def _fmt(value: Any) -> str:
@@ -247,19 +248,7 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
     parts.append(
         _table_html(
             ledger,
-            [
-                "round",
-                "rank",
-                "sample_id",
-                "label",
-                "strategy",
-                "score",
-                "selection_probability",
-                "selection_key",
-                "acquired_at",
-                "labeled_by",
-                "mlflow_run_id",
-            ],
+            [*ACQUISITION_COLUMNS, "labeled_by", "mlflow_run_id"],
         )
     )
     parts.append("</body></html>")

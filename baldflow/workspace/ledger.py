@@ -46,6 +46,19 @@ LEDGER_FIELDS = [f.name for f in fields(LedgerRow)]
 # Ledgers written before `labeled_by` existed: still read, and appended to in their own columns.
 LEDGER_FIELDS_V1 = LEDGER_FIELDS[:-1]
 LABELED_FIELDS = ["sample_id", "label", "round"]
+# The ledger fields that say when and why a sample was acquired: the columns of every
+# human-facing ledger table (the CLI's history, the HTML report), which add their own context.
+ACQUISITION_COLUMNS = [
+    "round",
+    "rank",
+    "sample_id",
+    "label",
+    "strategy",
+    "score",
+    "selection_probability",
+    "selection_key",
+    "acquired_at",
+]
 
 
 def _cell(value: object) -> str:
