@@ -135,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{config.acquisition.batch_size}); starting Prefect...",
             flush=True,
         )
-        from flows.campaign import campaign_flow
+        from baldflow.flows.campaign import campaign_flow
 
         result = campaign_flow(
             workspace=str(ws_root), params=config.to_dict(), campaign=config.campaign.name
@@ -219,8 +219,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.sample is not None:
         rows = [r for r in rows if r.sample_id == args.sample]
         if args.format == "table":
-            from baldflow.audit import sample_story
-            from baldflow.report import print_story
+            from baldflow.audit.queries import sample_story
+            from baldflow.audit.report import print_story
 
             print_story(sample_story(ws_root, args.sample, args.campaign))
             return 0
@@ -423,7 +423,7 @@ def cmd_label(args: argparse.Namespace) -> int:
             return 0
         _prepare_prefect(ws_root)
         print("batch complete; completing the round (version, track)...", flush=True)
-        from flows.cycle import cycle_flow
+        from baldflow.flows.cycle import cycle_flow
 
         outcome = cycle_flow(workspace=str(ws_root), params=pending.params)
     print(f"round {outcome['last_round']} of {outcome['campaign']} committed")
@@ -444,7 +444,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     ws_root = _ws_root(args)
     # Before anything imports prefect: it reads its settings once, at import.
     _prepare_prefect(ws_root)
-    from flows.cycle import load_cycle_config
+    from baldflow.flows.cycle import load_cycle_config
 
     config = load_cycle_config(ws_root, args.config, args.overrides)
     from baldflow.workspace import Workspace
@@ -453,7 +453,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
         from baldflow.config import dump_yaml
 
         Workspace.init(ws_root, params_text=dump_yaml(config)).close()
-    from flows.cycle import cycle_flow
+    from baldflow.flows.cycle import cycle_flow
 
     result = cycle_flow(workspace=str(ws_root), params=config.to_dict())
     if result.get("stopped") == "workspace-busy":
@@ -474,7 +474,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ws_root = _ws_root(args)
     # Before anything imports prefect: it reads its settings once, at import.
     _prepare_prefect(ws_root)
-    from flows.cycle import load_cycle_config
+    from baldflow.flows.cycle import load_cycle_config
 
     config = load_cycle_config(ws_root, args.config, args.overrides)
     if not os.environ.get("PREFECT_API_URL"):
@@ -493,7 +493,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from baldflow.config import dump_yaml
 
         Workspace.init(ws_root, params_text=dump_yaml(config)).close()
-    from flows.serve import serve_cycle
+    from baldflow.flows.serve import serve_cycle
 
     serve_cycle(
         ws_root,
@@ -524,7 +524,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from baldflow import audit
+    from baldflow.audit import queries as audit
 
     record = audit.show_round(_ws_root(args), args.round, args.campaign)
     if args.format == "json":
@@ -532,14 +532,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
         print(json.dumps(record, indent=2))
         return 0
-    from baldflow.report import print_round
+    from baldflow.audit.report import print_round
 
     print_round(record)
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from baldflow import audit
+    from baldflow.audit import queries as audit
 
     record = audit.diff_rounds(_ws_root(args), args.from_round, args.to_round, args.campaign)
     if args.format == "json":
@@ -556,14 +556,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for row in record["removed"]:
             writer.writerow(["removed", row["sample_id"], row["label"], row["round"]])
     else:
-        from baldflow.report import print_diff
+        from baldflow.audit.report import print_diff
 
         print_diff(record)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from baldflow.report import write_report
+    from baldflow.audit.report import write_report
 
     path = write_report(_ws_root(args), args.campaign, args.output)
     print(f"report written: {path}")

@@ -19,13 +19,10 @@ from prefect.states import Completed
 from prefect.utilities.annotations import quote
 
 from baldflow import steps
+from baldflow.common import utc_now
 from baldflow.config import Config, validate
-from baldflow.labeling import HandOff, PendingRound, describe_item, utc_now
-from baldflow.oracle import build_oracle
-from baldflow.workspace import LedgerRow, Workspace, WorkspaceError, round_tag, workspace_lock
-from baldflow.workspace.ledger import labeled_rows_from_ledger, labeled_text, md5_of_text
-from baldflow.workspace.tracking import Tracker, local_tracking_uri
-from tasks import (
+from baldflow.labeling import HandOff, PendingRound, build_oracle, describe_item
+from baldflow.tasks import (
     close_stale_flow_runs,
     evaluate_model,
     finish_campaign,
@@ -42,6 +39,9 @@ from tasks import (
     train_model,
     version_round,
 )
+from baldflow.workspace import LedgerRow, Workspace, WorkspaceError, round_tag, workspace_lock
+from baldflow.workspace.ledger import labeled_rows_from_ledger, labeled_text, md5_of_text
+from baldflow.workspace.tracking import Tracker, local_tracking_uri
 
 
 def _utc_now() -> str:
@@ -198,7 +198,7 @@ class _Campaign:
 
     def _hand_off(self, round_index: int, ids: list[str], state: dict[str, Any]) -> None:
         """Write the batch for people to label and stop the campaign (raises WaitingForLabels)."""
-        from baldflow.thumbnails import is_image_batch
+        from baldflow.audit.thumbnails import is_image_batch
 
         assert self.data is not None and self.handoff is not None
         c = self.config

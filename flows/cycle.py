@@ -13,8 +13,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
+from baldflow.flows.campaign import final_state, run_campaign
 from baldflow.workspace import WorkspaceLockedError
-from flows.campaign import final_state, run_campaign
 
 
 def load_cycle_config(workspace: str | Path, config: str | None, overrides: list[str] | None):

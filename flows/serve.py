@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect.types.entrypoint import EntrypointType
 
-from flows.cycle import cycle_flow
+from baldflow.flows.cycle import cycle_flow
 
 
 def deployment_name(campaign: str) -> str:

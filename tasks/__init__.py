@@ -1,18 +1,18 @@
 """Prefect tasks of a campaign, one per step, each a thin wrapper over baldflow/."""
 
-from tasks.acquisition import score_pool, select_batch
-from tasks.data import prepare_data
-from tasks.flow_runs import close_stale_flow_runs
-from tasks.model import evaluate_model, train_model
-from tasks.oracle import hand_off_batch, label_batch
-from tasks.tracking import (
+from baldflow.tasks.acquisition import score_pool, select_batch
+from baldflow.tasks.data import prepare_data
+from baldflow.tasks.flow_runs import close_stale_flow_runs
+from baldflow.tasks.model import evaluate_model, train_model
+from baldflow.tasks.oracle import hand_off_batch, label_batch
+from baldflow.tasks.tracking import (
     finish_campaign,
     publish_batch,
     start_campaign_tracking,
     start_round_run,
     track_round,
 )
-from tasks.workspace import recover_workspace, version_round
+from baldflow.tasks.workspace import recover_workspace, version_round
 
 __all__ = [
     "close_stale_flow_runs",

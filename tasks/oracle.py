@@ -7,8 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from baldflow.labeling import HandOff, PendingRound
-from baldflow.oracle import Oracle
+from baldflow.labeling import HandOff, Oracle, PendingRound
 
 
 # A retry helps an oracle that reads from somewhere shared (a hand-off file being written).

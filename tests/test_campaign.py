@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def run_flow(workspace: Path, params: dict) -> dict:
-    from flows.campaign import campaign_flow
+    from baldflow.flows.campaign import campaign_flow
 
     return campaign_flow(workspace=str(workspace), params=params, campaign="test")
 

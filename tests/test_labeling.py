@@ -52,7 +52,7 @@ def snapshot(ws: Workspace, campaign: str) -> tuple:
 def labeled(tmp_path_factory, prefect_harness, tiny_defaults):
     from baldflow import steps
     from baldflow.config import validate
-    from flows.campaign import campaign_flow
+    from baldflow.flows.campaign import campaign_flow
 
     root = tmp_path_factory.mktemp("labeling")
     workspace = root / "ws"
@@ -213,7 +213,7 @@ def test_partial_imports_complete_the_round_once_the_batch_is_whole(labeled):
 
 # ---------------------------------------------------------------------------- audit
 def test_history_of_one_sample_tells_its_whole_story(labeled, capsys):
-    from baldflow.audit import sample_story
+    from baldflow.audit.queries import sample_story
 
     workspace = labeled["workspace"]
     sample = labeled["pending1"].sample_ids[0]

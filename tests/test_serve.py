@@ -149,7 +149,7 @@ def test_serve_runs_scheduled_cycles_one_round_each(tmp_path, tiny_params):
 
 
 def test_a_cycle_on_a_busy_workspace_is_skipped(tmp_path, tiny_params, prefect_harness):
-    from flows.cycle import cycle_flow
+    from baldflow.flows.cycle import cycle_flow
 
     workspace = tmp_path / "ws"
     params_file = tmp_path / "params.yaml"

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from baldflow.common import format_number
+
 CURVE_FIELDS = (
     "labeled",
     "test_accuracy",
@@ -105,7 +107,7 @@ class Curve:
             writer = csv.DictWriter(handle, fieldnames=CURVE_FIELDS, lineterminator="\n")
             writer.writeheader()
             for row in self.rows():
-                writer.writerow({k: _fmt(v) for k, v in row.items()})
+                writer.writerow({k: format_number(v) for k, v in row.items()})
 
     @classmethod
     def read_csv(cls, path: str | Path) -> Curve:
@@ -134,12 +136,6 @@ def _train_seconds(row: Mapping[str, Any]) -> float:
     if row.get("seconds_train") not in (None, ""):
         return float(row["seconds_train"])
     return _number(row.get("seconds_compute")) - _number(row.get("seconds_acquisition"))
-
-
-def _fmt(value: float | int) -> str:
-    if isinstance(value, int):
-        return str(value)
-    return "" if math.isnan(value) else f"{value:.6g}"
 
 
 def labels_to_target(

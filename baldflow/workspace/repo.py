@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from baldflow.common import atomic_write_text, format_number
 from baldflow.workspace import ledger as ledger_mod
 from baldflow.workspace.ledger import LedgerError, LedgerRow
 from baldflow.workspace.lock import LOCK_NAME
@@ -453,7 +454,7 @@ class Workspace:
         md5 = ledger_mod.md5_of_text(text)
         rows = [dataclasses.replace(r, labeled_set_md5=md5) for r in rows]
 
-        _atomic_write(self.labeled_path(campaign), text)
+        atomic_write_text(self.labeled_path(campaign), text)
         ledger_mod.append_ledger(self.ledger_path(campaign), rows)
         self._append_summary(campaign, {**summary, "labeled_set_md5": md5})
         if identity is not None and not (cdir / CAMPAIGN_FILE).exists():
@@ -502,7 +503,7 @@ class Workspace:
             writer = csv.DictWriter(handle, fieldnames=ROUNDS_FIELDS, lineterminator="\n")
             if not exists:
                 writer.writeheader()
-            writer.writerow({k: _fmt(summary.get(k)) for k in ROUNDS_FIELDS})
+            writer.writerow({k: format_number(summary.get(k)) for k in ROUNDS_FIELDS})
 
     # ---------------------------------------------------------------- history
     def labeled_at(self, campaign: str, round_index: int) -> list[tuple[str, int, int]]:
@@ -512,20 +513,6 @@ class Workspace:
         rel = f"{DATA_DIR}/{campaign}/{LABELED_FILE}"
         text = dvc.api.read(rel, repo=str(self.root), rev=round_tag(campaign, round_index))
         return ledger_mod.parse_labeled(text)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _dvc_out(dvcfile: Path) -> dict[str, Any]:

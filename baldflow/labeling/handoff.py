@@ -1,50 +1,26 @@
 """The file hand-off to people who label: a pending batch written to data/<campaign>/to-label/,
-their labels imported and checked against it, and the `file` oracle that reads them back.
+the labels imported for it, and the `file` oracle that reads them back.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime as dt
 import io
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from baldflow.oracle import LabelsPendingError, OracleError
+from baldflow.common import atomic_write_text
+from baldflow.labeling.oracles import LabelsPendingError, OracleError
 from baldflow.workspace.repo import TO_LABEL_DIR
+
+if TYPE_CHECKING:
+    from baldflow.labeling.importing import ImportResult
 
 SHEET_FIELDS = ["sample_id", "item", "label"]
 LABELS_FIELDS = ["sample_id", "label", "labeled_by", "imported_at", "source"]
-# How many offending rows an error message lists before it summarises the rest.
-_SHOWN = 20
-
-
-class LabelImportError(ValueError):
-    """A label file does not fit the pending batch; the message lists the offending rows."""
-
-    def __init__(self, path: str | Path, problems: Sequence[str]):
-        self.problems = list(problems)
-        shown = self.problems[:_SHOWN]
-        more = len(self.problems) - len(shown)
-        lines = [f"{path}: {len(self.problems)} problem(s), nothing was imported:"]
-        lines += [f"  {p}" for p in shown]
-        if more:
-            lines.append(f"  ... and {more} more")
-        super().__init__("\n".join(lines))
-
-
-class NoPendingBatchError(LookupError):
-    """A label import was asked for but no batch is waiting for labels."""
-
-
-def utc_now() -> str:
-    return (
-        dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 @dataclasses.dataclass
@@ -65,24 +41,6 @@ class PendingRound:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The campaign's parameters when the batch was chosen: the round finishes with these.
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
-class ImportResult:
-    round: int
-    added: int
-    labeled: int
-    batch_size: int
-
-    @property
-    def complete(self) -> bool:
-        return self.labeled == self.batch_size
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class HandOff:
@@ -135,14 +93,14 @@ class HandOff:
         writer.writerow(SHEET_FIELDS)
         for sid, item in zip(pending.sample_ids, pending.items, strict=True):
             writer.writerow([sid, item, ""])
-        _atomic_write(self.sheet_path(pending.round), buffer.getvalue())
+        atomic_write_text(self.sheet_path(pending.round), buffer.getvalue())
         if images is not None:
-            from baldflow.thumbnails import contact_sheet
+            from baldflow.audit.thumbnails import contact_sheet
 
             contact_sheet(
                 images, pending.sample_ids, self.contact_sheet_path(pending.round), columns=10
             )
-        _atomic_write(
+        atomic_write_text(
             self.pending_path(pending.round), json.dumps(dataclasses.asdict(pending), indent=1)
         )
         return self.sheet_path(pending.round)
@@ -158,121 +116,22 @@ class HandOff:
     def is_complete(self, pending: PendingRound) -> bool:
         return set(pending.sample_ids) <= set(self.imported(pending.round))
 
+    def import_labels(
+        self, path: str | Path, *, partial: bool = False, labeled_by: str
+    ) -> ImportResult:
+        """Check a label file against the pending batch; store its labels only if all is well."""
+        from baldflow.labeling.importing import import_labels
+
+        return import_labels(self, path, partial=partial, labeled_by=labeled_by)
+
+    def write_imported(self, round_index: int, text: str) -> None:
+        atomic_write_text(self.labels_path(round_index), text)
+
     def clear(self, round_index: int) -> None:
         """Remove a round's hand-off files once the round is committed."""
         prefix = f"round-{round_index:04d}"
         for path in self.dir.glob(prefix + ".*"):
             path.unlink()
-
-    # ------------------------------------------------------------------ import
-    def import_labels(
-        self, path: str | Path, *, partial: bool = False, labeled_by: str
-    ) -> ImportResult:
-        """Check a label file against the pending batch; store its labels only if all is well.
-
-        Without `partial` the file (with earlier imports) must label the whole batch, and an
-        empty label is an error; with `partial`, rows with an empty label are skipped.
-        """
-        path = Path(path)
-        pending = self.pending()
-        if pending is None:
-            raise NoPendingBatchError(
-                f"campaign {self.campaign!r} has no batch waiting for labels (in {self.dir})"
-            )
-        if not path.is_file():
-            raise FileNotFoundError(f"label file {path} does not exist")
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            missing_columns = [c for c in ("sample_id", "label") if c not in columns]
-            if missing_columns:
-                raise LabelImportError(
-                    path,
-                    [f"missing column(s) {', '.join(missing_columns)} (header: {columns})"],
-                )
-            records = list(reader)
-        batch = set(pending.sample_ids)
-        before = self.imported(pending.round)
-        classes = pending.class_names
-        problems: list[str] = []
-        accepted: dict[str, int] = {}
-        for line, record in enumerate(records, start=2):
-            sid = (record.get("sample_id") or "").strip()
-            raw = (record.get("label") or "").strip()
-            if not sid:
-                problems.append(f"line {line}: empty sample_id")
-                continue
-            if sid not in batch:
-                problems.append(
-                    f"line {line}: sample_id {sid!r} is not in the pending batch "
-                    f"(round {pending.round})"
-                )
-                continue
-            if sid in accepted:
-                problems.append(f"line {line}: sample_id {sid!r} appears more than once")
-                continue
-            if not raw:
-                if not partial:
-                    problems.append(f"line {line}: sample_id {sid!r} has an empty label")
-                continue
-            label = class_index(raw, classes)
-            if label is None:
-                problems.append(
-                    f"line {line}: sample_id {sid!r} has label {raw!r}, not one of the classes "
-                    f"{', '.join(classes)} (or their indices 0..{len(classes) - 1})"
-                )
-                continue
-            if sid in before and int(before[sid]["label"]) != label:
-                problems.append(
-                    f"line {line}: sample_id {sid!r} was already imported with label "
-                    f"{before[sid]['label']} ({before[sid]['source']}), this file says {label}"
-                )
-                continue
-            accepted[sid] = label
-        if not partial:
-            missing = [
-                sid for sid in pending.sample_ids if sid not in accepted and sid not in before
-            ]
-            for sid in missing:
-                problems.append(
-                    f"sample_id {sid!r} of the batch has no label (use --partial to import "
-                    "part of a batch)"
-                )
-        if problems:
-            raise LabelImportError(path, problems)
-        now = utc_now()
-        merged = dict(before)
-        added = 0
-        for sid, label in accepted.items():
-            if sid in merged:
-                continue
-            merged[sid] = {
-                "sample_id": sid,
-                "label": str(label),
-                "labeled_by": labeled_by,
-                "imported_at": now,
-                "source": path.name,
-            }
-            added += 1
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=LABELS_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        # Batch order, so the file reads like the sheet that was handed out.
-        for sid in pending.sample_ids:
-            if sid in merged:
-                writer.writerow({k: merged[sid][k] for k in LABELS_FIELDS})
-        _atomic_write(self.labels_path(pending.round), buffer.getvalue())
-        return ImportResult(pending.round, added, len(merged), len(pending.sample_ids))
-
-
-def class_index(raw: str, class_names: Sequence[str]) -> int | None:
-    """A label as written by a person: a class name, or a class index."""
-    if raw in class_names:
-        return list(class_names).index(raw)
-    if raw.isdigit() and int(raw) < len(class_names):
-        return int(raw)
-    return None
-
 
 def describe_item(source: str, root: str | None, sample_id: str) -> str:
     """Where a person finds the item to label, for the sheet's `item` column."""

@@ -12,17 +12,14 @@ import io
 from pathlib import Path
 from typing import Any
 
-from baldflow.audit import open_workspace, pick_campaign
-from baldflow.thumbnails import contact_sheet, png_data_uri
+from baldflow.audit.queries import open_workspace, pick_campaign
+from baldflow.audit.thumbnails import contact_sheet, png_data_uri
+from baldflow.common import format_number
 from baldflow.workspace.ledger import ACQUISITION_COLUMNS
 
 
-def _fmt(value: Any) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+def _cell(value: Any) -> str:
+    return format_number(value, digits=4, missing="-")
 
 
 # ---------------------------------------------------------------------------- terminal
@@ -56,7 +53,7 @@ def print_story(story: dict[str, Any]) -> None:
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for title, key in fields:
-            table.add_row(title, _fmt(record.get(key)))
+            table.add_row(title, _cell(record.get(key)))
         console.print(table)
     for waiting in story["pending"]:
         state = "labeled, round not yet complete" if waiting["labeled"] else "not labeled yet"
@@ -78,7 +75,7 @@ def print_round(record: dict[str, Any]) -> None:
         f"{record['committed_at']})"
     )
     print(f"  labeled set:      {record['labeled_size']} samples, md5 {record['labeled_set_md5']}")
-    print(f"  test accuracy:    {_fmt(record['test_accuracy'])} (the model that chose the batch)")
+    print(f"  test accuracy:    {_cell(record['test_accuracy'])} (the model that chose the batch)")
     status = mlflow.get("status") or mlflow.get("error", "")
     print(f"  MLflow run:       {mlflow.get('run_id') or '-'} ({status})")
     histogram = ", ".join(f"{k}: {v}" for k, v in record["class_histogram"].items())
@@ -88,7 +85,7 @@ def print_round(record: dict[str, Any]) -> None:
     for column in columns:
         table.add_column(column.replace("selection_", "sel. "), overflow="fold")
     for row in record["batch"]:
-        table.add_row(*[_fmt(row.get(c)) for c in columns])
+        table.add_row(*[_cell(row.get(c)) for c in columns])
     console.print(table)
 
 
@@ -125,7 +122,7 @@ td.id, th.id { text-align: left; }
 
 
 def _learning_curve(rounds: list[dict[str, str]], title: str) -> bytes:
-    from baldflow.plots import learning_curve_figure
+    from baldflow.audit.plots import learning_curve_figure
 
     buffer = io.BytesIO()
     learning_curve_figure(rounds, title).savefig(buffer, format="png")
@@ -141,8 +138,8 @@ def _pool_images(ws_root: Path, campaign: str) -> tuple[Any, dict[str, int], str
         return None, {}, "no campaign.yaml to rebuild the pool from"
     try:
         from baldflow import steps
+        from baldflow.audit.thumbnails import is_image_batch
         from baldflow.config import validate
-        from baldflow.thumbnails import is_image_batch
 
         config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
         data = steps.prepare_data(config)
@@ -184,7 +181,7 @@ def _table_html(rows: list[dict[str, Any]], columns: list[str]) -> str:
         cells = []
         for c in columns:
             css = " class='id'" if c in ("sample_id", "labeled_by", "acquired_at") else ""
-            cells.append(f"<td{css}>{html.escape(_fmt(row.get(c)))}</td>")
+            cells.append(f"<td{css}>{html.escape(_cell(row.get(c)))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 

@@ -45,29 +45,3 @@ class SimulatedOracle:
     def labeled_by(self, sample_ids: Sequence[str]) -> list[str]:
         """Who labeled each sample, for the ledger's `labeled_by` column."""
         return ["simulated oracle"] * len(sample_ids)
-
-
-ORACLE_KINDS = ("simulated", "file")
-
-
-def build_oracle(
-    kind: str,
-    *,
-    pool_ids: Sequence[str],
-    pool_labels: Sequence[int],
-    handoff: object | None = None,
-) -> Oracle:
-    """The oracle of the configured kind for a prepared pool.
-
-    `handoff` (a baldflow.labeling.HandOff) is where the `file` oracle finds people's labels.
-    """
-    if kind == "simulated":
-        labels = {sid: int(y) for sid, y in zip(pool_ids, pool_labels, strict=True)}
-        return SimulatedOracle(labels)
-    if kind == "file":
-        from baldflow.labeling import FileOracle, HandOff
-
-        if not isinstance(handoff, HandOff):
-            raise OracleError("oracle.kind 'file' needs the campaign's hand-off folder")
-        return FileOracle(handoff)
-    raise OracleError(f"oracle.kind must be one of {', '.join(ORACLE_KINDS)}, got {kind!r}")

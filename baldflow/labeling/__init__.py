@@ -1,0 +1,37 @@
+"""Oracles that label batches: simulated from held-back labels, or people through files."""
+
+from baldflow.labeling.handoff import (
+    FileOracle,
+    HandOff,
+    PendingRound,
+    describe_item,
+    pending_batches,
+)
+from baldflow.labeling.importing import (
+    ImportResult,
+    LabelImportError,
+    NoPendingBatchError,
+    class_index,
+    import_labels,
+)
+from baldflow.labeling.oracles import LabelsPendingError, Oracle, OracleError, SimulatedOracle
+from baldflow.labeling.registry import ORACLE_KINDS, build_oracle
+
+__all__ = [
+    "ORACLE_KINDS",
+    "FileOracle",
+    "HandOff",
+    "ImportResult",
+    "LabelImportError",
+    "LabelsPendingError",
+    "NoPendingBatchError",
+    "Oracle",
+    "OracleError",
+    "PendingRound",
+    "SimulatedOracle",
+    "build_oracle",
+    "class_index",
+    "describe_item",
+    "import_labels",
+    "pending_batches",
+]
