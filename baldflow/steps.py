@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,21 @@ def generator_for(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(value)
 
 
+def save_state(state: dict[str, Any], path: str | Path) -> Path:
+    """Save a model's state_dict atomically (a killed write must not leave half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(state), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """A state_dict saved by save_state, on the CPU whatever device it was saved from."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
 @dataclasses.dataclass
 class CampaignData:
     """A prepared pool with a lookup from sample id to row."""
@@ -62,6 +79,15 @@ class CampaignData:
 
     def rows(self, sample_ids: Sequence[str]) -> torch.Tensor:
         return torch.tensor([self.row_of[sid] for sid in sample_ids], dtype=torch.long)
+
+    def images(self, pending: Any) -> torch.Tensor | None:
+        """The pool images of a handed-off batch, for its contact sheet (None unless images)."""
+        from baldflow.audit.thumbnails import is_image_batch
+
+        if not pending.sample_ids:
+            return None
+        images = self.splits.pool_x[self.rows(pending.sample_ids)]
+        return images if is_image_batch(images) else None
 
     def unlabeled_rows(self, labeled_ids: set[str]) -> torch.Tensor:
         keep = [i for i, sid in enumerate(self.splits.pool_ids) if sid not in labeled_ids]

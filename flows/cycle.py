@@ -13,7 +13,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from baldflow.flows.campaign import final_state, run_campaign
+from baldflow.flows.campaign import run_campaign
+from baldflow.flows.outcome import final_state
 from baldflow.workspace import WorkspaceLockedError
 
 

@@ -1,33 +1,52 @@
-"""Prefect tasks of a campaign, one per step, each a thin wrapper over baldflow/."""
+"""Prefect tasks of a campaign, one per step or side effect, each a thin wrapper over baldflow/.
+
+Installed as baldflow.tasks. Every task is safe to run twice; see each module for why.
+"""
 
 from baldflow.tasks.acquisition import score_pool, select_batch
 from baldflow.tasks.data import prepare_data
 from baldflow.tasks.flow_runs import close_stale_flow_runs
-from baldflow.tasks.model import evaluate_model, train_model
-from baldflow.tasks.oracle import hand_off_batch, label_batch
+from baldflow.tasks.model import (
+    evaluate_model,
+    load_handoff_model,
+    save_handoff_model,
+    train_model,
+)
+from baldflow.tasks.oracle import clear_handoff, hand_off_batch, label_batch, make_oracle
 from baldflow.tasks.tracking import (
+    end_run,
     finish_campaign,
+    park_round_run,
     publish_batch,
     start_campaign_tracking,
     start_round_run,
     track_round,
+    unpark_round_run,
 )
-from baldflow.tasks.workspace import recover_workspace, version_round
+from baldflow.tasks.workspace import OpenedWorkspace, open_workspace, version_round
 
 __all__ = [
+    "OpenedWorkspace",
+    "clear_handoff",
     "close_stale_flow_runs",
+    "end_run",
     "evaluate_model",
     "finish_campaign",
     "hand_off_batch",
     "label_batch",
+    "load_handoff_model",
+    "make_oracle",
+    "open_workspace",
+    "park_round_run",
     "prepare_data",
     "publish_batch",
-    "recover_workspace",
+    "save_handoff_model",
     "score_pool",
     "select_batch",
     "start_campaign_tracking",
     "start_round_run",
     "track_round",
     "train_model",
+    "unpark_round_run",
     "version_round",
 ]

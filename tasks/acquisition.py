@@ -1,4 +1,4 @@
-"""Tasks: score the unlabeled pool, then select the batch to label."""
+"""Tasks: score the unlabeled pool, then select the batch to label (no side effects)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from baldflow import steps
 from baldflow.config import Config
+from baldflow.faults import fault_point
 
 
 @task(name="score-pool", task_run_name="score pool [round {round_index}]", cache_policy=NO_CACHE)
@@ -18,7 +19,9 @@ def score_pool(
     seed: int,
     round_index: int,
 ) -> steps.PoolScores:
-    return steps.score_pool(config, data, trained.model, labeled_ids, seed)
+    scored = steps.score_pool(config, data, trained.model, labeled_ids, seed)
+    fault_point("score-pool:after", round_index)
+    return scored
 
 
 @task(
@@ -31,4 +34,6 @@ def select_batch(
     seed: int,
     round_index: int,
 ) -> steps.Selected:
-    return steps.select_batch(config, data, scored, seed)
+    selected = steps.select_batch(config, data, scored, seed)
+    fault_point("select-batch:after", round_index)
+    return selected

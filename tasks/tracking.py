@@ -1,4 +1,8 @@
-"""Tasks: MLflow runs of the campaign and its rounds, and the Prefect artifact of each batch."""
+"""Tasks: MLflow runs of the campaign and its rounds, and the Prefect artifact of each batch.
+
+Each is safe to run twice: runs are looked up before they are created, and what is logged
+again overwrites (see Tracker).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from baldflow.faults import fault_point
+from baldflow.rounds import Labels, RoundRecord
+from baldflow.workspace import RoundCommit
 from baldflow.workspace.tracking import Tracker
 
 # SQLite can be briefly locked by MLflow's own background work; a retry gets past that.
@@ -21,11 +28,21 @@ def start_campaign_tracking(
     tracker: Tracker,
     campaign: str,
     params: Mapping[str, Any],
-    committed: Mapping[str, Mapping[str, Any]],
+    committed: Mapping[int, Mapping[str, Any]],
 ) -> tuple[str, list[str]]:
-    """The parent run's id, and the ids of round runs a killed process left open."""
-    orphans = tracker.close_orphans(campaign, committed)
-    return tracker.campaign_run(campaign, params), orphans
+    """The parent run's id, and notes on what repairing the round runs after a stop did."""
+    done = tracker.repair(campaign, committed)
+    notes = []
+    if done["repaired"]:
+        notes.append(
+            f"completed the MLflow runs of {len(done['repaired'])} committed round(s) from git "
+            f"(a stopped run left them unfinished): {', '.join(done['repaired'])}"
+        )
+    if done["killed"]:
+        notes.append(
+            f"marked {len(done['killed'])} MLflow run(s) that a killed run left open as KILLED"
+        )
+    return tracker.campaign_run(campaign, params), notes
 
 
 @task(
@@ -43,9 +60,34 @@ def start_round_run(
     training_set: Mapping[str, Any],
 ) -> str:
     """A round's MLflow run, with the DVC version of the labeled set it trains on as input."""
-    run_id = tracker.start_round(parent_run_id, campaign, round_index, params)
+    fault_point("start-round-run:before", round_index)
+    run_id = tracker.round_run(parent_run_id, campaign, round_index, params)
     tracker.log_training_set(run_id, **training_set)
+    fault_point("start-round-run:after", round_index)
     return run_id
+
+
+@task(
+    name="park-round-run",
+    task_run_name="park MLflow run while people label [round {round_index}]",
+    cache_policy=NO_CACHE,
+    **_RETRY,
+)
+def park_round_run(tracker: Tracker, record: RoundRecord, round_index: int) -> None:
+    metrics = {"test_accuracy": record.test_accuracy, "test_nll": record.test_nll}
+    tracker.park(record.run_id, metrics, round_index)
+    fault_point("park-round-run:after", round_index)
+
+
+@task(
+    name="unpark-round-run",
+    task_run_name="resume MLflow run with people's labels [round {round_index}]",
+    cache_policy=NO_CACHE,
+    **_RETRY,
+)
+def unpark_round_run(tracker: Tracker, run_id: str, round_index: int) -> None:
+    tracker.unpark(run_id)
+    fault_point("unpark-round-run:after", round_index)
 
 
 @task(
@@ -56,39 +98,47 @@ def start_round_run(
 )
 def track_round(
     tracker: Tracker,
-    run_id: str,
-    round_index: int,
-    metrics: Mapping[str, float],
-    tags: Mapping[str, str],
+    record: RoundRecord,
+    commit: RoundCommit,
+    labels: Labels,
     acquired: Sequence[Mapping[str, Any]],
     model_state: Mapping[str, Any] | None,
-    model_spec: Mapping[str, Any] | None,
+    flow_run_id: str,
+    round_index: int,
     *,
     started: float,
     seconds_compute: float,
-    seconds_label: float,
 ) -> dict[str, float]:
     """Log the round and close its run; return its wall time and the bookkeeping share.
 
     `started` is the round's time.perf_counter() start in this process; bookkeeping is all
-    the round's wall time that was not training, evaluating, scoring, selecting or labeling.
+    the round's wall time that was not training, evaluating, scoring, selecting or labeling
+    (`seconds_compute`: the part of the compute done in this process).
     """
+    fault_point("track-round:before", round_index)
     tracker.log_round(
-        run_id,
+        record.run_id,
         round_index=round_index,
-        metrics=metrics,
-        tags=tags,
+        metrics=record.metrics(commit, labels),
+        tags=record.tags(commit, flow_run_id),
         acquired=acquired,
         model_state=model_state,
-        model_spec=model_spec,
+        model_spec=record.model_spec,
     )
     seconds_round = time.perf_counter() - started
     timing = {
         "seconds_round": seconds_round,
-        "seconds_bookkeeping": seconds_round - seconds_compute - seconds_label,
+        "seconds_bookkeeping": seconds_round - seconds_compute - labels.seconds,
     }
-    tracker.finish_round(run_id, round_index, timing)
+    tracker.finish_round(record.run_id, round_index, timing)
+    fault_point("track-round:after", round_index)
     return timing
+
+
+@task(name="end-run", cache_policy=NO_CACHE, **_RETRY)
+def end_run(tracker: Tracker, run_id: str, status: str) -> None:
+    """Close a run as FAILED or KILLED when its round or campaign stopped on an error."""
+    tracker.end(run_id, status)
 
 
 @task(
@@ -100,11 +150,13 @@ def publish_batch(
     campaign: str, round_index: int, acquired: Sequence[Mapping[str, Any]], description: str
 ) -> None:
     # Artifact keys accept lowercase letters, digits and dashes only; campaign names do too.
+    # Publishing again adds a version of the same key, which is what a retry should do.
     create_table_artifact(
         key=f"{campaign}-round-{round_index:04d}",
         table=[dict(row) for row in acquired],
         description=description,
     )
+    fault_point("publish-batch:after", round_index)
 
 
 @task(name="finish-campaign", cache_policy=NO_CACHE, **_RETRY)

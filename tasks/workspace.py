@@ -1,22 +1,67 @@
-"""Tasks: bring the workspace to the last completed round; version a round with DVC and git."""
+"""Tasks: open the workspace at its last completed round; version a round with DVC and git."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import dataclasses
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from baldflow.workspace import LedgerRow, Recovery, RoundCommit, Workspace
+from baldflow.config import Config, dump_yaml
+from baldflow.faults import fault_point
+from baldflow.labeling import HandOff
+from baldflow.rounds import Labels, RoundRecord
+from baldflow.workspace import RoundCommit, Workspace
 
 
-@task(name="recover-workspace", cache_policy=NO_CACHE)
-def recover_workspace(workspace: Workspace, campaign: str) -> Recovery:
-    return workspace.recover(campaign)
+@dataclasses.dataclass
+class OpenedWorkspace:
+    """A workspace ready for the campaign's next round, and what opening it had to do."""
+
+    workspace: Workspace
+    last_round: int | None
+    notes: list[str]
 
 
-# A retry first discards what the failed attempt wrote, so it cannot label anything twice.
+# Safe to retry: creating completes what exists, recovery of a recovered workspace is a no-op.
+@task(name="open-workspace", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def open_workspace(root: str, config: Config) -> OpenedWorkspace:
+    """Create the workspace if needed, then bring the campaign to its last completed round.
+
+    Repairs what an interrupted run left: a commit without its tag, files written after the
+    last commit, hand-off files of a round that was committed; and refuses parameters that
+    differ from the ones the campaign started with.
+    """
+    name = config.campaign.name
+    notes: list[str] = []
+    if not Workspace.is_workspace(root):
+        workspace = Workspace.init(root, params_text=dump_yaml(config))
+        notes.append(f"created the workspace {workspace.root}")
+    else:
+        workspace = Workspace(root)
+        if workspace.upgrade_marker():
+            notes.append(f"gave the workspace the id {workspace.workspace_id}")
+    recovery = workspace.recover(name)
+    if recovery.discarded or recovery.retagged:
+        notes.append(
+            f"campaign {name}: repaired an interrupted round (discarded leftovers: "
+            f"{recovery.discarded}, re-tagged: {recovery.retagged}); resuming after round "
+            f"{recovery.last_round}"
+        )
+    workspace.check_campaign_params(name, config.identity())
+    handoff = HandOff(workspace.campaign_dir(name), name)
+    cleared = handoff.clear_committed(recovery.last_round)
+    if cleared:
+        rounds = ", ".join(str(r) for r in cleared)
+        notes.append(
+            f"campaign {name}: removed the hand-off files of committed round(s) {rounds} "
+            "that a stopped run left behind"
+        )
+    return OpenedWorkspace(workspace, recovery.last_round, notes)
+
+
+# A retry first discards what the failed attempt wrote, so it cannot label anything twice; a
+# retry after the commit went through gets that commit back.
 @task(
     name="version-round",
     task_run_name="version labeled set [round {round_index}]",
@@ -26,14 +71,22 @@ def recover_workspace(workspace: Workspace, campaign: str) -> Recovery:
 )
 def version_round(
     workspace: Workspace,
-    campaign: str,
+    record: RoundRecord,
+    labels: Labels,
+    identity: dict,
+    flow_run_id: str,
     round_index: int,
-    rows: Sequence[LedgerRow],
-    summary: Mapping[str, Any],
-    identity: Mapping[str, Any],
-    trailers: Mapping[str, str],
 ) -> RoundCommit:
-    workspace.recover(campaign)
-    return workspace.commit_round(
-        campaign, round_index, rows, summary=summary, identity=identity, trailers=trailers
+    fault_point("version-round:before", round_index)
+    workspace.recover(record.campaign)
+    commit = workspace.commit_round(
+        record.campaign,
+        record.round,
+        record.ledger_rows(labels, flow_run_id=flow_run_id),
+        summary=record.summary(),
+        identity=identity,
+        trailers=record.trailers(flow_run_id),
     )
+    fault_point("version-round:after", round_index)
+    return commit
+

@@ -53,9 +53,11 @@ def _num_classes(bench: BenchmarkConfig) -> int:
 
 def _ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
     """Create the experiment once, before campaigns run, with artifacts beside the store."""
-    from baldflow.workspace.tracking import Tracker
+    from mlflow.tracking import MlflowClient
 
-    Tracker(tracking_uri, experiment, artifact_root).experiment_id  # noqa: B018 (creates it)
+    from baldflow.workspace.tracking import ensure_experiment
+
+    ensure_experiment(MlflowClient(tracking_uri=tracking_uri), experiment, artifact_root)
 
 
 def _parent_run_id(tracking_uri: str, experiment: str, campaign: str) -> str | None:

@@ -4,6 +4,7 @@ from baldflow.labeling.handoff import (
     FileOracle,
     HandOff,
     PendingRound,
+    WaitingForLabels,
     describe_item,
     pending_batches,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "OracleError",
     "PendingRound",
     "SimulatedOracle",
+    "WaitingForLabels",
     "build_oracle",
     "class_index",
     "describe_item",

@@ -8,13 +8,14 @@ import csv
 import dataclasses
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from baldflow.common import atomic_write_text
 from baldflow.labeling.oracles import LabelsPendingError, OracleError
-from baldflow.workspace.repo import TO_LABEL_DIR
+from baldflow.workspace.repo import TO_LABEL_DIR, WorkspaceError
 
 if TYPE_CHECKING:
     from baldflow.labeling.importing import ImportResult
@@ -41,6 +42,19 @@ class PendingRound:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The campaign's parameters when the batch was chosen: the round finishes with these.
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class WaitingForLabels(Exception):  # noqa: N818 (a pause, not an error)
+    """The round's batch is with people; the campaign stops until they answer."""
+
+    def __init__(self, pending: PendingRound, sheet: str | Path, labeled: int):
+        self.pending = pending
+        self.sheet = str(sheet)
+        super().__init__(
+            f"round {pending.round} of {pending.campaign} is waiting for labels: "
+            f"{labeled} of {len(pending.sample_ids)} labeled; fill in {sheet} and run "
+            "`baldflow label import`"
+        )
 
 
 class HandOff:
@@ -83,7 +97,12 @@ class HandOff:
         """Write the sheet people fill in, a contact sheet for images, then the pending state.
 
         The pending state goes last: a batch only counts as handed off once all of it exists.
+        The sheet is opened in spreadsheets, so its text cells are neutralised against formula
+        injection (an id such as `=HYPERLINK(...)` gets a leading apostrophe); the label
+        import accepts ids with or without it.
         """
+        from baldflow.common import spreadsheet_safe
+
         self.dir.mkdir(parents=True, exist_ok=True)
         # Hand-off files are working files, not audited history: keep git (and so the round
         # recovery, which discards untracked files) away from them.
@@ -92,7 +111,7 @@ class HandOff:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(SHEET_FIELDS)
         for sid, item in zip(pending.sample_ids, pending.items, strict=True):
-            writer.writerow([sid, item, ""])
+            writer.writerow([spreadsheet_safe(sid), spreadsheet_safe(item), ""])
         atomic_write_text(self.sheet_path(pending.round), buffer.getvalue())
         if images is not None:
             from baldflow.audit.thumbnails import contact_sheet
@@ -128,10 +147,52 @@ class HandOff:
         atomic_write_text(self.labels_path(round_index), text)
 
     def clear(self, round_index: int) -> None:
-        """Remove a round's hand-off files once the round is committed."""
+        """Remove a round's hand-off files once the round is committed.
+
+        The pending state goes first: once it is gone the batch no longer counts as handed
+        off, and whatever a kill leaves after that is a recognisable leftover.
+        """
         prefix = f"round-{round_index:04d}"
+        self.pending_path(round_index).unlink(missing_ok=True)
         for path in self.dir.glob(prefix + ".*"):
-            path.unlink()
+            path.unlink(missing_ok=True)
+
+    def clear_committed(self, last_committed: int | None) -> list[int]:
+        """Remove the hand-off files of rounds git has committed; return those rounds.
+
+        Clearing is part of completing a round, but a process killed between the commit and
+        the clearing leaves them behind, and a stale pending batch would block the campaign.
+        """
+        if last_committed is None or not self.dir.is_dir():
+            return []
+        rounds = set()
+        for path in self.dir.glob("round-*"):
+            match = re.match(r"round-(\d{4,})\.", path.name)
+            if match and int(match.group(1)) <= last_committed:
+                rounds.add(int(match.group(1)))
+        for round_index in sorted(rounds):
+            self.clear(round_index)
+        return sorted(rounds)
+
+    def check_pending(
+        self, pending: PendingRound | None, round_index: int, labeled_md5: str
+    ) -> PendingRound:
+        """The batch that finishes `round_index`: chosen for it, from the current labeled set,
+        and fully labeled; raises WaitingForLabels while people are still at it."""
+        if pending is None:
+            raise WorkspaceError(
+                f"campaign {self.campaign!r}: no pending batch for round {round_index}"
+            )
+        if pending.round != round_index or pending.base_md5 != labeled_md5:
+            raise WorkspaceError(
+                f"campaign {self.campaign!r}: the batch in {self.pending_path(pending.round)} "
+                f"was chosen for round {pending.round} from another labeled set than the "
+                f"workspace's (next round {round_index}); remove it to choose a new batch"
+            )
+        if not self.is_complete(pending):
+            labeled = len(set(self.imported(pending.round)) & set(pending.sample_ids))
+            raise WaitingForLabels(pending, self.sheet_path(pending.round), labeled)
+        return pending
 
 def describe_item(source: str, root: str | None, sample_id: str) -> str:
     """Where a person finds the item to label, for the sheet's `item` column."""

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from baldflow.common import atomic_write_text, format_number
+from baldflow.faults import fault_point
 from baldflow.workspace import ledger as ledger_mod
 from baldflow.workspace.ledger import LedgerError, LedgerRow
 from baldflow.workspace.lock import LOCK_NAME
@@ -34,6 +36,11 @@ PARAMS_FILE = "params.yaml"
 # Marks a directory as a baldflow workspace. A git + DVC repository alone is not one: the
 # baldflow project itself is such a repository, and campaigns must never land in it by default.
 MARKER_FILE = ".baldflow-workspace"
+MARKER_TEXT = "baldflow workspace: campaigns live under data/, see README.md\n"
+# The marker's line with the workspace's stable id: every MLflow run the workspace creates is
+# tagged with it, and clean-up touches no run without it (several workspaces may share a
+# tracking server and even campaign names).
+MARKER_ID_KEY = "workspace-id"
 REMOTE_DIR = "dvc-remote"
 REMOTE_NAME = "local"
 
@@ -124,24 +131,6 @@ class Recovery:
     retagged: bool
 
 
-def pause_point(point: str, round_index: int) -> None:
-    """A fault-injection hook for the crash tests: stop here until told to go on.
-
-    With BALDFLOW_PAUSE_AT=<point>:<round> and BALDFLOW_PAUSE_FILE=<path>, the process writes
-    <path> when it reaches that point of that round, then waits until <path>.release exists,
-    so a test can SIGKILL it at an exact step or let it continue. Unset, this does nothing.
-    """
-    target = os.environ.get("BALDFLOW_PAUSE_AT")
-    if not target or target != f"{point}:{round_index}":
-        return
-    marker = Path(os.environ["BALDFLOW_PAUSE_FILE"])
-    marker.write_text(f"{os.getpid()}\n")
-    release = marker.with_name(marker.name + ".release")
-    deadline = time.monotonic() + 600
-    while not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def _git_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
@@ -162,6 +151,36 @@ class Workspace:
         return (
             (root / ".git").exists() and (root / ".dvc").is_dir() and (root / MARKER_FILE).is_file()
         )
+
+    @property
+    def workspace_id(self) -> str:
+        """The stable id written in the marker when the workspace was created (or upgraded)."""
+        found = _marker_id(self.root / MARKER_FILE)
+        if found is None:
+            raise WorkspaceError(
+                f"{self.root / MARKER_FILE} has no {MARKER_ID_KEY}: open the workspace with "
+                "`baldflow run` once to give it one"
+            )
+        return found
+
+    def _ensure_marker(self) -> bool:
+        """Write the marker, or add an id to one written before ids existed; True if changed."""
+        marker = self.root / MARKER_FILE
+        if marker.exists() and _marker_id(marker) is not None:
+            return False
+        text = marker.read_text() if marker.exists() else MARKER_TEXT
+        if text and not text.endswith("\n"):
+            text += "\n"
+        atomic_write_text(marker, f"{text}{MARKER_ID_KEY}: {uuid.uuid4().hex}\n")
+        return True
+
+    def upgrade_marker(self) -> bool:
+        """Give a workspace made before workspace ids an id, committed; True if it needed one."""
+        if not self._ensure_marker():
+            return False
+        self.git("add", "--", MARKER_FILE)
+        self.git("commit", "-q", "-m", "baldflow: give the workspace an id", "--", MARKER_FILE)
+        return True
 
     def campaign_dir(self, campaign: str) -> Path:
         return self.root / DATA_DIR / campaign
@@ -286,9 +305,7 @@ class Workspace:
         if params_text is not None and not ws.params_path.exists():
             ws.params_path.write_text(params_text)
         (root / DATA_DIR).mkdir(exist_ok=True)
-        marker = root / MARKER_FILE
-        if not marker.exists():
-            marker.write_text("baldflow workspace: campaigns live under data/, see README.md\n")
+        ws._ensure_marker()
         paths = [MARKER_FILE, ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore"]
         if ws.params_path.exists():
             paths.append(PARAMS_FILE)
@@ -374,6 +391,19 @@ class Workspace:
         rounds = self.completed_rounds(campaign)
         return Recovery(rounds[-1] if rounds else None, discarded, retagged)
 
+    def labeled_md5(self, campaign: str) -> str:
+        """The md5 of the campaign's labeled set as it is now (the hash DVC records for it)."""
+        return ledger_mod.md5_of_text(ledger_mod.labeled_text(self.labeled(campaign)))
+
+    def check_consistency(self, campaign: str) -> None:
+        """The labeled set on disk must be exactly what the ledger says; refuse otherwise."""
+        from_ledger = ledger_mod.labeled_rows_from_ledger(self.ledger(campaign))
+        if from_ledger != self.labeled(campaign):
+            raise WorkspaceError(
+                f"campaign {campaign!r}: labeled.csv and ledger.csv disagree; "
+                "the workspace was edited by hand"
+            )
+
     # ---------------------------------------------------------------- campaign identity
     def check_campaign_params(self, campaign: str, identity: Mapping[str, Any]) -> None:
         """Refuse to resume a campaign with parameters that change what it acquires."""
@@ -432,6 +462,15 @@ class Workspace:
         computed here from the new labeled.csv, which is exactly the md5 DVC records.
         """
         last = self.last_round(campaign)
+        if last is not None and round_index == last:
+            # A retry of a round whose commit went through (the task died after it): the
+            # round is done; answer with its commit instead of labeling it a second time.
+            done = self.committed_round(campaign, round_index)
+            ours = [(r.sample_id, r.label) for r in rows]
+            if done is not None and ours == [
+                (r.sample_id, r.label) for r in self.ledger(campaign) if r.round == round_index
+            ]:
+                return done
         expected = 0 if last is None else last + 1
         if round_index != expected:
             raise LedgerError(
@@ -460,11 +499,12 @@ class Workspace:
         if identity is not None and not (cdir / CAMPAIGN_FILE).exists():
             (cdir / CAMPAIGN_FILE).write_text(yaml.safe_dump(dict(identity), sort_keys=False))
 
-        pause_point("labels-written", round_index)
+        fault_point("version:labels-written", round_index)
         t0 = time.perf_counter()
         targets = [str(self.labeled_path(campaign)), str(self.ledger_path(campaign))]
         with _quiet_dvc():
             self.dvc.add(targets)
+        fault_point("version:dvc-added", round_index)
         recorded = _dvc_out(Path(str(self.labeled_path(campaign)) + ".dvc"))["md5"]
         if recorded != md5:
             raise WorkspaceError(
@@ -473,12 +513,13 @@ class Workspace:
         if push:
             with _quiet_dvc():
                 self.dvc.push(targets=targets)
+            fault_point("version:dvc-pushed", round_index)
         seconds_dvc = time.perf_counter() - t0
-        pause_point("dvc-added", round_index)
 
         t0 = time.perf_counter()
         tag = round_tag(campaign, round_index)
         self.git("add", "--", f"{DATA_DIR}/{campaign}")
+        fault_point("version:git-added", round_index)
         message = [f"baldflow: {campaign} round {round_index}", ""]
         all_trailers = {
             TRAILER_CAMPAIGN: campaign,
@@ -489,10 +530,21 @@ class Workspace:
         message += [f"{k}: {v}" for k, v in all_trailers.items()]
         self.git("commit", "-q", "-m", "\n".join(message))
         sha = self.head()
-        pause_point("committed", round_index)
+        fault_point("version:committed", round_index)
         self.git("tag", tag, sha)
+        fault_point("version:tagged", round_index)
         seconds_git = time.perf_counter() - t0
         return RoundCommit(campaign, round_index, sha, tag, md5, seconds_dvc, seconds_git)
+
+    def committed_round(self, campaign: str, round_index: int) -> RoundCommit | None:
+        """The commit of a completed round, read back from its tag (None if not completed)."""
+        tag = round_tag(campaign, round_index)
+        sha = self.git("rev-parse", "-q", "--verify", tag + "^{commit}", check=False).strip()
+        if not sha:
+            return None
+        dvcfile = f"{DATA_DIR}/{campaign}/{LABELED_FILE}.dvc"
+        out = yaml.safe_load(self.git("show", f"{sha}:{dvcfile}"))["outs"][0]
+        return RoundCommit(campaign, round_index, sha, tag, out["md5"], 0.0, 0.0)
 
     def _append_summary(self, campaign: str, summary: Mapping[str, Any]) -> None:
         import csv
@@ -513,6 +565,16 @@ class Workspace:
         rel = f"{DATA_DIR}/{campaign}/{LABELED_FILE}"
         text = dvc.api.read(rel, repo=str(self.root), rev=round_tag(campaign, round_index))
         return ledger_mod.parse_labeled(text)
+
+
+def _marker_id(marker: Path) -> str | None:
+    if not marker.is_file():
+        return None
+    for line in marker.read_text(encoding="utf-8", errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == MARKER_ID_KEY and value.strip():
+            return value.strip()
+    return None
 
 
 def _dvc_out(dvcfile: Path) -> dict[str, Any]:

@@ -12,10 +12,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from baldflow.faults import fault_point
+
 TAG_CAMPAIGN = "baldflow.campaign"
 TAG_KIND = "baldflow.kind"
 TAG_ROUND = "baldflow.round"
+TAG_WORKSPACE = "baldflow.workspace_id"
 TAG_PARENT = "mlflow.parentRunId"
+# MLflow's own tag listing a run's table artifacts, which its UI reads to show them as tables.
+TAG_LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"
+ACQUIRED_TABLE = "acquired.json"
+# The metrics without which a committed round's run is incomplete and gets repaired.
+REQUIRED_ROUND_METRICS = ("test_accuracy", "labeled_size")
 
 
 def local_tracking_uri(mlflow_dir: str | Path) -> str:
@@ -37,13 +45,48 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-class Tracker:
-    """The MLflow side of a campaign; constructing it does no I/O."""
+def tracker_for(mlflow_uri: str | None, experiment: str, workspace: Any) -> Tracker:
+    """The tracker of a workspace: the configured server, else the store inside it."""
+    if mlflow_uri:
+        return Tracker(mlflow_uri, experiment, None, workspace.workspace_id)
+    return Tracker(
+        local_tracking_uri(workspace.mlflow_dir),
+        experiment,
+        workspace.mlflow_dir / "artifacts",
+        workspace.workspace_id,
+    )
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | Path | None):
+
+def ensure_experiment(client: Any, experiment: str, artifact_root: Path | None) -> str:
+    """The experiment's id, creating it (artifacts under `artifact_root` if given) if needed."""
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+    return client.create_experiment(experiment, artifact_location=location)
+
+
+class Tracker:
+    """The MLflow side of one workspace's campaigns; constructing it does no I/O.
+
+    Every run it creates is tagged with the workspace id, and every search is scoped by it:
+    on a shared tracking server another workspace's runs (even of a campaign with the same
+    name) are never reopened, repaired or closed from here.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: str | Path | None,
+        workspace_id: str,
+    ):
+        if not workspace_id:
+            raise ValueError("a Tracker needs the workspace id its runs belong to")
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
+        self.workspace_id = workspace_id
         self._client = None
         self._experiment_id: str | None = None
 
@@ -62,29 +105,32 @@ class Tracker:
     @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            found = self.client.get_experiment_by_name(self.experiment)
-            if found is not None:
-                self._experiment_id = found.experiment_id
-            else:
-                location = self.artifact_root.as_uri() if self.artifact_root else None
-                self._experiment_id = self.client.create_experiment(
-                    self.experiment, artifact_location=location
-                )
+            self._experiment_id = ensure_experiment(
+                self.client, self.experiment, self.artifact_root
+            )
         return self._experiment_id
 
     # ------------------------------------------------------------------ runs
-    def _search(self, filter_string: str) -> list:
+    def _search(self, campaign: str, kind: str, *conditions: str) -> list:
+        """This workspace's runs of a campaign of one kind ("campaign" or "round")."""
+        clauses = [
+            f"tags.`{TAG_WORKSPACE}` = '{self.workspace_id}'",
+            f"tags.`{TAG_CAMPAIGN}` = '{campaign}'",
+            f"tags.`{TAG_KIND}` = '{kind}'",
+            *conditions,
+        ]
         return list(
             self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=10000
+                [self.experiment_id], filter_string=" and ".join(clauses), max_results=10000
             )
         )
 
+    def _tags(self, campaign: str, kind: str, **extra: str) -> dict[str, str]:
+        return {TAG_WORKSPACE: self.workspace_id, TAG_CAMPAIGN: campaign, TAG_KIND: kind, **extra}
+
     def campaign_run(self, campaign: str, params: Mapping[str, Any]) -> str:
         """The campaign's parent run, created on the first run and reopened on a resume."""
-        found = self._search(
-            f"tags.`{TAG_CAMPAIGN}` = '{campaign}' and tags.`{TAG_KIND}` = 'campaign'"
-        )
+        found = self._search(campaign, "campaign")
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
@@ -93,47 +139,65 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=campaign,
-            tags={TAG_CAMPAIGN: campaign, TAG_KIND: "campaign"},
+            tags=self._tags(campaign, "campaign"),
         )
         self._log(run.info.run_id, params=flatten_params(params))
         return run.info.run_id
 
-    def close_orphans(
-        self, campaign: str, committed: Mapping[str, Mapping[str, Any]] | None = None
-    ) -> list[str]:
-        """Close the round runs that a killed process left RUNNING; return their ids.
+    def repair(
+        self, campaign: str, committed: Mapping[int, Mapping[str, Any]]
+    ) -> dict[str, list[str]]:
+        """Make MLflow agree with git after a killed or failed run; return what was done.
 
-        A run whose round was committed to git before the kill (`committed`: run id -> the
-        round's recorded "metrics" and "tags") gets those logged and is FINISHED, since the
-        round is complete; the others are KILLED, as their rounds will run again.
+        `committed` maps each round that git committed (r >= 1) to what the workspace recorded
+        of it: "run_id", "metrics", "tags" and the "acquired" table. A committed round's run
+        that is not FINISHED or lacks its metrics gets them and is FINISHED, since the round is
+        complete; a round run left RUNNING whose round was not committed is KILLED (the round
+        runs again and reopens it). Parked runs (SCHEDULED, waiting for labels) are left alone.
         """
-        committed = committed or {}
-        found = self._search(
-            f"tags.`{TAG_CAMPAIGN}` = '{campaign}' and tags.`{TAG_KIND}` = 'round' "
-            "and attributes.status = 'RUNNING'"
-        )
-        for run in found:
-            record = committed.get(run.info.run_id)
+        done: dict[str, list[str]] = {"repaired": [], "killed": []}
+        by_run = {str(rec["run_id"]): rec for rec in committed.values() if rec.get("run_id")}
+        for run in self._search(campaign, "round"):
+            run_id = run.info.run_id
+            record = by_run.get(run_id)
             if record is None:
-                self.client.set_terminated(run.info.run_id, status="KILLED")
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run_id, status="KILLED")
+                    done["killed"].append(run_id)
                 continue
-            tags = {**record.get("tags", {}), "baldflow.tracking": "recovered after a kill"}
-            self._log(run.info.run_id, metrics=record.get("metrics"), tags=tags)
-            self.end(run.info.run_id)
-        return [run.info.run_id for run in found]
+            metrics = run.data.metrics
+            complete = all(name in metrics for name in REQUIRED_ROUND_METRICS)
+            if run.info.status == "FINISHED" and complete:
+                continue
+            round_index = int(run.data.tags.get(TAG_ROUND, "0"))
+            tags = {**record.get("tags", {}), "baldflow.tracking": "repaired from git"}
+            self._log(run_id, metrics=record.get("metrics"), tags=tags, step=round_index)
+            if record.get("acquired"):
+                self.log_acquired(run_id, record["acquired"])
+            self.end(run_id)
+            done["repaired"].append(run_id)
+        return done
 
-    def start_round(
+    def round_run(
         self, parent_run_id: str, campaign: str, round_index: int, params: Mapping[str, Any]
     ) -> str:
+        """The round's run: the one an earlier attempt at this round opened, else a new one.
+
+        Looking it up first makes a retried or resumed start idempotent: a round has one run,
+        however often it was started.
+        """
+        found = self._search(campaign, "round", f"tags.`{TAG_ROUND}` = '{round_index}'")
+        if found:
+            run = max(found, key=lambda r: r.info.start_time or 0)
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{campaign}-round-{round_index:04d}",
-            tags={
-                TAG_CAMPAIGN: campaign,
-                TAG_KIND: "round",
-                TAG_ROUND: str(round_index),
-                TAG_PARENT: parent_run_id,
-            },
+            tags=self._tags(
+                campaign, "round", **{TAG_ROUND: str(round_index), TAG_PARENT: parent_run_id}
+            ),
         )
         self._log(run.info.run_id, params=flatten_params(params))
         return run.info.run_id
@@ -190,14 +254,16 @@ class Tracker:
         model_state: Mapping[str, Any] | None,
         model_spec: Mapping[str, Any] | None,
     ) -> None:
-        """Metrics, links to git/DVC/Prefect, the acquired batch, and the model's weights."""
-        self._log(run_id, metrics=metrics, tags=tags, step=round_index)
-        if acquired:
-            import pandas as pd
+        """Metrics, links to git/DVC/Prefect, the acquired batch, and the model's weights.
 
-            self.client.log_table(
-                run_id, data=pd.DataFrame(list(acquired)), artifact_file="acquired.json"
-            )
+        Safe to run twice: metrics and tags are set again to the same values, and the table and
+        model files are overwritten, never appended to.
+        """
+        self._log(run_id, metrics=metrics, tags=tags, step=round_index)
+        fault_point("track:metrics-logged", round_index)
+        if acquired:
+            self.log_acquired(run_id, acquired)
+        fault_point("track:table-logged", round_index)
         if model_state is not None:
             import tempfile
 
@@ -209,6 +275,28 @@ class Tracker:
                 torch.save(dict(model_state), Path(tmp) / "state_dict.pt")
                 (Path(tmp) / "spec.json").write_text(json.dumps(dict(model_spec or {}), indent=2))
                 self.client.log_artifacts(run_id, tmp, artifact_path="model")
+        fault_point("track:model-logged", round_index)
+
+    def log_acquired(self, run_id: str, acquired: Sequence[Mapping[str, Any]]) -> None:
+        """The acquired batch as a table artifact, replacing any earlier copy.
+
+        MLflow's log_table appends to an existing table, so a retried round would list its
+        batch twice: write the same "split" JSON it writes, as a file that overwrites.
+        """
+        import tempfile
+
+        import pandas as pd
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / ACQUIRED_TABLE
+            pd.DataFrame(list(acquired)).to_json(path, orient="split", index=False)
+            self.client.log_artifact(run_id, str(path))
+        listed = json.loads(
+            self.client.get_run(run_id).data.tags.get(TAG_LOGGED_ARTIFACTS, "[]") or "[]"
+        )
+        entry = {"path": ACQUIRED_TABLE, "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(run_id, TAG_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
 
     def finish_round(self, run_id: str, round_index: int, metrics: Mapping[str, float]) -> None:
         self._log(run_id, metrics=metrics, step=round_index)
@@ -217,7 +305,7 @@ class Tracker:
     def park(self, run_id: str, metrics: Mapping[str, float], round_index: int) -> None:
         """A round waiting for people's labels: its run is SCHEDULED, not RUNNING.
 
-        SCHEDULED keeps it out of close_orphans (which kills RUNNING runs a crash left behind)
+        SCHEDULED keeps it out of repair (which kills RUNNING runs a crash left behind)
         while the batch waits, however long that takes.
         """
         self._log(
@@ -234,10 +322,7 @@ class Tracker:
 
     def round_metrics(self, campaign: str) -> list[dict[str, Any]]:
         """Finished round runs of a campaign with their metrics, ordered by round."""
-        found = self._search(
-            f"tags.`{TAG_CAMPAIGN}` = '{campaign}' and tags.`{TAG_KIND}` = 'round' "
-            "and attributes.status = 'FINISHED'"
-        )
+        found = self._search(campaign, "round", "attributes.status = 'FINISHED'")
         rows = []
         for run in found:
             rows.append(

@@ -1,0 +1,102 @@
+"""Fault injection at named points of a round, for the crash tests and the soak benchmark.
+
+Every place where a round can stop (between two tasks, inside versioning, tracking and the
+hand-off) calls `fault_point(name, round)`. Unset, it does nothing. With
+
+    BALDFLOW_FAULT=<point>:<round>:<action>     action: kill | raise | pause
+
+the process SIGKILLs itself, raises InjectedFault (once per process, so a task retry gets
+through) or pauses there: it writes BALDFLOW_FAULT_FILE and waits until <file>.release exists,
+so a test can kill it from outside or let it go on. BALDFLOW_FAULT_TRACE=<path> appends every
+point reached as "<point>:<round>" to that file, which is how the tests check that FAULT_POINTS
+lists every point a round really passes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+FAULT_ENV = "BALDFLOW_FAULT"
+FAULT_FILE_ENV = "BALDFLOW_FAULT_FILE"
+FAULT_TRACE_ENV = "BALDFLOW_FAULT_TRACE"
+ACTIONS = ("kill", "raise", "pause")
+
+# Every point, in the order an uninterrupted round with the simulated oracle passes them;
+# HANDOFF_POINTS are passed only with the file oracle. Kept by hand on purpose: a test runs a
+# campaign with a trace and fails if the code passes a point that is not listed here, or a
+# listed point is never passed.
+ROUND_POINTS = (
+    "start-round-run:before",
+    "start-round-run:after",
+    "train:after",
+    "evaluate:after",
+    "score-pool:after",
+    "select-batch:after",
+    "label:after",
+    "version-round:before",
+    "version:labels-written",
+    "version:dvc-added",
+    "version:dvc-pushed",
+    "version:git-added",
+    "version:committed",
+    "version:tagged",
+    "version-round:after",
+    "publish-batch:after",
+    "track-round:before",
+    "track:metrics-logged",
+    "track:table-logged",
+    "track:model-logged",
+    "track-round:after",
+    "clear-handoff:after",
+)
+HANDOFF_POINTS = (
+    "save-handoff-model:after",
+    "park-round-run:after",
+    "hand-off-batch:after",
+    "unpark-round-run:after",
+    "load-handoff-model:after",
+)
+FAULT_POINTS = ROUND_POINTS + HANDOFF_POINTS
+
+
+class InjectedFault(RuntimeError):  # noqa: N818 (named for what it stands in for)
+    """Raised by fault_point for the `raise` action: a stand-in for any error at that point."""
+
+
+_raised: set[str] = set()
+
+
+def _trace(point: str, round_index: int) -> None:
+    trace = os.environ.get(FAULT_TRACE_ENV)
+    if trace:
+        with open(trace, "a", encoding="utf-8") as handle:
+            handle.write(f"{point}:{round_index}\n")
+
+
+def fault_point(point: str, round_index: int) -> None:
+    """Do what BALDFLOW_FAULT asks if it names this point of this round; else nothing."""
+    _trace(point, round_index)
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    target, _, action = spec.rpartition(":")
+    if target != f"{point}:{round_index}":
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "raise":
+        if target not in _raised:
+            _raised.add(target)
+            raise InjectedFault(f"fault injected at {point} of round {round_index}")
+    elif action == "pause":
+        marker = Path(os.environ[FAULT_FILE_ENV])
+        marker.write_text(f"{os.getpid()}\n")
+        release = marker.with_name(marker.name + ".release")
+        deadline = time.monotonic() + 600
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        raise ValueError(f"{FAULT_ENV} action must be one of {', '.join(ACTIONS)}, got {action!r}")
