@@ -38,3 +38,120 @@ def format_number(value: Any, *, digits: int = 6, missing: str = "") -> str:
             return missing
         return f"{value:.{digits}g}"
     return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted text: sample ids, class names and labelers' names come from users' files.
+
+# Format characters (Unicode Cf) that text needs and that do not hide or reorder anything:
+# zero-width (non-)joiners shape Persian and Indic words and join emoji sequences, and tag
+# characters spell subdivision flags (e.g. the Scottish flag).
+_ALLOWED_FORMAT = frozenset({0x200C, 0x200D, *range(0xE0020, 0xE0080)})
+# Every other character of these Unicode categories is refused in ids and names.
+_REFUSED_CATEGORIES = {
+    "Cc": "control character",
+    "Cf": "invisible format character",
+    "Cs": "lone surrogate",
+    "Zl": "line separator",
+    "Zp": "paragraph separator",
+}
+# The mark that neutralises a formula-like cell in the sheets baldflow writes for people.
+SHEET_QUOTE = "'"
+
+
+def _refused_kind(char: str) -> str | None:
+    import unicodedata
+
+    kind = _REFUSED_CATEGORIES.get(unicodedata.category(char))
+    if kind is None or ord(char) in _ALLOWED_FORMAT:
+        return None
+    return kind
+
+
+def _char_name(char: str) -> str:
+    import unicodedata
+
+    return f"U+{ord(char):04X}" + (
+        f" {unicodedata.name(char)}" if unicodedata.name(char, "") else ""
+    )
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be a sample id or class name, or None when it can.
+
+    Refused, per character class:
+    - control characters (Unicode Cc: NUL, tab, newline, CR, ESC, DEL, C1 controls): they end
+      rows in CSV tools and logs, drive terminals (colours, cursor moves) and truncate C strings;
+    - line and paragraph separators (U+2028, U+2029): line breaks to many editors and viewers;
+    - invisible format characters (Unicode Cf: bidi overrides and isolates, LRM/RLM, zero-width
+      space, soft hyphen, BOM, ...) except zero-width (non-)joiners and emoji tag characters:
+      they hide or reorder what a person sees, so two different ids would look alike
+      ("Trojan Source");
+    - lone surrogates: they have no UTF-8 form, so no file could hold the id;
+    - empty text, and leading or trailing whitespace: label import trims cells;
+    - a leading apostrophe: the mark that neutralises formula-like cells in baldflow's sheets,
+      which a spreadsheet may keep or drop, so such an id could not be told apart on import.
+    Everything else (markup brackets, `$`, commas, quotes, right-to-left scripts, combining
+    marks, emoji, very long text) is accepted: every output escapes it.
+    """
+    if not isinstance(text, str):
+        return f"is a {type(text).__name__}, not text"
+    if text == "":
+        return "is empty"
+    # Plain ASCII ids (row numbers, file names) skip the per-character look-up: MNIST has 60,000.
+    clean = text.isascii() and text.isprintable()
+    for position, char in enumerate("" if clean else text):
+        kind = _refused_kind(char)
+        if kind is not None:
+            return f"holds the {kind} {_char_name(char)} at position {position}"
+    if text != text.strip():
+        return "has leading or trailing whitespace"
+    if text.startswith(SHEET_QUOTE):
+        return "starts with an apostrophe (the mark of a neutralised spreadsheet cell)"
+    return None
+
+
+def short_repr(text: str, limit: int = 80) -> str:
+    """repr() of a possibly huge text for an error message, cut in the middle with its length."""
+    shown = repr(text)
+    if len(shown) <= limit:
+        return shown
+    half = (limit - 5) // 2
+    return f"{shown[:half]}...{shown[-half:]} ({len(text)} characters)"
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: characters that `text_problem` refuses become visible escapes
+    (a newline shows as \\n), so untrusted text cannot move the cursor or recolour the screen."""
+    if not any(_refused_kind(char) for char in text):
+        return text
+    out = []
+    for char in text:
+        if _refused_kind(char) is None:
+            out.append(char)
+        else:
+            out.append(repr(char)[1:-1] if ord(char) < 0x80 else f"\\u{ord(char):04x}")
+    return "".join(out)
+
+
+# Cells starting with these are formulas (or become them) in Excel, LibreOffice and Google Sheets:
+# OWASP's list for CSV injection.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A text cell of a CSV meant for people, with formula-like text neutralised (OWASP).
+
+    A leading apostrophe makes spreadsheets show the cell as text instead of evaluating it
+    (`=HYPERLINK(...)`, `@SUM(...)`, `-2+3`). Only apply it to text columns (ids, labels,
+    names): numbers written by baldflow, such as a score of -0.5, stay numbers.
+    """
+    if text.startswith(FORMULA_TRIGGERS):
+        return SHEET_QUOTE + text
+    return text
+
+
+def from_spreadsheet(text: str) -> str:
+    """A cell read back from a sheet people edited: without the neutralising apostrophe, which
+    spreadsheets keep or drop when they save. Ids and class names never start with one."""
+    return text[1:] if text.startswith(SHEET_QUOTE) else text

@@ -248,7 +248,7 @@ def write_image_tree(root: Path, classes=("ant", "bee", "cow"), per_class=6, siz
     for c, name in enumerate(classes):
         (root / name).mkdir(parents=True)
         for i in range(per_class):
-            pixels = np.full((size[1], size[0]), 40 * c + i, dtype=np.uint8)
+            pixels = np.full((size[1], size[0]), (40 * c + i) % 256, dtype=np.uint8)
             Image.fromarray(pixels, mode="L").save(root / name / f"img{i}.png")
 
 
@@ -302,6 +302,135 @@ def test_folder_refuses_mixed_sizes_unless_resized(tmp_path):
     with pytest.raises(DataSourceError, match="odd.png is 9x9"):
         load_source("folder", root=str(tmp_path / "tree"))
     assert load_source("folder", root=str(tmp_path / "tree"), size=(6, 8)).input_shape == (1, 6, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted ids and class names
+
+
+# Text that every output escapes: kept exactly as the user wrote it.
+KEPT_IDS = [
+    "[red]x[/red]",
+    "[/]",
+    "$\\foo$",
+    "$x_1$",
+    'a,b "q" it\'s',
+    '=HYPERLINK("http://evil.example","x")',
+    "-0.5",
+    "@SUM(1)",
+    "\u05e9\u05dc\u05d5\u05dd",  # Hebrew (right-to-left)
+    "e\u0301",  # e + combining acute
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # family emoji joined by ZWJ
+    "<b>&amp;</b> :smile:",
+    "x" * 10_000,
+]
+
+
+def write_npz(path: Path, ids, class_names=None, n=None) -> Path:
+    n = len(ids) if n is None else n
+    arrays = {"X": fake_images(n, (4, 4), 0), "y": np.arange(n) % 2, "ids": np.array(ids)}
+    if class_names is not None:
+        arrays["class_names"] = np.array(class_names)
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_keeps_hostile_but_printable_ids_exactly(tmp_path):
+    ids = KEPT_IDS + [f"pad-{i}" for i in range(7)]
+    path = write_npz(tmp_path / "hostile.npz", ids, class_names=["[b]cat", "$\\dog$"])
+    splits = load_source("npz", root=str(path), val_size=2, test_size=2)
+    assert splits.class_names == ["[b]cat", "$\\dog$"]
+    every = set(splits.pool_ids)
+    assert every <= set(ids) and len(every) == len(ids) - 4
+    # Bytes ids (numpy 'S' arrays) are decoded as UTF-8, not shown as "b'...'".
+    raw = tmp_path / "bytes.npz"
+    np.savez(
+        raw,
+        X=fake_images(6, (4, 4), 0),
+        y=np.arange(6) % 2,
+        ids=np.array([f"caf\u00e9-{i}".encode() for i in range(6)]),
+    )
+    splits = load_source("npz", root=str(raw), val_size=1, test_size=1)
+    assert all(i.startswith("caf\u00e9-") for i in splits.pool_ids)
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("a\nb", "control character U+000A"),
+        ("a\x00b", "control character U+0000"),
+        ("a\tb", "control character U+0009"),
+        ("a\rb", "control character U+000D"),
+        ("\x1b[31mred", "control character U+001B"),
+        ("a\x7fb", "control character U+007F"),
+        ("abc\u202edcba", "invisible format character U+202E"),
+        ("a\u200bb", "invisible format character U+200B"),
+        ("a\u2028b", "line separator U+2028"),
+        (" padded", "leading or trailing whitespace"),
+        ("padded\u00a0", "leading or trailing whitespace"),
+        ("'quoted", "starts with an apostrophe"),
+        ("", "is empty"),
+    ],
+)
+def test_npz_refuses_ids_no_output_could_show_and_names_them(tmp_path, bad, why):
+    ids = [f"ok-{i}" for i in range(9)] + [bad]
+    path = write_npz(tmp_path / "bad.npz", ids)
+    with pytest.raises(DataSourceError) as info:
+        load_source("npz", root=str(path), val_size=1, test_size=1)
+    message = str(info.value)
+    assert why in message and repr(bad) in message and "entry 9" in message
+    assert str(path) in message
+    # The same rules hold for class names.
+    path = write_npz(tmp_path / "bad-names.npz", ids[:9] + ["fine"], class_names=["cat", bad])
+    with pytest.raises(DataSourceError, match="class name"):
+        load_source("npz", root=str(path), val_size=1, test_size=1)
+
+
+def test_ids_that_look_alike_are_refused(tmp_path):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    path = write_npz(tmp_path / "alike.npz", ["a", nfc, "b", nfd, "c", "d"])
+    with pytest.raises(DataSourceError, match="differ only in Unicode normalisation"):
+        load_source("npz", root=str(path), val_size=1, test_size=1)
+    path = write_npz(tmp_path / "twice.npz", ["a", "b", "a", "c", "d", "e"])
+    with pytest.raises(DataSourceError, match=r"'a' appears twice \(entries 0 and 2\)"):
+        load_source("npz", root=str(path), val_size=1, test_size=1)
+    path = write_npz(tmp_path / "names.npz", list("abcdef"), class_names=["cat", "cat"])
+    with pytest.raises(DataSourceError, match="class name 'cat' appears twice"):
+        load_source("npz", root=str(path), val_size=1, test_size=1)
+
+
+def test_folder_refuses_names_with_control_characters_and_keeps_the_rest(tmp_path):
+    write_image_tree(tmp_path / "tree", classes=("[b]ant", "$bee$", "-cow"), per_class=3)
+    splits = load_source("folder", root=str(tmp_path / "tree"), val_size=1, test_size=1)
+    assert splits.class_names == ["$bee$", "-cow", "[b]ant"]
+    Image.new("L", (7, 5)).save(tmp_path / "tree" / "-cow" / "new\nline.png")
+    with pytest.raises(DataSourceError, match=r"sample id '-cow/new\\nline.png'.*U\+000A"):
+        load_source("folder", root=str(tmp_path / "tree"), val_size=1, test_size=1)
+
+
+_OPEN_FILE_LIMIT_SCRIPT = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from baldflow.data import load_source
+splits = load_source("folder", root=sys.argv[1], val_size=10, test_size=10)
+print(len(splits.pool_ids), splits.input_shape)
+"""
+
+
+def test_folder_of_600_images_loads_under_an_open_file_limit_of_256(tmp_path):
+    import subprocess
+    import sys
+
+    write_image_tree(tmp_path / "tree", classes=("a", "b", "c"), per_class=200, size=(4, 4))
+    # Python and torch hold some descriptors already: 600 open images would not fit in 256.
+    done = subprocess.run(
+        [sys.executable, "-c", _OPEN_FILE_LIMIT_SCRIPT, str(tmp_path / "tree")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == "580"
 
 
 def test_unknown_source_and_option_are_clear_errors():

@@ -15,6 +15,7 @@ from baldflow.data.splits import (
     DataNotFoundError,
     DataSourceError,
     DataSplits,
+    check_texts,
     derived_generator,
     resolve_size,
 )
@@ -59,7 +60,15 @@ def _finish(
     info: dict | None = None,
 ) -> DataSplits:
     """Split a labelled set into pool/val(/test) with a seeded permutation, optionally subsample
-    the pool and standardise every split with the pool's per-channel statistics."""
+    the pool and standardise every split with the pool's per-channel statistics.
+
+    Ids and class names are checked here, for every source, before anything is written with
+    them (see `check_texts` for what is refused and why)."""
+    where = f"data source {name!r}" + "".join(
+        f" ({key} {info[key]})" for key in ("path", "root") if info and key in info
+    )
+    check_texts("sample id", ids, where)
+    check_texts("class name", class_names, where)
     n = x.shape[0]
     order = torch.randperm(n, generator=derived_generator(seed, f"{name}/split"))
     if test is None:
@@ -386,7 +395,27 @@ def _encode_labels(y: np.ndarray, class_names: list[str] | None):
             )
         return labels, list(class_names)
     values, inverse = np.unique(y, return_inverse=True)
-    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long), [str(v) for v in values]
+    names = [
+        v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+        for v in values.tolist()
+    ]
+    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long), names
+
+
+def _texts(array: np.ndarray, file: Path, key: str) -> list[str]:
+    """An npz array of ids or names as Python strings; bytes must be UTF-8 (a bytes element's
+    str() would be the literal "b'...'")."""
+    out = []
+    for position, value in enumerate(array.reshape(-1).tolist()):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataSourceError(
+                    f"{file}: {key} entry {position} ({value[:40]!r}) is not UTF-8: {error}"
+                ) from error
+        out.append(str(value))
+    return out
 
 
 def load_npz(
@@ -402,7 +431,13 @@ def load_npz(
     """A user's .npz file (`root` or `path`) with arrays X [N, ...] and y [N], optionally `ids`
     (stable sample ids, default the row number), `class_names`, and X_test/y_test (a fixed test
     set; otherwise a seeded split). uint8 X is scaled to [0, 1]; 3-d X gets a channel axis.
-    Labels that are not 0..C-1 are mapped to their sorted distinct values."""
+    Labels that are not 0..C-1 are mapped to their sorted distinct values.
+
+    Ids and class names are untrusted text: markup, `$`, commas, quotes, any script, emoji and
+    long ids are kept as they are (every output escapes them), while control characters
+    (newline, tab, NUL, ...), invisible format characters (bidi overrides, zero-width space),
+    leading or trailing whitespace, a leading apostrophe, empty or duplicate values are refused
+    with an error naming the entry (rules: `baldflow.common.text_problem`)."""
     file = path or root
     if file is None:
         raise DataSourceError("source 'npz' needs root=<file.npz> (or path=)")
@@ -418,7 +453,7 @@ def load_npz(
     if X.shape[0] != y.shape[0]:
         raise DataSourceError(f"{file}: X has {X.shape[0]} rows but y has {y.shape[0]}")
     has_test = "X_test" in arrays and "y_test" in arrays
-    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    names = _texts(arrays["class_names"], file, "class_names") if "class_names" in arrays else None
     all_y = np.concatenate([y, arrays["y_test"].reshape(-1)]) if has_test else y
     labels, class_names = _encode_labels(all_y, names)
 
@@ -429,11 +464,9 @@ def load_npz(
 
     x = features(X)
     if "ids" in arrays:
-        ids = [str(i) for i in arrays["ids"].reshape(-1)]
+        ids = _texts(arrays["ids"], file, "ids")
         if len(ids) != x.shape[0]:
             raise DataSourceError(f"{file}: ids has {len(ids)} entries for {x.shape[0]} rows")
-        if len(set(ids)) != len(ids):
-            raise DataSourceError(f"{file}: ids must be unique")
     else:
         ids = [str(i) for i in range(x.shape[0])]
     test = (features(arrays["X_test"]), labels[len(y) :]) if has_test else None
@@ -477,7 +510,14 @@ def load_folder(
     """An image tree in torchvision's ImageFolder layout, root/<class>/<image>; a root holding
     exactly `train/` and `test/` trees gives a fixed test set. Ids are paths relative to root.
     Images are read as RGB, or grayscale when `grayscale` (default: when every image is) and
-    resized to `size` if given, else they must all have the same size."""
+    resized to `size` if given, else they must all have the same size. Each file is closed
+    before the next is opened, so trees of any size load under a small open-file limit.
+
+    Folder and file names become class names and ids: they follow the npz source's rules
+    (`baldflow.common.text_problem`), so a name holding a newline, a tab or another control
+    character, a bidi override, leading or trailing whitespace or a leading apostrophe is
+    refused with an error naming it; any other name (brackets, `$`, commas, any script,
+    emoji) is kept."""
     from PIL import Image
 
     if root is None:
@@ -494,22 +534,39 @@ def load_folder(
     class_names = sorted({c for _, c in train_items + test_items})
     class_index = {c: i for i, c in enumerate(class_names)}
 
-    images = [Image.open(p) for p, _ in train_items + test_items]
+    paths = [p for p, _ in train_items + test_items]
+
+    def read(path: Path):
+        # One file open at a time: PIL keeps a lazily opened image's file until it is closed.
+        try:
+            return Image.open(path)
+        except (OSError, ValueError) as error:
+            raise DataSourceError(f"{path} is not a readable image: {error}") from error
+
     if grayscale is None:
-        grayscale = all(im.mode in ("L", "1", "I;16", "I") for im in images)
+        # Opening reads only the header: this pass is cheap even for large trees.
+        modes = set()
+        for path in paths:
+            with read(path) as im:
+                modes.add(im.mode)
+        grayscale = modes <= {"L", "1", "I;16", "I"}
     mode = "L" if grayscale else "RGB"
     target = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
     arrays = []
-    for (path, _), im in zip(train_items + test_items, images, strict=True):
-        im = im.convert(mode)
+    first_size = None
+    for path in paths:
+        with read(path) as im:
+            picture = im.convert(mode)
         if target is not None:
-            im = im.resize((target[1], target[0]))
-        elif im.size != images[0].size:
+            picture = picture.resize((target[1], target[0]))
+        elif first_size is None:
+            first_size = picture.size
+        elif picture.size != first_size:
             raise DataSourceError(
-                f"{path} is {im.size[0]}x{im.size[1]} but {train_items[0][0]} is "
-                f"{images[0].size[0]}x{images[0].size[1]}; pass size= to resize"
+                f"{path} is {picture.size[0]}x{picture.size[1]} but {paths[0]} is "
+                f"{first_size[0]}x{first_size[1]}; pass size= to resize"
             )
-        arrays.append(np.asarray(im, dtype=np.uint8))
+        arrays.append(np.asarray(picture, dtype=np.uint8))
     x_all = _as_float_images(np.stack(arrays), channels_last=not grayscale)
     y_all = torch.tensor([class_index[c] for _, c in train_items + test_items], dtype=torch.long)
     base = directory / "train" if split_trees else directory

@@ -141,3 +141,38 @@ def balanced_initial_indices(
     if not chosen:
         return torch.empty(0, dtype=torch.long)
     return torch.cat(chosen).sort().values
+
+
+def check_texts(kind: str, values: list[str], where: str) -> None:
+    """Refuse sample ids or class names that no output could show faithfully.
+
+    The rules per character class are `baldflow.common.text_problem`'s. Two values that differ
+    only in Unicode normalisation (e.g. 'é' as one code point or as 'e' plus a combining
+    accent) look the same to a person and a spreadsheet may store either: refused as well.
+    """
+    import unicodedata
+
+    from baldflow.common import short_repr, text_problem
+
+    seen: dict[str, int] = {}
+    for position, value in enumerate(values):
+        problem = text_problem(value)
+        if problem is not None:
+            raise DataSourceError(
+                f"{where}: {kind} {short_repr(value)} (entry {position}) {problem}; "
+                f"rename it in the source data"
+            )
+        key = unicodedata.normalize("NFC", value)
+        if key in seen:
+            first = seen[key]
+            if values[first] == value:
+                raise DataSourceError(
+                    f"{where}: {kind} {short_repr(value)} appears twice (entries {first} and "
+                    f"{position}); {kind}s must be unique"
+                )
+            raise DataSourceError(
+                f"{where}: {kind} {short_repr(value)} (entry {position}) looks the same as "
+                f"{short_repr(values[first])} (entry {first}): they differ only in Unicode "
+                f"normalisation; {kind}s must be unique"
+            )
+        seen[key] = position
