@@ -222,3 +222,96 @@ def test_unknown_model_and_bad_parameters_are_clear_errors():
         build_model("mlp", (1, 8, 8), 1)
     with pytest.raises(ValueError, match="invalid options for model 'mlp'"):
         build_model("mlp", (1, 8, 8), 10, depth=3)
+
+
+# ---------------------------------------------------------------------------- saved weights
+def claim_cuda(path, out):
+    """A copy of a torch.save file whose tensors say they were saved on cuda:0.
+
+    torch.save (pickle protocol 2) records each storage's device as a length-prefixed string
+    in data.pkl; a file written on a GPU machine differs from a CPU one exactly there.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("/data.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            dst.writestr(info.filename, data)
+    return out
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_weights_saved_on_a_gpu_load_on_the_cpu(name, tmp_path):
+    from baldflow.models import load_weights
+
+    model = make(name)
+    torch.save(model.state_dict(), tmp_path / "cpu.pt")
+    gpu_file = claim_cuda(tmp_path / "cpu.pt", tmp_path / "gpu.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(gpu_file, weights_only=True)
+    state = load_weights(gpu_file)
+    assert all(t.device.type == "cpu" for t in state.values())
+    rebuilt = build_model(**model.spec, seed=99).eval()
+    rebuilt.load_state_dict(state)
+    x = inputs(name, 3)
+    out = predict_log_probs(model, x, 4, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(
+        predict_log_probs(rebuilt, x, 4, torch.Generator().manual_seed(2)), out
+    )
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("a weights file ran code",))
+
+
+def test_loading_weights_never_runs_pickled_code(tmp_path, capsys):
+    from baldflow.models import WeightsError, load_weights
+
+    torch.save({"w": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightsError, match=r"evil\.pt is not a weights file torch can read"):
+        load_weights(tmp_path / "evil.pt")
+    assert "ran code" not in capsys.readouterr().out
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match="holds a list, not a state_dict"):
+        load_weights(tmp_path / "list.pt")
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_weights(tmp_path / "absent.pt")
+
+
+def test_every_torch_load_in_the_project_maps_to_a_device_and_loads_weights_only():
+    """Weights of a round may be read back on another machine (a GPU one saved them): a
+    torch.load without map_location fails on a CPU-only machine, and one without
+    weights_only=True would run whatever the file pickled."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("baldflow", "flows", "tasks", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if not (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "load"
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "torch"
+                ):
+                    continue
+                keywords = {k.arg: k.value for k in node.keywords}
+                weights_only = keywords.get("weights_only")
+                if "map_location" not in keywords or not (
+                    isinstance(weights_only, ast.Constant) and weights_only.value is True
+                ):
+                    where = f"{path.relative_to(root)}:{node.lineno}"
+                    offenders.append(f"{where}: {ast.unparse(node)}")
+    assert not offenders, (
+        "torch.load without map_location= and weights_only=True (use "
+        "baldflow.models.load_weights):\n" + "\n".join(offenders)
+    )

@@ -2,6 +2,7 @@
 
 from baldflow.models.base import BayesianModule
 from baldflow.models.dropout import ConsistentDropout, ConsistentDropout2d, DropoutStateError
+from baldflow.models.weights import WeightsError, load_weights
 from baldflow.models.zoo import CNN, MLP, MODELS, ModelSpecError, ResNet18, build_model
 
 __all__ = [
@@ -14,5 +15,7 @@ __all__ = [
     "DropoutStateError",
     "ModelSpecError",
     "ResNet18",
+    "WeightsError",
     "build_model",
+    "load_weights",
 ]
