@@ -3,13 +3,14 @@
 Every place where a round can stop (between two tasks, inside versioning, tracking and the
 hand-off) calls `fault_point(name, round)`. Unset, it does nothing. With
 
-    BALDFLOW_FAULT=<point>:<round>:<action>     action: kill | raise | pause
+    BALDFLOW_FAULT=<point>:<round>:<action>     action: kill | raise | fail | pause
 
-the process SIGKILLs itself, raises InjectedFault (once per process, so a task retry gets
-through) or pauses there: it writes BALDFLOW_FAULT_FILE and waits until <file>.release exists,
-so a test can kill it from outside or let it go on. BALDFLOW_FAULT_TRACE=<path> appends every
-point reached as "<point>:<round>" to that file, which is how the tests check that FAULT_POINTS
-lists every point a round really passes.
+the process SIGKILLs itself (`kill`), raises InjectedFault (`raise`: once per process, so a
+task retry gets through; `fail`: every time, so retries fail too) or pauses there (`pause`: it
+writes BALDFLOW_FAULT_FILE and waits until <file>.release exists, so a test can kill it from
+outside or let it go on). BALDFLOW_FAULT_TRACE=<path> appends every point reached as
+"<point>:<round>" to that file, which is how the tests check that FAULT_POINTS lists every
+point a round really passes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 FAULT_ENV = "BALDFLOW_FAULT"
 FAULT_FILE_ENV = "BALDFLOW_FAULT_FILE"
 FAULT_TRACE_ENV = "BALDFLOW_FAULT_TRACE"
-ACTIONS = ("kill", "raise", "pause")
+ACTIONS = ("kill", "raise", "fail", "pause")
 
 # Every point, in the order an uninterrupted round with the simulated oracle passes them;
 # HANDOFF_POINTS are passed only with the file oracle. Kept by hand on purpose: a test runs a
@@ -91,6 +92,8 @@ def fault_point(point: str, round_index: int) -> None:
         if target not in _raised:
             _raised.add(target)
             raise InjectedFault(f"fault injected at {point} of round {round_index}")
+    elif action == "fail":
+        raise InjectedFault(f"fault injected at {point} of round {round_index} (every time)")
     elif action == "pause":
         marker = Path(os.environ[FAULT_FILE_ENV])
         marker.write_text(f"{os.getpid()}\n")

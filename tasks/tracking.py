@@ -145,6 +145,7 @@ def end_run(tracker: Tracker, run_id: str, status: str) -> None:
     name="publish-batch",
     task_run_name="publish batch [round {round_index}]",
     cache_policy=NO_CACHE,
+    **_RETRY,
 )
 def publish_batch(
     campaign: str, round_index: int, acquired: Sequence[Mapping[str, Any]], description: str

@@ -330,7 +330,9 @@ class Workspace:
 
     def _campaign_clean(self, campaign: str) -> bool:
         rel = f"{DATA_DIR}/{campaign}"
-        status = self.git("status", "--porcelain", "--untracked-files=all", "--", rel)
+        # The hand-off folder is working files, not history (see labeling.handoff).
+        handoff = f":(exclude){rel}/{TO_LABEL_DIR}"
+        status = self.git("status", "--porcelain", "--untracked-files=all", "--", rel, handoff)
         if status.strip():
             return False
         cdir = self.campaign_dir(campaign)
