@@ -77,6 +77,29 @@ def bench_scoring(args) -> None:
     label = f"BALD + power selection, N={args.scoring_n:,} K={args.k} C={args.c}"
     report(label, t_bald + t_power, peers)
     print(f"    (BALD {t_bald:.3f} s, power selection {t_power:.3f} s)")
+    bench_selection(scores_N, args)
+
+
+def bench_selection(scores_N: torch.Tensor, args) -> None:
+    """Every selection mode on the same BALD scores, plus the inputs that take the tie paths."""
+    generator = torch.Generator().manual_seed(0)
+    cases = [(mode, 1.0, scores_N) for mode in ("topk", "power", "softmax", "softrank", "random")]
+    cases += [
+        ("power", 1e308, scores_N),  # keys rescaled; the noise is absorbed into the scores
+        ("softmax", 1e308, scores_N),
+        ("power", 1.0, torch.zeros_like(scores_N)),  # every key -inf: all of them tie
+        ("power", 1.0, scores_N.mul(4).round().div(4)),  # a few distinct values, many ties
+    ]
+    print(f"selection of b={args.batch_size} from N={len(scores_N):,}:")
+    for mode, coldness, values_N in cases:
+        took = seconds(
+            lambda m=mode, c=coldness, v=values_N: select(
+                v, args.batch_size, m, coldness=c, generator=generator
+            ),
+            args.repeats,
+        )
+        distinct = int(values_N.unique().numel())
+        print(f"    {mode:<9} coldness {coldness:<7g} {distinct:>9,} distinct scores {took:8.4f} s")
 
 
 def bench_batchbald(args) -> None:
