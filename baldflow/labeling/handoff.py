@@ -11,14 +11,11 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from baldflow.common import atomic_write_text
 from baldflow.labeling.oracles import LabelsPendingError, OracleError
 from baldflow.workspace.repo import TO_LABEL_DIR, WorkspaceError
-
-if TYPE_CHECKING:
-    from baldflow.labeling.importing import ImportResult
 
 SHEET_FIELDS = ["sample_id", "item", "label"]
 LABELS_FIELDS = ["sample_id", "label", "labeled_by", "imported_at", "source"]
@@ -135,15 +132,8 @@ class HandOff:
     def is_complete(self, pending: PendingRound) -> bool:
         return set(pending.sample_ids) <= set(self.imported(pending.round))
 
-    def import_labels(
-        self, path: str | Path, *, partial: bool = False, labeled_by: str
-    ) -> ImportResult:
-        """Check a label file against the pending batch; store its labels only if all is well."""
-        from baldflow.labeling.importing import import_labels
-
-        return import_labels(self, path, partial=partial, labeled_by=labeled_by)
-
     def write_imported(self, round_index: int, text: str) -> None:
+        """Store the labels imported for a round (baldflow.labeling.importing checks them)."""
         atomic_write_text(self.labels_path(round_index), text)
 
     def clear(self, round_index: int) -> None:
