@@ -162,3 +162,15 @@ def test_matches_batchbald_redux_when_installed():
     ours = batchbald(log_probs, 4, num_samples=10_000)
     theirs = redux.get_batchbald_batch(log_probs, 4, 10_000, dtype=torch.float64, device="cpu")
     assert ours.tolist() == list(theirs.indices)
+
+
+def test_a_non_contiguous_view_gives_the_same_batch():
+    samples_first = random_log_probs(N=60, K=6, C=3, seed=2).transpose(0, 1).contiguous()
+    view = samples_first.transpose(0, 1)  # [N, K, C] again, laid out [K, N, C]
+    assert not view.is_contiguous()
+    for lazy in (True, False):
+        got = batchbald(view, 5, generator=torch.Generator().manual_seed(0), lazy=lazy)
+        want = batchbald(
+            view.contiguous(), 5, generator=torch.Generator().manual_seed(0), lazy=lazy
+        )
+        assert got.tolist() == want.tolist()

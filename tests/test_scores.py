@@ -107,3 +107,44 @@ def test_wrong_shape_is_a_clear_error():
 def test_unknown_score_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid scores: bald, entropy"):
         get_score("balt")
+
+
+def strided_layouts(dtype) -> dict[str, torch.Tensor]:
+    """The same kind of log-probabilities in layouts a caller may well hand over: views that
+    are not row-major [N, K, C], as a model that outputs [K, N, C] or [C, N, K] gives them."""
+    generator = torch.Generator().manual_seed(1)
+
+    def log_softmax(*shape, dim):
+        logits = torch.randn(*shape, generator=generator, dtype=torch.float64) * 3
+        return torch.log_softmax(logits, dim).to(dtype)
+
+    with_minus_inf = log_softmax(9, 40, 4, dim=-1)
+    with_minus_inf[::4, ::3, 1] = -torch.inf  # a class some samples rule out: the exact path
+    return {
+        "samples first (K, N, C) transposed": log_softmax(9, 40, 4, dim=-1).transpose(0, 1),
+        "classes first (C, N, K) permuted": log_softmax(4, 40, 9, dim=0).permute(1, 2, 0),
+        "every other row and sample": log_softmax(80, 18, 4, dim=-1)[::2, ::2],
+        "transposed with -inf": torch.log_softmax(with_minus_inf, -1).transpose(0, 1),
+        "one class broadcast over samples": log_softmax(40, 1, 4, dim=-1).expand(40, 9, 4),
+    }
+
+
+ALL_SCORES = {**scores.SCORES, "expected_conditional_entropy": scores.expected_conditional_entropy}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", sorted(ALL_SCORES))
+def test_every_score_is_the_same_on_a_non_contiguous_view(name, dtype):
+    score = ALL_SCORES[name]
+    for layout, view in strided_layouts(dtype).items():
+        assert not view.is_contiguous(), layout
+        copy = view.contiguous()
+        atol = 1e-12 if dtype == torch.float64 else 1e-6
+        for chunk_bytes in (scores.DEFAULT_CHUNK_BYTES, 7 * 9 * 4 * 8):  # one chunk; several
+            torch.testing.assert_close(
+                score(view, chunk_bytes=chunk_bytes),
+                score(copy, chunk_bytes=chunk_bytes),
+                rtol=0,
+                atol=atol,
+                msg=f"{name} on {layout}, chunk_bytes={chunk_bytes}",
+            )

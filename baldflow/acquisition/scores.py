@@ -94,6 +94,9 @@ def _bald_fast(log_probs_n_K_C: torch.Tensor) -> torch.Tensor:
     by the caller on the exact path, so the common case pays nothing for the guard.
     """
     n, K, C = log_probs_n_K_C.shape
+    # The flat [n, 1, K*C] view needs a dense row-major chunk; exp() keeps its input's layout,
+    # so a transposed or permuted pool would not flatten. Free when the chunk is dense already.
+    log_probs_n_K_C = log_probs_n_K_C.contiguous()
     probs_n_K_C = log_probs_n_K_C.exp()
     sum_p_log_p = torch.bmm(
         probs_n_K_C.view(n, 1, K * C), log_probs_n_K_C.reshape(n, K * C, 1)
