@@ -83,7 +83,30 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace_arg(p)
     p.add_argument("--format", choices=["table", "json"], default="table")
     _add_cycle_parsers(sub)
+    _add_verify_parser(sub)
     return parser
+
+
+def _add_verify_parser(sub) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check that git tags, DVC versions, the ledger and MLflow runs agree",
+        description="Check a workspace at rest: round tags contiguous from 0, the labeled set "
+        "read through DVC at every tag equal to the ledger up to that round, no sample twice, "
+        "one FINISHED MLflow run per committed round and none RUNNING, git clean, no pending "
+        "batch for a committed round. Prints each problem. Exit status: 0 consistent, "
+        f"{EXIT_ERROR} problems found (or no such workspace or campaign), {EXIT_LOCKED} the "
+        "workspace is in use by a run.",
+    )
+    _workspace_arg(p)
+    p.add_argument("--campaign", metavar="NAME", help="(default: every campaign)")
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store (default: tracking.mlflow_uri of the workspace's params.yaml, else "
+        "its own store under mlflow/)",
+    )
+    p.add_argument("--experiment", metavar="NAME", help="(default: from params.yaml)")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -570,6 +593,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from baldflow.workspace import Workspace, workspace_lock
+    from baldflow.workspace.consistency import check_workspace
+
+    ws_root = _ws_root(args)
+    if not Workspace.is_workspace(ws_root):
+        raise FileNotFoundError(f"{ws_root} is not a baldflow workspace (run `baldflow init`)")
+    uri, experiment = args.tracking_uri, args.experiment
+    if uri is None or experiment is None:
+        from baldflow.config import load_config
+
+        params = ws_root / "params.yaml"
+        tracking = load_config(params if params.exists() else None, check_names=False).tracking
+        uri = uri or tracking.mlflow_uri
+        experiment = experiment or tracking.experiment
+    # A run writing to the workspace breaks the rules mid-round: judge it only at rest.
+    with workspace_lock(ws_root):
+        found = check_workspace(
+            ws_root,
+            [args.campaign] if args.campaign else None,
+            tracking_uri=uri,
+            experiment=experiment,
+        )
+    if not found:
+        print(f"no campaigns in {ws_root}")
+        return 0
+    bad = 0
+    for name, problems in found.items():
+        if not problems:
+            print(f"{name}: consistent")
+            continue
+        bad += 1
+        print(f"{name}: {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  - {problem}")
+    return EXIT_ERROR if bad else 0
+
+
 COMMANDS = {
     "init": cmd_init,
     "run": cmd_run,
@@ -582,6 +643,7 @@ COMMANDS = {
     "cycle": cmd_cycle,
     "serve": cmd_serve,
     "server": cmd_server,
+    "verify": cmd_verify,
 }
 
 
