@@ -14,6 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SECTIONS = ("campaign", "data", "model", "training", "acquisition", "oracle")
+# Sections of params.yaml that other readers of the file own, such as the `benchmark` section
+# of the strategy comparison (dvc.yaml). A campaign neither reads nor checks them: their owners
+# validate them, and this schema stays independent of theirs.
+FOREIGN_SECTIONS = frozenset({"benchmark"})
 
 # Campaign names become git tags (<name>/round-NNNN), directory names and Prefect artifact keys,
 # which accept only lowercase letters, digits and dashes; one rule that suits all three.
@@ -73,8 +77,14 @@ class TrainingConfig(_Section):
     num_threads: int = Field(1, ge=0)
 
 
-class AcquisitionConfig(_Section):
-    strategy: str = "power-bald"
+class AcquisitionSettings(_Section):
+    """How a batch is acquired, whichever strategy acquires it.
+
+    A campaign's `acquisition` section is these plus its strategy (AcquisitionConfig); the
+    strategy comparison runs several strategies with one setting and takes these fields as they
+    are, so both read the same keys with the same bounds and defaults.
+    """
+
     batch_size: int = Field(10, ge=1)
     coldness: float = Field(1.0, ge=0.0)
     mc_samples: int = Field(20, ge=1)
@@ -82,6 +92,16 @@ class AcquisitionConfig(_Section):
     batchbald_candidates: int = Field(1000, ge=1)
     batchbald_num_samples: int = Field(10000, ge=1)
     chunk_size: int = Field(1024, ge=1)
+
+
+class _StrategyChoice(_Section):
+    strategy: str = "power-bald"
+
+
+# pydantic lists the fields of the last base first: the strategy leads the section, as in
+# params.yaml and every params.yaml that dump_yaml writes.
+class AcquisitionConfig(AcquisitionSettings, _StrategyChoice):
+    """The `acquisition` section: the strategy and how it acquires."""
 
 
 class OracleConfig(_Section):
@@ -152,7 +172,8 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
     """Build a Config from plain data, raising ConfigError on the first problem.
 
     With check_names the strategy, model and data source names are checked against their
-    registries too (this imports torch, so it is optional for quick checks).
+    registries too, and the strategy against the number of MC samples (this imports torch, so
+    it is optional for quick checks). Sections in FOREIGN_SECTIONS are skipped.
     """
     if data is None:
         data = {}
@@ -165,13 +186,7 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
             and not isinstance(content, Mapping)
         ):
             raise ConfigError(f"{section} must be a mapping, got {content!r}")
-    # The strategy comparison (dvc.yaml) keeps its `benchmark` section in the same params.yaml;
-    # it has its own schema, so a typo there fails here as clearly as one in a campaign section.
-    if "benchmark" in data:
-        from baldflow.comparison.config import validate_benchmark
-
-        validate_benchmark(data["benchmark"], check_names=check_names)
-    cleaned = {k: v for k, v in data.items() if v is not None and k != "benchmark"}
+    cleaned = {k: v for k, v in data.items() if v is not None and k not in FOREIGN_SECTIONS}
     try:
         config = Config.model_validate(cleaned)
     except ValidationError as exc:
@@ -196,6 +211,7 @@ def check_registry_names(config: Config) -> None:
         names = sorted(valid)
         if value not in names:
             raise ConfigError(f"{field} must be one of {', '.join(names)}, got {value!r}")
+    check_mc_samples(config.acquisition.strategy, config.acquisition.mc_samples)
     if config.training.device != "auto":
         import torch
 
@@ -205,6 +221,26 @@ def check_registry_names(config: Config) -> None:
             raise ConfigError(
                 f"training.device must be auto, cpu, cuda or cuda:N, got {config.training.device!r}"
             ) from None
+
+
+def check_mc_samples(strategy: str, mc_samples: int, field: str = "acquisition.mc_samples") -> None:
+    """Refuse a number of MC samples with which the strategy could not depend on the model.
+
+    BALD and its kin measure disagreement between the MC samples: with one sample they are 0
+    for every point, so the batch would be the first points of the pool (topk) or a uniform
+    draw, while the records would call it BALD.
+    """
+    from baldflow.acquisition.strategies import get_strategy
+
+    chosen = get_strategy(strategy)
+    needed = chosen.min_mc_samples
+    if mc_samples < needed:
+        measure = chosen.score or "BatchBALD"
+        raise ConfigError(
+            f"{field} must be >= {needed} for strategy {strategy!r}, got {mc_samples!r}: "
+            f"{measure} measures disagreement between MC samples, so with fewer than {needed} it "
+            "is 0 for every point and the batch would not depend on the model"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

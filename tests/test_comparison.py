@@ -15,13 +15,14 @@ from baldflow.comparison import (
     area_under_curve,
     campaign_params,
     labels_to_target,
+    load_benchmark,
     validate_benchmark,
 )
 from baldflow.comparison.__main__ import main as comparison_main
 from baldflow.comparison.campaigns import curve_paths
 from baldflow.comparison.curves import CurveError, aggregate, mean_curve
 from baldflow.comparison.report import markdown_table, write_report
-from baldflow.config import ConfigError, validate
+from baldflow.config import AcquisitionConfig, CampaignConfig, Config, ConfigError, validate
 
 
 # ------------------------------------------------------------------------------ curve maths
@@ -179,12 +180,52 @@ def test_benchmark_errors_name_field_and_value(section, message):
         validate_benchmark(section)
 
 
-def test_the_campaign_loader_accepts_and_checks_the_benchmark_section():
-    config = validate({"campaign": {"seed": 4}, "benchmark": {"batch_size": 5}})
-    assert config.campaign.seed == 4
-    assert "benchmark" not in config.to_dict()
+def test_the_benchmark_section_is_checked_by_its_own_loader(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"campaign": {"seed": 4}, "benchmark": {"label_budjet": 100}}))
+    # The campaign schema skips the section; the comparison's loader is the one that judges it.
+    assert validate(yaml.safe_load(params.read_text())).campaign.seed == 4
     with pytest.raises(ConfigError, match="benchmark.label_budjet is not a known parameter"):
-        validate({"benchmark": {"label_budjet": 100}})
+        load_benchmark(params)
+    code = comparison_main(["--params", str(params), "report", "--campaigns", str(tmp_path)])
+    assert code == 2
+
+
+def test_benchmark_reuses_the_campaign_acquisition_schema():
+    # Same keys, defaults and bounds as a campaign's acquisition section (bar the strategy,
+    # which the benchmark varies): one schema, not a copy that can drift.
+    for name, field in AcquisitionConfig.model_fields.items():
+        if name == "strategy":
+            continue
+        assert name in BenchmarkConfig.model_fields, name
+        mine = BenchmarkConfig.model_fields[name]
+        assert (mine.annotation, mine.default, mine.metadata) == (
+            field.annotation,
+            field.default,
+            field.metadata,
+        ), name
+    campaign = CampaignConfig.model_fields["initial_per_class"]
+    mine = BenchmarkConfig.model_fields["initial_per_class"]
+    assert (mine.default, mine.metadata) == (campaign.default, campaign.metadata)
+    for key in ("model", "training"):
+        assert BenchmarkConfig.model_fields[key].annotation is Config.model_fields[key].annotation
+    # What the benchmark sets is what every campaign of it gets, field for field.
+    bench = validate_benchmark({"coldness": 3.0, "chunk_size": 77, "batchbald_candidates": 50})
+    params = campaign_params(bench, "batchbald", 0, num_classes=10, mlflow_uri="sqlite:///x.db")
+    expected = AcquisitionConfig(strategy="batchbald", coldness=3.0, chunk_size=77)
+    expected.batchbald_candidates = 50
+    assert params["acquisition"] == expected.model_dump(mode="json")
+    assert list(params["acquisition"])[0] == "strategy"
+
+
+def test_benchmark_refuses_one_mc_sample_for_bald_like_strategies():
+    with pytest.raises(ConfigError) as info:
+        validate_benchmark({"mc_samples": 1, "strategies": ["random", "power-bald"]})
+    assert str(info.value).startswith(
+        "benchmark.mc_samples must be >= 2 for strategy 'power-bald', got 1"
+    )
+    fine = validate_benchmark({"mc_samples": 1, "strategies": ["random", "power-entropy"]})
+    assert fine.mc_samples == 1
 
 
 def test_the_repository_params_yaml_is_valid():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +155,80 @@ def test_identity_ignores_what_may_change_on_resume():
     assert a.identity() == b.identity()
     c = validate({"acquisition": {"coldness": 2.0}}, check_names=False)
     assert c.identity() != a.identity()
+
+
+def test_acquisition_keys_keep_their_order():
+    # The acquisition section is built from two schemas; params.yaml files list the strategy
+    # first all the same, as the root params.yaml does.
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    dumped = yaml.safe_load(dump_yaml(Config()))
+    for section in Config.model_fields:
+        assert list(dumped[section]) == list(data[section]), section
+    assert list(dumped["acquisition"])[0] == "strategy"
+
+
+# ------------------------------------------------------------------ the benchmark section
+def test_the_campaign_schema_leaves_the_benchmark_section_to_its_owner():
+    # Whatever the comparison's section holds, a campaign neither reads nor judges it.
+    config = validate({"campaign": {"seed": 4}, "benchmark": {"label_budjet": "lots"}})
+    assert config.campaign.seed == 4
+    assert "benchmark" not in config.to_dict()
+
+
+def test_validating_a_campaign_imports_nothing_of_the_comparison():
+    code = (
+        "import sys, yaml\n"
+        "from baldflow.config import load_config\n"
+        f"load_config({str(ROOT / 'params.yaml')!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('baldflow.comparison')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_config_module_has_no_import_of_the_comparison():
+    # Not even a lazy one inside a function: the comparison builds on the campaign schema.
+    tree = ast.parse((ROOT / "baldflow" / "config.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert not [name for name in imported if name.startswith("baldflow.comparison")]
+
+
+# ------------------------------------------------------------------ MC samples and strategies
+# Hand-picked: every mode over the disagreement scores, and BatchBALD.
+NEED_TWO_SAMPLES = [
+    "power-bald",
+    "topk-bald",
+    "softmax-bald",
+    "softrank-bald",
+    "batchbald",
+    "power-variation_ratios",
+    "topk-mean_std",
+]
+
+
+@pytest.mark.parametrize("strategy", NEED_TWO_SAMPLES)
+def test_one_mc_sample_is_refused_for_bald_like_strategies(strategy):
+    with pytest.raises(ConfigError) as info:
+        validate({"acquisition": {"strategy": strategy, "mc_samples": 1}})
+    text = str(info.value)
+    assert text.startswith(f"acquisition.mc_samples must be >= 2 for strategy {strategy!r}, got 1")
+    assert "0 for every point" in text
+    assert validate({"acquisition": {"strategy": strategy, "mc_samples": 2}})
+
+
+@pytest.mark.parametrize("strategy", ["random", "power-entropy", "topk-margin", "softmax-entropy"])
+def test_one_mc_sample_is_fine_where_the_score_is_about_the_mean_prediction(strategy):
+    config = validate({"acquisition": {"strategy": strategy, "mc_samples": 1}})
+    assert config.acquisition.mc_samples == 1
+
+
+def test_one_mc_sample_is_refused_through_overrides_too():
+    with pytest.raises(ConfigError, match="acquisition.mc_samples must be >= 2"):
+        load_config(ROOT / "params.yaml", ["acquisition.mc_samples=1"])

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from baldflow.acquisition import STRATEGY_NAMES, UnknownStrategyError, acquire, get_strategy
+from baldflow.acquisition import (
+    STRATEGY_NAMES,
+    UnknownStrategyError,
+    acquire,
+    batchbald,
+    get_score,
+    get_strategy,
+)
 
 
 def test_names_cover_every_mode_score_pair_plus_random_and_batchbald():
@@ -54,3 +61,22 @@ def test_random_needs_no_scores_and_batchbald_needs_log_probs():
         "batchbald", 3, log_probs_N_K_C=log_probs, generator=torch.Generator().manual_seed(0)
     )
     assert len(picked.indices) == 3 and picked.scores.shape == (3,)
+
+
+def test_min_mc_samples_follows_what_each_score_does_with_one_sample():
+    # With K = 1 a disagreement score is 0 for every point: such strategies need K >= 2.
+    generator = torch.Generator().manual_seed(0)
+    one_sample = torch.log_softmax(torch.randn(30, 1, 4, generator=generator) * 3, -1)
+    for name in STRATEGY_NAMES:
+        strategy = get_strategy(name)
+        if strategy.score is not None:
+            blind = bool((get_score(strategy.score)(one_sample) == 0).all())
+        elif name == "batchbald":
+            picked = batchbald(one_sample, 3, generator=generator, return_details=True)
+            # Its gains come out as rounding noise (~1e-8) rather than exact zeros.
+            blind = bool((picked.gains.abs() < 1e-6).all())
+        else:
+            blind = False  # random never looks at the model
+        assert strategy.min_mc_samples == (2 if blind else 1), name
+    assert get_strategy("power-bald").min_mc_samples == 2
+    assert get_strategy("power-entropy").min_mc_samples == 1

@@ -196,6 +196,10 @@ def mean_std(log_probs_N_K_C: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYT
     return _stream(log_probs_N_K_C, _mean_std_chunk, chunk_bytes)
 
 
+# Scores of the disagreement between the K samples rather than of the mean prediction: with
+# K = 1 they are 0 for every point, so they need K >= 2 to rank anything.
+DISAGREEMENT_SCORES = frozenset({"bald", "variation_ratios", "mean_std"})
+
 SCORES: dict[str, Callable[..., torch.Tensor]] = {
     "bald": bald,
     "entropy": entropy,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from baldflow.acquisition.batchbald import DEFAULT_NUM_SAMPLES, batchbald
-from baldflow.acquisition.scores import SCORES
+from baldflow.acquisition.scores import DISAGREEMENT_SCORES, SCORES
 from baldflow.acquisition.selection import MODES, select
 
 SCORED_MODES = tuple(mode for mode in MODES if mode != "random")
@@ -33,6 +33,16 @@ class Strategy:
     def needs_log_probs(self) -> bool:
         """True when the strategy needs the full log_probs_N_K_C, not just scores_N."""
         return self.name == "batchbald"
+
+    @property
+    def min_mc_samples(self) -> int:
+        """The fewest MC samples K with which the strategy's choice depends on the model.
+
+        BatchBALD and the disagreement scores (BALD, ...) are 0 for every point when K = 1.
+        """
+        if self.name == "batchbald" or self.score in DISAGREEMENT_SCORES:
+            return 2
+        return 1
 
 
 def _build_registry() -> dict[str, Strategy]:

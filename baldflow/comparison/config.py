@@ -1,7 +1,9 @@
 """The `benchmark` section of params.yaml and the campaign parameters it implies per strategy.
 
-The section is validated like the campaign sections: unknown keys and out-of-range values fail
-with a ConfigError naming the field and the value.
+The campaign schema leaves this section to this module: load_benchmark and validate_benchmark
+check it like the campaign sections, unknown keys and out-of-range values failing with a
+ConfigError that names the field and the value. The acquisition, model and training fields are
+the campaign's own (baldflow.config), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from baldflow.config import (
+    AcquisitionSettings,
+    CampaignConfig,
     ConfigError,
     DataConfig,
     ModelConfig,
     TrainingConfig,
     _describe,
+    check_mc_samples,
     read_yaml,
     validate,
 )
@@ -40,23 +45,20 @@ def _default_data() -> DataConfig:
     return DataConfig(source="digits", repeat=3, noise_std=0.1)
 
 
-class BenchmarkConfig(BaseModel):
-    """What one strategy comparison runs: every strategy x seed on the same data and model."""
+class BenchmarkConfig(AcquisitionSettings):
+    """What one strategy comparison runs: every strategy x seed on the same data and model.
 
-    model_config = ConfigDict(extra="forbid")
+    The acquisition fields (batch_size, coldness, mc_samples, ...) come from the campaign's
+    AcquisitionSettings and sit at the top of the section, where dvc.yaml's params name them.
+    """
 
     strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     # Labels needed to reach this test accuracy is the headline number of the report.
     target_accuracy: float = Field(0.9, gt=0.0, le=1.0)
-    initial_per_class: int = Field(2, ge=1)
-    batch_size: int = Field(10, ge=1)
+    initial_per_class: int = CampaignConfig.model_fields["initial_per_class"]
     # The largest labeled set a model is trained and evaluated on; rounds follow from it.
     label_budget: int = Field(160, ge=1)
-    mc_samples: int = Field(20, ge=1)
-    coldness: float = Field(1.0, ge=0.0)
-    batchbald_candidates: int = Field(1000, ge=1)
-    batchbald_num_samples: int = Field(10000, ge=1)
     data: DataConfig = Field(default_factory=_default_data)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -105,9 +107,10 @@ class BenchmarkConfig(BaseModel):
         data = self.model_dump(mode="json")
         for key in ("strategies", "seeds", "target_accuracy", "experiment", "mlflow_uri"):
             data.pop(key)
-        # Like a campaign's identity: where and on how many threads it runs changes no result.
+        # Where, on how many threads and in what chunks it runs changes no result.
         data["training"].pop("device")
         data["training"].pop("num_threads", None)
+        data.pop("chunk_size")
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:6]
 
@@ -153,6 +156,8 @@ def _check_names(bench: BenchmarkConfig) -> None:
             raise ConfigError(
                 f"{SECTION}.{field} must be one of {', '.join(sorted(valid))}, got {value!r}"
             )
+    for name in bench.strategies:
+        check_mc_samples(name, bench.mc_samples, field=f"{SECTION}.mc_samples")
 
 
 def load_benchmark(params_path: str | Path = "params.yaml") -> BenchmarkConfig:
@@ -199,11 +204,7 @@ def campaign_params(
         "training": bench.training.model_dump(mode="json"),
         "acquisition": {
             "strategy": strategy,
-            "batch_size": bench.batch_size,
-            "coldness": bench.coldness,
-            "mc_samples": bench.mc_samples,
-            "batchbald_candidates": bench.batchbald_candidates,
-            "batchbald_num_samples": bench.batchbald_num_samples,
+            **{name: getattr(bench, name) for name in AcquisitionSettings.model_fields},
         },
         "oracle": {"kind": "simulated"},
         "tracking": {"mlflow_uri": mlflow_uri, "experiment": bench.experiment},
