@@ -267,6 +267,19 @@ def pending_batch(
     )
 
 
+def training_set_input(workspace: Workspace, campaign: str, round_index: int) -> dict[str, Any]:
+    """The labeled set a round trains on, as the DVC-versioned input its MLflow run records:
+    the file, its md5 (DVC's hash, of the whole file) and the tag of the previous round."""
+    labeled = workspace.labeled_path(campaign)
+    return {
+        "name": f"{campaign}/labeled.csv",
+        "md5": workspace.labeled_md5(campaign),
+        "rows": len(workspace.labeled(campaign)),
+        "path": str(labeled.relative_to(workspace.root)),
+        "rev": round_tag(campaign, round_index - 1),
+    }
+
+
 def acquired_table(rows: Sequence[LedgerRow]) -> list[dict[str, Any]]:
     """The batch as people read it: the MLflow table and the Prefect artifact of a round."""
     return [

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from baldflow import steps
+from baldflow import steps, tasks
 from baldflow.config import Config, validate
 from baldflow.flows.outcome import campaign_result, campaign_run_name, final_state
 from baldflow.labeling import HandOff, WaitingForLabels
@@ -28,32 +28,9 @@ from baldflow.rounds import (
     acquired_table,
     committed_tracking,
     pending_batch,
+    training_set_input,
 )
-from baldflow.tasks import (
-    clear_handoff,
-    close_stale_flow_runs,
-    end_run,
-    evaluate_model,
-    finish_campaign,
-    hand_off_batch,
-    label_batch,
-    load_handoff_model,
-    make_oracle,
-    open_workspace,
-    park_round_run,
-    prepare_data,
-    publish_batch,
-    save_handoff_model,
-    score_pool,
-    select_batch,
-    start_campaign_tracking,
-    start_round_run,
-    track_round,
-    train_model,
-    unpark_round_run,
-    version_round,
-)
-from baldflow.workspace import Workspace, round_tag, workspace_lock
+from baldflow.workspace import Workspace, workspace_lock
 from baldflow.workspace.tracking import tracker_for
 
 
@@ -61,7 +38,7 @@ def _close_run(c: CampaignRun, run_id: str, exc: BaseException) -> None:
     """Best effort on an error path: a stopped round's run must not look live or finished."""
     status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
     try:
-        end_run(quote(c.tracker), run_id, status)
+        tasks.end_run(quote(c.tracker), run_id, status)
     except Exception as error:  # noqa: BLE001 (never hide the original error)
         c.logger.warning("could not mark MLflow run %s %s: %s", run_id, status, error)
 
@@ -69,7 +46,7 @@ def _close_run(c: CampaignRun, run_id: str, exc: BaseException) -> None:
 def _hand_off(c: CampaignRun, record: RoundRecord) -> None:
     """Give the batch to people and stop the campaign until they answer."""
     pending = pending_batch(record, c.config, c.data, c.workspace.labeled_md5(c.name))
-    sheet = hand_off_batch(
+    sheet = tasks.hand_off_batch(
         quote(c.handoff), quote(pending), quote(c.data.images(pending)), record.round
     )
     raise WaitingForLabels(pending, sheet, 0)
@@ -83,11 +60,11 @@ def _initial_round(c: CampaignRun) -> None:
         if pending is None:
             _hand_off(c, record)
         c.handoff.check_pending(pending, 0, c.workspace.labeled_md5(c.name))
-    labels = label_batch(quote(c.oracle), record.sample_ids, 0)
-    commit = version_round(
+    labels = tasks.label_batch(quote(c.oracle), record.sample_ids, 0)
+    commit = tasks.version_round(
         quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, 0
     )
-    clear_handoff(quote(c.handoff), 0)
+    tasks.clear_handoff(quote(c.handoff), 0)
     c.logger.info(
         "round 0: initial labeled set of %d samples committed as %s", len(labels.labels), commit.tag
     )
@@ -97,26 +74,22 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
     """Train on the labeled set, evaluate, score the pool and select the round's batch."""
     config = c.config
     seed = steps.round_seed(config.campaign.seed, round_index)
-    training_set = {
-        "name": f"{c.name}/labeled.csv",
-        "md5": c.workspace.labeled_md5(c.name),
-        "rows": len(labeled),
-        "path": str(c.workspace.labeled_path(c.name).relative_to(c.workspace.root)),
-        "rev": round_tag(c.name, round_index - 1),
-    }
+    training_set = training_set_input(c.workspace, c.name, round_index)
     params = {"round": round_index, "seed": seed, "train_size": len(labeled), **config.identity()}
-    run_id = start_round_run(
+    run_id = tasks.start_round_run(
         quote(c.tracker), c.parent_run_id, c.name, round_index, params, training_set
     )
     try:
         data = quote(c.data)
-        trained = train_model(
+        trained = tasks.train_model(
             config, data, quote([(s, y) for s, y, _ in labeled]), seed, round_index
         )
-        evaluation = evaluate_model(config, data, quote(trained), seed, round_index)
+        evaluation = tasks.evaluate_model(config, data, quote(trained), seed, round_index)
         labeled_ids = {sid for sid, _, _ in labeled}
-        scored = score_pool(config, data, quote(trained), quote(labeled_ids), seed, round_index)
-        selected = select_batch(config, data, quote(scored), seed, round_index)
+        scored = tasks.score_pool(
+            config, data, quote(trained), quote(labeled_ids), seed, round_index
+        )
+        selected = tasks.select_batch(config, data, quote(scored), seed, round_index)
     except BaseException as exc:
         _close_run(c, run_id, exc)
         raise
@@ -135,23 +108,23 @@ def _complete(
     """Label the batch, version it (the round is then complete), publish and track it."""
     r = record.round
     try:
-        labels = label_batch(quote(c.oracle), record.sample_ids, r)
-        commit = version_round(
+        labels = tasks.label_batch(quote(c.oracle), record.sample_ids, r)
+        commit = tasks.version_round(
             quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, r
         )
         acquired = acquired_table([row for row in c.workspace.ledger(c.name) if row.round == r])
-        publish_batch(
+        tasks.publish_batch(
             c.name,
             r,
             quote(acquired),
             f"Samples acquired by {record.strategy} in round {r} of {c.name} "
             f"(git tag {commit.tag}, MLflow run {record.run_id})",
         )
-        timing = track_round(
+        timing = tasks.track_round(
             quote(c.tracker), quote(record), quote(commit), quote(labels), quote(acquired),
             quote(model_state), c.flow_run_id, r, started=started, seconds_compute=compute_here,
         )  # fmt: skip
-        clear_handoff(quote(c.handoff), r)
+        tasks.clear_handoff(quote(c.handoff), r)
     except BaseException as exc:
         # Before the commit the round runs again; after it, the next start repairs the run.
         _close_run(c, record.run_id, exc)
@@ -185,13 +158,13 @@ def _round(c: CampaignRun, round_index: int) -> dict[str, float] | None:
         record = RoundRecord.from_state(
             pending.state, campaign=c.name, strategy=c.config.acquisition.strategy
         )
-        unpark_round_run(quote(c.tracker), record.run_id, round_index)
-        model_state = load_handoff_model(quote(c.handoff), round_index)
+        tasks.unpark_round_run(quote(c.tracker), record.run_id, round_index)
+        model_state = tasks.load_handoff_model(quote(c.handoff), round_index)
         return _complete(c, record, model_state, started, 0.0)
     record, trained = _choose_batch(c, round_index, labeled)
     if c.people_label:
-        save_handoff_model(quote(c.handoff), quote(trained), round_index)
-        park_round_run(quote(c.tracker), quote(record), round_index)
+        tasks.save_handoff_model(quote(c.handoff), quote(trained), round_index)
+        tasks.park_round_run(quote(c.tracker), quote(record), round_index)
         _hand_off(c, record)
     return _complete(c, record, trained.model.state_dict(), started, record.seconds_compute)
 
@@ -200,18 +173,18 @@ def _start(config: Config, ws: Workspace, logger: Any) -> CampaignRun:
     """Tidy what a killed process left on the servers, open tracking, load data and oracle."""
     name = config.campaign.name
     flow_run_id = str(flow_run.id or "")
-    crashed = close_stale_flow_runs(str(ws.root), flow_run_id)
+    crashed = tasks.close_stale_flow_runs(str(ws.root), flow_run_id)
     if crashed:
         logger.warning("marked %d flow run(s) of a killed process as Crashed", crashed)
     tracker = tracker_for(config.tracking.mlflow_uri, config.tracking.experiment, ws)
-    parent_run_id, notes = start_campaign_tracking(
+    parent_run_id, notes = tasks.start_campaign_tracking(
         quote(tracker), name, config.to_dict(), quote(committed_tracking(ws, name))
     )
     for note in notes:
         logger.warning("%s", note)
-    data = prepare_data(config)
+    data = tasks.prepare_data(config)
     handoff = HandOff(ws.campaign_dir(name), name)
-    oracle = make_oracle(config, quote(data), quote(handoff))
+    oracle = tasks.make_oracle(config, quote(data), quote(handoff))
     return CampaignRun(
         config, ws, tracker, handoff, data, oracle, parent_run_id, flow_run_id, logger
     )
@@ -231,7 +204,7 @@ def run_campaign(
     root = Path(workspace).resolve()
     root.mkdir(parents=True, exist_ok=True)
     with workspace_lock(root), steps.torch_threads(config.training.num_threads):
-        opened = open_workspace(str(root), config)
+        opened = tasks.open_workspace(str(root), config)
         for note in opened.notes:
             logger.warning("%s", note)
         with opened.workspace as ws:
@@ -265,7 +238,7 @@ def run_campaign(
                     name, last, config.campaign.rounds,
                 )  # fmt: skip
             curve = ws.rounds_summary(name)
-            finish_campaign(quote(c.tracker), c.parent_run_id, name, quote(curve))
+            tasks.finish_campaign(quote(c.tracker), c.parent_run_id, name, quote(curve))
             return campaign_result(
                 campaign=name, workspace=ws, stopped=stopped, curve=curve, timings=c.timings,
                 tracking_uri=c.tracker.tracking_uri, parent_run_id=c.parent_run_id,
