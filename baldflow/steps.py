@@ -62,7 +62,9 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
 
 def load_state(path: str | Path) -> dict[str, Any]:
     """A state_dict saved by save_state, on the CPU whatever device it was saved from."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    from baldflow.models.weights import load_weights
+
+    return load_weights(path)
 
 
 @dataclasses.dataclass
