@@ -48,7 +48,12 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
 def tracker_for(mlflow_uri: str | None, experiment: str, workspace: Any) -> Tracker:
     """The tracker of a workspace: the configured server, else the store inside it."""
     if mlflow_uri:
-        return Tracker(mlflow_uri, experiment, None, workspace.workspace_id)
+        # A server stores artifacts where it was told to; a SQLite store given by path would
+        # otherwise put them in ./mlruns of whatever directory the run started in.
+        artifacts = None
+        if mlflow_uri.startswith("sqlite:///"):
+            artifacts = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "artifacts"
+        return Tracker(mlflow_uri, experiment, artifacts, workspace.workspace_id)
     return Tracker(
         local_tracking_uri(workspace.mlflow_dir),
         experiment,
