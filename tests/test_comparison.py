@@ -1,5 +1,5 @@
 """Strategy comparison: curve maths by hand, the benchmark schema, the report on synthetic
-campaigns, and one real tiny benchmark campaign through the CLI's flow."""
+campaigns, and real tiny benchmark campaigns through the campaign flow."""
 
 from __future__ import annotations
 
@@ -332,7 +332,7 @@ def test_markdown_table_marks_not_reached():
 # ------------------------------------------------------------------------------ a real campaign
 @pytest.mark.usefixtures("prefect_harness")
 def test_run_one_real_tiny_campaign(tmp_path, monkeypatch):
-    """One benchmark campaign through `baldflow run`'s flow, Prefect, MLflow, git and DVC."""
+    """One benchmark campaign through the campaign flow, Prefect, MLflow, git and DVC."""
     from mlflow.tracking import MlflowClient
 
     from baldflow.comparison.campaigns import _QUIET_TASK_RUNS, run_one
@@ -386,3 +386,97 @@ def test_run_one_real_tiny_campaign(tmp_path, monkeypatch):
         [experiment.experiment_id], filter_string="tags.`baldflow.kind` = 'round'"
     )
     assert len(rounds) == 3
+
+
+def _tiny_bench(**changes):
+    section = {
+        "strategies": ["power-bald"],
+        "seeds": [5],
+        "initial_per_class": 1,
+        "batch_size": 5,
+        "label_budget": 20,
+        "mc_samples": 4,
+        "data": {"source": "digits", "repeat": 1, "options": {"pool_size": 200}},
+        "training": {"max_epochs": 2, "epoch_samples": 64, "eval_mc_samples": 2},
+    }
+    return validate_benchmark({**section, **changes})
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failing_campaign_raises_its_cause_and_keeps_its_workspace(tmp_path, monkeypatch):
+    from baldflow.comparison.campaigns import _QUIET_TASK_RUNS, CampaignFailedError, run_one
+    from baldflow.data import DataSourceError
+    from baldflow.workspace import Workspace
+    from baldflow.workspace.repo import OFFLINE_ENVIRONMENT
+
+    for key, value in {**OFFLINE_ENVIRONMENT, **_QUIET_TASK_RUNS}.items():
+        monkeypatch.setenv(key, value)
+    # 200 pool points of 10 classes have about 20 of each: 30 per class fails inside the flow,
+    # when it chooses the initial labeled set, after the schema and the source said yes.
+    bench = _tiny_bench(initial_per_class=30, label_budget=400)
+    with pytest.raises(CampaignFailedError) as info:
+        run_one(
+            bench,
+            "power-bald",
+            5,
+            project_root=tmp_path,
+            out_dir=tmp_path / "out",
+            scratch=tmp_path / "scratch",
+        )
+    error = info.value
+    # The flow's own exception, not an exit code: the reason reads in the message and the chain.
+    assert isinstance(error.__cause__, DataSourceError)
+    assert "need per_class=30" in str(error)
+    assert Workspace.is_workspace(error.workspace)
+    assert error.workspace.parent == tmp_path / "scratch"
+    assert f"kept at {error.workspace}" in str(error)
+    assert not (tmp_path / "out" / "power-bald-seed5.json").exists()
+
+
+def test_campaigns_use_the_flow_not_the_command_line():
+    import ast
+    from pathlib import Path
+
+    import baldflow.comparison.campaigns as campaigns
+
+    tree = ast.parse(Path(campaigns.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "baldflow.cli" not in imported
+    assert "baldflow.flows.campaign" in imported
+
+
+def test_the_flow_is_imported_after_the_offline_environment(tmp_path):
+    """Prefect reads its settings once, at import: they must be in place before."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from baldflow.comparison.campaigns import load_campaign_flow\n"
+        "assert 'prefect' not in sys.modules\n"
+        f"flow = load_campaign_flow({str(tmp_path)!r})\n"
+        "from prefect.settings import get_current_settings\n"
+        "settings = get_current_settings()\n"
+        "print(settings.home, settings.server.analytics_enabled, flow.name)\n"
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "DO_NOT_TRACK", "MLFLOW_", "DVC_"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    # The workspace's own Prefect home and no telemetry, as `baldflow run` sets them up.
+    assert done.stdout.split() == [
+        str(tmp_path.resolve() / ".prefect"),
+        "False",
+        "baldflow-campaign",
+    ]

@@ -1,4 +1,4 @@
-"""Run one benchmark campaign (a strategy and a seed) through the CLI's flow in a throwaway
+"""Run one benchmark campaign (a strategy and a seed) through the campaign flow in a throwaway
 workspace, and keep only its learning curve and summary."""
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ _QUIET_TASK_RUNS = {"PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING"
 
 
 class CampaignFailedError(RuntimeError):
-    """The campaign flow of a benchmark run exited with an error."""
+    """The campaign flow of a benchmark run raised; the cause is chained, the workspace kept.
+
+    `workspace` is the campaign's workspace, left in place for a look at its ledger, MLflow
+    runs and Prefect logs.
+    """
+
+    def __init__(self, message: str, workspace: Path):
+        super().__init__(message)
+        self.workspace = workspace
 
 
 def default_scratch() -> Path:
@@ -49,6 +57,21 @@ def _num_classes(bench: BenchmarkConfig) -> int:
 
     splits = load_source(bench.data.source, root=bench.data.root, seed=0, **bench.data.options)
     return splits.num_classes
+
+
+def load_campaign_flow(workspace: str | Path):
+    """The campaign flow, imported only once the environment suits a run in `workspace`.
+
+    Prefect reads its settings once, at import: telemetry off, its home and quieter task logs
+    must be in the environment before that, as `baldflow run` does it. A PREFECT_HOME set
+    already (run_one's shared one) is kept.
+    """
+    offline_environment(workspace)
+    for key, value in _QUIET_TASK_RUNS.items():
+        os.environ.setdefault(key, value)
+    from baldflow.flows.campaign import campaign_flow
+
+    return campaign_flow
 
 
 def _ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
@@ -128,14 +151,16 @@ def run_one(
     scratch: str | Path | None = None,
     keep_workspace: bool = False,
 ) -> dict[str, Any]:
-    """Run one campaign with `baldflow run` in a fresh workspace; write its curve and summary.
+    """Run one campaign through the campaign flow in a fresh workspace; write its curve and
+    summary.
 
-    Returns the summary (also written as JSON next to the curve CSV).
+    Returns the summary (also written as JSON next to the curve CSV). A campaign that fails
+    raises CampaignFailedError with the flow's exception as its cause and keeps its workspace.
     """
     started = time.perf_counter()
+    # MLflow and DVC read theirs at import as well, and they are imported before the workspace
+    # exists; the flow gets the rest from load_campaign_flow.
     offline_environment()
-    for key, value in _QUIET_TASK_RUNS.items():
-        os.environ.setdefault(key, value)
     project_root = Path(project_root).resolve()
     scratch = Path(scratch) if scratch is not None else default_scratch()
     scratch.mkdir(parents=True, exist_ok=True)
@@ -156,24 +181,21 @@ def run_one(
     )
     name = params["campaign"]["name"]
     workspace = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
-    params_file = workspace.with_suffix(".params.yaml")
-    import yaml
-
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     print(
         f"benchmark: {strategy} seed {seed}: {params['campaign']['rounds']} rounds of "
         f"{bench.batch_size} in {workspace}",
         flush=True,
     )
-    from baldflow.cli import main as cli_main
-
     try:
-        code = cli_main(["run", "--workspace", str(workspace), "--config", str(params_file)])
-        if code != 0:
+        campaign_flow = load_campaign_flow(workspace)
+        try:
+            campaign_flow(workspace=str(workspace), params=params, campaign=name)
+        except Exception as exc:
             raise CampaignFailedError(
-                f"campaign {name!r} ({strategy}, seed {seed}) failed with exit code {code}; "
-                f"its workspace is kept at {workspace}"
-            )
+                f"campaign {name!r} ({strategy}, seed {seed}) failed: {type(exc).__name__}: "
+                f"{exc}; its workspace is kept at {workspace}",
+                workspace,
+            ) from exc
         from baldflow.workspace import Workspace
 
         curve = Curve.from_rounds(
@@ -184,7 +206,6 @@ def run_one(
         keep_workspace = True
         raise
     finally:
-        params_file.unlink(missing_ok=True)
         if not keep_workspace:
             shutil.rmtree(workspace, ignore_errors=True)
 
