@@ -248,16 +248,18 @@ def cmd_history(args: argparse.Namespace) -> int:
             print_story(sample_story(ws_root, args.sample, args.campaign))
             return 0
     if args.format == "csv":
-        sys.stdout.write(ledger_text(rows, header=True))
+        # For people (spreadsheets): formula-like text cells neutralised; ledger.csv stays exact.
+        sys.stdout.write(ledger_text(rows, header=True, for_people=True))
     elif args.format == "json":
         import json
 
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
     else:
-        from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"acquisitions in {ws_root}")
+        from baldflow.audit.report import console, plain
+
+        table = Table(title=plain(f"acquisitions in {ws_root}"))
         from baldflow.workspace.ledger import ACQUISITION_COLUMNS
 
         columns = ["campaign", *ACQUISITION_COLUMNS, "mlflow_run_id"]
@@ -265,8 +267,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             table.add_column(column.replace("selection_", "sel. "), overflow="fold")
         for r in rows:
             record = dataclasses.asdict(r)
-            table.add_row(*[_short(record[c]) for c in columns])
-        Console().print(table)
+            table.add_row(*[plain(_short(record[c])) for c in columns])
+        console().print(table)
         if not rows:
             print("no acquisitions match")
     return 0
@@ -313,24 +315,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
         print(json.dumps(records, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"campaigns in {ws_root}")
+    from baldflow.audit.report import console, plain
+
+    table = Table(title=plain(f"campaigns in {ws_root}"))
     for column in ("campaign", "strategy", "rounds done", "labeled", "latest test acc.", "tag"):
         # Names and tags are meant to be copied: never cut or fold them; wrap the rest.
         table.add_column(column, no_wrap=column in ("campaign", "tag"))
     for rec in records:
         acc = rec["latest_test_accuracy"]
         table.add_row(
-            rec["campaign"],
-            str(rec["strategy"]),
-            str(rec["rounds_done"]),
-            str(rec["labeled"]),
+            plain(rec["campaign"]),
+            plain(str(rec["strategy"])),
+            plain(str(rec["rounds_done"])),
+            plain(str(rec["labeled"])),
             f"{acc:.4f}" if acc is not None else "-",
-            str(rec["latest_tag"]),
+            plain(str(rec["latest_tag"])),
         )
-    Console().print(table)
+    console().print(table)
     from baldflow.labeling import pending_batches
 
     waiting = pending_batches(ws_root)
@@ -572,12 +575,19 @@ def cmd_diff(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         import csv
 
+        from baldflow.common import spreadsheet_safe
+
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["change", "sample_id", "label", "round"])
+        # Ids are the only text cells: neutralised for spreadsheets (labels, rounds are numbers).
         for row in record["added"]:
-            writer.writerow(["added", row["sample_id"], row["label"], row["round"]])
+            writer.writerow(
+                ["added", spreadsheet_safe(row["sample_id"]), row["label"], row["round"]]
+            )
         for row in record["removed"]:
-            writer.writerow(["removed", row["sample_id"], row["label"], row["round"]])
+            writer.writerow(
+                ["removed", spreadsheet_safe(row["sample_id"]), row["label"], row["round"]]
+            )
     else:
         from baldflow.audit.report import print_diff
 

@@ -29,7 +29,8 @@ def learning_curve_figure(rounds: Sequence[Mapping[str, Any]], title: str):
         ax.plot(xs, ys, marker="o")
     ax.set_xlabel("labeled samples the round's model was trained on")
     ax.set_ylabel("test accuracy")
-    ax.set_title(title)
+    # Titles carry names: `$` in one is text, not mathtext.
+    ax.set_title(title, parse_math=False)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig

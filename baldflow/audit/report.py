@@ -14,7 +14,7 @@ from typing import Any
 
 from baldflow.audit.queries import open_workspace, pick_campaign
 from baldflow.audit.thumbnails import contact_sheet, png_data_uri
-from baldflow.common import format_number
+from baldflow.common import format_number, printable
 from baldflow.workspace.ledger import ACQUISITION_COLUMNS
 
 
@@ -23,11 +23,26 @@ def _cell(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- terminal
-def print_story(story: dict[str, Any]) -> None:
+# Ids, labels and names are users' text: rich would read `[red]` or `[/]` in a plain string as
+# markup (or fail on it) and `:smile:` as an emoji code. A Text is shown as it is.
+def plain(value: Any):
+    """A table cell or title that rich shows literally, control characters made visible."""
+    from rich.text import Text
+
+    return Text(printable(value if isinstance(value, str) else _cell(value)))
+
+
+def console():
+    """A console that never reads markup, emoji codes or highlights into plain prints."""
     from rich.console import Console
+
+    return Console(markup=False, emoji=False, highlight=False)
+
+
+def print_story(story: dict[str, Any]) -> None:
     from rich.table import Table
 
-    console = Console()
+    out = console()
     fields = [
         ("campaign", "campaign"),
         ("round", "round"),
@@ -49,25 +64,24 @@ def print_story(story: dict[str, Any]) -> None:
         ("git commit", "git_commit"),
     ]
     for record in story["acquisitions"]:
-        table = Table(title=f"sample {story['sample_id']}", show_header=False)
+        table = Table(title=plain(f"sample {story['sample_id']}"), show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for title, key in fields:
-            table.add_row(title, _cell(record.get(key)))
-        console.print(table)
+            table.add_row(title, plain(_cell(record.get(key))))
+        out.print(table)
     for waiting in story["pending"]:
         state = "labeled, round not yet complete" if waiting["labeled"] else "not labeled yet"
         print(
-            f"sample {story['sample_id']} is in the batch of round {waiting['round']} of "
-            f"{waiting['campaign']} waiting for labels since {waiting['handed_off_at']} ({state})"
+            f"sample {printable(story['sample_id'])} is in the batch of round "
+            f"{waiting['round']} of {waiting['campaign']} waiting for labels since "
+            f"{waiting['handed_off_at']} ({state})"
         )
 
 
 def print_round(record: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
     mlflow = record["mlflow"]
     print(f"campaign {record['campaign']}, round {record['round']} ({record['strategy']})")
     print(
@@ -85,12 +99,11 @@ def print_round(record: dict[str, Any]) -> None:
     for column in columns:
         table.add_column(column.replace("selection_", "sel. "), overflow="fold")
     for row in record["batch"]:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
-    console.print(table)
+        table.add_row(*[plain(_cell(row.get(c))) for c in columns])
+    console().print(table)
 
 
 def print_diff(record: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     a, b = record["from"], record["to"]
@@ -100,10 +113,10 @@ def print_diff(record: dict[str, Any]) -> None:
     )
     table = Table(title=f"{len(record['added'])} added")
     for column in ("sample_id", "label", "round"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in record["added"]:
-        table.add_row(row["sample_id"], str(row["label"]), str(row["round"]))
-    Console().print(table)
+        table.add_row(plain(row["sample_id"]), plain(row["label"]), plain(row["round"]))
+    console().print(table)
     if record["removed"] or record["relabeled"]:
         print(f"removed: {record['removed']}\nrelabeled: {record['relabeled']}")
 

@@ -97,7 +97,7 @@ def read_ledger(path: str | Path) -> list[LedgerRow]:
     path = Path(path)
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         known = (LEDGER_FIELDS, LEDGER_FIELDS_V1)
         if reader.fieldnames is not None and reader.fieldnames not in known:
@@ -105,21 +105,41 @@ def read_ledger(path: str | Path) -> list[LedgerRow]:
         return [_row_from_csv(record) for record in reader]
 
 
+# Ledger columns people may open in a spreadsheet that hold text from outside baldflow's
+# control (ids, labelers' names); the others are numbers, hashes, run ids and timestamps.
+_TEXT_FIELDS = frozenset(f.name for f in fields(LedgerRow) if f.type in ("str", str))
+
+
 def ledger_text(
-    rows: Iterable[LedgerRow], *, header: bool, columns: Sequence[str] = LEDGER_FIELDS
+    rows: Iterable[LedgerRow],
+    *,
+    header: bool,
+    columns: Sequence[str] = LEDGER_FIELDS,
+    for_people: bool = False,
 ) -> str:
+    """The rows as CSV. The ledger file itself holds exact data; `for_people` output (e.g.
+    `baldflow history --format csv`) has formula-like text cells neutralised with a leading
+    apostrophe. Number columns are never touched: a score of -0.5 stays a number."""
+    from baldflow.common import spreadsheet_safe
+
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if header:
         writer.writerow(columns)
     for row in rows:
         record = asdict(row)
-        writer.writerow([_cell(record[name]) for name in columns])
+        cells = [_cell(record[name]) for name in columns]
+        if for_people:
+            cells = [
+                spreadsheet_safe(cell) if name in _TEXT_FIELDS else cell
+                for name, cell in zip(columns, cells, strict=True)
+            ]
+        writer.writerow(cells)
     return buffer.getvalue()
 
 
 def _header(path: Path) -> list[str] | None:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return next(csv.reader(handle), None)
 
 
@@ -129,7 +149,7 @@ def append_ledger(path: str | Path, rows: Sequence[LedgerRow]) -> None:
     exists = path.exists() and path.stat().st_size > 0
     # An old ledger keeps its columns: rewriting its header would rewrite its history.
     columns = LEDGER_FIELDS_V1 if exists and _header(path) == LEDGER_FIELDS_V1 else LEDGER_FIELDS
-    with path.open("a", newline="") as handle:
+    with path.open("a", newline="", encoding="utf-8") as handle:
         handle.write(ledger_text(rows, header=not exists, columns=columns))
         handle.flush()
 
@@ -170,7 +190,7 @@ def read_labeled(path: str | Path) -> list[tuple[str, int, int]]:
     path = Path(path)
     if not path.exists():
         return []
-    return parse_labeled(path.read_text())
+    return parse_labeled(path.read_text(encoding="utf-8"))
 
 
 def md5_of_text(text: str) -> str:
