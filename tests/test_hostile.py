@@ -622,7 +622,8 @@ def hostile_campaign(tmp_path_factory, prefect_harness, tiny_defaults):
         with contextlib.redirect_stdout(buffer), _wide():
             code = main([*argv, "-w", str(workspace)])
         outputs[key] = (code, buffer.getvalue())
-    for sid in ("[/]", "$\\foo$", '=HYPERLINK("http://evil.example/","click")'):
+    # The last one as copied from the sheet, with its neutralising apostrophe.
+    for sid in ("[/]", "$\\foo$", HOSTILE_IDS[5], "'" + HOSTILE_IDS[5]):
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer), _wide():
             code = main(["history", "--sample", sid, "-w", str(workspace)])
@@ -681,8 +682,9 @@ def test_cli_audit_output_shows_hostile_ids_literally(hostile_campaign):
     assert all(sid in show for sid in round1 if len(sid) < 100)
     assert "[i]ann[/i] via round1.csv" in show
     assert all(sid in outputs["diff"][1] for sid in round1 if len(sid) < 100)
-    for sid in ("[/]", "$\\foo$", '=HYPERLINK("http://evil.example/","click")'):
+    for sid in ("[/]", "$\\foo$", HOSTILE_IDS[5]):
         assert f"sample {sid}" in outputs[f"story {sid}"][1]
+    assert f"sample {HOSTILE_IDS[5]}" in outputs[f"story '{HOSTILE_IDS[5]}"][1]
 
 
 def test_csv_exports_for_people_neutralise_formulas(hostile_campaign):

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from baldflow.common import from_spreadsheet, short_repr
 from baldflow.labeling import HandOff
 from baldflow.workspace import Workspace, round_tag
 
@@ -135,8 +136,14 @@ def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) 
                 }
             )
     if not acquisitions and not pending:
+        # Copied from a sheet baldflow wrote, a formula-like id carries the neutralising
+        # apostrophe; ids themselves never start with one.
+        if from_spreadsheet(sample_id) != sample_id:
+            return sample_story(root, from_spreadsheet(sample_id), campaign)
         where = ", ".join(names) or "no campaign"
-        raise AuditError(f"sample_id {sample_id!r} was never acquired ({where} in {ws.root})")
+        raise AuditError(
+            f"sample_id {short_repr(sample_id)} was never acquired ({where} in {ws.root})"
+        )
     return {"sample_id": sample_id, "acquisitions": acquisitions, "pending": pending}
 
 
