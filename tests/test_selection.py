@@ -1,6 +1,7 @@
 """Selection: first-pick frequencies against the target distributions; properties of every mode."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -186,14 +187,16 @@ def outweighs(mode: str, coldness: float, scores_N: torch.Tensor, i: int, j: int
     """Whether w_i^beta / w_j^beta > e^100, so that j comes before i with probability < e^-56.
 
     Two standard Gumbel draws differ by less than 44, so beyond a log-ratio of 100 the order is
-    certain for any rounding of the keys.
+    certain for any rounding of the keys. The ratio is worked out in exact fractions: in floats
+    beta * (l_i - l_j) overflows where the true value is tiny (5e-324 * (1e300 + 1e308)).
     """
     lw = log_weights(scores_N, mode)
-    with torch.no_grad():
-        gap = float(lw[i]) - float(lw[j])
-    if math.isnan(gap):
-        return False  # both weight 0
-    return coldness * gap > 100 if gap > 0 else False
+    l_i, l_j = float(lw[i]), float(lw[j])
+    if math.isinf(l_i):
+        return False  # weight 0 outweighs nothing
+    if math.isinf(l_j):
+        return True  # a positive weight outweighs a zero one at any beta > 0
+    return Fraction(coldness) * (Fraction(l_i) - Fraction(l_j)) > 100
 
 
 @settings(max_examples=300, deadline=None)
