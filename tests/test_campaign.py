@@ -358,7 +358,6 @@ def test_a_second_writer_fails_fast_and_leaves_the_first_unharmed(
         prefect_harness,
         BALDFLOW_FAULT="version:labels-written:0:pause",
         BALDFLOW_FAULT_FILE=str(marker),
-    
     )
     first = start_cli(workspace, params_file, env)
     try:
