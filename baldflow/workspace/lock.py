@@ -7,13 +7,14 @@ included): a crashed run never leaves a stale lock behind.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import os
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from baldflow.common import utc_now
 
 LOCK_NAME = ".baldflow.lock"
 
@@ -59,7 +60,7 @@ def workspace_lock(workspace: str | Path) -> Iterator[Path]:
                 f"workspace {path.parent} is in use by {_describe_holder(path)}; "
                 "wait for that run to finish (only one run may write to a workspace at a time)"
             ) from None
-        since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = utc_now()
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
         with _guard:
