@@ -166,23 +166,29 @@ def test_campaign_parameters_cannot_change_on_resume(ws):
 
 
 def test_lock_is_exclusive_reentrant_and_released(tmp_path):
+    code = (
+        "import sys; from baldflow.workspace import workspace_lock, WorkspaceLockedError\n"
+        "try:\n"
+        f"    with workspace_lock({str(tmp_path)!r}): sys.exit(0)\n"
+        "except WorkspaceLockedError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+
+    def other_process() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
     with workspace_lock(tmp_path):
         with workspace_lock(tmp_path):
             pass
         # Still held after the nested release: another process cannot take it.
-        code = (
-            "import sys; from baldflow.workspace import workspace_lock, WorkspaceLockedError\n"
-            "try:\n"
-            f"    with workspace_lock({str(tmp_path)!r}): sys.exit(0)\n"
-            "except WorkspaceLockedError as e:\n"
-            "    print(e); sys.exit(3)\n"
-        )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        result = other_process()
         assert result.returncode == 3, result.stderr
         assert f"pid {os.getpid()}" in result.stdout
         assert "only one run may write to a workspace" in result.stdout
-    with workspace_lock(tmp_path):
-        pass
+    # Released by the outer block: another process takes it. (Taking it again in this process
+    # would prove nothing: a lock this process still held would just be re-entered.)
+    result = other_process()
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
