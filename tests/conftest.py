@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
+import shutil
 import tempfile
 
 from baldflow.workspace.repo import OFFLINE_ENVIRONMENT
@@ -14,6 +17,13 @@ os.environ.update(OFFLINE_ENVIRONMENT, PREFECT_HOME=_PREFECT_HOME)
 # A server configured in the developer's shell must not receive test runs.
 os.environ.pop("PREFECT_API_URL", None)
 
+# DVC and Prefect set up their logging once, at import, with handlers bound to the sys.stdout
+# and sys.stderr of that moment. Imported here, that is pytest's session-long capture; imported
+# first inside a test with capsys, it would be that test's buffer, closed after it, and every
+# later record would fail to write (DVC's handler then raises LoggingException in whichever
+# test logs next). prefect.main is what runs Prefect's setup_logging.
+import dvc  # noqa: E402, F401
+import prefect.main  # noqa: E402, F401
 import pytest  # noqa: E402
 
 # The smallest campaign that still exercises every step: digits subsampled, a 3-epoch MLP, K=4.
@@ -30,6 +40,49 @@ TINY_PARAMS = {
     },
     "acquisition": {"strategy": "power-bald", "batch_size": 5, "mc_samples": 4},
 }
+
+
+# The loggers DVC sets up (at import, and again in its in-process CLI, dvc.cli.main).
+_LOGGERS_TO_RESTORE = ("dvc", "dvc_objects", "dvc_data")
+
+
+@contextlib.contextmanager
+def _process_state_restored():
+    """Put os.environ and DVC's loggers back as they were: in-process CLI calls set environment
+    variables (offline_environment, Prefect's logging levels) that must not reach the next test,
+    which may be one that checks the environment or starts a subprocess with it."""
+    environ = dict(os.environ)
+    loggers = {}
+    for name in _LOGGERS_TO_RESTORE:
+        logger = logging.getLogger(name)
+        loggers[name] = (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+    try:
+        yield
+    finally:
+        for key in [key for key in os.environ if key not in environ]:
+            del os.environ[key]
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        for name, (level, handlers, propagate, disabled) in loggers.items():
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+            logger.disabled = disabled
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_leaves_no_process_state():
+    """Module-scoped fixtures (a shared campaign) run CLI code before any test's own guard."""
+    with _process_state_restored():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_leaves_no_process_state():
+    with _process_state_restored():
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -72,3 +125,7 @@ def prefect_harness():
 def pytest_configure(config):
     # DVC 3.67 trips a deprecation in its own trie dependency on every add; not ours to fix.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:dvc.*")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
