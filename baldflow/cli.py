@@ -420,7 +420,7 @@ def _prepare_prefect(ws_root: Path) -> None:
 def cmd_label(args: argparse.Namespace) -> int:
     import getpass
 
-    from baldflow.labeling import NoPendingBatchError, pending_batches
+    from baldflow.labeling import NoPendingBatchError, import_labels, pending_batches
     from baldflow.workspace import workspace_lock
 
     ws_root = _ws_root(args)
@@ -436,7 +436,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     handoff, pending = batches[0]
     by = args.by or os.environ.get("USER") or getpass.getuser()
     with workspace_lock(ws_root):
-        result = handoff.import_labels(args.file, partial=args.partial, labeled_by=by)
+        result = import_labels(handoff, args.file, partial=args.partial, labeled_by=by)
         print(
             f"imported {result.added} label(s) for round {result.round} of {handoff.campaign}: "
             f"{result.labeled} of {result.batch_size} labeled"

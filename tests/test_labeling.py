@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from baldflow.cli import main
-from baldflow.labeling import HandOff, LabelImportError
+from baldflow.labeling import HandOff, LabelImportError, import_labels
 from baldflow.workspace import Workspace
 from baldflow.workspace.ledger import read_ledger
 from baldflow.workspace.tracking import local_tracking_uri
@@ -99,7 +99,7 @@ def labeled(tmp_path_factory, prefect_harness, tiny_defaults):
         code = main(["label", "import", str(path), "-w", str(workspace), "--by", "tester"])
         seen["rejections"][kind] = code
         with pytest.raises(LabelImportError) as info:
-            handoff.import_labels(path, labeled_by="tester")
+            import_labels(handoff, path, labeled_by="tester")
         seen["rejections"][kind + "-message"] = str(info.value)
     seen["unchanged_after_bad"] = snapshot(ws, "people") == before
 
