@@ -110,6 +110,7 @@ def test_round_model_can_be_rebuilt_from_mlflow(campaign3):
     import torch
 
     from baldflow.models import build_model
+    from baldflow.models.weights import load_weights
 
     workspace, _ = campaign3
     client, _, rounds = mlflow_runs(workspace, "tiny")
@@ -117,7 +118,9 @@ def test_round_model_can_be_rebuilt_from_mlflow(campaign3):
     local = Path(client.download_artifacts(run_id, "model", str(workspace.parent / "dl")))
     spec = json.loads((local / "spec.json").read_text())
     model = build_model(**spec)
-    model.load_state_dict(torch.load(local / "state_dict.pt"))
+    state = load_weights(local / "state_dict.pt")
+    model.load_state_dict(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
 def test_git_tags_and_dvc_versions_agree_with_the_ledger(campaign3):

@@ -87,7 +87,7 @@ class HandOff:
         if len(found) > 1:
             names = ", ".join(p.name for p in found)
             raise OracleError(f"{self.dir} holds more than one pending batch ({names})")
-        data = json.loads(found[0].read_text())
+        data = json.loads(found[0].read_text(encoding="utf-8"))
         return PendingRound(**data)
 
     def write(self, pending: PendingRound, *, images: Any = None) -> Path:
@@ -126,7 +126,7 @@ class HandOff:
         path = self.labels_path(round_index)
         if not path.exists():
             return {}
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8") as handle:
             return {r["sample_id"]: r for r in csv.DictReader(handle)}
 
     def is_complete(self, pending: PendingRound) -> bool:

@@ -303,7 +303,7 @@ class Workspace:
             sep = "\n" if existing and not existing.endswith("\n") else ""
             gitignore.write_text(existing + sep + GITIGNORE)
         if params_text is not None and not ws.params_path.exists():
-            ws.params_path.write_text(params_text)
+            ws.params_path.write_text(params_text, encoding="utf-8")
         (root / DATA_DIR).mkdir(exist_ok=True)
         ws._ensure_marker()
         paths = [MARKER_FILE, ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvcignore"]
@@ -412,7 +412,7 @@ class Workspace:
         path = self.campaign_dir(campaign) / CAMPAIGN_FILE
         if not path.exists():
             return
-        recorded = yaml.safe_load(path.read_text()) or {}
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         diffs = []
         for section, values in identity.items():
             before = recorded.get(section, {})
@@ -443,7 +443,7 @@ class Workspace:
         path = self.rounds_path(campaign)
         if not path.exists():
             return []
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
 
     # ---------------------------------------------------------------- writing a round
@@ -499,7 +499,9 @@ class Workspace:
         ledger_mod.append_ledger(self.ledger_path(campaign), rows)
         self._append_summary(campaign, {**summary, "labeled_set_md5": md5})
         if identity is not None and not (cdir / CAMPAIGN_FILE).exists():
-            (cdir / CAMPAIGN_FILE).write_text(yaml.safe_dump(dict(identity), sort_keys=False))
+            (cdir / CAMPAIGN_FILE).write_text(
+                yaml.safe_dump(dict(identity), sort_keys=False), encoding="utf-8"
+            )
 
         fault_point("version:labels-written", round_index)
         t0 = time.perf_counter()
@@ -553,7 +555,7 @@ class Workspace:
 
         path = self.rounds_path(campaign)
         exists = path.exists() and path.stat().st_size > 0
-        with path.open("a", newline="") as handle:
+        with path.open("a", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=ROUNDS_FIELDS, lineterminator="\n")
             if not exists:
                 writer.writeheader()
@@ -565,7 +567,9 @@ class Workspace:
         import dvc.api
 
         rel = f"{DATA_DIR}/{campaign}/{LABELED_FILE}"
-        text = dvc.api.read(rel, repo=str(self.root), rev=round_tag(campaign, round_index))
+        text = dvc.api.read(
+            rel, repo=str(self.root), rev=round_tag(campaign, round_index), encoding="utf-8"
+        )
         return ledger_mod.parse_labeled(text)
 
 
