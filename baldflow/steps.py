@@ -84,7 +84,7 @@ class CampaignData:
 
     def images(self, pending: Any) -> torch.Tensor | None:
         """The pool images of a handed-off batch, for its contact sheet (None unless images)."""
-        from baldflow.audit.thumbnails import is_image_batch
+        from baldflow.figures.thumbnails import is_image_batch
 
         if not pending.sample_ids:
             return None

@@ -488,7 +488,7 @@ def test_show_diff_and_story_tables_print_users_text_literally(capsys, wide_term
 
 
 def test_contact_sheets_draw_mathtext_and_markup_ids_as_plain_text(tmp_path):
-    from baldflow.audit.thumbnails import caption_text, contact_sheet
+    from baldflow.figures.thumbnails import caption_text, contact_sheet
 
     images = torch.rand(len(HOSTILE_IDS), 1, 8, 8, generator=torch.Generator().manual_seed(0))
     png = contact_sheet(images, HOSTILE_IDS, tmp_path / "sheet.png", columns=5)

@@ -1,1 +1,1 @@
-"""The audit trail read back: history/show/diff queries, the HTML report, plots, thumbnails."""
+"""The audit trail read back: history/show/diff queries and the HTML report."""

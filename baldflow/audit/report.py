@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from baldflow.audit.queries import open_workspace, pick_campaign
-from baldflow.audit.thumbnails import contact_sheet, png_data_uri
 from baldflow.common import format_number, printable
+from baldflow.figures.thumbnails import contact_sheet, png_data_uri
 from baldflow.workspace.ledger import ACQUISITION_COLUMNS
 
 
@@ -135,7 +135,7 @@ td.id, th.id { text-align: left; }
 
 
 def _learning_curve(rounds: list[dict[str, str]], title: str) -> bytes:
-    from baldflow.audit.plots import learning_curve_figure
+    from baldflow.figures.plots import learning_curve_figure
 
     buffer = io.BytesIO()
     learning_curve_figure(rounds, title).savefig(buffer, format="png")
@@ -151,8 +151,8 @@ def _pool_images(ws_root: Path, campaign: str) -> tuple[Any, dict[str, int], str
         return None, {}, "no campaign.yaml to rebuild the pool from"
     try:
         from baldflow import steps
-        from baldflow.audit.thumbnails import is_image_batch
         from baldflow.config import validate
+        from baldflow.figures.thumbnails import is_image_batch
 
         config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
         data = steps.prepare_data(config)

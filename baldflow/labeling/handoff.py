@@ -111,7 +111,7 @@ class HandOff:
             writer.writerow([spreadsheet_safe(sid), spreadsheet_safe(item), ""])
         atomic_write_text(self.sheet_path(pending.round), buffer.getvalue())
         if images is not None:
-            from baldflow.audit.thumbnails import contact_sheet
+            from baldflow.figures.thumbnails import contact_sheet
 
             contact_sheet(
                 images, pending.sample_ids, self.contact_sheet_path(pending.round), columns=10

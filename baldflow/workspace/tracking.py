@@ -343,7 +343,7 @@ class Tracker:
         self, parent_run_id: str, rows: Sequence[Mapping[str, Any]], title: str
     ) -> None:
         """Test accuracy against labeled-set size, as a PNG on the campaign's parent run."""
-        from baldflow.audit.plots import learning_curve_figure
+        from baldflow.figures.plots import learning_curve_figure
 
         points = [r for r in rows if r.get("test_accuracy") not in (None, "")]
         fig = learning_curve_figure(rows, title)
