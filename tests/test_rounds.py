@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from baldflow.rounds import Labels, RoundRecord
-from baldflow.workspace import Workspace
+from baldflow.workspace import Workspace, WorkspaceError
 from baldflow.workspace.tracking import TAG_WORKSPACE, Tracker, local_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def test_a_workspace_made_before_ids_gets_one_committed(tmp_path):
     marker = ws.root / ".baldflow-workspace"
     marker.write_text("baldflow workspace: campaigns live under data/, see README.md\n")
     ws.git("commit", "-qam", "an old marker")
-    with pytest.raises(Exception, match="no workspace-id"):
+    with pytest.raises(WorkspaceError, match="no workspace-id"):
         ws.workspace_id  # noqa: B018
     assert ws.upgrade_marker() is True
     assert len(ws.workspace_id) == 32
