@@ -148,6 +148,8 @@ def test_history_table_and_status(workspace_with_ledger, capsys, monkeypatch):
     assert main(["history", "-w", ws, "--round", "1"]) == 0
     table = capsys.readouterr().out
     assert "camp" in table and "run1" in table
+    # Only round 1's row: the table applies the filter as the other formats do.
+    assert "run0" not in table and "run2" not in table
     assert main(["status", "-w", ws, "--format", "json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
     assert record["rounds_done"] == 2 and record["labeled"] == 5
