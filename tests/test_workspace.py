@@ -229,13 +229,14 @@ def test_ledger_file_only_grows(ws):
 def test_a_plain_git_dvc_repository_is_not_taken_for_a_workspace(tmp_path, monkeypatch):
     # The baldflow project itself is a git + DVC repository with data/: running the CLI from
     # its root must not write campaigns into it.
+    from dvc.repo import Repo
+
     from baldflow.cli import _default_workspace
 
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(project)], check=True)
-    # DVC in a subprocess: in-process, its logger can hold a stream an earlier test closed.
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, check=True)
+    Repo.init(str(project)).close()
     assert not Workspace.is_workspace(project)
     monkeypatch.chdir(project)
     monkeypatch.delenv("BALDFLOW_WORKSPACE", raising=False)
