@@ -657,29 +657,38 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def report_error(exc: BaseException) -> int | None:
+    """The one place that turns an error into a message on stderr and an exit code.
+
+    None for an error that is not the user's to fix (a bug): the caller re-raises it.
+    """
     from baldflow.config import ConfigError
+    from baldflow.labeling import LabelImportError
     from baldflow.workspace.lock import WorkspaceLockedError
 
+    if isinstance(exc, ConfigError):
+        code = EXIT_CONFIG
+    elif isinstance(exc, WorkspaceLockedError):
+        code = EXIT_LOCKED
+    elif isinstance(exc, LabelImportError):
+        code = EXIT_LABELS
+    elif isinstance(exc, (FileNotFoundError, LookupError)):
+        code = EXIT_ERROR
+    else:
+        return None
+    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"ConfigError: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except WorkspaceLockedError as exc:
-        print(f"WorkspaceLockedError: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except (FileNotFoundError, LookupError) as exc:
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except ValueError as exc:
-        from baldflow.labeling import LabelImportError
-
-        if not isinstance(exc, LabelImportError):
+    except Exception as exc:
+        code = report_error(exc)
+        if code is None:
             raise
-        print(f"LabelImportError: {exc}", file=sys.stderr)
-        return EXIT_LABELS
+        return code
 
 
 if __name__ == "__main__":
