@@ -106,21 +106,25 @@ def test_three_rounds_are_tracked_in_mlflow(campaign3):
         assert model_files == {"model/state_dict.pt", "model/spec.json"}
 
 
-def test_round_model_can_be_rebuilt_from_mlflow(campaign3):
-    import torch
-
+def test_round_model_can_be_rebuilt_from_mlflow(campaign3, tiny_defaults):
+    from baldflow import steps
+    from baldflow.config import validate
     from baldflow.models import build_model
     from baldflow.models.weights import load_weights
 
     workspace, _ = campaign3
     client, _, rounds = mlflow_runs(workspace, "tiny")
-    run_id = rounds[0].info.run_id
-    local = Path(client.download_artifacts(run_id, "model", str(workspace.parent / "dl")))
+    run = rounds[0]
+    local = Path(client.download_artifacts(run.info.run_id, "model", str(workspace.parent / "dl")))
     spec = json.loads((local / "spec.json").read_text())
     model = build_model(**spec)
-    state = load_weights(local / "state_dict.pt")
-    model.load_state_dict(state)
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    model.load_state_dict(load_weights(local / "state_dict.pt"))
+    # The rebuilt model is the round's model: it scores the test set exactly as the round did.
+    config = validate(tiny_defaults)
+    seed = steps.round_seed(config.campaign.seed, int(run.data.tags["baldflow.round"]))
+    metrics = steps.evaluate(config, steps.prepare_data(config), model, seed)
+    assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
+    assert metrics["test_nll"] == pytest.approx(run.data.metrics["test_nll"])
 
 
 def test_git_tags_and_dvc_versions_agree_with_the_ledger(campaign3):

@@ -193,9 +193,7 @@ def test_hand_off_leftovers_of_a_committed_round_are_removed_on_start(tmp_path, 
 
 # ------------------------------------------------------------------ workspace ids
 @pytestmark_flow
-def test_two_workspaces_on_one_tracking_server_never_touch_each_others_runs(
-    tmp_path, tiny_params
-):
+def test_two_workspaces_on_one_tracking_server_never_touch_each_others_runs(tmp_path, tiny_params):
     from mlflow.tracking import MlflowClient
 
     uri = local_tracking_uri(tmp_path / "shared-mlflow")
@@ -213,9 +211,10 @@ def test_two_workspaces_on_one_tracking_server_never_touch_each_others_runs(
     assert len(ids) == 2
     runs = round_runs(uri, "tiny")
     assert sorted(r.data.tags[TAG_WORKSPACE] for r in runs) == sorted(ids)
-    assert result["parent_run_id"] != client.get_run(theirs.info.run_id).data.tags[
-        "mlflow.parentRunId"
-    ]
+    assert (
+        result["parent_run_id"]
+        != client.get_run(theirs.info.run_id).data.tags["mlflow.parentRunId"]
+    )
 
 
 def test_a_workspace_made_before_ids_gets_one_committed(tmp_path):
