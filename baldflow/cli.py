@@ -16,6 +16,7 @@ EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_LOCKED = 3
 EXIT_LABELS = 4
+EXIT_PREFLIGHT = 5  # this machine lacks what the campaign needs (data files, device, tracking)
 
 
 def _default_workspace() -> str:
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one parameter, e.g. --set acquisition.batch_size=20 (repeatable)",
     )
+    p.add_argument("--campaign", metavar="NAME", help="resume NAME with its recorded parameters")
 
     p = sub.add_parser("history", help="which samples were acquired when, by which model, why")
     _workspace_arg(p)
@@ -129,12 +131,27 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _resolve_config(args: argparse.Namespace, ws_root: Path):
-    from baldflow.config import load_config
+    """The run's parameters: the file (or defaults) and --set; with --campaign NAME, NAME's
+    recorded identity in between, so resuming another campaign needs no --set repeated."""
+    from baldflow.config import ConfigError, load_config
 
     path = args.config
     if path is None and (ws_root / "params.yaml").exists():
         path = ws_root / "params.yaml"
-    return load_config(path, args.overrides)
+    campaign = getattr(args, "campaign", None)
+    if campaign is None:
+        return load_config(path, args.overrides)
+    from baldflow.preflight import recorded_identity
+
+    config = load_config(path, args.overrides, identity=recorded_identity(ws_root, campaign))
+    if config.campaign.name != campaign:
+        raise ConfigError(
+            f"--campaign {campaign} and campaign.name={config.campaign.name} disagree; "
+            f"fix: drop --set campaign.name (--campaign resumes {campaign}), or drop --campaign "
+            "to start a new campaign",
+            fields=("campaign.name",),
+        )
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -143,6 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ws_root = Path(args.workspace or _default_workspace()).resolve()
     config = _resolve_config(args, ws_root)
+    from baldflow.preflight import check as preflight  # one-line errors before any server
+
+    preflight(config, ws_root)
     if not Workspace.is_workspace(ws_root):
         params_text = Path(args.config).read_text() if args.config else dump_yaml(config)
         Workspace.init(ws_root, params_text=params_text).close()
@@ -473,6 +493,9 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     from baldflow.flows.cycle import load_cycle_config
 
     config = load_cycle_config(ws_root, args.config, args.overrides)
+    from baldflow.preflight import check as preflight  # one-line errors before any server
+
+    preflight(config, ws_root)
     from baldflow.workspace import Workspace
 
     if not Workspace.is_workspace(ws_root):
@@ -660,14 +683,22 @@ COMMANDS = {
 def report_error(exc: BaseException) -> int | None:
     """The one place that turns an error into a message on stderr and an exit code.
 
-    None for an error that is not the user's to fix (a bug): the caller re-raises it.
+    Exit codes: 0 done; 1 (EXIT_ERROR) no such workspace, campaign or file, or `verify` found
+    problems; 2 (EXIT_CONFIG) a parameter is wrong or contradicts the campaign's record;
+    3 (EXIT_LOCKED) another run holds the workspace; 4 (EXIT_LABELS) a label file was refused;
+    5 (EXIT_PREFLIGHT) this machine lacks what the campaign needs (data files, the device,
+    a reachable tracking server). None for an error that is not the user's to fix (a bug):
+    the caller re-raises it.
     """
     from baldflow.config import ConfigError
     from baldflow.labeling import LabelImportError
+    from baldflow.preflight import PreflightError
     from baldflow.workspace.lock import WorkspaceLockedError
 
     if isinstance(exc, ConfigError):
         code = EXIT_CONFIG
+    elif isinstance(exc, PreflightError):
+        code = EXIT_PREFLIGHT
     elif isinstance(exc, WorkspaceLockedError):
         code = EXIT_LOCKED
     elif isinstance(exc, LabelImportError):
@@ -676,7 +707,13 @@ def report_error(exc: BaseException) -> int | None:
         code = EXIT_ERROR
     else:
         return None
-    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+    message = str(exc)
+    if isinstance(exc, (ConfigError, PreflightError)):
+        # One line, also when it quotes a multi-line message (YAML's parse errors): scripts
+        # and people read the problem and its fix from a single line. Label errors keep their
+        # lines, one per refused row.
+        message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"{type(exc).__name__}: {message}", file=sys.stderr)
     return code
 
 

@@ -5,6 +5,8 @@ Validation happens before any work, so a wrong value fails with a message naming
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,7 +27,15 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 class ConfigError(ValueError):
-    """A parameter is missing, unknown or out of range; the message names the field and value."""
+    """A parameter is missing, unknown or out of range; the message names the field and value.
+
+    `fields` holds the dotted names at fault when known, so a caller that merged several
+    origins (a file, --set overrides) can say which one the bad value came from.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.fields = fields
 
 
 class _Section(BaseModel):
@@ -143,8 +153,85 @@ class Config(_Section):
         return data
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    field = ".".join(str(part) for part in error["loc"])
+# pydantic's error types for a value of the wrong type, as what the field accepts.
+_TYPE_WORDS = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "text",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "list_type": "a list",
+}
+
+
+def _fields_at(loc: Iterable[Any], model: type[BaseModel] = Config) -> list[str] | None:
+    """The field names of the section that `loc` (a path of names) leads to, or None."""
+    current: type[BaseModel] = model
+    for part in loc:
+        info = current.model_fields.get(str(part))
+        annotation = info.annotation if info is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        current = annotation
+    return list(current.model_fields)
+
+
+def nearest(name: str, valid: Iterable[str]) -> str | None:
+    """The valid name closest to a mistyped one (difflib ratio >= 0.65), or None."""
+    found = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.65)
+    return found[0] if found else None
+
+
+def _unknown_key(loc: tuple[Any, ...], value: Any, model: type[BaseModel]) -> str:
+    """An unknown key: what it is, the valid keys of its section and the nearest of them."""
+    field = ".".join(str(part) for part in loc)
+    valid = _fields_at(loc[:-1], model)
+    if valid is None:
+        return f"{field} is not a known parameter (got {value!r})"
+    if len(loc) == 1:
+        guess = nearest(loc[0], valid)
+        hint = f"; did you mean {guess}?" if guess else ""
+        return f"{field} is not a known section{hint} (sections: {', '.join(valid)})"
+    parent = ".".join(str(part) for part in loc[:-1])
+    guess = nearest(loc[-1], valid)
+    if guess is not None:
+        suggestion = f"{parent}.{guess}"
+    else:
+        # The right name in the wrong section (training.strategy for acquisition.strategy).
+        homes = _sections_with(str(loc[-1]), model) if len(loc) == 2 else []
+        suggestion = homes[0] if len(homes) == 1 else None
+    hint = f"; did you mean {suggestion}?" if suggestion else ""
+    return (
+        f"{field} is not a known parameter (got {value!r}){hint} "
+        f"({parent} parameters: {', '.join(valid)})"
+    )
+
+
+def _sections_with(key: str, model: type[BaseModel] = Config) -> list[str]:
+    """Every `section.key` of the schema whose key is `key` (batch_size: two of them)."""
+    found = []
+    for section in model.model_fields:
+        fields = _fields_at((section,), model)
+        if fields is not None and key in fields:
+            found.append(f"{section}.{key}")
+    return found
+
+
+def _describe(error: Mapping[str, Any], model: type[BaseModel] = Config) -> str:
+    """One pydantic error as `<field> must be <what is allowed>, got <value>` (and a guess).
+
+    `model` is the schema the error's location starts from; where the location does not
+    resolve in it (another schema's errors), the message only lacks the list of valid keys.
+    """
+    loc = tuple(error["loc"])
+    field = ".".join(str(part) for part in loc)
     kind = error["type"]
     ctx = error.get("ctx") or {}
     value = error.get("input")
@@ -158,11 +245,16 @@ def _describe(error: Mapping[str, Any]) -> str:
         op, key = bounds[kind]
         return f"{field} must be {op} {ctx[key]}, got {value!r}"
     if kind == "extra_forbidden":
-        return f"{field} is not a known parameter (got {value!r})"
+        return _unknown_key(loc, value, model)
     if kind == "missing":
         return f"{field} is required"
     if kind == "literal_error":
-        return f"{field} must be one of {ctx.get('expected')}, got {value!r}"
+        expected = str(ctx.get("expected"))
+        guess = nearest(str(value), re.findall(r"'([^']*)'", expected))
+        hint = f"; did you mean {guess!r}?" if guess else ""
+        return f"{field} must be one of {expected}, got {value!r}{hint}"
+    if kind in _TYPE_WORDS:
+        return f"{field} must be {_TYPE_WORDS[kind]}, got {value!r}"
     message = error["msg"]
     message = message.removeprefix("Value error, ")
     return f"{field} {message}, got {value!r}"
@@ -191,7 +283,8 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
         config = Config.model_validate(cleaned)
     except ValidationError as exc:
         errors = exc.errors()
-        raise ConfigError("; ".join(_describe(e) for e in errors)) from None
+        fields = tuple(".".join(str(part) for part in e["loc"]) for e in errors)
+        raise ConfigError("; ".join(_describe(e) for e in errors), fields=fields) from None
     if check_names:
         check_registry_names(config)
     return config
@@ -210,7 +303,11 @@ def check_registry_names(config: Config) -> None:
     ):
         names = sorted(valid)
         if value not in names:
-            raise ConfigError(f"{field} must be one of {', '.join(names)}, got {value!r}")
+            guess = nearest(value, names)
+            hint = f"; did you mean {guess}?" if guess else ""
+            raise ConfigError(
+                f"{field} must be one of {', '.join(names)}, got {value!r}{hint}", fields=(field,)
+            )
     check_mc_samples(config.acquisition.strategy, config.acquisition.mc_samples)
     if config.training.device != "auto":
         import torch
@@ -246,14 +343,33 @@ def check_mc_samples(strategy: str, mc_samples: int, field: str = "acquisition.m
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse one `section.key=value` override; the value is read as YAML (so 3 is an int)."""
     if "=" not in text:
-        raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    path = [part for part in key.strip().split(".")]
-    if len(path) < 2 or any(not part for part in path):
-        raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    if path[0] not in Config.model_fields:
         raise ConfigError(
-            f"{path[0]} is not a known section (sections: {', '.join(Config.model_fields)})"
+            f"--set expects section.key=value, got {text!r} (e.g. --set acquisition.batch_size=20)"
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    path = key.split(".")
+    if any(not part for part in path):
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    if len(path) < 2:
+        # A bare key: name the section(s) that have it, or the nearest key that exists.
+        homes = _sections_with(key)
+        if not homes:
+            every_key = sorted({k for s in Config.model_fields for k in _fields_at((s,)) or []})
+            guess = nearest(key, every_key)
+            homes = _sections_with(guess) if guess else []
+        hint = (
+            "; did you mean " + " or ".join(f"--set {home}={raw}" for home in homes) + "?"
+            if homes
+            else f" (sections: {', '.join(Config.model_fields)})"
+        )
+        raise ConfigError(f"--set expects section.key=value, got {text!r}{hint}")
+    if path[0] not in Config.model_fields:
+        guess = nearest(path[0], Config.model_fields)
+        hint = f"; did you mean --set {'.'.join([guess, *path[1:]])}={raw}?" if guess else ""
+        raise ConfigError(
+            f"{path[0]} is not a known section{hint} (sections: {', '.join(Config.model_fields)})",
+            fields=(path[0],),
         )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -264,7 +380,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of the raw parameters with the `section.key=value` overrides applied."""
-    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    # A deep copy: `--set data.options.x=1` writes into a nested mapping, which must not be
+    # the caller's (a params.yaml read once and merged twice would keep the first override).
+    merged: dict[str, Any] = copy.deepcopy(dict(data))
     for text in overrides:
         path, value = parse_override(text)
         node = merged
@@ -295,15 +413,67 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def with_identity(data: Mapping[str, Any], identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the raw parameters with every identity parameter set as `identity` has it.
+
+    `identity` is what a campaign recorded when it started (Config.identity(), its
+    campaign.yaml); the other parameters (rounds, device, tracking) stay as `data` has them.
+    Recorded keys the schema no longer has are skipped: nothing can use them, and the resume
+    check (Workspace.check_campaign_params) compares only the keys of today's identity.
+    """
+    merged: dict[str, Any] = copy.deepcopy(dict(data))
+    for section, values in identity.items():
+        known = _fields_at((section,))
+        if known is None or not isinstance(values, Mapping):
+            continue
+        target = merged.get(section)
+        target = dict(target) if isinstance(target, Mapping) else {}
+        for key, value in values.items():
+            if key in known:
+                target[key] = copy.deepcopy(value)
+        merged[section] = target
+    return merged
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Iterable[str] = (),
     *,
     check_names: bool = True,
+    identity: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Read a params.yaml (or the defaults when path is None), apply overrides, validate."""
+    """Read a params.yaml (or the defaults when path is None), apply overrides, validate.
+
+    With `identity` (a campaign's recorded identity parameters) those replace the file's
+    before the overrides apply: a campaign resumes as it started, whatever the file says.
+    """
     data = read_yaml(path) if path is not None else {}
-    return validate(apply_overrides(data, overrides), check_names=check_names)
+    if identity is not None:
+        data = with_identity(data, identity)
+    merged = apply_overrides(data, overrides)
+    try:
+        return validate(merged, check_names=check_names)
+    except ConfigError as exc:
+        if path is None or not exc.fields:
+            raise
+        # A wrong value that neither this command's --set nor the campaign's record gave sits
+        # in the file: say which, or the user looks for it in the command line.
+        typed = [parse_override(text)[0] for text in overrides]
+        if identity is not None:
+            typed += [
+                [s, k] for s, keys in identity.items() if isinstance(keys, Mapping) for k in keys
+            ]
+        in_file = [field for field in exc.fields if not _from_overrides(field, typed)]
+        if not in_file:
+            raise
+        where = f"{', '.join(in_file)} set in {path}"
+        raise ConfigError(f"{exc} ({where})", fields=exc.fields) from None
+
+
+def _from_overrides(field: str, typed: list[list[str]]) -> bool:
+    """Whether an override set `field` or something inside or above it."""
+    parts = field.split(".")
+    return any(p[: len(parts)] == parts or parts[: len(p)] == p for p in typed)
 
 
 def dump_yaml(config: Config) -> str:

@@ -18,6 +18,7 @@ from baldflow.config import (
     load_config,
     parse_override,
     validate,
+    with_identity,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,8 @@ def test_device_is_checked_before_any_work():
 
 
 def test_unknown_section_and_non_mapping_section():
-    with pytest.raises(ConfigError, match="sampling is not a known parameter"):
+    # A section, like --set's message for one, listing the sections there are.
+    with pytest.raises(ConfigError, match=r"sampling is not a known section \(sections: camp"):
         validate({"sampling": {}}, check_names=False)
     with pytest.raises(ConfigError, match="training must be a mapping, got 3"):
         validate({"training": 3}, check_names=False)
@@ -232,3 +234,102 @@ def test_one_mc_sample_is_fine_where_the_score_is_about_the_mean_prediction(stra
 def test_one_mc_sample_is_refused_through_overrides_too():
     with pytest.raises(ConfigError, match="acquisition.mc_samples must be >= 2"):
         load_config(ROOT / "params.yaml", ["acquisition.mc_samples=1"])
+
+
+# ------------------------------------------------------------------ errors that say the fix
+# Issue 10: the field, the value, what is allowed and the nearest valid name.
+ACQUISITION_KEYS = (
+    "strategy, batch_size, coldness, mc_samples, batchbald_candidates, batchbald_num_samples, "
+    "chunk_size"
+)
+
+
+def config_error(*overrides: str, path=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    return str(info.value)
+
+
+def test_an_unknown_key_lists_its_section_and_guesses_the_name():
+    assert config_error("acquisition.batchsize=5") == (
+        "acquisition.batchsize is not a known parameter (got 5); did you mean "
+        f"acquisition.batch_size? (acquisition parameters: {ACQUISITION_KEYS})"
+    )
+    # The right key in the wrong section.
+    assert "did you mean acquisition.strategy?" in config_error("training.strategy=random")
+    # Nothing close: no guess, the list all the same.
+    text = config_error("model.widht_multiplier=2")
+    assert "did you mean" not in text and "(model parameters: name, dropout)" in text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("acquisition.batch_size=abc", "acquisition.batch_size must be an integer, got 'abc'"),
+        ("campaign.rounds=2.5", "campaign.rounds must be an integer, got 2.5"),
+        ("acquisition.batch_size=", "acquisition.batch_size must be an integer, got None"),
+        ("training.learning_rate=fast", "training.learning_rate must be a number, got 'fast'"),
+        ("data.options=5", "data.options must be a mapping, got 5"),
+        ("tracking.experiment=[1]", "tracking.experiment must be text, got [1]"),
+    ],
+)
+def test_a_value_of_the_wrong_type_says_what_the_field_takes(override, message):
+    # Not pydantic's "Input should be a valid integer, unable to parse string as an integer".
+    assert config_error(override) == message
+
+
+@pytest.mark.parametrize(
+    ("override", "guess"),
+    [
+        ("oracle.kind=simulate", "did you mean 'simulated'?"),
+        ("acquisition.strategy=powerbald", "did you mean power-bald?"),
+        ("model.name=mpl", "did you mean mlp?"),
+        ("data.source=mnits", "did you mean mnist?"),
+    ],
+)
+def test_a_mistyped_name_gets_the_nearest_valid_one(override, guess):
+    text = config_error(override)
+    assert text.endswith(guess)
+    assert "must be one of" in text
+
+
+def test_set_without_a_section_or_with_a_mistyped_one_gets_the_set_that_works():
+    text = config_error("batch_size=5")
+    assert text.endswith(
+        "did you mean --set training.batch_size=5 or --set acquisition.batch_size=5?"
+    )
+    assert config_error("coldnes=2").endswith("did you mean --set acquisition.coldness=2?")
+    text = config_error("acquisiton.batch_size=5")
+    assert text.startswith("acquisiton is not a known section; did you mean ")
+    assert "--set acquisition.batch_size=5?" in text
+    assert "(e.g. --set acquisition.batch_size=20)" in config_error("acquisition.batch_size")
+
+
+def test_an_error_from_the_file_names_the_file(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("acquisition:\n  batchsize: 4\n")
+    text = config_error(path=params)
+    assert text.endswith(f"(acquisition.batchsize set in {params})")
+    # What the command line typed is the user's to see in the command line.
+    params.write_text("acquisition:\n  batch_size: 4\n")
+    assert "set in" not in config_error("acquisition.batch_size=abc", path=params)
+
+
+def test_overrides_leave_the_callers_mapping_alone():
+    data = {"data": {"options": {"pool_size": 10}}}
+    apply_overrides(data, ["data.options.val_size=5"])
+    assert data == {"data": {"options": {"pool_size": 10}}}
+
+
+def test_a_recorded_identity_wins_over_the_file_and_overrides_win_over_both(tmp_path):
+    recorded = validate(
+        {"campaign": {"name": "old", "seed": 7}, "acquisition": {"batch_size": 3}}
+    ).identity()
+    recorded["model"]["retired_key"] = 1  # a key today's schema no longer has
+    params = tmp_path / "params.yaml"
+    params.write_text("campaign:\n  name: new\n  rounds: 4\ntraining:\n  device: auto\n")
+    config = load_config(params, ["campaign.rounds=9"], identity=recorded)
+    assert (config.campaign.name, config.campaign.seed) == ("old", 7)
+    assert config.acquisition.batch_size == 3
+    assert (config.campaign.rounds, config.training.device) == (9, "auto")
+    assert "retired_key" not in with_identity({}, recorded)["model"]
