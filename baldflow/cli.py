@@ -42,21 +42,82 @@ def _workspace_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless the help already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.required
+            or action.default in (None, False, [], argparse.SUPPRESS)
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose help shows defaults; its subcommands' parsers are of the same kind."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _campaign_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--campaign", metavar="NAME", help=f"campaign name (default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from baldflow import __version__
+
+    parser = _Parser(
         prog="baldflow",
         description="Deep Bayesian batch active learning as an auditable Prefect + MLflow + "
         "DVC pipeline.",
+        epilog="`baldflow COMMAND --help` describes a command and its options.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the version and exit",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("init", help="create a workspace (git + DVC + params.yaml)")
-    p.add_argument("directory", metavar="DIR", nargs="?", default=None)
-    p.add_argument("--config", "-c", metavar="FILE", help="params.yaml to copy in")
+    p = sub.add_parser(
+        "init",
+        help="create a workspace (git + DVC + params.yaml)",
+        description="Create a workspace: a git repository with DVC initialised, a local DVC "
+        "remote (DIR/dvc-remote unless --remote), a .gitignore and params.yaml (the built-in "
+        "defaults, or a copy of --config). `baldflow run` does this itself when its workspace "
+        "does not exist yet.",
+    )
+    p.add_argument(
+        "directory",
+        metavar="DIR",
+        nargs="?",
+        default=None,
+        help="directory to make a workspace (default: $BALDFLOW_WORKSPACE, the current "
+        f"directory if it is a workspace, else ./{DEFAULT_WORKSPACE})",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="parameter file to copy in, validated first (default: the built-in defaults)",
+    )
     p.add_argument("--remote", metavar="URL", help="DVC remote (default: DIR/dvc-remote)")
 
-    p = sub.add_parser("run", help="run or resume a campaign")
+    p = sub.add_parser(
+        "run",
+        help="run or resume a campaign",
+        description="Run the campaign the parameters describe, or resume it at its last "
+        "completed round. Prints a line per round, then a table of the rounds and the commands "
+        "that show the results. Makes the workspace first if it is not one yet.",
+    )
     _workspace_arg(p)
     p.add_argument(
         "--config",
@@ -70,20 +131,54 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one parameter, e.g. --set acquisition.batch_size=20 (repeatable)",
+        help="override one parameter, e.g. --set acquisition.batch_size=20 (repeatable; "
+        "default: none)",
     )
-    p.add_argument("--campaign", metavar="NAME", help="resume NAME with its recorded parameters")
+    p.add_argument(
+        "--campaign",
+        metavar="NAME",
+        help="resume NAME with its recorded parameters (default: the campaign that "
+        "campaign.name names)",
+    )
 
-    p = sub.add_parser("history", help="which samples were acquired when, by which model, why")
+    p = sub.add_parser(
+        "history",
+        help="which samples were acquired when, by which model, why",
+        description="The ledger: one row per acquired sample with its campaign, round, rank, "
+        "label, strategy, score, selection probability and key, round seed, time and the "
+        "MLflow run of the model that chose it. With --sample (table format), that sample's "
+        "whole story.",
+    )
     _workspace_arg(p)
-    p.add_argument("--campaign", metavar="NAME")
-    p.add_argument("--round", type=int, metavar="N")
-    p.add_argument("--sample", metavar="ID")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _campaign_arg(p, "every campaign of the workspace")
+    p.add_argument(
+        "--round",
+        type=int,
+        metavar="N",
+        help="only round N; 0 is the initial labeled set (default: every round)",
+    )
+    p.add_argument(
+        "--sample",
+        metavar="ID",
+        help="only this sample; the table tells its whole story (default: every sample)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="a table for people; json; or csv for spreadsheets, where text cells that look "
+        "like formulas are neutralised",
+    )
 
-    p = sub.add_parser("status", help="campaigns in a workspace, rounds done, latest accuracy")
+    p = sub.add_parser(
+        "status",
+        help="campaigns in a workspace, rounds done, latest accuracy",
+        description="Every campaign of the workspace: its strategy, the rounds done (acquisition "
+        "rounds after round 0, the initial labeled set), the labeled count, the latest test "
+        "accuracy and git tag; and any batch that waits for labels.",
+    )
     _workspace_arg(p)
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="a table, or json")
     _add_cycle_parsers(sub)
     _add_verify_parser(sub)
     return parser
@@ -101,14 +196,18 @@ def _add_verify_parser(sub) -> None:
         "workspace is in use by a run.",
     )
     _workspace_arg(p)
-    p.add_argument("--campaign", metavar="NAME", help="(default: every campaign)")
+    _campaign_arg(p, "every campaign")
     p.add_argument(
         "--tracking-uri",
         metavar="URI",
         help="MLflow store (default: tracking.mlflow_uri of the workspace's params.yaml, else "
         "its own store under mlflow/)",
     )
-    p.add_argument("--experiment", metavar="NAME", help="(default: from params.yaml)")
+    p.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="MLflow experiment (default: tracking.experiment of params.yaml)",
+    )
 
 
 # ---------------------------------------------------------------------------- commands
@@ -126,7 +225,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     ws.close()
     print(f"workspace ready: {ws.root}")
     print(f"  parameters: {ws.params_path}")
-    print(f"  run a campaign: baldflow run --workspace {directory}")
+    from baldflow.audit.hints import shell_command
+
+    print(f"  run a campaign: {shell_command('baldflow')} run --workspace {_quoted(directory)}")
     return 0
 
 
@@ -280,9 +381,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         from baldflow.audit.report import console, plain
 
         table = Table(title=plain(f"acquisitions in {ws_root}"))
-        from baldflow.workspace.ledger import ACQUISITION_COLUMNS
+        from baldflow.audit.report import LEDGER_COLUMNS
 
-        columns = ["campaign", *ACQUISITION_COLUMNS, "mlflow_run_id"]
+        columns = ["campaign", *LEDGER_COLUMNS, "mlflow_run_id"]
         for column in columns:
             table.add_column(column.replace("selection_", "sel. "), overflow="fold")
         for r in rows:
@@ -292,6 +393,13 @@ def cmd_history(args: argparse.Namespace) -> int:
         if not rows:
             print("no acquisitions match")
     return 0
+
+
+def _quoted(path: object) -> str:
+    """A path as a shell reads it back (quoted when it has spaces or other specials)."""
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def _short(value: object) -> str:
@@ -339,7 +447,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from baldflow.audit.report import console, plain
 
-    table = Table(title=plain(f"campaigns in {ws_root}"))
+    table = Table(
+        title=plain(f"campaigns in {ws_root}"),
+        caption="rounds done: acquisition rounds after round 0, the initial labeled set",
+    )
     for column in ("campaign", "strategy", "rounds done", "labeled", "latest test acc.", "tag"):
         # Names and tags are meant to be copied: never cut or fold them; wrap the rest.
         table.add_column(column, no_wrap=column in ("campaign", "tag"))
@@ -347,11 +458,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         acc = rec["latest_test_accuracy"]
         table.add_row(
             plain(rec["campaign"]),
-            plain(str(rec["strategy"])),
-            plain(str(rec["rounds_done"])),
+            plain(rec["strategy"] or "-"),
+            plain("-" if rec["rounds_done"] is None else str(rec["rounds_done"])),
             plain(str(rec["labeled"])),
             f"{acc:.4f}" if acc is not None else "-",
-            plain(str(rec["latest_tag"])),
+            plain(rec["latest_tag"] or "-"),
         )
     console().print(table)
     from baldflow.labeling import pending_batches
@@ -364,66 +475,143 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"({done} of {len(pending.sample_ids)} imported): {handoff.sheet_path(pending.round)}"
         )
     if not records and not waiting:
-        print("no campaigns yet: baldflow run --workspace", ws_root)
+        from baldflow.audit.hints import shell_command
+
+        print(f"no campaigns yet: {shell_command('baldflow')} run --workspace {_quoted(ws_root)}")
     return 0
 
 
 # ---------------------------------------------------------------------------- issue-6 commands
 def _add_cycle_parsers(sub) -> None:
     """Human labeling, audit and scheduled cycles."""
-    p = sub.add_parser("label", help="hand-off labeling: import people's labels")
+    p = sub.add_parser(
+        "label",
+        help="hand-off labeling: import people's labels",
+        description="With oracle `file`, a round hands its batch to people as "
+        "data/<campaign>/to-label/round-NNNN.csv and stops; `label import` reads the labels "
+        "back.",
+    )
     label_sub = p.add_subparsers(dest="label_command", metavar="ACTION")
     label_sub.required = True
-    q = label_sub.add_parser("import", help="import a label file for the pending batch")
+    q = label_sub.add_parser(
+        "import",
+        help="import a label file for the pending batch",
+        description="Check a label file against the batch waiting for labels and store its "
+        "labels. Unknown or repeated sample ids, missing labels and labels that are not a "
+        "class refuse the whole file (exit status 4). The import that completes the batch "
+        "completes the round (DVC, git, MLflow).",
+    )
     q.add_argument("file", metavar="FILE", help="CSV with sample_id and label columns")
     _workspace_arg(q)
-    q.add_argument("--campaign", metavar="NAME", help="(default: the one with a pending batch)")
+    _campaign_arg(q, "the one with a batch waiting for labels")
     q.add_argument(
         "--partial",
         action="store_true",
         help="the file labels part of the batch; rows with an empty label are skipped",
     )
-    q.add_argument("--by", metavar="NAME", help="who labeled (default: $USER)")
+    q.add_argument("--by", metavar="NAME", help="who labeled, for the ledger (default: $USER)")
     q.add_argument(
         "--no-complete",
         action="store_true",
         help="only store the labels; the next cycle or run completes the round",
     )
 
-    p = sub.add_parser("show", help="one round: its batch, class histogram, MLflow run, tag")
+    only_campaign = "the workspace's only campaign"
+    p = sub.add_parser(
+        "show",
+        help="one round: its batch, class histogram, MLflow run, tag",
+        description="One completed round: its batch with scores, selection probabilities and "
+        "who labeled each sample, the class histogram, the git tag and commit, the labeled "
+        "set's size and md5, and the MLflow run that chose the batch (status, metrics, and its "
+        "page in the MLflow UI).",
+    )
     _workspace_arg(p)
-    p.add_argument("--campaign", metavar="NAME")
-    p.add_argument("--round", type=int, required=True, metavar="N")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    _campaign_arg(p, only_campaign)
+    p.add_argument(
+        "--round", type=int, required=True, metavar="N", help="the round; 0 is the initial set"
+    )
+    p.add_argument(
+        "--format", choices=["table", "json"], default="table", help="a table, or json with all"
+    )
 
-    p = sub.add_parser("diff", help="what the labeled set gained between two rounds (via DVC)")
+    p = sub.add_parser(
+        "diff",
+        help="what the labeled set gained between two rounds (via DVC)",
+        description="The samples the labeled set gained from round N to a later round M, read "
+        "through DVC at both round tags. Rounds only add labels: a sample removed or relabeled "
+        "means the history was rewritten, and is reported as such.",
+    )
     _workspace_arg(p)
-    p.add_argument("--campaign", metavar="NAME")
-    p.add_argument("--from", dest="from_round", type=int, required=True, metavar="N")
-    p.add_argument("--to", dest="to_round", type=int, required=True, metavar="M")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _campaign_arg(p, only_campaign)
+    p.add_argument(
+        "--from", dest="from_round", type=int, required=True, metavar="N", help="earlier round"
+    )
+    p.add_argument(
+        "--to", dest="to_round", type=int, required=True, metavar="M", help="later round (M >= N)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
+        help="a table; json, or csv for spreadsheets",
+    )
 
-    p = sub.add_parser("report", help="a self-contained HTML report of a campaign")
+    p = sub.add_parser(
+        "report",
+        help="a self-contained HTML report of a campaign",
+        description="Write one HTML page about a campaign: the learning curve, the rounds, each "
+        "round's acquisitions with a class histogram and (image data) thumbnails, and the full "
+        "ledger. Images are embedded and nothing is loaded from elsewhere.",
+    )
     _workspace_arg(p)
-    p.add_argument("--campaign", metavar="NAME")
-    p.add_argument("--output", "-o", metavar="FILE", help="(default: DIR/report-<campaign>.html)")
+    _campaign_arg(p, only_campaign)
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="HTML file to write (default: DIR/report-<campaign>.html)",
+    )
 
-    p = sub.add_parser("cycle", help="run exactly one round of the workspace's campaign now")
+    config_help = "parameter file (default: the workspace's params.yaml, else built-in defaults)"
+    set_help = "override one parameter, e.g. --set campaign.rounds=30 (repeatable; default: none)"
+    p = sub.add_parser(
+        "cycle",
+        help="run exactly one round of the workspace's campaign now",
+        description="Run one round of the workspace's campaign from where it stands and stop: "
+        "round 0 if it has none, else the next round (or the completion of a batch people "
+        "labeled). Does nothing once campaign.rounds rounds are done.",
+    )
     _workspace_arg(p)
-    p.add_argument("--config", "-c", metavar="FILE")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    p.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="K=V", help=set_help
+    )
 
-    p = sub.add_parser("serve", help="serve the cycle on a schedule (needs `baldflow server`)")
+    p = sub.add_parser(
+        "serve",
+        help="serve the cycle on a schedule (needs `baldflow server`)",
+        description="Run a cycle on a schedule through a persistent Prefect server (start one "
+        "with `baldflow server` and export PREFECT_API_URL). Keeps running; Ctrl-C stops it "
+        "and pauses the schedule.",
+    )
     _workspace_arg(p)
     when = p.add_mutually_exclusive_group(required=True)
-    when.add_argument("--cron", metavar="EXPR", help="e.g. '0 * * * *' (every hour)")
-    when.add_argument("--interval", type=float, metavar="SECONDS")
-    p.add_argument("--config", "-c", metavar="FILE")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 * * * *' (hourly)")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
+    p.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="K=V", help=set_help
+    )
 
-    p = sub.add_parser("server", help="start a persistent Prefect server on 127.0.0.1")
+    p = sub.add_parser(
+        "server",
+        help="start a persistent Prefect server on 127.0.0.1",
+        description="Start `prefect server start` on 127.0.0.1 with its database in the "
+        "workspace's .prefect/, so its UI also lists the runs of temporary servers. `baldflow "
+        "serve` needs it. Keeps running until Ctrl-C.",
+    )
     _workspace_arg(p)
-    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--port", type=int, default=4200, help="port to listen on")
 
 
 def _ws_root(args: argparse.Namespace) -> Path:
@@ -483,7 +671,12 @@ def _print_waiting(result: dict) -> None:
         return
     print(f"Waiting for labels: round {waiting['round']} ({waiting['batch_size']} samples).")
     print(f"  fill in the label column of {waiting['sheet']}")
-    print(f"  then: baldflow label import {waiting['sheet']} --workspace {result['workspace']}")
+    from baldflow.audit.hints import shell_command
+
+    print(
+        f"  then: {shell_command('baldflow')} label import {_quoted(waiting['sheet'])} "
+        f"--workspace {_quoted(result['workspace'])}"
+    )
 
 
 def cmd_cycle(args: argparse.Namespace) -> int:

@@ -73,9 +73,31 @@ def mlflow_run(ws: Workspace, run_id: str) -> dict[str, Any]:
     """Status, metrics and tags of an MLflow run, or why they could not be read."""
     if not run_id:
         return {"run_id": "", "error": "no MLflow run recorded"}
-    uri = tracking_uri(ws)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return {"run_id": run_id, "error": f"no MLflow store at {uri}"}
+    return read_mlflow_run(tracking_uri(ws), run_id)
+
+
+def read_mlflow_run(uri: str, run_id: str) -> dict[str, Any]:
+    """A run's name, status, experiment, metrics and tags in `uri`, or why they could not be read.
+
+    A local SQLite store is read directly, read-only: importing MLflow and opening its store
+    takes 2-5 s, which made `show` slow. Any store this reader does not understand (a
+    tracking server, a schema it does not know) goes through MLflow's client.
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.exists():
+            return {"run_id": run_id, "error": f"no MLflow store at {uri}"}
+        import sqlite3
+
+        try:
+            return _read_sqlite_run(path, uri, run_id)
+        except sqlite3.Error:
+            pass
+    return _read_client_run(uri, run_id)
+
+
+def _read_client_run(uri: str, run_id: str) -> dict[str, Any]:
+    """The run through MLflow's client: any store, at the price of importing MLflow."""
     try:
         from mlflow.tracking import MlflowClient
 
@@ -86,9 +108,44 @@ def mlflow_run(ws: Workspace, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "run_name": run.info.run_name,
         "status": run.info.status,
+        "experiment_id": str(run.info.experiment_id),
         "artifact_uri": run.info.artifact_uri,
         "metrics": dict(run.data.metrics),
         "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        "tracking_uri": uri,
+    }
+
+
+def _read_sqlite_run(path: Path, uri: str, run_id: str) -> dict[str, Any]:
+    """What MlflowClient.get_run gives, from MLflow's own tables (runs, latest_metrics, tags)."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        found = connection.execute(
+            "SELECT name, status, experiment_id, artifact_uri FROM runs WHERE run_uuid = ?",
+            (run_id,),
+        ).fetchone()
+        if found is None:
+            return {"run_id": run_id, "error": f"no run {run_id} in the MLflow store {uri}"}
+        metrics = {
+            key: float("nan") if is_nan else float(value)
+            for key, value, is_nan in connection.execute(
+                "SELECT key, value, is_nan FROM latest_metrics WHERE run_uuid = ?", (run_id,)
+            )
+        }
+        tags = dict(connection.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
+    finally:
+        connection.close()
+    name, status, experiment_id, artifact_uri = found
+    return {
+        "run_id": run_id,
+        "run_name": name,
+        "status": status,
+        "experiment_id": str(experiment_id),
+        "artifact_uri": artifact_uri,
+        "metrics": metrics,
+        "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")},
         "tracking_uri": uri,
     }
 
@@ -190,6 +247,14 @@ def diff_rounds(
     ws = open_workspace(root)
     name = pick_campaign(ws, campaign)
     done = ws.completed_rounds(name)
+    if from_round > to_round:
+        # Labels are only ever added, so a reversed range would list every acquisition in
+        # between as "removed", which reads like tampering.
+        raise AuditError(
+            f"--from {from_round} is after --to {to_round}: diff lists what the labeled set "
+            f"gained from an earlier round to a later one (try --from {to_round} "
+            f"--to {from_round})"
+        )
     for which, value in (("--from", from_round), ("--to", to_round)):
         if value not in done:
             raise AuditError(

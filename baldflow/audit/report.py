@@ -7,15 +7,22 @@ can be archived or mailed as it is.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import html
-import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from baldflow.audit.queries import open_workspace, pick_campaign
 from baldflow.common import format_number, printable
+from baldflow.figures.plots import learning_curve_png
 from baldflow.figures.thumbnails import contact_sheet, png_data_uri
 from baldflow.workspace.ledger import ACQUISITION_COLUMNS
+
+# The ledger's columns as the history table and the report show them: the round seed beside the
+# selection key it drew.
+LEDGER_COLUMNS = list(ACQUISITION_COLUMNS)
+LEDGER_COLUMNS.insert(LEDGER_COLUMNS.index("selection_key") + 1, "seed")
 
 
 def _cell(value: Any) -> str:
@@ -32,11 +39,33 @@ def plain(value: Any):
     return Text(printable(value if isinstance(value, str) else _cell(value)))
 
 
+# Width of tables written to a file or pipe: wide enough that no table is cut or folded (a
+# table takes its natural width, not this one).
+UNBOUNDED_WIDTH = 10_000
+
+
 def console():
-    """A console that never reads markup, emoji codes or highlights into plain prints."""
+    """A console that never reads markup, emoji codes or highlights into plain prints.
+
+    In a terminal, tables fit its width. Written to a log or a pipe, they keep their full width
+    (rich would cut them to 80 columns) unless $COLUMNS says otherwise.
+    """
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(markup=False, emoji=False, highlight=False)
+    width = None
+    if not os.environ.get("COLUMNS", "").isdigit() and not _is_terminal(sys.stdout):
+        width = UNBOUNDED_WIDTH
+    return Console(markup=False, emoji=False, highlight=False, width=width)
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def print_story(story: dict[str, Any]) -> None:
@@ -79,6 +108,10 @@ def print_story(story: dict[str, Any]) -> None:
         )
 
 
+# The metrics `show` prints of a round's run (`--format json` has all of them).
+_MAIN_METRICS = ("test_accuracy", "test_nll", "train_size", "epochs", "seconds_round")
+
+
 def print_round(record: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -89,9 +122,33 @@ def print_round(record: dict[str, Any]) -> None:
         f"{record['committed_at']})"
     )
     print(f"  labeled set:      {record['labeled_size']} samples, md5 {record['labeled_set_md5']}")
-    print(f"  test accuracy:    {_cell(record['test_accuracy'])} (the model that chose the batch)")
     status = mlflow.get("status") or mlflow.get("error", "")
-    print(f"  MLflow run:       {mlflow.get('run_id') or '-'} ({status})")
+    if record["round"] == 0:
+        # Round 0 labels the initial set: no model chose it, and its run is the campaign's.
+        print("  test accuracy:    - (round 0 is the initial labeled set: no model chose it)")
+        print(f"  MLflow run:       {mlflow.get('run_id') or '-'} (the campaign's run; {status})")
+    else:
+        accuracy = _cell(record["test_accuracy"])
+        print(f"  test accuracy:    {accuracy} (the model that chose the batch)")
+        print(f"  MLflow run:       {mlflow.get('run_id') or '-'} ({status})")
+    metrics = mlflow.get("metrics") or {}
+    if metrics:
+        keys = [k for k in _MAIN_METRICS if k in metrics] or sorted(metrics)
+        shown = ", ".join(f"{k} {_cell(float(metrics[k]))}" for k in keys)
+        more = len(metrics) - len(keys)
+        tail = f" (and {more} more: --format json)" if more else ""
+        print(f"  MLflow metrics:   {shown}{tail}")
+    if mlflow.get("experiment_id") not in (None, ""):
+        from baldflow.audit.hints import mlflow_ui_command, mlflow_ui_url
+
+        uri = mlflow.get("tracking_uri", "")
+        url = mlflow_ui_url(uri, mlflow["experiment_id"], mlflow["run_id"])
+        command = mlflow_ui_command(uri)
+        if command:
+            print(f"  MLflow UI:        {command}")
+            print(f"                    then open {url}")
+        else:
+            print(f"  MLflow UI:        {url}")
     histogram = ", ".join(f"{k}: {v}" for k, v in record["class_histogram"].items())
     print(f"  class histogram:  {histogram}")
     table = Table(title="batch")
@@ -116,9 +173,31 @@ def print_diff(record: dict[str, Any]) -> None:
         table.add_column(column, overflow="fold")
     for row in record["added"]:
         table.add_row(plain(row["sample_id"]), plain(row["label"]), plain(row["round"]))
-    console().print(table)
-    if record["removed"] or record["relabeled"]:
-        print(f"removed: {record['removed']}\nrelabeled: {record['relabeled']}")
+    out = console()
+    out.print(table)
+    if not record["removed"] and not record["relabeled"]:
+        return
+    # Rounds only ever add labels: either of these means the history was rewritten.
+    print(
+        f"WARNING: the labeled set at {b['tag']} does not contain the one at {a['tag']}: "
+        f"{len(record['removed'])} sample(s) removed and {len(record['relabeled'])} relabeled. "
+        "Rounds only add labels, so the history at these tags was rewritten; "
+        "`baldflow verify` checks every round."
+    )
+    if record["removed"]:
+        table = Table(title=f"{len(record['removed'])} removed")
+        for column in ("sample_id", "label", "round"):
+            table.add_column(column, overflow="fold")
+        for row in record["removed"]:
+            table.add_row(plain(row["sample_id"]), plain(row["label"]), plain(row["round"]))
+        out.print(table)
+    if record["relabeled"]:
+        table = Table(title=f"{len(record['relabeled'])} relabeled")
+        for column in ("sample_id", f"label at {a['tag']}", f"label at {b['tag']}"):
+            table.add_column(plain(column), overflow="fold")
+        for row in record["relabeled"]:
+            table.add_row(plain(row["sample_id"]), plain(row["label_from"]), plain(row["label_to"]))
+        out.print(table)
 
 
 # ---------------------------------------------------------------------------- HTML
@@ -131,24 +210,27 @@ td.id, th.id { text-align: left; }
 .bar { display: inline-block; height: 10px; background: #4878a8; vertical-align: middle; }
 .round { border-top: 2px solid #4878a8; margin-top: 1.5em; }
 .note { color: #666; font-size: 13px; }
+img { max-width: 100%; }
 """
 
 
-def _learning_curve(rounds: list[dict[str, str]], title: str) -> bytes:
-    from baldflow.figures.plots import learning_curve_figure
+@dataclasses.dataclass
+class _Pool:
+    """What the report draws from the campaign's data: images by sample id and class names."""
 
-    buffer = io.BytesIO()
-    learning_curve_figure(rounds, title).savefig(buffer, format="png")
-    return buffer.getvalue()
+    images: Any = None  # the pool's [N, C, H, W] tensor, None unless the data are images
+    row_of: dict[str, int] = dataclasses.field(default_factory=dict)
+    class_names: list[str] = dataclasses.field(default_factory=list)
+    note: str = ""
 
 
-def _pool_images(ws_root: Path, campaign: str) -> tuple[Any, dict[str, int], str]:
-    """The campaign's pool images by sample id, or why there are none (not an image source)."""
+def _pool(ws_root: Path, campaign: str) -> _Pool:
+    """The campaign's pool rebuilt from its recorded parameters, or why it could not be."""
     import yaml
 
     params_file = ws_root / "data" / campaign / "campaign.yaml"
     if not params_file.exists():
-        return None, {}, "no campaign.yaml to rebuild the pool from"
+        return _Pool(note="no campaign.yaml to rebuild the pool from")
     try:
         from baldflow import steps
         from baldflow.config import validate
@@ -157,20 +239,45 @@ def _pool_images(ws_root: Path, campaign: str) -> tuple[Any, dict[str, int], str
         config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
         data = steps.prepare_data(config)
     except Exception as exc:  # noqa: BLE001 (the report is still useful without thumbnails)
-        return None, {}, f"thumbnails unavailable: {type(exc).__name__}: {exc}"
+        return _Pool(note=f"thumbnails and class names unavailable: {type(exc).__name__}: {exc}")
+    names = [str(name) for name in data.splits.class_names]
     if not is_image_batch(data.splits.pool_x):
-        return None, {}, "the data are not images"
-    return data.splits.pool_x, data.row_of, ""
+        return _Pool(class_names=names, note="the data are not images")
+    return _Pool(data.splits.pool_x, data.row_of, names)
 
 
-def _histogram_html(counts: dict[Any, int], class_names: dict[int, str] | None = None) -> str:
+def label_text(label: Any, class_names: Sequence[str] = ()) -> str:
+    """A label as people read it: its class name, with the index the ledger stores when the
+    name is not the index itself (digits' classes are named "0" to "9")."""
+    if isinstance(label, int) and 0 <= label < len(class_names):
+        name = class_names[label]
+        return name if name == str(label) else f"{name} ({label})"
+    return _cell(label)
+
+
+def _fixed(decimals: int):
+    """A formatter of numbers (or the numeric text of rounds.csv) with fixed decimals."""
+
+    def fmt(value: Any) -> str:
+        if value is None or value == "":
+            return "-"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return "-" if number != number else f"{number:.{decimals}f}"
+
+    return fmt
+
+
+def _histogram_html(counts: dict[Any, int], class_names: Sequence[str] = ()) -> str:
     if not counts:
         return ""
     top = max(counts.values())
     rows = []
     for label in sorted(counts):
         width = int(120 * counts[label] / top)
-        name = html.escape(str(label))
+        name = html.escape(label_text(label, class_names))
         rows.append(
             f"<tr><td class='id'>{name}</td><td class='id'><span class='bar' "
             f"style='width:{width}px'></span> {counts[label]}</td></tr>"
@@ -182,51 +289,110 @@ def _histogram_html(counts: dict[Any, int], class_names: dict[int, str] | None =
     )
 
 
-def _table_html(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    head = "".join(
-        f"<th class='id'>{c}</th>"
-        if c in ("sample_id", "labeled_by", "acquired_at")
-        else f"<th>{c}</th>"
-        for c in columns
-    )
+# Columns whose cells are text (left-aligned); the others are numbers.
+_TEXT_COLUMNS = ("sample_id", "label", "strategy", "labeled_by", "acquired_at", "mlflow_run_id")
+
+
+def _table_html(
+    rows: list[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    titles: dict[str, str] | None = None,
+    formats: dict[str, Any] | None = None,
+) -> str:
+    """An HTML table of `rows`; `titles` renames headers, `formats` maps a column to a function
+    that turns its value into text (default: numbers to 4 significant digits)."""
+    titles, formats = titles or {}, formats or {}
+
+    def css(column: str) -> str:
+        return " class='id'" if column in _TEXT_COLUMNS else ""
+
+    head = "".join(f"<th{css(c)}>{html.escape(titles.get(c, c))}</th>" for c in columns)
     body = []
     for row in rows:
-        cells = []
-        for c in columns:
-            css = " class='id'" if c in ("sample_id", "labeled_by", "acquired_at") else ""
-            cells.append(f"<td{css}>{html.escape(_cell(row.get(c)))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        cells = "".join(
+            f"<td{css(c)}>{html.escape(formats.get(c, _cell)(row.get(c)))}</td>" for c in columns
+        )
+        body.append(f"<tr>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+_ROUND_TITLES = {
+    "round": "round",
+    "train_size": "trained on",
+    "labeled": "labeled",
+    "acquired": "acquired",
+    "test_accuracy": "test accuracy",
+    "test_nll": "test NLL",
+    "seconds_compute": "compute s",
+    "seconds_acquisition": "acquisition s",
+}
+
+
+def _rounds_html(rounds: list[dict[str, str]]) -> str:
+    """rounds.csv as a table: round 0 named for what it is, numbers to fixed decimals."""
+
+    def round_name(value: Any) -> str:
+        return "0 (initial set)" if str(value) == "0" else str(value)
+
+    rows = [
+        {**row, "train_size": "" if str(row.get("round")) == "0" else row.get("train_size")}
+        for row in rounds
+    ]
+    columns = [c for c in _ROUND_TITLES if any(c in row for row in rows)]
+    formats = {
+        "round": round_name,
+        "test_accuracy": _fixed(4),
+        "test_nll": _fixed(4),
+        "seconds_compute": _fixed(2),
+        "seconds_acquisition": _fixed(2),
+    }
+    return _table_html(rows, columns, titles=_ROUND_TITLES, formats=formats)
+
+
+def rounds_done_text(completed: Sequence[int]) -> str:
+    """How many rounds are done, in the words `status` uses: round 0 labels the initial set,
+    and the rounds counted are the acquisition rounds after it (what campaign.rounds asks for)."""
+    if not completed:
+        return "no round completed yet"
+    last = max(completed)
+    return f"{last} round{'' if last == 1 else 's'} done after the initial labeled set (round 0)"
 
 
 def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str, str]:
     """The report's HTML and the campaign it describes."""
-    import dataclasses
-
     ws = open_workspace(ws_root)
     name = pick_campaign(ws, campaign)
     rounds = ws.rounds_summary(name)
     ledger = [dataclasses.asdict(r) for r in ws.ledger(name)]
-    images, row_of, image_note = _pool_images(ws.root, name)
-    curve = png_data_uri(_learning_curve(rounds, f"{name}: test accuracy"))
+    pool = _pool(ws.root, name)
+    names = pool.class_names
+
+    def label(value: Any) -> str:
+        return label_text(value, names)
+
+    def class_name(value: Any) -> str:
+        # Thumbnail captions are short: the name alone.
+        return names[value] if isinstance(value, int) and 0 <= value < len(names) else str(value)
+
+    curve = png_data_uri(learning_curve_png(rounds, f"{name}: test accuracy"))
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>baldflow report: {html.escape(name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>baldflow campaign <code>{html.escape(name)}</code></h1>",
-        f"<p class='note'>workspace {html.escape(str(ws.root))}; {len(rounds)} completed "
-        f"round(s), {len(ledger)} labeled samples. Every round is the git tag "
-        f"<code>{html.escape(name)}/round-NNNN</code>.</p>",
+        f"<p class='note'>workspace {html.escape(str(ws.root))}; "
+        f"{html.escape(rounds_done_text(ws.completed_rounds(name)))}, {len(ledger)} labeled "
+        f"samples. Every round is the git tag <code>{html.escape(name)}/round-NNNN</code>.</p>",
         "<h2>Learning curve</h2>",
         f"<img alt='learning curve' src='{curve}'>",
         "<h2>Rounds</h2>",
-        _table_html(
-            rounds,
-            ["round", "train_size", "labeled", "acquired", "test_accuracy", "seconds_acquisition"],
-        ),
+        "<p class='note'>Round r's model is trained on the labeled set of round r-1 and "
+        "acquires the batch that makes round r's labeled count.</p>",
+        _rounds_html(rounds),
         "<h2>Acquisitions per round</h2>",
     ]
-    if image_note:
-        parts.append(f"<p class='note'>{html.escape(image_note)}</p>")
+    if pool.note:
+        parts.append(f"<p class='note'>{html.escape(pool.note)}</p>")
     by_round: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
     for row in ledger:
         by_round[row["round"]].append(row)
@@ -237,13 +403,12 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
             f"<div class='round'><h3>Round {round_index}: {len(batch)} sample(s) by "
             f"{html.escape(batch[0]['strategy'])}</h3>"
         )
-        parts.append(_histogram_html(dict(counts)))
-        if images is not None:
-            picks = [r for r in batch if r["sample_id"] in row_of]
-            rows = [row_of[r["sample_id"]] for r in picks]
-            sheet = contact_sheet(
-                images[rows], [f"{r['sample_id']}: {r['label']}" for r in picks], columns=10
-            )
+        parts.append(_histogram_html(dict(counts), names))
+        if pool.images is not None:
+            picks = [r for r in batch if r["sample_id"] in pool.row_of]
+            rows = [pool.row_of[r["sample_id"]] for r in picks]
+            captions = [f"{r['sample_id']}: {class_name(r['label'])}" for r in picks]
+            sheet = contact_sheet(pool.images[rows], captions, columns=10)
             parts.append(
                 f"<img alt='round {round_index} acquisitions' src='{png_data_uri(sheet)}'>"
             )
@@ -251,6 +416,7 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
             _table_html(
                 batch,
                 ["rank", "sample_id", "label", "score", "selection_probability", "labeled_by"],
+                formats={"label": label},
             )
         )
         parts.append("</div>")
@@ -258,7 +424,8 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
     parts.append(
         _table_html(
             ledger,
-            [*ACQUISITION_COLUMNS, "labeled_by", "mlflow_run_id"],
+            [*LEDGER_COLUMNS, "labeled_by", "mlflow_run_id"],
+            formats={"label": label},
         )
     )
     parts.append("</body></html>")

@@ -1,14 +1,28 @@
-"""Small images of pool samples: a contact sheet for people who label, thumbnails for reports."""
+"""Small images of pool samples: a contact sheet for people who label, thumbnails for reports.
+
+Drawn with Pillow and numpy: a sheet of 10 tiles takes milliseconds, where matplotlib took
+about 0.3 s per sheet (most of a report's time).
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from baldflow.common import printable
+
+# Tile geometry in pixels: the image is scaled (nearest neighbour, whole factors) into a square
+# of IMAGE_PX, with a caption line above it.
+IMAGE_PX = 88
+TILE_PX = 112
+CAPTION_PX = 16
+FONT_PX = 11
+# Longer captions are cut in the middle; the tile's width may cut them further.
+CAPTION_CHARS = 24
 
 
 def is_image_batch(x: Any) -> bool:
@@ -17,7 +31,7 @@ def is_image_batch(x: Any) -> bool:
 
 
 def _displayable(image: Any):
-    """One normalised [C, H, W] image as an [H, W] or [H, W, 3] array in 0..1.
+    """One normalised [C, H, W] image as an [H, W] or [H, W, 3] uint8 array.
 
     Each image is stretched to its own min..max: the pool was standardised, and per-image
     contrast is what a person needs to recognise it.
@@ -27,11 +41,8 @@ def _displayable(image: Any):
     array = np.asarray(image, dtype=np.float64)
     low, high = float(array.min()), float(array.max())
     array = (array - low) / (high - low) if high > low else np.zeros_like(array)
-    return array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0))
-
-
-# A tile is about 1.3 inches wide: longer captions would run over their neighbours.
-CAPTION_CHARS = 24
+    array = array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0))
+    return np.rint(array * 255.0).astype(np.uint8)
 
 
 def caption_text(caption: Any, limit: int = CAPTION_CHARS) -> str:
@@ -44,37 +55,88 @@ def caption_text(caption: Any, limit: int = CAPTION_CHARS) -> str:
     return text[:head] + "\u2026" + text[len(text) - (limit - 1 - head) :]
 
 
+@functools.lru_cache(maxsize=8)
+def font(size: int = FONT_PX):
+    """DejaVu Sans at `size` pixels (matplotlib ships it, so the glyphs match its figures; found
+    without importing matplotlib), else the system's copy, else Pillow's built-in font."""
+    import importlib.util
+
+    from PIL import ImageFont
+
+    candidates = []
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin:
+        mpl_data = Path(spec.origin).parent / "mpl-data"
+        candidates.append(mpl_data / "fonts" / "ttf" / "DejaVuSans.ttf")
+    candidates.append(Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"))
+    for path in candidates:
+        if path.is_file():
+            try:
+                return ImageFont.truetype(str(path), size)
+            except OSError:
+                continue
+    return ImageFont.load_default(size)
+
+
+def _fitted_caption(draw: Any, caption: Any, width: int) -> str:
+    """The caption cut (in the middle) until it fits `width` pixels."""
+    caption_font = font()
+    limit = CAPTION_CHARS
+    text = caption_text(caption, limit)
+    while limit > 3 and draw.textlength(text, font=caption_font) > width:
+        limit -= 1
+        text = caption_text(caption, limit)
+    return text
+
+
+def _tile_image(image: Any):
+    """The image as a PIL image that fits IMAGE_PX square: small images enlarged by a whole
+    factor (crisp pixels), large ones reduced."""
+    from PIL import Image
+
+    pixels = _displayable(image)
+    picture = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+    side = max(picture.size)
+    if side <= IMAGE_PX:
+        factor = max(1, IMAGE_PX // side)
+        return picture.resize(
+            (picture.width * factor, picture.height * factor), Image.Resampling.NEAREST
+        )
+    scale = IMAGE_PX / side
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return picture.resize(size, Image.Resampling.LANCZOS)
+
+
 def contact_sheet(
     images: Any, captions: Sequence[str], path: str | Path | None = None, *, columns: int = 10
 ) -> bytes:
     """A grid of the images with their captions as PNG bytes (also written to `path`).
 
-    Captions are users' ids, drawn as plain text: `$...$` is not read as mathtext (a bad
-    expression would fail the whole sheet), and glyphs the font lacks (emoji) draw as boxes.
+    Captions are users' ids, drawn as plain text (no markup or mathtext is read in them);
+    glyphs the font lacks (emoji) draw as boxes.
     """
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from PIL import Image, ImageDraw
 
     n = len(captions)
     cols = max(1, min(columns, n))
     rows = max(1, -(-n // cols))
-    fig = Figure(figsize=(1.3 * cols, 1.5 * rows), dpi=80)
-    for i in range(rows * cols):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.set_axis_off()
-        if i < n:
-            picture = _displayable(images[i])
-            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
-            ax.set_title(caption_text(captions[i]), fontsize=8, parse_math=False)
+    row_px = CAPTION_PX + IMAGE_PX + 8
+    sheet = Image.new("RGB", (cols * TILE_PX, rows * row_px), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i in range(n):
+        left, top = (i % cols) * TILE_PX, (i // cols) * row_px
+        text = _fitted_caption(draw, captions[i], TILE_PX - 4)
+        draw.text((left + TILE_PX / 2, top + 2), text, fill="black", font=font(), anchor="ma")
+        picture = _tile_image(images[i])
+        sheet.paste(
+            picture,
+            (
+                left + (TILE_PX - picture.width) // 2,
+                top + CAPTION_PX + (IMAGE_PX - picture.height) // 2,
+            ),
+        )
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        fig.tight_layout()
-        fig.savefig(buffer, format="png")
+    sheet.save(buffer, format="PNG")
     data = buffer.getvalue()
     if path is not None:
         Path(path).write_bytes(data)
