@@ -142,9 +142,10 @@ def check_device(device: str) -> None:
             )
         count = torch.cuda.device_count()
         if chosen.index is not None and chosen.index >= count:
+            have = "only cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
             raise PreflightError(
-                f"training.device is {device!r} but this machine has {count} CUDA device(s), "
-                f"cuda:0 to cuda:{count - 1}; fix: --set training.device=cuda:0"
+                f"training.device is {device!r} but this machine has {have}; "
+                "fix: --set training.device=cuda:0"
             )
     elif chosen.type == "mps":
         if not torch.backends.mps.is_available():
