@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from baldflow.common import from_spreadsheet, printable, short_repr, utc_now
+from baldflow.faults import fault_point
 from baldflow.labeling.handoff import LABELS_FIELDS, HandOff
 
 # How many offending rows an error message lists before it summarises the rest.
@@ -170,6 +171,7 @@ def import_labels(
         if sid in merged:
             writer.writerow({k: merged[sid][k] for k in LABELS_FIELDS})
     handoff.write_imported(pending.round, buffer.getvalue())
+    fault_point("import:labels-written", pending.round)
     return ImportResult(pending.round, added, len(merged), len(pending.sample_ids))
 
 

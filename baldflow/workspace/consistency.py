@@ -101,7 +101,7 @@ def check_campaign(
 
     rows = _check_ledger(ws, campaign, committed, problems)
     ledger_now = ws.ledger_path(campaign).read_bytes() if ws.ledger_path(campaign).exists() else b""
-    md5_at = _check_versions(ws, campaign, committed, rows, ledger_now, problems)
+    md5_at = _check_versions(ws, campaign, commits, rows, ledger_now, problems)
     summary = _check_rounds_file(ws, campaign, committed, md5_at, problems)
     _check_working_copy(ws, campaign, problems)
     _check_mlflow(
@@ -132,21 +132,21 @@ def check_history(workspace_root: str | Path, campaign: str) -> list[str]:
         return [f"{root} is not a baldflow workspace"]
     ws = Workspace(root)
     problems: list[str] = []
-    committed = sorted(_check_tags(ws, campaign, problems, untagged_newest_ok=True))
+    commits = _check_tags(ws, campaign, problems, untagged_newest_ok=True)
+    committed = sorted(commits)
     if not committed:
         return problems
-    import dvc.api
 
     rel = f"{DATA_DIR}/{campaign}/{LEDGER_FILE}"
     newest = round_tag(campaign, committed[-1])
     try:
-        ledger_then = dvc.api.read(rel, repo=str(ws.root), rev=newest, mode="rb")
+        ledger_then = _read_version(ws, newest, commits[committed[-1]], rel)
     except Exception as exc:  # noqa: BLE001 (DVC raises many kinds; all mean "missing")
         return [*problems, f"{rel} cannot be read through DVC at {newest}: {exc}"]
     rows = _parse_ledger(ledger_then.decode("utf-8"), problems, f"the ledger at {newest}")
     if rows is not None:
         _check_rows(rows, campaign, committed, problems, f"the ledger at {newest}")
-    _check_versions(ws, campaign, committed, rows, ledger_then, problems)
+    _check_versions(ws, campaign, commits, rows, ledger_then, problems)
     return problems
 
 
@@ -327,10 +327,27 @@ def _difference(found: Sequence[tuple], expected: Sequence[tuple]) -> str:
 
 
 # ------------------------------------------------------------------------------- DVC
+# What DVC returned for a file at a commit, by (workspace, commit, path). A commit is
+# immutable and its .dvc files name the content by md5, so reading it once per process is
+# enough: the crash tests check the same workspace after every fault, and without this each
+# check would read every earlier round again (two DVC reads per tag).
+_VERSIONS: dict[tuple[str, str, str], bytes] = {}
+
+
+def _read_version(ws: Workspace, tag: str, commit: str, rel: str) -> bytes:
+    """`rel` as DVC versioned it at `tag` (whose commit is `commit`), read through dvc.api."""
+    import dvc.api
+
+    key = (str(ws.root), commit, rel)
+    if key not in _VERSIONS:
+        _VERSIONS[key] = dvc.api.read(rel, repo=str(ws.root), rev=tag, mode="rb")
+    return _VERSIONS[key]
+
+
 def _check_versions(
     ws: Workspace,
     campaign: str,
-    committed: list[int],
+    commits: dict[int, str],
     rows: list[_Row] | None,
     ledger_now: bytes,
     problems: list[str],
@@ -340,17 +357,16 @@ def _check_versions(
     `rows` and `ledger_now` are the newest ledger (parsed and as bytes) that every tag's
     versions must agree with.
     """
-    import dvc.api
 
     rel = f"{DATA_DIR}/{campaign}"
     remote = _local_remote(ws)
     md5_at: dict[int, str] = {}
-    for round_index in committed:
+    for round_index, commit in sorted(commits.items()):
         tag = round_tag(campaign, round_index)
         blobs = {}
         for name in (LABELED_FILE, LEDGER_FILE):
             try:
-                blobs[name] = dvc.api.read(f"{rel}/{name}", repo=str(ws.root), rev=tag, mode="rb")
+                blobs[name] = _read_version(ws, tag, commit, f"{rel}/{name}")
             except Exception as exc:  # noqa: BLE001 (DVC raises many kinds; all mean "missing")
                 problems.append(f"{rel}/{name} cannot be read through DVC at {tag}: {exc}")
         labeled_blob = blobs.get(LABELED_FILE)
