@@ -176,15 +176,16 @@ def _start(config: Config, ws: Workspace, logger: Any) -> CampaignRun:
     crashed = tasks.close_stale_flow_runs(str(ws.root), flow_run_id)
     if crashed:
         logger.warning("marked %d flow run(s) of a killed process as Crashed", crashed)
+    # Data and oracle first: a data source that fails must not leave a parent run RUNNING.
+    data = tasks.prepare_data(config)
+    handoff = HandOff(ws.campaign_dir(name), name)
+    oracle = tasks.make_oracle(config, quote(data), quote(handoff))
     tracker = tracker_for(config.tracking.mlflow_uri, config.tracking.experiment, ws)
     parent_run_id, notes = tasks.start_campaign_tracking(
         quote(tracker), name, config.to_dict(), quote(committed_tracking(ws, name))
     )
     for note in notes:
         logger.warning("%s", note)
-    data = tasks.prepare_data(config)
-    handoff = HandOff(ws.campaign_dir(name), name)
-    oracle = tasks.make_oracle(config, quote(data), quote(handoff))
     return CampaignRun(
         config, ws, tracker, handoff, data, oracle, parent_run_id, flow_run_id, logger
     )
