@@ -50,7 +50,7 @@ INVARIANTS = (
     "the ledger has no sample twice, is in round order and covers exactly the committed rounds",
     "labeled.csv in the working tree equals the labeled set the ledger implies",
     "the labeled set read through DVC (dvc.api.read) at each round tag equals the ledger up to "
-    "that round, and the ledger at each tag is a prefix of today's (append-only)",
+    "that round, and the ledger at each tag is a prefix of the newest one (append-only)",
     "each ledger row's labeled_set_md5 is the md5 of the labeled set DVC versioned at its tag",
     "every version at a tag is in the local DVC remote (it was pushed)",
     "rounds.csv has one row per committed round, matching the tag's labeled-set md5",
