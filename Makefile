@@ -20,6 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: env
 	$(BIN)/baldflow run --workspace baldflow-workspace
+	@echo "(make does not activate $(VENV): to type baldflow, mlflow, prefect or dvc by name in this shell, run: source $(BIN)/activate)"
 
 lint: env
 	$(BIN)/ruff check baldflow flows tasks tests benchmarks
