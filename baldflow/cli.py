@@ -267,9 +267,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not Workspace.is_workspace(ws_root):
         params_text = Path(args.config).read_text() if args.config else dump_yaml(config)
         Workspace.init(ws_root, params_text=params_text).close()
+    _say_where_on_interrupt(ws_root, config.campaign.name, config.campaign.rounds)
     # Take the lock before starting Prefect's server: a second writer fails in a second or two.
     with workspace_lock(ws_root):
         offline_environment(ws_root)
+        from baldflow.workspace.finished import finished_campaign
+
+        # Nothing to do is answered from the workspace: no server started, no flow run recorded.
+        finished = finished_campaign(ws_root, config)
+        if finished is not None:
+            print(
+                f"baldflow: campaign {config.campaign.name!r} in {ws_root} is complete: all "
+                f"{config.campaign.rounds} rounds are done (raise campaign.rounds to go on); "
+                "nothing was run or recorded",
+                flush=True,
+            )
+            _print_run_summary(_finished_result(ws_root, finished))
+            return 0
         # One line per round from the flow is the progress report; the "Finished in state
         # Completed()" line of each task would bury it (task states stay visible in the UI).
         os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
@@ -279,6 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{config.acquisition.batch_size}); starting Prefect...",
             flush=True,
         )
+        _start_prefect_api(ws_root)
         from baldflow.flows.campaign import campaign_flow
 
         result = campaign_flow(
@@ -625,6 +640,72 @@ def _prepare_prefect(ws_root: Path) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
 
 
+def _start_prefect_api(ws_root: Path) -> None:
+    """The configured Prefect API, else a temporary server of ours for this command.
+
+    Call after _prepare_prefect and before anything imports prefect. The server runs in its
+    own session, so a Ctrl-C cannot kill it under the run while the run still records how it
+    ended, and it is stopped by PID however the command ends (see baldflow.stack). If it dies
+    anyway, the command stops within seconds with one line instead of retrying it for minutes.
+    """
+    from baldflow.stack.interrupts import active
+    from baldflow.stack.prefect_server import use_prefect_api
+
+    server = use_prefect_api(os.environ.get("PREFECT_HOME") or ws_root / ".prefect")
+    if server is None:
+        return
+    print(
+        f"baldflow: temporary Prefect server on {server.url} "
+        f"(ready in {server.startup_seconds:.1f} s)",
+        flush=True,
+    )
+    handler = active()
+    if handler is not None:
+        server.watch(
+            lambda status: handler.abort(
+                f"the temporary Prefect server on {server.url} stopped unexpectedly (exit "
+                f"status {status}; its log: {server.log_path})"
+            )
+        )
+
+
+def _say_where_on_interrupt(ws_root: Path, campaign: str, rounds: int) -> None:
+    """Make a Ctrl-C, SIGTERM or a dead server end with one line on where the campaign stands."""
+    from baldflow.stack.interrupts import active
+
+    handler = active()
+    if handler is not None:
+        handler.describe = lambda: _where_campaign_stands(ws_root, campaign, rounds)
+
+
+def _where_campaign_stands(ws_root: Path, campaign: str, rounds: int) -> str:
+    from baldflow.workspace import Workspace
+
+    # The tags are what the next run resumes from (it also repairs whatever the stop left).
+    last = Workspace(ws_root).last_round(campaign)
+    if last is None:
+        return f"campaign {campaign!r} stopped during round 0; no round is completed yet"
+    if last >= rounds:
+        return f"campaign {campaign!r} stopped; all its {rounds} rounds are completed"
+    return (
+        f"campaign {campaign!r} stopped during round {last + 1}; round {last} is the last "
+        "completed; run again to resume"
+    )
+
+
+def _finished_result(ws_root: Path, finished) -> dict:
+    """The result record of a finished campaign as the run summary reads it, from the workspace."""
+    return {
+        "campaign": finished.campaign,
+        "workspace": str(ws_root),
+        "stopped": "rounds",
+        "last_round": finished.last_round,
+        "rounds": finished.rounds,
+        "timings": [],
+        "tracking_uri": finished.tracking_uri,
+    }
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     import getpass
 
@@ -656,7 +737,11 @@ def cmd_label(args: argparse.Namespace) -> int:
             print("batch complete; the next `baldflow cycle`, scheduled cycle or run completes it")
             return 0
         _prepare_prefect(ws_root)
+        rounds = (pending.params.get("campaign") or {}).get("rounds")
+        if rounds is not None:
+            _say_where_on_interrupt(ws_root, handoff.campaign, int(rounds))
         print("batch complete; completing the round (version, track)...", flush=True)
+        _start_prefect_api(ws_root)
         from baldflow.flows.cycle import cycle_flow
 
         outcome = cycle_flow(workspace=str(ws_root), params=pending.params)
@@ -683,9 +768,9 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     ws_root = _ws_root(args)
     # Before anything imports prefect: it reads its settings once, at import.
     _prepare_prefect(ws_root)
-    from baldflow.flows.cycle import load_cycle_config
-
-    config = load_cycle_config(ws_root, args.config, args.overrides)
+    # What flows.cycle.load_cycle_config reads (--config, else the workspace's params.yaml),
+    # without importing the flow: prefect must not be imported before its API is chosen.
+    config = _resolve_config(args, ws_root)
     from baldflow.preflight import check as preflight  # one-line errors before any server
 
     preflight(config, ws_root)
@@ -695,6 +780,25 @@ def cmd_cycle(args: argparse.Namespace) -> int:
         from baldflow.config import dump_yaml
 
         Workspace.init(ws_root, params_text=dump_yaml(config)).close()
+    _say_where_on_interrupt(ws_root, config.campaign.name, config.campaign.rounds)
+    from baldflow.workspace import WorkspaceLockedError, workspace_lock
+    from baldflow.workspace.finished import finished_campaign
+
+    # Nothing to do is answered from the workspace: no server started, no flow run recorded.
+    # A busy workspace goes on to the flow, which records the skipped trigger as before.
+    finished = None
+    try:
+        with workspace_lock(ws_root):
+            finished = finished_campaign(ws_root, config)
+    except WorkspaceLockedError:
+        pass
+    if finished is not None:
+        print(
+            f"campaign {finished.campaign}: last completed round {finished.last_round} (all "
+            f"{finished.last_round} rounds were done already; nothing was run or recorded)"
+        )
+        return 0
+    _start_prefect_api(ws_root)
     from baldflow.flows.cycle import cycle_flow
 
     result = cycle_flow(workspace=str(ws_root), params=config.to_dict())
@@ -749,20 +853,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    import subprocess
+    import time
 
+    from baldflow.stack.interrupts import active
+    from baldflow.stack.prefect_server import PrefectServer
     from baldflow.workspace import offline_environment
 
     ws_root = _ws_root(args)
     ws_root.mkdir(parents=True, exist_ok=True)
     # The workspace's Prefect home: the UI then also shows runs of the temporary servers.
     offline_environment(ws_root)
-    url = f"http://127.0.0.1:{args.port}"
-    print(f"Prefect server for {ws_root} on {url} (UI: {url}, API: {url}/api)")
-    print(f"in another shell: export PREFECT_API_URL={url}/api", flush=True)
-    command = [sys.executable, "-m", "prefect", "server", "start"]
-    command += ["--host", "127.0.0.1", "--port", str(args.port)]
-    return subprocess.call(command)
+    # Its output stays on this terminal, as `prefect server start`'s would. It runs in its own
+    # session: Ctrl-C and SIGTERM reach baldflow, which stops it by PID (PrefectServer also
+    # points its UI at this port: Prefect's default is 4200 whatever --port says).
+    server = PrefectServer(
+        os.environ["PREFECT_HOME"], port=args.port, startup_timeout=300, log_to_file=False
+    )
+    url = server.url
+    handler = active()
+    if handler is not None:
+        handler.describe = lambda: f"Prefect server on {url} stopped"
+    try:
+        server.start()
+        print(f"Prefect server for {ws_root} on {url} (UI: {url}, API: {url}/api)")
+        print(f"in another shell: export PREFECT_API_URL={url}/api", flush=True)
+        while server.running():
+            time.sleep(0.5)
+    finally:
+        status = server.stop()
+    print(f"baldflow: the Prefect server on {url} exited by itself (status {status})")
+    return EXIT_ERROR
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -911,14 +1031,52 @@ def report_error(exc: BaseException) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
+    from baldflow.stack import ProcessStartError
+    from baldflow.stack.interrupts import InterruptHandler
+
     args = build_parser().parse_args(argv)
+    # Ctrl-C, SIGTERM, SIGHUP: one line on where things stand, exit 128+signal, servers stopped
+    # (baldflow.stack.interrupts). `serve` leaves them to Prefect's runner, which pauses its
+    # schedule on them.
+    handler = InterruptHandler() if args.command != "serve" else None
     try:
-        return COMMANDS[args.command](args)
-    except Exception as exc:
-        code = report_error(exc)
-        if code is None:
-            raise
-        return code
+        with handler if handler is not None else contextlib.nullcontext():
+            try:
+                code = COMMANDS[args.command](args)
+                sys.stdout.flush()  # a reader that went away shows here, not at exit
+                return code
+            except BrokenPipeError:
+                raise
+            except ProcessStartError as exc:
+                print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                return EXIT_ERROR
+            except Exception as exc:
+                code = report_error(exc)
+                if code is None:
+                    raise
+                return code
+    except KeyboardInterrupt:
+        if handler is None:
+            print("baldflow: interrupted", file=sys.stderr)
+            return 130
+        return handler.report()
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`baldflow diff ... | head`): end quietly, as Unix tools
+    do, with the status of a process ended by SIGPIPE."""
+    import contextlib
+
+    # Python's recipe: stdout onto /dev/null, so the interpreter's last flush raises nothing.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + 13  # SIGPIPE
 
 
 if __name__ == "__main__":

@@ -1,0 +1,218 @@
+"""A Prefect server that baldflow starts itself (`prefect server start` on 127.0.0.1), owned by
+one object that waits for /api/health and stops it by PID.
+
+Prefect's own temporary server is a plain child of the run: a Ctrl-C in the terminal reaches
+it too, it dies first, and the run's client then retries the dead address for minutes. This one
+runs in its own session (see baldflow.stack.process), so it outlives the interrupt long enough
+for the run to record how it ended, and stops only when the run is done with it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
+
+HOST = "127.0.0.1"
+LOG_NAME = "baldflow-server.log"
+
+
+class PrefectServerError(ProcessStartError):
+    """The Prefect server exited or did not answer /api/health in time."""
+
+
+class _PortTakenError(PrefectServerError):
+    pass
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API the user chose: $PREFECT_API_URL, else the one a Prefect already
+    imported in this process uses (a test harness, a profile), else None."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    settings = sys.modules.get("prefect.settings")
+    if settings is not None:
+        try:
+            return settings.PREFECT_API_URL.value() or None
+        except Exception:  # noqa: BLE001 (a broken profile: let Prefect itself complain)
+            return None
+    return None
+
+
+def _healthy(url: str) -> bool:
+    # No proxies: a proxy from the environment must not answer for a server on loopback.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class PrefectServer:
+    """`python -m prefect server start --host 127.0.0.1 --port PORT` with its database in
+    `home` (PREFECT_HOME), its output in `home`/baldflow-server.log (or, `log_to_file=False`,
+    wherever this process's output goes).
+
+    `temporary=True` is the server of one command: no UI (nobody can open it before it is
+    gone) and no scheduler or late-run marking (a command's server must not start or flag
+    scheduled runs of the workspace's deployments behind the user's back, and Prefect's own
+    temporary server refuses to schedule too). Without a port, a free one is picked (and
+    another one if it is taken before the server binds it).
+    """
+
+    def __init__(
+        self,
+        home: str | Path,
+        *,
+        port: int | None = None,
+        temporary: bool = False,
+        startup_timeout: float = 90.0,
+        env: Mapping[str, str] | None = None,
+        log_to_file: bool = True,
+    ):
+        self.home = Path(home)
+        self.log_to_file = log_to_file
+        self.port = port
+        self.temporary = temporary
+        self.startup_timeout = startup_timeout
+        self.env = dict(env) if env is not None else None
+        self.process: ManagedProcess | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / LOG_NAME
+
+    def environment(self, port: int) -> dict[str, str]:
+        env = dict(os.environ if self.env is None else self.env)
+        url = f"http://{HOST}:{port}"
+        env["PREFECT_HOME"] = str(self.home)
+        env["PREFECT_SERVER_API_HOST"] = HOST
+        env["PREFECT_SERVER_API_PORT"] = str(port)
+        # Its own address for whatever in the server acts as a client, whatever the shell
+        # exported for other servers.
+        env["PREFECT_API_URL"] = f"{url}/api"
+        # The page asks /ui-settings where the API is; unset, Prefect 3.8 answers from
+        # PREFECT_API_URL, else PREFECT_SERVER_API_HOST/PORT (4200 by default), not from
+        # --port. A URL the user set (a reverse proxy in front) is theirs to keep.
+        if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
+            env["PREFECT_SERVER_UI_API_URL"] = f"{url}/api"
+        return env
+
+    def command(self, port: int) -> list[str]:
+        argv = [sys.executable, "-m", "prefect", "server", "start"]
+        argv += ["--host", HOST, "--port", str(port)]
+        if self.temporary:
+            argv += ["--no-ui", "--no-scheduler", "--no-late-runs"]
+        return argv
+
+    def start(self) -> PrefectServer:
+        """Start it and wait until /api/health answers; raises PrefectServerError if not."""
+        started = time.monotonic()
+        chosen = self.port
+        for _attempt in range(3):
+            port = chosen if chosen is not None else free_port(HOST)
+            process = ManagedProcess(
+                f"prefect server on {HOST}:{port}",
+                self.command(port),
+                env=self.environment(port),
+                log_path=self.log_path if self.log_to_file else None,
+            )
+            self.port, self.process = port, process
+            process.start()
+            try:
+                self._wait_healthy(process, started + self.startup_timeout)
+            except _PortTakenError:
+                process.stop()
+                if chosen is not None:
+                    raise
+                continue
+            except BaseException:
+                # Interrupted or failed while starting: it must not outlive this call.
+                process.stop()
+                raise
+            self.startup_seconds = time.monotonic() - started
+            return self
+        raise PrefectServerError(f"no free port for a Prefect server on {HOST} after 3 tries")
+
+    def _wait_healthy(self, process: ManagedProcess, deadline: float) -> None:
+        health = f"{self.api_url}/health"
+        while not _healthy(health):
+            if not process.running():
+                status = process.returncode()
+                tail = process.log_tail()
+                error = _PortTakenError if "already in use" in tail else PrefectServerError
+                where = f"; the end of {self.log_path}:\n{tail}" if self.log_to_file else ""
+                raise error(
+                    f"the Prefect server on {HOST}:{self.port} exited with status {status} "
+                    f"before it answered{where}"
+                )
+            if time.monotonic() > deadline:
+                raise PrefectServerError(
+                    f"the Prefect server on {HOST}:{self.port} did not answer {health} within "
+                    f"{self.startup_timeout:.0f} s"
+                    + (f"; see {self.log_path}" if self.log_to_file else "")
+                )
+            time.sleep(0.1)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.running()
+
+    def watch(self, on_exit: Callable[[int | None], None], interval: float = 0.5) -> None:
+        """Call `on_exit(status)` from a watcher thread if the server exits before anyone
+        asked it to stop (killed, crashed): its users would otherwise retry it for minutes."""
+        process = self.process
+        if process is None:
+            raise PrefectServerError("watch() needs a started server")
+
+        def loop() -> None:
+            while process.running():
+                time.sleep(interval)
+            if not process.stopping:
+                on_exit(process.returncode())
+
+        threading.Thread(target=loop, name="baldflow-prefect-server-watch", daemon=True).start()
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        if self.process is None:
+            return None
+        return self.process.stop(timeout)
+
+    def __enter__(self) -> PrefectServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def use_prefect_api(home: str | Path) -> PrefectServer | None:
+    """Give this process a Prefect API for the rest of its life, before it imports prefect.
+
+    With an API configured already ($PREFECT_API_URL, or a Prefect imported in this process
+    whose settings can no longer change), that one is used and nothing is started: None. Else
+    a temporary server of ours is started with its database in `home`, PREFECT_API_URL points
+    at it (for this process and the ones it starts), and it is stopped when this process exits,
+    whichever way (see baldflow.stack.process), after Prefect has sent its last logs to it.
+    """
+    if configured_api_url() is not None or "prefect" in sys.modules:
+        return None
+    server = PrefectServer(home, temporary=True).start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    return server

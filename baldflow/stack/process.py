@@ -1,0 +1,212 @@
+"""A child process baldflow owns: started in its own session, stopped by PID on every way out.
+
+Its own session (and so its own process group) keeps the terminal's Ctrl-C, which goes to the
+whole foreground process group, away from it: only its owner decides when it stops, so a
+server cannot die under a run that is still cleaning up. Every way out of the owner stops it:
+`stop()` where the owner is done with it, an atexit hook for normal exits, exceptions, Ctrl-C
+and closed pipes, `kill_all_now()` for a forced exit, and on Linux the kernel's parent-death
+signal (see baldflow.stack._launch) when the owner is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+# RLock: a signal handler that stops everything runs on the main thread, which may be inside
+# stop() already when the signal arrives.
+_lock = threading.RLock()
+_live: list[ManagedProcess] = []
+_atexit_registered = False
+
+
+class ProcessStartError(RuntimeError):
+    """A managed process could not be started or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the caller retries if it is taken meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _register(process: ManagedProcess) -> None:
+    global _atexit_registered
+    with _lock:
+        _live.append(process)
+        if not _atexit_registered:
+            # Registered before the owner imports prefect, so it runs after Prefect's own exit
+            # hooks (atexit is last in, first out) and after its log and event queues drained
+            # (those drain at thread shutdown, before atexit): a server stopped earlier would
+            # make them retry a dead address for minutes.
+            atexit.register(stop_all)
+            _atexit_registered = True
+
+
+def _unregister(process: ManagedProcess) -> None:
+    with _lock:
+        if process in _live:
+            _live.remove(process)
+
+
+def live_processes() -> list[ManagedProcess]:
+    with _lock:
+        return list(_live)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _exit_info(pid: int) -> os.waitid_result | None | bool:
+    """The child's exit as waitid reports it, without reaping it: while it is a zombie its
+    PID, and so its process group id, cannot be reused, so signalling the group cannot hit a
+    stranger (nor later, while any member of the group lives: the kernel keeps a group's id
+    taken). None while it runs; True when it was reaped already."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+
+
+def _exited(pid: int) -> bool:
+    return _exit_info(pid) is not None
+
+
+class ManagedProcess:
+    """One command run as a child in its own session; `stop()` ends it and its whole group.
+
+    Output is appended to `log_path`; without one it goes where the owner's goes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        log_path: str | Path | None = None,
+    ):
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.process: subprocess.Popen | None = None
+        # Set once its owner asks it to stop: an exit after that is no surprise.
+        self.stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> ManagedProcess:
+        if self.process is not None:
+            raise ProcessStartError(f"{self.name} was started already (pid {self.pid})")
+        argv = self.argv
+        if sys.platform.startswith("linux"):
+            argv = [sys.executable, "-m", "baldflow.stack._launch", str(os.getpid()), "--", *argv]
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = self.log_path.open("ab")
+        else:
+            out = None
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ProcessStartError(f"could not start {self.name}: {exc}") from exc
+        finally:
+            if out is not None:
+                out.close()  # the child has its own copy
+        _register(self)
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and not _exited(self.process.pid)
+
+    def returncode(self) -> int | None:
+        """Its exit status once it has exited, as Popen gives it (-N: killed by signal N)."""
+        if self.process is None:
+            return None
+        if self.process.returncode is not None:
+            return self.process.returncode
+        info = _exit_info(self.process.pid)
+        if not isinstance(info, os.waitid_result):
+            return None
+        if info.si_code == os.CLD_EXITED:
+            return info.si_status
+        return -info.si_status
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM to its process group, up to `timeout` s to exit, then SIGKILL; its status."""
+        self.stopping = True
+        with _lock:
+            proc = self.process
+            if proc is None:
+                return None
+            try:
+                if not _exited(proc.pid):
+                    _signal_group(proc.pid, signal.SIGTERM)
+                    deadline = time.monotonic() + timeout
+                    while not _exited(proc.pid) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                # Whatever is left of the group (the leader, or children it started) goes now.
+                _signal_group(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+            finally:
+                _unregister(self)
+            return proc.returncode
+
+    def kill_now(self) -> None:
+        """SIGKILL to its group without waiting for anything: for an exit that cannot wait."""
+        self.stopping = True
+        proc = self.process
+        if proc is not None and proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired, ChildProcessError):
+                proc.wait(timeout=1)
+        _unregister(self)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_all(timeout: float = 5.0) -> None:
+    """Stop every process still running that this process started (newest first)."""
+    for process in reversed(live_processes()):
+        with contextlib.suppress(Exception):  # one failure must not keep the others running
+            process.stop(timeout)
+
+
+def kill_all_now() -> None:
+    """SIGKILL every managed process group: the forced exit, when there is no time to wait.
+
+    Takes no lock: the main thread may hold it, stuck in a stop() that is why we force.
+    """
+    for process in reversed(list(_live)):
+        with contextlib.suppress(Exception):
+            process.kill_now()

@@ -1,0 +1,129 @@
+"""Whether a campaign has nothing left to do, decided from the workspace alone (git tags, the
+hand-off folder, the MLflow store read as a file), so re-running a finished campaign answers
+in about a second with no Prefect server and no flow run recorded.
+
+Only a sure "nothing to do" counts: anything that a run would still repair (a round a killed
+run left, a batch people labeled, an MLflow run a stopped run left unfinished) or that cannot be
+checked cheaply (a tracking server, an unknown store schema) goes the usual way, through the
+flow, which repairs it and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from baldflow.workspace.repo import DATA_DIR, TO_LABEL_DIR, Workspace, WorkspaceError
+from baldflow.workspace.tracking import (
+    REQUIRED_ROUND_METRICS,
+    TAG_CAMPAIGN,
+    TAG_KIND,
+    TAG_WORKSPACE,
+    tracker_for,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """A campaign with all its rounds committed and their tracking complete."""
+
+    campaign: str
+    last_round: int
+    rounds: list[dict[str, str]]
+    tracking_uri: str
+
+
+def finished_campaign(workspace: str | Path, config: Any) -> Finished | None:
+    """The finished campaign of `config` in the workspace, or None when a run has work to do.
+
+    Raises ConfigError, as a run would, when the parameters differ from the campaign's own.
+    The caller holds the workspace lock, so no run changes the workspace meanwhile.
+    """
+    ws = Workspace(workspace)
+    name = config.campaign.name
+    if not Workspace.is_workspace(ws.root):
+        return None
+    last = ws.last_round(name)
+    if last is None or last < config.campaign.rounds:
+        return None
+    ws.check_campaign_params(name, config.identity())
+    # Files people labeled wait in the hand-off folder, whatever round they belong to.
+    to_label = ws.campaign_dir(name) / TO_LABEL_DIR
+    if any(to_label.glob("round-*.pending.json")):
+        return None
+    rel = f"{DATA_DIR}/{name}"
+    exclude = f":(exclude){rel}/{TO_LABEL_DIR}"
+    dirty = ws.git("status", "--porcelain", "--untracked-files=all", "--", rel, exclude)
+    if dirty.strip():
+        return None  # leftovers of a killed run: the flow's recovery discards them
+    try:
+        tracker = tracker_for(config.tracking.mlflow_uri, config.tracking.experiment, ws)
+    except WorkspaceError:
+        return None  # an old marker without an id: the flow gives it one
+    rounds = ws.rounds_summary(name)
+    committed = {
+        row["mlflow_run_id"] for row in rounds if int(row["round"]) > 0 and row.get("mlflow_run_id")
+    }
+    complete = tracking_complete(
+        tracker.tracking_uri, tracker.experiment, tracker.workspace_id, name, committed
+    )
+    if not complete:
+        return None
+    return Finished(name, last, rounds, tracker.tracking_uri)
+
+
+def tracking_complete(
+    tracking_uri: str, experiment: str, workspace_id: str, campaign: str, committed: set[str]
+) -> bool | None:
+    """Whether MLflow holds nothing for Tracker.repair or the campaign's end to do: every
+    committed round's run FINISHED with its metrics, no other round run RUNNING, the campaign
+    run FINISHED. None when it cannot tell cheaply (not a SQLite file, another schema).
+
+    Reads MLflow's SQLite file directly, read-only: importing mlflow alone takes longer than
+    the whole answer should.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return False  # committed rounds but no store: the flow recreates their runs
+    query = """
+        SELECT r.run_uuid, r.status, k.value
+        FROM runs r
+        JOIN experiments e ON e.experiment_id = r.experiment_id
+        JOIN tags w ON w.run_uuid = r.run_uuid AND w.key = ?
+        JOIN tags c ON c.run_uuid = r.run_uuid AND c.key = ?
+        JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = ?
+        WHERE e.name = ? AND w.value = ? AND c.value = ? AND r.lifecycle_stage = 'active'
+    """
+    try:
+        read_only = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(read_only, uri=True)) as db:
+            runs = db.execute(
+                query, (TAG_WORKSPACE, TAG_CAMPAIGN, TAG_KIND, experiment, workspace_id, campaign)
+            ).fetchall()
+            ids = [run_id for run_id, _, _ in runs]
+            metrics: dict[str, set[str]] = {}
+            marks = ",".join("?" * len(ids))
+            for run_id, key in db.execute(
+                f"SELECT run_uuid, key FROM latest_metrics WHERE run_uuid IN ({marks})", ids
+            ):
+                metrics.setdefault(run_id, set()).add(key)
+    except sqlite3.Error:
+        return None
+    parents = [status for _, status, kind in runs if kind == "campaign"]
+    if not parents or any(status != "FINISHED" for status in parents):
+        return False
+    required = set(REQUIRED_ROUND_METRICS)
+    for run_id, status, kind in runs:
+        if kind != "round":
+            continue
+        if run_id in committed:
+            if status != "FINISHED" or not required <= metrics.get(run_id, set()):
+                return False
+        elif status == "RUNNING":
+            return False
+    return True
