@@ -91,6 +91,9 @@ def test_a_retried_round_start_reuses_the_round_run(tracker):
     assert tracker.client.get_run(first).info.status == "RUNNING"
     assert tracker.round_run(parent, "c", 2, {"round": 2}) != first
     assert len(round_runs(tracker.tracking_uri, "c")) == 2
+    # The MLflow UI opens this experiment on its runs, not on an empty GenAI overview.
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_tracking_a_round_twice_logs_its_batch_once(tracker, tmp_path):

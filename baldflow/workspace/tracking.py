@@ -22,6 +22,7 @@ TAG_PARENT = "mlflow.parentRunId"
 # MLflow's own tag listing a run's table artifacts, which its UI reads to show them as tables.
 TAG_LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"
 ACQUIRED_TABLE = "acquired.json"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # The metrics without which a committed round's run is incomplete and gets repaired.
 REQUIRED_ROUND_METRICS = ("test_accuracy", "labeled_size")
 
@@ -68,7 +69,13 @@ def ensure_experiment(client: Any, experiment: str, artifact_root: Path | None) 
     if found is not None:
         return found.experiment_id
     location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-    return client.create_experiment(experiment, artifact_location=location)
+    # MLflow 3's UI opens an experiment of unknown kind on its GenAI overview ("No data");
+    # naming it a model-development experiment opens it on its runs.
+    return client.create_experiment(
+        experiment,
+        artifact_location=location,
+        tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+    )
 
 
 class Tracker:
