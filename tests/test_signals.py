@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -400,9 +401,20 @@ def test_a_finished_campaign_answers_from_the_workspace_and_records_nothing(
 
 
 # ------------------------------------------------------------------ baldflow server
-def test_server_ui_talks_to_its_own_port_and_stops_with_baldflow(tmp_path):
-    from baldflow.stack import free_port
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_ui_talks_to_its_own_port_and_stops_with_baldflow(tmp_path):
     workspace = tmp_path / "ws"
     home = workspace / ".prefect"
     for stop in ("SIGTERM", "SIGINT to the group"):
@@ -413,7 +425,7 @@ def test_server_ui_talks_to_its_own_port_and_stops_with_baldflow(tmp_path):
         proc = start(["server", "-w", str(workspace), "--port", str(port)], log, env)
         try:
             deadline = time.monotonic() + START_S
-            while "export PREFECT_API_URL" not in log.read_text():
+            while not healthy(f"http://127.0.0.1:{port}/api/health"):
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)

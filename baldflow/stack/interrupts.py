@@ -10,7 +10,6 @@ things stand is still printed.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import os
 import signal
@@ -65,6 +64,8 @@ class InterruptHandler:
         self.reported = False
         self.closing = False
         self._previous: dict[int, object] = {}
+        self._deadline_lock = threading.Lock()
+        self._deadline_started = False
 
     def __enter__(self) -> InterruptHandler:
         if threading.current_thread() is threading.main_thread():
@@ -90,11 +91,16 @@ class InterruptHandler:
         Meant for a server that died under the command: whatever still talks to it will only
         retry, hence the short deadline.
         """
-        if self.signum is not None or self.failure is not None:
-            return
+        if self.signum is not None or self.failure is not None or not self._previous:
+            return  # stopping already, or not installed (not the main thread: not ours to end)
         self.failure = failure
         self.grace_seconds = grace_seconds
-        _thread.interrupt_main()  # runs the SIGINT handler in the main thread
+        # The deadline starts now, from this thread: the main thread may be blocked in a call
+        # that only returns much later.
+        self._start_deadline()
+        # A real signal to the main thread, not _thread.interrupt_main: it also interrupts a
+        # blocking system call there. The SIGINT handler then raises KeyboardInterrupt.
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def line(self) -> str:
         """The line that says where things stand (never raises)."""
@@ -127,13 +133,19 @@ class InterruptHandler:
         if self.signum is not None:
             self.force_exit()  # a second signal: the user will not wait
         self.signum = signum
-        watchdog = threading.Thread(
-            target=self._watchdog, name="baldflow-interrupt-deadline", daemon=True
-        )
-        watchdog.start()
+        self._start_deadline()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Interrupted(signum)
+
+    def _start_deadline(self) -> None:
+        with self._deadline_lock:
+            if self._deadline_started:
+                return
+            self._deadline_started = True
+        threading.Thread(
+            target=self._watchdog, name="baldflow-interrupt-deadline", daemon=True
+        ).start()
 
     def _watchdog(self) -> None:
         time.sleep(self.grace_seconds)
