@@ -168,6 +168,8 @@ def resume_loses_nothing(workspace: Path, tmp_path: Path, api: str) -> None:
         timeout=START_S,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # With an API configured, baldflow starts no server of its own.
+    assert "temporary Prefect server" not in result.stdout + result.stderr
     ws = Workspace(workspace)
     assert ws.completed_rounds("tiny") == [0, 1, 2, 3, 4]
     ids = [r.sample_id for r in read_ledger(ws.ledger_path("tiny"))]
