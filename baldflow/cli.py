@@ -282,7 +282,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "nothing was run or recorded",
                 flush=True,
             )
-            _print_run_summary(_finished_result(ws_root, finished))
+            _print_run_summary(
+                _finished_result(ws_root, finished, config.tracking.experiment)
+            )
             return 0
         # One line per round from the flow is the progress report; the "Finished in state
         # Completed()" line of each task would bury it (task states stay visible in the UI).
@@ -303,12 +305,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recorded_bookkeeping(result: dict) -> dict[int, float]:
+    """Bookkeeping seconds of the rounds earlier runs completed, as their MLflow runs hold them.
+
+    Best effort: the table is a summary, and a tracking store that cannot be read here only
+    leaves those cells empty.
+    """
+    try:
+        from baldflow.workspace import Workspace
+        from baldflow.workspace.finished import recorded_round_metric
+        from baldflow.workspace.tracking import Tracker
+
+        workspace_id = Workspace(result["workspace"]).workspace_id
+        experiment = result.get("experiment", "baldflow")
+        uri, name = result["tracking_uri"], result["campaign"]
+        found = recorded_round_metric(uri, experiment, workspace_id, name, "seconds_bookkeeping")
+        if found is not None:
+            return found
+        tracker = Tracker(uri, experiment, None, workspace_id)
+        return {
+            int(row["round"]): float(row["seconds_bookkeeping"])
+            for row in tracker.round_metrics(result["campaign"])
+            if "seconds_bookkeeping" in row
+        }
+    except Exception:  # noqa: BLE001
+        return {}
+
+
 def _print_run_summary(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    bookkeeping = {t["round"]: t for t in result.get("timings", [])}
+    from baldflow.audit.hints import where_to_look
+    from baldflow.audit.report import console as make_console
+
+    console = make_console()
+    bookkeeping = {t["round"]: t["seconds_bookkeeping"] for t in result.get("timings", [])}
+    earlier = [int(row["round"]) for row in result["rounds"] if int(row["round"]) > 0]
+    if any(r not in bookkeeping for r in earlier):
+        bookkeeping = {**_recorded_bookkeeping(result), **bookkeeping}
     table = Table(title=f"campaign {result['campaign']}")
     # Round r's model is trained on the labeled set of round r-1, then acquires the batch that
     # makes the labeled count of round r.
@@ -324,27 +358,21 @@ def _print_run_summary(result: dict) -> None:
     for row in result["rounds"]:
         r = int(row["round"])
         acc = row.get("test_accuracy") or ""
-        timing = bookkeeping.get(r)
+        seconds = bookkeeping.get(r)
         table.add_row(
             str(r),
             str(row.get("train_size") or "-") if r > 0 else "-",
             f"{float(acc):.4f}" if acc else "-",
             str(row.get("labeled", "")),
             f"{float(row['seconds_acquisition']):.2f}" if row.get("seconds_acquisition") else "-",
-            f"{timing['seconds_bookkeeping']:.2f}" if timing else "-",
+            f"{seconds:.2f}" if seconds is not None else "-",
         )
     console.print(table)
     if result.get("stopped") == "pool-empty":
         console.print("The pool is empty: every sample is labeled, so the campaign ended.")
-    ws = result["workspace"]
-    name = result["campaign"]
     # Plain print: rich would wrap the long commands mid-word on narrow terminals.
-    print("Where to look next:")
-    print(f"  MLflow UI:     mlflow ui --backend-store-uri {result['tracking_uri']}")
-    print(f"  Prefect UI:    PREFECT_HOME={ws}/.prefect prefect server start")
-    print(f"  git tags:      git -C {ws} tag --list '{name}/round-*'")
-    print(f"  audit ledger:  baldflow history --workspace {ws} --campaign {name}")
-    print(f"  status:        baldflow status --workspace {ws}")
+    for line in where_to_look(result):
+        print(line)
     _print_waiting(result)
 
 
@@ -693,7 +721,7 @@ def _where_campaign_stands(ws_root: Path, campaign: str, rounds: int) -> str:
     )
 
 
-def _finished_result(ws_root: Path, finished) -> dict:
+def _finished_result(ws_root: Path, finished, experiment: str) -> dict:
     """The result record of a finished campaign as the run summary reads it, from the workspace."""
     return {
         "campaign": finished.campaign,
@@ -703,6 +731,7 @@ def _finished_result(ws_root: Path, finished) -> dict:
         "rounds": finished.rounds,
         "timings": [],
         "tracking_uri": finished.tracking_uri,
+        "experiment": experiment,
     }
 
 

@@ -242,7 +242,8 @@ def run_campaign(
             tasks.finish_campaign(quote(c.tracker), c.parent_run_id, name, quote(curve))
             return campaign_result(
                 campaign=name, workspace=ws, stopped=stopped, curve=curve, timings=c.timings,
-                tracking_uri=c.tracker.tracking_uri, parent_run_id=c.parent_run_id,
+                tracking_uri=c.tracker.tracking_uri, experiment=c.tracker.experiment,
+                parent_run_id=c.parent_run_id,
                 flow_run_id=c.flow_run_id, waiting=waiting,
             )  # fmt: skip
 

@@ -19,6 +19,7 @@ def campaign_result(
     curve: list,
     timings: list,
     tracking_uri: str,
+    experiment: str,
     parent_run_id: str,
     flow_run_id: str,
     waiting: WaitingForLabels | None,
@@ -33,6 +34,7 @@ def campaign_result(
         "rounds": curve,
         "timings": timings,
         "tracking_uri": tracking_uri,
+        "experiment": experiment,
         "parent_run_id": parent_run_id,
         "flow_run_id": flow_run_id,
     }

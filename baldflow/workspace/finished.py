@@ -21,6 +21,7 @@ from baldflow.workspace.tracking import (
     REQUIRED_ROUND_METRICS,
     TAG_CAMPAIGN,
     TAG_KIND,
+    TAG_ROUND,
     TAG_WORKSPACE,
     tracker_for,
 )
@@ -127,3 +128,35 @@ def tracking_complete(
         elif status == "RUNNING":
             return False
     return True
+
+
+def recorded_round_metric(
+    tracking_uri: str, experiment: str, workspace_id: str, campaign: str, key: str
+) -> dict[int, float] | None:
+    """One metric of each round run of a campaign, by round, read from a local SQLite store
+    without importing mlflow; None when that is not possible cheaply."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return {}
+    query = """
+        SELECT n.value, m.value
+        FROM runs r
+        JOIN experiments e ON e.experiment_id = r.experiment_id
+        JOIN tags w ON w.run_uuid = r.run_uuid AND w.key = ?
+        JOIN tags c ON c.run_uuid = r.run_uuid AND c.key = ?
+        JOIN tags n ON n.run_uuid = r.run_uuid AND n.key = ?
+        JOIN latest_metrics m ON m.run_uuid = r.run_uuid AND m.key = ?
+        WHERE e.name = ? AND w.value = ? AND c.value = ? AND r.lifecycle_stage = 'active'
+    """
+    try:
+        read_only = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(read_only, uri=True)) as db:
+            rows = db.execute(
+                query,
+                (TAG_WORKSPACE, TAG_CAMPAIGN, TAG_ROUND, key, experiment, workspace_id, campaign),
+            ).fetchall()
+    except sqlite3.Error:
+        return None
+    return {int(round_index): float(value) for round_index, value in rows}
