@@ -662,34 +662,34 @@ class Handoff:
     truth: dict[str, int]
     trace: list[tuple[str, int]]
     import_codes: list[int]
+    # check_campaign while each round's batch was with people.
+    waiting: list[list[str]]
 
 
 @pytest.fixture(scope="module")
 def people(tmp_path_factory, prefect_harness, tiny_defaults) -> Handoff:
     """Rounds 0 and 1 labeled by people through the file hand-off, with a fault trace."""
-    from baldflow import steps
     from baldflow.cli import main
-    from baldflow.config import validate
     from baldflow.labeling import HandOff
 
     root = tmp_path_factory.mktemp("people")
     workspace = root / "ws"
     params = params_with(tiny_defaults, 1, oracle={"kind": "file"})
-    data = steps.prepare_data(validate(params))
-    truth = dict(zip(data.splits.pool_ids, data.splits.pool_y.tolist(), strict=True))
+    truth = truth_of(params)
     handoff = HandOff(Workspace(workspace).campaign_dir(CAMPAIGN), CAMPAIGN)
     trace = root / "trace"
-    codes = []
+    codes, waiting = [], []
     for round_index in (0, 1):
         # The run hands the batch off and stops; the import completes the round.
         run_flow(workspace, params, **{FAULT_TRACE_ENV: str(trace)})
         pending = handoff.pending()
         assert pending is not None and pending.round == round_index
+        waiting.append(check_campaign(workspace, CAMPAIGN))
         labels = write_labels(root / f"labels-{round_index}.csv", truth, pending.sample_ids)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv(FAULT_TRACE_ENV, str(trace))
             codes.append(main(["label", "import", str(labels), "-w", str(workspace)]))
-    return Handoff(root, workspace, params, truth, trace_of(trace), codes)
+    return Handoff(root, workspace, params, truth, trace_of(trace), codes, waiting)
 
 
 def test_a_round_labeled_by_people_passes_exactly_the_round_and_handoff_points(people):
@@ -701,6 +701,8 @@ def test_a_round_labeled_by_people_passes_exactly_the_round_and_handoff_points(p
     in_order = [p for p in round1 if p in ROUND_POINTS]
     assert in_order == list(ROUND_POINTS)
     assert check_campaign(people.workspace, CAMPAIGN) == []
+    # A batch waiting for labels is a consistent state, round 0's included.
+    assert people.waiting == [[], []]
 
 
 def test_label_import_killed_mid_import_then_again_loses_and_doubles_no_label(

@@ -103,7 +103,7 @@ def check_campaign(
     ledger_now = ws.ledger_path(campaign).read_bytes() if ws.ledger_path(campaign).exists() else b""
     md5_at = _check_versions(ws, campaign, commits, rows, ledger_now, problems)
     summary = _check_rounds_file(ws, campaign, committed, md5_at, problems)
-    _check_working_copy(ws, campaign, problems)
+    _check_working_copy(ws, campaign, bool(committed), problems)
     _check_mlflow(
         ws,
         campaign,
@@ -453,9 +453,10 @@ def _check_rounds_file(
     return by_round
 
 
-def _check_working_copy(ws: Workspace, campaign: str, problems: list[str]) -> None:
+def _check_working_copy(ws: Workspace, campaign: str, versioned: bool, problems: list[str]) -> None:
     cdir = ws.campaign_dir(campaign)
-    for name in (LABELED_FILE, LEDGER_FILE):
+    # Before round 0 is committed (its batch still with people) nothing is versioned yet.
+    for name in (LABELED_FILE, LEDGER_FILE) if versioned else ():
         dvcfile = cdir / f"{name}.dvc"
         target = cdir / name
         if not dvcfile.exists():
