@@ -264,12 +264,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from baldflow.preflight import check as preflight  # one-line errors before any server
 
     preflight(config, ws_root)
-    if not Workspace.is_workspace(ws_root):
-        params_text = Path(args.config).read_text() if args.config else dump_yaml(config)
-        Workspace.init(ws_root, params_text=params_text).close()
     _say_where_on_interrupt(ws_root, config.campaign.name, config.campaign.rounds)
+    ws_root.mkdir(parents=True, exist_ok=True)
     # Take the lock before starting Prefect's server: a second writer fails in a second or two.
+    # Creating the workspace is writing to it too (and completes a creation that was killed).
     with workspace_lock(ws_root):
+        if not Workspace.is_ready(ws_root):
+            params_text = Path(args.config).read_text() if args.config else dump_yaml(config)
+            Workspace.init(ws_root, params_text=params_text).close()
         offline_environment(ws_root)
         from baldflow.workspace.finished import finished_campaign
 
@@ -803,21 +805,19 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     from baldflow.preflight import check as preflight  # one-line errors before any server
 
     preflight(config, ws_root)
-    from baldflow.workspace import Workspace
-
-    if not Workspace.is_workspace(ws_root):
-        from baldflow.config import dump_yaml
-
-        Workspace.init(ws_root, params_text=dump_yaml(config)).close()
-    _say_where_on_interrupt(ws_root, config.campaign.name, config.campaign.rounds)
-    from baldflow.workspace import WorkspaceLockedError, workspace_lock
+    from baldflow.config import dump_yaml
+    from baldflow.workspace import Workspace, WorkspaceLockedError, workspace_lock
     from baldflow.workspace.finished import finished_campaign
 
+    _say_where_on_interrupt(ws_root, config.campaign.name, config.campaign.rounds)
+    ws_root.mkdir(parents=True, exist_ok=True)
     # Nothing to do is answered from the workspace: no server started, no flow run recorded.
     # A busy workspace goes on to the flow, which records the skipped trigger as before.
     finished = None
     try:
         with workspace_lock(ws_root):
+            if not Workspace.is_ready(ws_root):
+                Workspace.init(ws_root, params_text=dump_yaml(config)).close()
             finished = finished_campaign(ws_root, config)
     except WorkspaceLockedError:
         pass

@@ -34,9 +34,11 @@ def open_workspace(root: str, config: Config) -> OpenedWorkspace:
     """
     name = config.campaign.name
     notes: list[str] = []
-    if not Workspace.is_workspace(root):
+    if not Workspace.is_ready(root):
+        created = not Workspace.is_workspace(root)
         workspace = Workspace.init(root, params_text=dump_yaml(config))
-        notes.append(f"created the workspace {workspace.root}")
+        done = "created" if created else "completed the interrupted creation of"
+        notes.append(f"{done} the workspace {workspace.root}")
     else:
         workspace = Workspace(root)
         if workspace.upgrade_marker():

@@ -260,3 +260,51 @@ def test_flows_and_tasks_install_under_the_baldflow_namespace(tmp_path):
         check=True,
     )
     assert probe.stdout.split() == ["None", "None"]
+
+
+# ------------------------------------------------------------------ killed while creating
+def test_a_tracking_store_killed_while_being_created_does_not_break_the_next_start(tmp_path):
+    store = tmp_path / "mlflow" / "mlflow.db"
+    script = (
+        "import sys; from pathlib import Path;"
+        "from baldflow.workspace.tracking import ensure_sqlite_store;"
+        "ensure_sqlite_store(Path(sys.argv[1]))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(store)])
+    try:
+        # Kill it while MLflow builds its tables (or, if it was quicker, just after).
+        while proc.poll() is None and not list(store.parent.glob("mlflow.db.creating-*")):
+            pass
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    tracker = Tracker(local_tracking_uri(store.parent), "baldflow", tmp_path / "art", "ws-1")
+    parent = tracker.campaign_run("c", {})
+    assert tracker.client.get_run(parent).info.status == "RUNNING"
+    assert not list(store.parent.glob("mlflow.db.creating-*"))
+
+
+def test_a_workspace_killed_inside_git_init_is_completed(tmp_path):
+    root = tmp_path / "ws"
+    (root / ".git").mkdir(parents=True)  # what a kill inside `git init` can leave
+    ws = Workspace.init(root)
+    assert Workspace.is_ready(root)
+    assert ws.git("log", "--format=%s").strip() == "baldflow: initialise workspace"
+
+
+@pytestmark_flow
+def test_a_workspace_killed_before_its_first_commit_is_completed_on_open(tmp_path, tiny_params):
+    from baldflow.config import validate
+    from baldflow.tasks import open_workspace
+
+    root = tmp_path / "ws"
+    ws = Workspace.init(root)
+    # As if killed after the marker was written, before the initial commit.
+    ws.git("update-ref", "-d", "HEAD")
+    assert Workspace.is_workspace(root) and not Workspace.is_ready(root)
+    opened = open_workspace.fn(str(root), validate(tiny_params))
+    assert any("completed the interrupted creation" in note for note in opened.notes)
+    assert Workspace.is_ready(root)
+    assert ws.git("status", "--porcelain").strip() == ""

@@ -182,6 +182,23 @@ class Workspace:
         self.git("commit", "-q", "-m", "baldflow: give the workspace an id", "--", MARKER_FILE)
         return True
 
+    @classmethod
+    def is_ready(cls, root: str | Path) -> bool:
+        """A workspace whose creation finished: its marker and set-up files are committed.
+
+        A process killed inside `init` leaves a workspace that `is_workspace` may already
+        accept; opening one that is not ready runs `init` again, which completes it.
+        """
+        if not cls.is_workspace(root):
+            return False
+        ws = cls(root)
+        if not ws.git("rev-parse", "-q", "--verify", "HEAD", check=False).strip():
+            return False
+        setup = [MARKER_FILE, ".gitignore", ".dvc/config"]
+        if ws.git("ls-files", "--", MARKER_FILE).strip() != MARKER_FILE:
+            return False
+        return not ws.git("status", "--porcelain", "--", *setup).strip()
+
     def campaign_dir(self, campaign: str) -> Path:
         return self.root / DATA_DIR / campaign
 
@@ -274,7 +291,9 @@ class Workspace:
         root.mkdir(parents=True, exist_ok=True)
         offline_environment()
         ws = cls(root)
-        if not (root / ".git").exists():
+        # Not "is there a .git folder": a process killed inside `git init` leaves one that
+        # git (and DVC) do not take for a repository. Initialising again completes it.
+        if ws.git("rev-parse", "--git-dir", check=False).strip() != ".git":
             ws.git("init", "-q", "-b", "main")
         # Commits need an identity; a machine without a global one still gets a workspace.
         if not ws.git("config", "user.name", check=False).strip():

@@ -7,6 +7,7 @@ Prefect may run tasks on worker threads.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,6 +64,25 @@ def tracker_for(mlflow_uri: str | None, experiment: str, workspace: Any) -> Trac
     )
 
 
+def ensure_sqlite_store(path: Path) -> None:
+    """Create a SQLite tracking store, all or nothing.
+
+    MLflow creates its tables in place on first use: a process killed halfway leaves a file
+    every later run fails on ("table ... already exists"). The store is built under a temporary
+    name and renamed into place once MLflow has finished with it.
+    """
+    if path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".creating-*"):
+        stale.unlink(missing_ok=True)  # what a killed creation left
+    tmp = path.with_name(f"{path.name}.creating-{os.getpid()}")
+    MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments(max_results=1)
+    os.replace(tmp, path)
+
+
 def ensure_experiment(client: Any, experiment: str, artifact_root: Path | None) -> str:
     """The experiment's id, creating it (artifacts under `artifact_root` if given) if needed."""
     found = client.get_experiment_by_name(experiment)
@@ -108,9 +128,7 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             if self.tracking_uri.startswith("sqlite:///"):
-                Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-                    parents=True, exist_ok=True
-                )
+                ensure_sqlite_store(Path(self.tracking_uri.removeprefix("sqlite:///")))
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
