@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from baldflow.stack.process import free_port, stop_process_group
 
 # The test suite's tiny campaign (tests/conftest.py TINY_PARAMS): every step, in seconds.
 TINY_PARAMS = {
@@ -58,25 +59,6 @@ EXTRA_INVARIANTS = (
     "the acquisitions (round, sample_id, label) equal those of an uninterrupted run",
     "no Prefect flow run of the workspace is left Running or Pending",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=15)
 
 
 @contextlib.contextmanager
@@ -113,7 +95,7 @@ def prefect_server(home: Path):
             time.sleep(0.5)
         yield api, f"started here (pid {server.pid}, {api})"
     finally:
-        stop_group(server)
+        stop_process_group(server)
 
 
 def group_alive(pgid: int) -> bool:
@@ -160,7 +142,7 @@ class Runner:
         try:
             return proc.wait(timeout=RUN_TIMEOUT_S)
         finally:
-            stop_group(proc)
+            stop_process_group(proc)
 
     def kill_after(self, workspace: Path, log: Path, trace: Path, delay: float) -> int | None:
         """Run, SIGKILL the CLI process after `delay` s; its exit status if it ended first."""
@@ -177,7 +159,7 @@ class Runner:
                 time.sleep(0.05)
             return None
         finally:
-            stop_group(proc)
+            stop_process_group(proc)
 
 
 def last_point(trace: Path) -> str:

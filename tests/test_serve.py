@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,32 +16,13 @@ import httpx
 import yaml
 
 from baldflow.cli import main
+from baldflow.stack.process import free_port, stop_process_group
 from baldflow.workspace import Workspace
 from baldflow.workspace.ledger import read_ledger
 
 # Bounds for the slow parts on a busy 2-core machine.
 SERVER_START_S = 150
 ROUNDS_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=15)
-    # The runner's flow-run subprocesses share the group: kill them even if the leader is gone.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=15)
 
 
 def wait_healthy(api: str, server: subprocess.Popen, log: Path) -> None:
@@ -128,7 +107,7 @@ def test_serve_runs_scheduled_cycles_one_round_each(tmp_path, tiny_params):
         runs = cycle_runs(api)
     finally:
         for proc in reversed(procs):
-            stop_group(proc)
+            stop_process_group(proc)
 
     # Round 0, then one acquisition round per cycle, each committed and tagged in order.
     rounds = ws.completed_rounds("tiny")

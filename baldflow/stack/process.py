@@ -69,6 +69,18 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a child started with `start_new_session=True` and everything in its group: SIGTERM,
+    then SIGKILL for whatever is left (children of the leader too, even if it is gone)."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+
+
 def _exit_info(pid: int) -> os.waitid_result | None | bool:
     """The child's exit as waitid reports it, without reaping it: while it is a zombie its
     PID, and so its process group id, cannot be reused, so signalling the group cannot hit a

@@ -101,8 +101,7 @@ def tracking_complete(
         WHERE e.name = ? AND w.value = ? AND c.value = ? AND r.lifecycle_stage = 'active'
     """
     try:
-        read_only = f"{path.resolve().as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(read_only, uri=True)) as db:
+        with _read_only(path) as db:
             runs = db.execute(
                 query, (TAG_WORKSPACE, TAG_CAMPAIGN, TAG_KIND, experiment, workspace_id, campaign)
             ).fetchall()
@@ -151,8 +150,7 @@ def recorded_round_metric(
         WHERE e.name = ? AND w.value = ? AND c.value = ? AND r.lifecycle_stage = 'active'
     """
     try:
-        read_only = f"{path.resolve().as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(read_only, uri=True)) as db:
+        with _read_only(path) as db:
             rows = db.execute(
                 query,
                 (TAG_WORKSPACE, TAG_CAMPAIGN, TAG_ROUND, key, experiment, workspace_id, campaign),
@@ -160,3 +158,8 @@ def recorded_round_metric(
     except sqlite3.Error:
         return None
     return {int(round_index): float(value) for round_index, value in rows}
+
+
+def _read_only(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """MLflow's SQLite file opened read-only: a reader here must never change the store."""
+    return contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True))
