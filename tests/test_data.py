@@ -516,3 +516,29 @@ def test_prepare_pool_chooses_the_initial_set_before_repetition():
     assert again_ids == initial_ids and torch.equal(again.pool_x, splits.pool_x)
     _, other_ids = prepare_pool(small_splits(), initial_per_class=3, seed=1)
     assert len(other_ids) == 9
+
+
+def test_digits_are_read_without_importing_scikit_learn_and_equal_its_loader():
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from baldflow.data.sources import _digits_arrays
+
+    images, target = _digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(target, reference.target)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from baldflow.data.sources import load_digits_source;"
+            "load_digits_source(); print('sklearn' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip() == "False"
