@@ -862,12 +862,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from baldflow.config import ConfigError
 
         raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
-    from baldflow.workspace import Workspace
+    from baldflow.preflight import check as preflight  # before the schedule, not at its first run
 
-    if not Workspace.is_workspace(ws_root):
-        from baldflow.config import dump_yaml
+    preflight(config, ws_root)
+    from baldflow.workspace import Workspace, workspace_lock
 
-        Workspace.init(ws_root, params_text=dump_yaml(config)).close()
+    ws_root.mkdir(parents=True, exist_ok=True)
+    with workspace_lock(ws_root):
+        if not Workspace.is_ready(ws_root):
+            from baldflow.config import dump_yaml
+
+            Workspace.init(ws_root, params_text=dump_yaml(config)).close()
     from baldflow.flows.serve import serve_cycle
 
     serve_cycle(

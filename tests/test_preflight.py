@@ -312,3 +312,16 @@ def test_run_campaign_resumes_and_extends_a_campaign(tmp_path, tiny, prefect_har
     ledger = read_ledger(ws.ledger_path("tiny"))
     assert [r.round for r in ledger].count(2) == tiny["acquisition"]["batch_size"]
     assert {r.strategy for r in ledger if r.round == 2} == {"power-bald"}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_serve_checks_before_it_schedules_anything(tmp_path, monkeypatch, capsys):
+    # A server address that nothing answers: serving must fail on the device, before using it.
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    workspace = tmp_path / "ws"
+    code = main(
+        ["serve", "-w", str(workspace), "--interval", "60", "--set", "training.device=cuda"]
+    )
+    assert code == EXIT_PREFLIGHT
+    assert "training.device=cpu" in capsys.readouterr().err
+    assert not workspace.exists()
