@@ -631,6 +631,12 @@ def _add_cycle_parsers(sub) -> None:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="K=V", help=set_help
     )
+    p.add_argument(
+        "--campaign",
+        metavar="NAME",
+        help="advance NAME with its recorded parameters (default: the campaign that "
+        "campaign.name names)",
+    )
 
     p = sub.add_parser(
         "serve",

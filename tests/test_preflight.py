@@ -268,6 +268,9 @@ def test_campaign_resumes_from_its_recorded_parameters(tmp_path, tiny):
     # What may change on resume comes from the run's own parameters (params.yaml here).
     assert config.training.num_threads == 2
     check(config, workspace)
+    # A cycle advances the same campaign the same way.
+    cycle_args = build_parser().parse_args(["cycle", "-w", str(workspace), "--campaign", "tiny"])
+    assert _resolve_config(cycle_args, workspace).identity() == recorded.identity()
 
 
 def test_campaign_with_an_unknown_name_lists_the_campaigns(tmp_path, tiny, capsys):
