@@ -235,9 +235,19 @@ def test_a_workspace_made_before_ids_gets_one_committed(tmp_path):
 
 # ------------------------------------------------------------------ packaging
 def test_flows_and_tasks_install_under_the_baldflow_namespace(tmp_path):
+    import shutil
+
+    # Built from a copy: setuptools writes build/ and egg-info beside the sources it builds.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    skip = shutil.ignore_patterns("__pycache__")
+    for package in ("baldflow", "flows", "tasks"):
+        shutil.copytree(REPO / package, source / package, ignore=skip)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path), str(REPO)],
+        + ["-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )
