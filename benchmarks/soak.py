@@ -33,7 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from baldflow.stack.process import free_port, stop_process_group
+from baldflow.stack.prefect_server import PrefectServer
+from baldflow.stack.process import stop_process_group
 
 # The test suite's tiny campaign (tests/conftest.py TINY_PARAMS): every step, in seconds.
 TINY_PARAMS = {
@@ -49,7 +50,6 @@ TINY_PARAMS = {
     },
     "acquisition": {"strategy": "power-bald", "batch_size": 5, "mc_samples": 4},
 }
-SERVER_START_S = 180
 RUN_TIMEOUT_S = 600
 # A killed process's children (git, DVC) may outlive it by a moment; the next run starts
 # once they are gone, or after this long, when they are killed too.
@@ -67,35 +67,8 @@ def prefect_server(home: Path):
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"], "given by PREFECT_API_URL"
         return
-    import httpx
-
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    log = home / "prefect-server.log"
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home")}
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start"]
-            + ["--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"prefect server exited:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"prefect server not healthy after {SERVER_START_S} s")
-            time.sleep(0.5)
-        yield api, f"started here (pid {server.pid}, {api})"
-    finally:
-        stop_process_group(server)
+    with PrefectServer(home / "prefect-home", temporary=True, startup_timeout=180) as server:
+        yield server.api_url, f"started here (pid {server.process.pid}, {server.api_url})"
 
 
 def group_alive(pgid: int) -> bool:
