@@ -15,7 +15,7 @@ from typing import Any
 from baldflow.common import utc_now
 from baldflow.config import Config
 from baldflow.labeling import HandOff, Oracle, PendingRound, describe_item
-from baldflow.workspace.ledger import LedgerRow
+from baldflow.workspace.ledger import LedgerRow, labeled_text, md5_of_text
 from baldflow.workspace.repo import RoundCommit, Workspace, round_tag
 from baldflow.workspace.tracking import Tracker
 
@@ -270,12 +270,12 @@ def pending_batch(
 def training_set_input(workspace: Workspace, campaign: str, round_index: int) -> dict[str, Any]:
     """The labeled set a round trains on, as the DVC-versioned input its MLflow run records:
     the file, its md5 (DVC's hash, of the whole file) and the tag of the previous round."""
-    labeled = workspace.labeled_path(campaign)
+    rows = workspace.labeled(campaign)
     return {
         "name": f"{campaign}/labeled.csv",
-        "md5": workspace.labeled_md5(campaign),
-        "rows": len(workspace.labeled(campaign)),
-        "path": str(labeled.relative_to(workspace.root)),
+        "md5": md5_of_text(labeled_text(rows)),
+        "rows": len(rows),
+        "path": str(workspace.labeled_path(campaign).relative_to(workspace.root)),
         "rev": round_tag(campaign, round_index - 1),
     }
 
