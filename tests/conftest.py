@@ -129,3 +129,50 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+
+
+# -- The team stack (baldflow.stack.team): PostgreSQL + MLflow + Prefect servers, remotes. --
+
+
+def _postgres_or_skip() -> None:
+    """Skip where PostgreSQL is not installed (a developer's laptop); fail on CI, which
+    installs it (.ci/run): a silently skipped team test there would hide a broken stack."""
+    from baldflow.stack.postgres import PostgresNotInstalledError, find_bindir
+
+    try:
+        find_bindir()
+    except PostgresNotInstalledError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL for the team stack tests: {exc}")
+        pytest.skip(f"the team stack needs PostgreSQL: {exc}")
+
+
+@pytest.fixture(scope="session")
+def team_stack():
+    """One team stack for the session (no auth), in a temp dir under /tmp (the PostgreSQL
+    account cannot enter pytest's 0700 /tmp/pytest-of-root). Yields the TeamStack: dir,
+    mlflow_uri, prefect_api_url, git_remote, dvc_remote, postgres_url(db, driver=""),
+    postgres_port/mlflow_port/prefect_port, timings. Stopped on every way out."""
+    _postgres_or_skip()
+    from baldflow.stack.team import StackError, stack_down, stack_up
+
+    root = tempfile.mkdtemp(prefix="baldflow-test-stack-")
+    try:
+        yield stack_up(root)
+    finally:
+        with contextlib.suppress(StackError):
+            stack_down(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def team_mlflow_auth(team_stack):
+    """A second MLflow server with basic auth on the team stack's PostgreSQL (databases
+    mlflow_secure and mlflow_secure_auth). Yields (uri, admin_username, admin_password)."""
+    from baldflow.stack.team import extra_mlflow_server
+
+    server = extra_mlflow_server(team_stack, "mlflow_secure", auth=True)
+    try:
+        yield server.url, server.auth.admin_username, server.auth.admin_password
+    finally:
+        server.stop()

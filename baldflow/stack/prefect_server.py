@@ -22,6 +22,7 @@ from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
 
 HOST = "127.0.0.1"
 LOG_NAME = "baldflow-server.log"
+PRIVATE_API_ENV = "BALDFLOW_PRIVATE_PREFECT_API"
 
 
 class PrefectServerError(ProcessStartError):
@@ -67,6 +68,11 @@ class PrefectServer:
     scheduled runs of the workspace's deployments behind the user's back, and Prefect's own
     temporary server refuses to schedule too). Without a port, a free one is picked (and
     another one if it is taken before the server binds it).
+
+    `database_url` (postgresql+asyncpg://...) puts its database there instead of SQLite in
+    `home`: the team server (baldflow.stack.team) shares one PostgreSQL with MLflow.
+    `detached=True` lets it outlive this process (see baldflow.stack.process): whoever records
+    its PID stops it.
     """
 
     def __init__(
@@ -78,8 +84,12 @@ class PrefectServer:
         startup_timeout: float = 90.0,
         env: Mapping[str, str] | None = None,
         log_to_file: bool = True,
+        database_url: str | None = None,
+        detached: bool = False,
     ):
         self.home = Path(home)
+        self.database_url = database_url
+        self.detached = detached
         self.log_to_file = log_to_file
         self.port = port
         self.temporary = temporary
@@ -114,6 +124,8 @@ class PrefectServer:
         # --port. A URL the user set (a reverse proxy in front) is theirs to keep.
         if not (env.get("PREFECT_SERVER_UI_API_URL") or env.get("PREFECT_UI_API_URL")):
             env["PREFECT_SERVER_UI_API_URL"] = f"{url}/api"
+        if self.database_url is not None:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         return env
 
     def command(self, port: int) -> list[str]:
@@ -134,6 +146,7 @@ class PrefectServer:
                 self.command(port),
                 env=self.environment(port),
                 log_path=self.log_path if self.log_to_file else None,
+                detached=self.detached,
             )
             self.port, self.process = port, process
             process.start()
@@ -215,4 +228,7 @@ def use_prefect_api(home: str | Path) -> PrefectServer | None:
         return None
     server = PrefectServer(home, temporary=True).start()
     os.environ["PREFECT_API_URL"] = server.api_url
+    # Tells the flows that this API is private to the command, not a server a team shares
+    # (where they coordinate clones through a concurrency limit; see baldflow.flows.slots).
+    os.environ[PRIVATE_API_ENV] = server.api_url
     return server

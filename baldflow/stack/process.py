@@ -6,6 +6,10 @@ server cannot die under a run that is still cleaning up. Every way out of the ow
 `stop()` where the owner is done with it, an atexit hook for normal exits, exceptions, Ctrl-C
 and closed pipes, `kill_all_now()` for a forced exit, and on Linux the kernel's parent-death
 signal (see baldflow.stack._launch) when the owner is SIGKILLed.
+
+A `detached=True` process is the exception, for servers that must outlive the command that
+started them (`baldflow stack up`): none of those hooks, so it lives until someone stops it by
+its recorded PID (`stop_recorded_group`), from this process or any other.
 """
 
 from __future__ import annotations
@@ -110,8 +114,10 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
         log_path: str | Path | None = None,
+        detached: bool = False,
     ):
         self.name = name
+        self.detached = detached
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
@@ -128,7 +134,7 @@ class ManagedProcess:
         if self.process is not None:
             raise ProcessStartError(f"{self.name} was started already (pid {self.pid})")
         argv = self.argv
-        if sys.platform.startswith("linux"):
+        if sys.platform.startswith("linux") and not self.detached:
             argv = [sys.executable, "-m", "baldflow.stack._launch", str(os.getpid()), "--", *argv]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +156,8 @@ class ManagedProcess:
         finally:
             if out is not None:
                 out.close()  # the child has its own copy
-        _register(self)
+        if not self.detached:
+            _register(self)
         return self
 
     def running(self) -> bool:
@@ -222,3 +229,77 @@ def kill_all_now() -> None:
     for process in reversed(list(_live)):
         with contextlib.suppress(Exception):
             process.kill_now()
+
+
+# Stopping a process that another process started: all we have is its PID, recorded when it
+# started. PIDs are reused, so the PID alone could name a stranger by now: the process is only
+# signalled while its start time (and command line) still match what was recorded.
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with
+    the PID, an identity that PID reuse cannot fake. None when no such process (or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces or parentheses.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields and fields[0] == "Z":
+        return None  # a zombie has exited: nothing left to stop but its reaping
+    return int(fields[19])
+
+
+def command_line(pid: int) -> str:
+    """The process's argv joined by spaces ("" when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def is_recorded_process(pid: int, ticks: int | None, expect: str = "") -> bool:
+    """Whether `pid` is still the process recorded with start time `ticks` whose command line
+    contains `expect`."""
+    now = start_ticks(pid)
+    if now is None or (ticks is not None and now != ticks):
+        return False
+    return expect in command_line(pid)
+
+
+def _reap(pid: int) -> None:
+    # Our own child (the owner stops what it started in the same process): collect its status,
+    # else it stays a zombie. Anyone else's child is reaped by its parent or init.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_recorded_group(
+    pid: int, ticks: int | None, expect: str = "", timeout: float = 10.0
+) -> bool:
+    """Stop the session leader `pid` (started with its own session, so its group id is its
+    PID) and its whole group: SIGTERM, up to `timeout` s, then SIGKILL for what is left.
+
+    Nothing is signalled when `pid` now names another process (start time or command line
+    differ): the PID was reused. When the leader is gone already, its leftover group members
+    (if any) get SIGKILL: a group id cannot be reused while members of the group live.
+    Returns whether the recorded process was still running.
+    """
+    if not is_recorded_process(pid, ticks, expect):
+        if start_ticks(pid) is None:
+            _reap(pid)
+            _signal_group(pid, signal.SIGKILL)
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if start_ticks(pid) != ticks:
+            break
+        time.sleep(0.05)
+    # Re-checked right before: a PID that died and came back as someone else is left alone.
+    if start_ticks(pid) in (None, ticks):
+        _signal_group(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
