@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from baldflow.stack import postgres
-from baldflow.stack.process import start_ticks
+from baldflow.stack.process import start_ticks, stop_recorded_group
 from baldflow.stack.team import NotAStackError, StackError, stack_down, stack_status, stack_up
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -192,6 +192,22 @@ def test_cli_up_status_down_stops_everything():
             with contextlib.suppress(StackError):
                 stack_down(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_stop_by_recorded_pid_spares_a_reused_pid():
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        ticks = start_ticks(proc.pid)
+        # Another start time, or another command line: not the process recorded, left alone.
+        assert not stop_recorded_group(proc.pid, ticks + 1, "sleep")
+        assert not stop_recorded_group(proc.pid, ticks, "mlflow server")
+        assert proc.poll() is None
+        assert stop_recorded_group(proc.pid, ticks, "sleep 30", timeout=5)
+        assert proc.wait(timeout=5) is not None
+        assert not stop_recorded_group(proc.pid, ticks, "sleep 30")  # gone: tolerated
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # -- clear errors --------------------------------------------------------------------------

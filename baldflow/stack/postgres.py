@@ -68,8 +68,9 @@ def find_bindir() -> Path:
     for bindir in candidates:
         if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
             return bindir
-    raise PostgresNotInstalledError(f"no PostgreSQL server binaries (initdb, pg_ctl) found: "
-                                    f"{INSTALL_HINT}")
+    raise PostgresNotInstalledError(
+        f"no PostgreSQL server binaries (initdb, pg_ctl) found: {INSTALL_HINT}"
+    )
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -136,10 +137,22 @@ class PostgresCluster:
         self.account = _service_account()
         self.startup_seconds: float | None = None
 
-    data_dir = property(lambda self: self.root / "data")
-    socket_dir = property(lambda self: self.root / "run")
-    log_path = property(lambda self: self.root / "postgres.log")
-    password_file = property(lambda self: self.root / "password")
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        """The Unix socket's directory: ours, not /var/run/postgresql, which may not exist."""
+        return self.root / "run"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "postgres.log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "password"
 
     # -- running PostgreSQL's own commands -------------------------------------------------
 
@@ -186,9 +199,8 @@ class PostgresCluster:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(secrets.token_urlsafe(24) + "\n")
             self._chown(self.password_file)
-        for directory in (self.socket_dir,):
-            directory.mkdir(mode=0o700, exist_ok=True)
-            self._chown(directory)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.socket_dir)
         if self.initialised():
             return
         if self.data_dir.exists():

@@ -204,7 +204,9 @@ def _basic_auth(root: Path, stack_cluster: PostgresCluster, database: str) -> Ba
     paths["secrets"].mkdir(mode=0o700, exist_ok=True)
     admin_file = paths["secrets"] / "mlflow-admin-password"
     admin_password = secret_from_file(admin_file, ADMIN_PASSWORD_ENV, MIN_PASSWORD_LENGTH)
-    if not admin_file.exists():  # given by the environment: the file still says where it is
+    # Given by the environment: the file (which team.env names) holds it too. MLflow uses it
+    # only when it creates the admin, on the first start against an empty auth database.
+    if not admin_file.exists() or admin_file.read_text(encoding="utf-8").strip() != admin_password:
         write_private_text(admin_file, admin_password + "\n")
     return BasicAuth(
         database_uri=stack_cluster.url(database, "psycopg2"),
@@ -266,14 +268,15 @@ def stack_up(
     postgres_port: int | None = None,
     mlflow_port: int | None = None,
     prefect_port: int | None = None,
-    auth: bool = False,
+    auth: bool | None = None,
     artifacts_destination: str | None = None,
     report: Report | None = None,
 ) -> TeamStack:
     """Start whatever part of the stack in `dir` is not running (all of it the first time).
 
     Parts that run already are kept as they are (`up` twice is harmless); a stopped stack
-    comes back on its recorded ports, so the URLs members have keep working. MLflow and
+    comes back on its recorded ports (and, with `auth` None, with or without basic auth as
+    before), so the URLs members have keep working. MLflow and
     Prefect start side by side (both spend most of their ~20 s in imports and migrations).
     A failure or Ctrl-C stops the servers this call started.
     """
@@ -319,13 +322,15 @@ def _up_servers(
     *,
     mlflow_port: int | None,
     prefect_port: int | None,
-    auth: bool,
+    auth: bool | None,
     artifacts_destination: str | None,
 ) -> TeamStack:
     """The MLflow and Prefect servers (those not running) and the remotes, on `cluster`."""
     paths = _paths(root)
     ml_state = state.get("mlflow", {})
     ml_running = _running_pid(ml_state, MLFLOW_COMMAND) is not None
+    if auth is None:
+        auth = bool(ml_state.get("auth"))
     if ml_running and bool(ml_state.get("auth")) != auth:
         raise StackError(
             f"the MLflow server of this stack runs {'with' if ml_state.get('auth') else 'without'}"
