@@ -1050,7 +1050,10 @@ def _add_stack_parser(sub) -> None:
             f"--{name}-port", type=int, metavar="PORT",
             help=f"port of the {name} server (default: the recorded one, else a free one)",
         )
-    up.add_argument("--auth", action="store_true", help="MLflow behind basic auth")
+    up.add_argument(
+        "--auth", action=argparse.BooleanOptionalAction, default=None,
+        help="MLflow behind basic auth, or not (default: as the stack was, else no auth)",
+    )
     up.add_argument(
         "--artifacts-destination", metavar="DIR_OR_URI",
         help="where MLflow stores artifacts (default: STACK/mlflow-artifacts)",
