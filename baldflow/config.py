@@ -125,6 +125,8 @@ class TrackingConfig(_Section):
 
     mlflow_uri: str | None = None
     experiment: str = "baldflow"
+    # Each round's model as a version of `baldflow-<campaign>` in the MLflow Model Registry.
+    register_model: bool = True
 
 
 class Config(_Section):

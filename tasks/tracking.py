@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
@@ -18,6 +18,9 @@ from baldflow.faults import fault_point
 from baldflow.rounds import Labels, RoundRecord
 from baldflow.workspace import RoundCommit
 from baldflow.workspace.tracking import Tracker
+
+if TYPE_CHECKING:
+    from baldflow.workspace.registry import RoundVersion
 
 # SQLite can be briefly locked by MLflow's own background work; a retry gets past that.
 _RETRY = {"retries": 2, "retry_delay_seconds": 1}
@@ -30,7 +33,12 @@ def start_campaign_tracking(
     params: Mapping[str, Any],
     committed: Mapping[int, Mapping[str, Any]],
 ) -> tuple[str, list[str]]:
-    """The parent run's id, and notes on what repairing the round runs after a stop did."""
+    """The parent run's id, and notes on what repairing the round runs (and their registered
+    models) after a stop did.
+
+    `params` is the campaign's whole configuration: its tracking.register_model is noted on the
+    parent run, where the round tasks read it.
+    """
     done = tracker.repair(campaign, committed)
     notes = []
     if done["repaired"]:
@@ -42,7 +50,37 @@ def start_campaign_tracking(
         notes.append(
             f"marked {len(done['killed'])} MLflow run(s) that a killed run left open as KILLED"
         )
-    return tracker.campaign_run(campaign, params), notes
+    # Imported here: the registry imports mlflow.pyfunc, seconds a process need not pay unless
+    # it tracks.
+    from baldflow.workspace import registry
+
+    parent_run_id = tracker.campaign_run(campaign, params)
+    register = bool(params.get("tracking", {}).get("register_model", True))
+    registry.record_switch(tracker, parent_run_id, register)
+    if register:
+        notes.extend(_repair_registry(tracker, campaign, committed))
+    return parent_run_id, notes
+
+
+def _repair_registry(
+    tracker: Tracker, campaign: str, committed: Mapping[int, Mapping[str, Any]]
+) -> list[str]:
+    from baldflow.workspace import registry
+
+    done = registry.repair_registrations(tracker, campaign, committed)
+    notes = []
+    if done.registered:
+        notes.append(
+            f"registered the models of {len(done.registered)} committed round(s) that had no "
+            f"version of {registry.registered_model_name(campaign)} (a stopped run or "
+            f"tracking.register_model off): rounds {', '.join(map(str, done.registered))}"
+        )
+    if done.without_model:
+        notes.append(
+            f"round(s) {', '.join(map(str, done.without_model))} cannot be registered: their "
+            "MLflow runs have no model files (the process stopped before uploading them)"
+        )
+    return notes
 
 
 @task(
@@ -125,14 +163,47 @@ def track_round(
         model_state=model_state,
         model_spec=record.model_spec,
     )
+    registering = time.perf_counter()
+    registered = _register(tracker, record, commit, model_state, flow_run_id)
+    seconds_register = time.perf_counter() - registering
     seconds_round = time.perf_counter() - started
     timing = {
         "seconds_round": seconds_round,
         "seconds_bookkeeping": seconds_round - seconds_compute - labels.seconds,
     }
-    tracker.finish_round(record.run_id, round_index, timing)
+    extra = {"seconds_register": seconds_register} if registered else {}
+    tracker.finish_round(record.run_id, round_index, {**timing, **extra})
     fault_point("track-round:after", round_index)
     return timing
+
+
+def _register(
+    tracker: Tracker,
+    record: RoundRecord,
+    commit: RoundCommit,
+    model_state: Mapping[str, Any] | None,
+    flow_run_id: str,
+) -> RoundVersion | None:
+    """The round's model version (None when registering is off or there is no model).
+
+    Registered before the run is finished: a process that stops in between leaves the round's
+    run unfinished, and the next start repairs both.
+    """
+    from baldflow.workspace import registry
+
+    if model_state is None or not record.model_spec:
+        return None
+    if not registry.switched_on(tracker, record.run_id):
+        return None
+    return registry.register_round_state(
+        tracker,
+        campaign=record.campaign,
+        round_index=record.round,
+        run_id=record.run_id,
+        tags=record.tags(commit, flow_run_id),
+        model_state=model_state,
+        model_spec=record.model_spec,
+    )
 
 
 @task(name="end-run", cache_policy=NO_CACHE, **_RETRY)

@@ -1,0 +1,506 @@
+"""Each committed round's model in the MLflow Model Registry, as a pyfunc that predicts exactly
+what the round's scoring pass computed (same weights, same K consistent dropout masks).
+
+One registered model per campaign (`baldflow-<campaign>`), one version per round, found again by
+the round's run id so that a retried task, a resumed campaign or a repair never adds a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import re
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+from baldflow.workspace.tracking import (
+    TAG_CAMPAIGN,
+    TAG_PARENT,
+    TAG_ROUND,
+    TAG_WORKSPACE,
+    Tracker,
+)
+
+REGISTERED_MODEL_PREFIX = "baldflow-"
+# MLflow reserves the alias "latest" (`models:/name/latest` is the highest version number,
+# which a repaired older round could be): the newest round gets an alias of its own.
+ALIAS_LATEST = "latest-round"
+MODEL_FILES = ("state_dict.pt", "spec.json")
+# Where Tracker.log_round puts a round's weights and spec among its run's artifacts.
+RUN_MODEL_DIR = "model"
+# What the pyfunc needs of the round's parameters, by their names among the run's params.
+PARAM_SEED = "seed"
+PARAM_MC_SAMPLES = "acquisition.mc_samples"
+# The version tags that link a model to git, DVC and the workspace (also read by tests).
+VERSION_TAGS = ("git.tag", "git.commit", "dvc.labeled_set_md5", "baldflow.strategy")
+# On the campaign's parent run: tracking.register_model as of the campaign's latest start. The
+# round tasks read it there, so it reaches them whichever process or worker runs them.
+TAG_REGISTER = "baldflow.register_model"
+INPUT_EXAMPLE_ROWS = 2
+# What the model needs to be loaded anywhere; versions are those it was saved with.
+REQUIREMENTS = ("baldflow", "torch", "mlflow", "numpy", "pandas")
+
+# The pyfunc's code, loaded by MLflow's models-from-code: the class is imported, never unpickled.
+_MODEL_CODE = """\
+from mlflow.models import set_model
+
+from baldflow.workspace.registry import RoundModel
+
+set_model(RoundModel())
+"""
+
+
+class RegistryError(RuntimeError):
+    """A round's model cannot be registered (its run lacks what rebuilding it needs)."""
+
+
+class RoundModelInputError(ValueError):
+    """Inputs given to a round model do not have the shape its network takes."""
+
+
+# ---------------------------------------------------------------------------- names and params
+def registered_model_name(campaign: str) -> str:
+    """`baldflow-<campaign>`, with anything the registry or a URI would choke on made a dash.
+
+    Campaign names are already lowercase-dash; this keeps the name valid if that ever loosens
+    (MLflow refuses '/' and ':', and `models:/<name>@alias` URIs need no escaping this way).
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", campaign).strip("-.")
+    if not safe:
+        raise RegistryError(f"campaign name {campaign!r} leaves no usable registered model name")
+    return REGISTERED_MODEL_PREFIX + safe
+
+
+def round_alias(round_index: int) -> str:
+    return f"round-{round_index:04d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundScoring:
+    """The round's scoring pass: its seed (the round seed) and K, the MC dropout samples.
+
+    The masks are drawn from `generator_for(seed, STREAM_SCORE)`, as baldflow.steps.score_pool
+    draws them, so the pyfunc sees the same K posterior samples the round acquired with.
+    """
+
+    seed: int
+    mc_samples: int
+
+    @classmethod
+    def from_run_params(cls, params: Mapping[str, str], run_id: str) -> RoundScoring:
+        missing = [name for name in (PARAM_SEED, PARAM_MC_SAMPLES) if name not in params]
+        if missing:
+            raise RegistryError(
+                f"MLflow run {run_id} lacks param(s) {', '.join(missing)}: cannot rebuild the "
+                "round's scoring pass for its registered model"
+            )
+        return cls(seed=int(params[PARAM_SEED]), mc_samples=int(params[PARAM_MC_SAMPLES]))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+
+# ---------------------------------------------------------------------------- the pyfunc
+def as_inputs(model_input: Any, input_shape: tuple[int, ...]) -> Any:
+    """A float32 tensor [N, *input_shape] from N rows of flattened features (a DataFrame,
+    array or tensor), or from inputs already in the network's shape."""
+    import numpy as np
+    import torch
+
+    if hasattr(model_input, "to_numpy"):
+        model_input = model_input.to_numpy()
+    x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+    features = int(np.prod(input_shape))
+    if x.ndim == 2 and x.shape[1] == features:
+        return x.reshape(x.shape[0], *input_shape)
+    if tuple(x.shape[1:]) == tuple(input_shape):
+        return x
+    raise RoundModelInputError(
+        f"round model inputs must be [N, {features}] flattened features or "
+        f"[N, {', '.join(map(str, input_shape))}], got shape {tuple(x.shape)}"
+    )
+
+
+def mc_predict(model: Any, x: Any, scoring: RoundScoring) -> tuple[Any, Any]:
+    """(probs_N_C, bald_N) in float64: the MC-averaged predictive and BALD of each row, under
+    the round's K masks. The masks are redrawn from the seed on every call, so any call, on
+    any subset of rows, in any chunking, gives each row the same numbers."""
+    from baldflow.acquisition.scores import bald
+    from baldflow.inference import predict_log_probs
+    from baldflow.steps import STREAM_SCORE, generator_for
+
+    generator = generator_for(scoring.seed, STREAM_SCORE)
+    log_probs_N_K_C = predict_log_probs(model, x, scoring.mc_samples, generator)
+    probs_N_C = log_probs_N_K_C.double().exp().mean(1)
+    return probs_N_C, bald(log_probs_N_K_C)
+
+
+def prediction_frame(probs_N_C: Any, bald_N: Any) -> Any:
+    """Columns prob_0..prob_{C-1} and bald, one row per input."""
+    import pandas as pd
+
+    columns = {f"prob_{c}": probs_N_C[:, c].numpy() for c in range(probs_N_C.shape[1])}
+    return pd.DataFrame({**columns, "bald": bald_N.numpy()})
+
+
+def load_round_network(spec_path: str | Path, weights_path: str | Path) -> Any:
+    """The round's network, rebuilt from its spec and weights, in eval mode on the CPU."""
+    from baldflow.models import build_model
+    from baldflow.models.weights import load_weights
+
+    model = build_model(**json.loads(Path(spec_path).read_text()))
+    model.load_state_dict(load_weights(weights_path))
+    return model.eval()
+
+
+class RoundModel(mlflow.pyfunc.PythonModel):
+    """A round's MC dropout network as an MLflow pyfunc.
+
+    Input: N rows of float32 features, flattened (a DataFrame or array of shape [N, F]) or in
+    the network's input shape. Output: a DataFrame with the MC-averaged class probabilities
+    `prob_0..prob_{C-1}` and the `bald` score of each row, computed with the K consistent masks
+    of the round's scoring pass: deterministic, and equal to what the round computed.
+    """
+
+    def load_context(self, context: Any) -> None:
+        artifacts = context.artifacts
+        self.network = load_round_network(artifacts["spec"], artifacts["state_dict"])
+        scoring = json.loads(Path(artifacts["scoring"]).read_text())
+        self.scoring = RoundScoring(**scoring)
+        # Predicting sets the masks on the shared network: one request at a time.
+        self._lock = threading.Lock()
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        x = as_inputs(model_input, tuple(self.network.spec["input_shape"]))
+        with self._lock:
+            probs_N_C, bald_N = mc_predict(self.network, x, self.scoring)
+        return prediction_frame(probs_N_C, bald_N)
+
+
+# ---------------------------------------------------------------------------- saving
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Keep a round's log readable: MLflow draws a progress bar for every artifact it copies,
+    even a local file (three per round), and warns on every save that it cannot derive a
+    signature from RoundModel.predict's type hints (the signature is given explicitly)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    chosen = key in os.environ
+    if not chosen:
+        os.environ[key] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Failed to infer signature from type hint")
+            yield
+    finally:
+        if not chosen:
+            os.environ.pop(key, None)
+
+
+@functools.cache
+def pip_requirements() -> tuple[str, ...]:
+    """Pinned to what is installed: no requirement inference (that runs a subprocess), and
+    read once a process (reading package metadata costs milliseconds a package)."""
+    return tuple(f"{name}=={metadata.version(name)}" for name in REQUIREMENTS)
+
+
+def _signature_and_example(model_dir: Path, scoring: RoundScoring) -> tuple[Any, Any]:
+    """An all-zero example (shape and dtype only: the pool's samples stay out of the registry,
+    and the tracking task never sees them) and the signature it and its prediction give."""
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    network = load_round_network(model_dir / "spec.json", model_dir / "state_dict.pt")
+    features = int(np.prod(network.spec["input_shape"]))
+    example = np.zeros((INPUT_EXAMPLE_ROWS, features), dtype=np.float32)
+    output = prediction_frame(
+        *mc_predict(network, as_inputs(example, network.spec["input_shape"]), scoring)
+    )
+    return infer_signature(example, output), example
+
+
+def save_round_model(path: Path, model_dir: Path, scoring: RoundScoring, mlflow_model: Any) -> None:
+    """Write the pyfunc of the round whose spec.json and state_dict.pt are in `model_dir`."""
+    (model_dir / "scoring.json").write_text(scoring.to_json())
+    code = model_dir / "round_model.py"
+    code.write_text(_MODEL_CODE)
+    signature, example = _signature_and_example(model_dir, scoring)
+    with _quiet_mlflow():
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=str(code),
+            artifacts={
+                "spec": str(model_dir / "spec.json"),
+                "state_dict": str(model_dir / "state_dict.pt"),
+                "scoring": str(model_dir / "scoring.json"),
+            },
+            signature=signature,
+            input_example=example,
+            pip_requirements=list(pip_requirements()),
+            mlflow_model=mlflow_model,
+        )
+
+
+# ---------------------------------------------------------------------------- registering
+def record_switch(tracker: Tracker, parent_run_id: str, enabled: bool) -> None:
+    """Note on the campaign's run whether its rounds are registered (see TAG_REGISTER)."""
+    tracker.client.set_tag(parent_run_id, TAG_REGISTER, "true" if enabled else "false")
+
+
+def switched_on(tracker: Tracker, run_id: str) -> bool:
+    """Whether the campaign of round run `run_id` registers its models (default: yes)."""
+    client = tracker.client
+    parent = client.get_run(run_id).data.tags.get(TAG_PARENT)
+    if not parent:
+        return True
+    return client.get_run(parent).data.tags.get(TAG_REGISTER, "true") == "true"
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundVersion:
+    """A round's registered version, and whether this call created it (False: found)."""
+
+    name: str
+    version: str
+    round_index: int
+    run_id: str
+    created: bool
+
+
+def find_version(client: Any, name: str, run_id: str) -> Any | None:
+    """The version of `name` registered from run `run_id`, if any: what makes registering
+    idempotent (a round has one run, so one version)."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def ensure_registered_model(client: Any, name: str, campaign: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(
+            name,
+            tags={TAG_CAMPAIGN: campaign},
+            description=f"The model of each round of active-learning campaign {campaign}.",
+        )
+    except MlflowException as error:
+        # Created by an earlier round, or by another workspace on a shared server.
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _logged_model_name(campaign: str, round_index: int) -> str:
+    return f"{campaign}-{round_alias(round_index)}"
+
+
+def _ready_logged_model(tracker: Tracker, run_id: str, name: str) -> Any | None:
+    """A complete pyfunc an earlier, interrupted attempt logged for this run (reused so a retry
+    leaves no second copy)."""
+    found = tracker.client.search_logged_models(
+        [tracker.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}' AND status = 'READY'",
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def log_round_model(
+    tracker: Tracker, run_id: str, campaign: str, round_index: int, model_dir: Path
+) -> Any:
+    """The round's pyfunc as an MLflow LoggedModel linked to the round's run (through the client
+    with explicit ids: the fluent log_model would use a thread-local active run and the global
+    tracking URI)."""
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import Model
+
+    client = tracker.client
+    name = _logged_model_name(campaign, round_index)
+    logged = _ready_logged_model(tracker, run_id, name)
+    if logged is not None:
+        return logged
+    scoring = RoundScoring.from_run_params(client.get_run(run_id).data.params, run_id)
+    logged = client.create_logged_model(
+        tracker.experiment_id,
+        name=name,
+        source_run_id=run_id,
+        tags={
+            TAG_WORKSPACE: tracker.workspace_id,
+            TAG_CAMPAIGN: campaign,
+            TAG_ROUND: str(round_index),
+        },
+    )
+    mlflow_model = Model(
+        artifact_path=logged.artifact_location,
+        run_id=run_id,
+        model_uuid=logged.model_id,
+        model_id=logged.model_id,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        save_round_model(Path(tmp) / "pyfunc", model_dir, scoring, mlflow_model)
+        client.log_model_artifacts(logged.model_id, str(Path(tmp) / "pyfunc"))
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=round_index)])
+    return client.finalize_logged_model(logged.model_id, "READY")
+
+
+def _round_of(client: Any, name: str, alias: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    return int(version.tags.get(TAG_ROUND, -1))
+
+
+def set_aliases(client: Any, name: str, version: str, round_index: int) -> None:
+    """`round-NNNN` on the round's version; `latest-round` too unless a later round has it
+    (a repair may register an older round after a newer one)."""
+    client.set_registered_model_alias(name, round_alias(round_index), version)
+    latest = _round_of(client, name, ALIAS_LATEST)
+    if latest is None or latest <= round_index:
+        client.set_registered_model_alias(name, ALIAS_LATEST, version)
+
+
+def register_round(
+    tracker: Tracker,
+    *,
+    campaign: str,
+    round_index: int,
+    run_id: str,
+    tags: Mapping[str, str],
+    model_dir: Path,
+) -> RoundVersion:
+    """Register the round whose spec.json and state_dict.pt are in `model_dir`, once.
+
+    A version already registered from the run is kept (its aliases set again, in case the
+    attempt that created it stopped before them); otherwise the pyfunc is logged and a version
+    tagged with the round's git tag, labeled-set md5, round and workspace is created.
+    """
+    client = tracker.client
+    name = registered_model_name(campaign)
+    version = find_version(client, name, run_id)
+    created = version is None
+    if created:
+        logged = log_round_model(tracker, run_id, campaign, round_index, model_dir)
+        ensure_registered_model(client, name, campaign)
+        version = client.create_model_version(
+            name,
+            # Where the files are, not `models:/<id>`: MLflow's SQL registry resolves that
+            # through the process-wide tracking URI, which is not this tracker's.
+            source=logged.artifact_location,
+            run_id=run_id,
+            tags={
+                **{key: str(tags[key]) for key in VERSION_TAGS if tags.get(key)},
+                TAG_CAMPAIGN: campaign,
+                TAG_ROUND: str(round_index),
+                TAG_WORKSPACE: tracker.workspace_id,
+            },
+            model_id=logged.model_id,
+        )
+    set_aliases(client, name, version.version, round_index)
+    return RoundVersion(name, str(version.version), round_index, run_id, created)
+
+
+def register_round_state(
+    tracker: Tracker,
+    *,
+    campaign: str,
+    round_index: int,
+    run_id: str,
+    tags: Mapping[str, str],
+    model_state: Mapping[str, Any],
+    model_spec: Mapping[str, Any],
+) -> RoundVersion:
+    """register_round from the weights in memory (the round that just ran)."""
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp)
+        torch.save(dict(model_state), model_dir / "state_dict.pt")
+        (model_dir / "spec.json").write_text(json.dumps(dict(model_spec)))
+        return register_round(
+            tracker,
+            campaign=campaign,
+            round_index=round_index,
+            run_id=run_id,
+            tags=tags,
+            model_dir=model_dir,
+        )
+
+
+# ---------------------------------------------------------------------------- repair
+@dataclasses.dataclass
+class RegistryRepair:
+    """What registering the committed rounds found missing and did about it."""
+
+    registered: list[int] = dataclasses.field(default_factory=list)
+    # Rounds whose run has no model files: the process stopped before uploading them.
+    without_model: list[int] = dataclasses.field(default_factory=list)
+
+
+def _run_here(tracker: Tracker, run_id: str) -> bool:
+    """Whether the run is in this store and belongs to this workspace."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = tracker.client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return run.data.tags.get(TAG_WORKSPACE) == tracker.workspace_id
+
+
+def _has_model_files(client: Any, run_id: str) -> bool:
+    listed = {Path(f.path).name for f in client.list_artifacts(run_id, RUN_MODEL_DIR)}
+    return set(MODEL_FILES) <= listed
+
+
+def _download_model_files(client: Any, run_id: str, into: Path) -> Path:
+    with _quiet_mlflow():
+        for file in MODEL_FILES:
+            client.download_artifacts(run_id, f"{RUN_MODEL_DIR}/{file}", str(into))
+    return into / RUN_MODEL_DIR
+
+
+def repair_registrations(
+    tracker: Tracker, campaign: str, committed: Mapping[int, Mapping[str, Any]]
+) -> RegistryRepair:
+    """Register every committed round of this workspace whose version is missing.
+
+    A process that died after a round's commit but before its registration (or a campaign run
+    with registration switched off) leaves such rounds; their weights come from their runs.
+    Only runs in this store are considered: a campaign moved to another tracking server keeps
+    its older rounds where they were.
+    """
+    client = tracker.client
+    done = RegistryRepair()
+    name = registered_model_name(campaign)
+    registered = {v.run_id for v in client.search_model_versions(f"name = '{name}'")}
+    for round_index, record in sorted(committed.items()):
+        run_id = str(record.get("run_id") or "")
+        if not run_id or run_id in registered or not _run_here(tracker, run_id):
+            continue
+        if not _has_model_files(client, run_id):
+            done.without_model.append(round_index)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            register_round(
+                tracker,
+                campaign=campaign,
+                round_index=round_index,
+                run_id=run_id,
+                tags=record.get("tags", {}),
+                model_dir=_download_model_files(client, run_id, Path(tmp)),
+            )
+        done.registered.append(round_index)
+    return done
