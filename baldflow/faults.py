@@ -60,7 +60,13 @@ HANDOFF_POINTS = (
     "unpark-round-run:after",
     "load-handoff-model:after",
 )
-FAULT_POINTS = ROUND_POINTS + HANDOFF_POINTS
+# Passed only by a workspace with a git remote (team mode): between the round's commit and
+# its push, which is the round's claim across clones.
+REMOTE_POINTS = (
+    "claim-round:before",
+    "claim-round:pushed",
+)
+FAULT_POINTS = ROUND_POINTS + HANDOFF_POINTS + REMOTE_POINTS
 
 
 class InjectedFault(RuntimeError):  # noqa: N818 (named for what it stands in for)

@@ -310,6 +310,8 @@ class CampaignRun:
     flow_run_id: str
     logger: Any
     timings: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    # Team mode: the workspace has a git remote; each round syncs first and its push claims it.
+    shared: bool = False
 
     @property
     def name(self) -> str:

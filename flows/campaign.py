@@ -21,6 +21,7 @@ from prefect.utilities.annotations import quote
 from baldflow import steps, tasks
 from baldflow.config import Config, validate
 from baldflow.flows.outcome import campaign_result, campaign_run_name, final_state
+from baldflow.flows.slots import workspace_slot
 from baldflow.labeling import HandOff, WaitingForLabels
 from baldflow.rounds import (
     CampaignRun,
@@ -31,6 +32,7 @@ from baldflow.rounds import (
     training_set_input,
 )
 from baldflow.workspace import Workspace, workspace_lock
+from baldflow.workspace.remote import remote_url
 from baldflow.workspace.tracking import tracker_for
 
 
@@ -52,7 +54,39 @@ def _hand_off(c: CampaignRun, record: RoundRecord) -> None:
     raise WaitingForLabels(pending, sheet, 0)
 
 
-def _initial_round(c: CampaignRun) -> None:
+def _claimed(c: CampaignRun, commit: Any, run_id: str | None) -> bool:
+    """Push a committed round to the shared remote; False when another clone's push of the
+    same round came first, in which case this clone's round is dropped for the winner's."""
+    if not c.shared:
+        return True
+    r = commit.round
+    lost = tasks.claim_round(quote(c.workspace), quote(commit), r)
+    if lost is None:
+        return True
+    c.logger.warning("%s", lost)
+    notes = tasks.discard_lost_round(
+        quote(c.workspace), quote(c.tracker), quote(commit), run_id, lost, r
+    )
+    for note in notes:
+        c.logger.warning("%s", note)
+    tasks.clear_handoff(quote(c.handoff), r)
+    return False
+
+
+def _sync(c: CampaignRun, last: int | None) -> int | None:
+    """The campaign's last committed round once this clone is level with the shared remote."""
+    if not c.shared:
+        return last
+    for note in tasks.sync_workspace(quote(c.workspace)):
+        c.logger.info("%s", note)
+    now = c.workspace.last_round(c.name)
+    if now != last and now is not None:
+        c.workspace.check_consistency(c.name)
+        c.logger.info("campaign %s: round %d is the last one committed on the remote", c.name, now)
+    return now
+
+
+def _initial_round(c: CampaignRun) -> bool:
     seed = steps.round_seed(c.config.campaign.seed, 0)
     record = RoundRecord.initial(c.name, seed, c.data.initial_ids, c.parent_run_id)
     if c.people_label:
@@ -64,10 +98,13 @@ def _initial_round(c: CampaignRun) -> None:
     commit = tasks.version_round(
         quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, 0
     )
+    if not _claimed(c, commit, None):
+        return False
     tasks.clear_handoff(quote(c.handoff), 0)
     c.logger.info(
         "round 0: initial labeled set of %d samples committed as %s", len(labels.labels), commit.tag
     )
+    return True
 
 
 def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[RoundRecord, Any]:
@@ -112,6 +149,8 @@ def _complete(
         commit = tasks.version_round(
             quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, r
         )
+        if not _claimed(c, commit, record.run_id):
+            return {"round": r, "lost": True}
         acquired = acquired_table([row for row in c.workspace.ledger(c.name) if row.round == r])
         tasks.publish_batch(
             c.name,
@@ -187,8 +226,9 @@ def _start(config: Config, ws: Workspace, logger: Any) -> CampaignRun:
     for note in notes:
         logger.warning("%s", note)
     return CampaignRun(
-        config, ws, tracker, handoff, data, oracle, parent_run_id, flow_run_id, logger
-    )
+        config, ws, tracker, handoff, data, oracle, parent_run_id, flow_run_id, logger,
+        shared=remote_url(ws) is not None,
+    )  # fmt: skip
 
 
 def run_campaign(
@@ -213,27 +253,40 @@ def run_campaign(
             last, stopped, waiting = opened.last_round, "rounds", None
             budget = max_new_rounds if max_new_rounds is not None else -1
             try:
-                if last is None:
-                    _initial_round(c)
-                    last, budget = 0, budget - 1
-                else:
+                if last is not None:
                     ws.check_consistency(name)
                     logger.info("campaign %s: resuming after round %d", name, last)
-                for round_index in range(last + 1, config.campaign.rounds + 1):
-                    if budget == 0:
-                        stopped = "round-limit"
-                        break
-                    if _round(c, round_index) is None:
-                        stopped = "pool-empty"
-                        break
-                    budget -= 1
+                while True:
+                    # Per round: on a shared workspace another clone may have committed
+                    # rounds meanwhile, and holds the round's slot while it computes one.
+                    with workspace_slot(
+                        ws.workspace_id, shared=c.shared, wait=max_new_rounds is None,
+                        logger=logger,
+                    ):  # fmt: skip
+                        last = _sync(c, last)
+                        if last is not None and last >= config.campaign.rounds:
+                            break
+                        if budget == 0:
+                            stopped = "round-limit"
+                            break
+                        if last is None:
+                            won = _initial_round(c)
+                        else:
+                            outcome = _round(c, last + 1)
+                            if outcome is None:
+                                stopped = "pool-empty"
+                                break
+                            won = not outcome.get("lost")
+                    if won:
+                        last = c.workspace.last_round(name)
+                        budget -= 1
             except WaitingForLabels as exc:
                 waiting, stopped = exc, "waiting-for-labels"
                 logger.info("%s", exc)
             except BaseException as exc:
                 _close_run(c, c.parent_run_id, exc)
                 raise
-            if stopped == "rounds" and last >= config.campaign.rounds:
+            if stopped == "rounds" and last is not None and last == opened.last_round:
                 logger.info(
                     "campaign %s already has %d round(s) of the %d asked for; nothing to do",
                     name, last, config.campaign.rounds,

@@ -13,6 +13,7 @@ from baldflow.tasks.model import (
     train_model,
 )
 from baldflow.tasks.oracle import clear_handoff, hand_off_batch, label_batch, make_oracle
+from baldflow.tasks.remote import claim_round, discard_lost_round, sync_workspace
 from baldflow.tasks.tracking import (
     end_run,
     finish_campaign,
@@ -27,8 +28,10 @@ from baldflow.tasks.workspace import OpenedWorkspace, open_workspace, version_ro
 
 __all__ = [
     "OpenedWorkspace",
+    "claim_round",
     "clear_handoff",
     "close_stale_flow_runs",
+    "discard_lost_round",
     "end_run",
     "evaluate_model",
     "finish_campaign",
@@ -43,6 +46,7 @@ __all__ = [
     "save_handoff_model",
     "score_pool",
     "select_batch",
+    "sync_workspace",
     "start_campaign_tracking",
     "start_round_run",
     "track_round",

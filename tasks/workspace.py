@@ -11,7 +11,7 @@ from baldflow.config import Config, dump_yaml
 from baldflow.faults import fault_point
 from baldflow.labeling import HandOff
 from baldflow.rounds import Labels, RoundRecord
-from baldflow.workspace import RoundCommit, Workspace
+from baldflow.workspace import RoundCommit, Workspace, remote
 
 
 @dataclasses.dataclass
@@ -50,6 +50,11 @@ def open_workspace(root: str, config: Config) -> OpenedWorkspace:
             f"{recovery.discarded}, re-tagged: {recovery.retagged}); resuming after round "
             f"{recovery.last_round}"
         )
+    if remote.remote_url(workspace) is not None:
+        # Before MLflow is repaired from git: a round this clone committed but lost to another
+        # clone must be gone from git first, or its run would be completed as committed.
+        notes.extend(remote.sync(workspace).notes)
+        recovery = dataclasses.replace(recovery, last_round=workspace.last_round(name))
     workspace.check_campaign_params(name, config.identity())
     handoff = HandOff(workspace.campaign_dir(name), name)
     cleared = handoff.clear_committed(recovery.last_round)

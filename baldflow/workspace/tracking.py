@@ -20,6 +20,12 @@ TAG_KIND = "baldflow.kind"
 TAG_ROUND = "baldflow.round"
 TAG_WORKSPACE = "baldflow.workspace_id"
 TAG_PARENT = "mlflow.parentRunId"
+# Team mode: who ran a run, from which clone, pushing to which git remote. Round runs are
+# looked up and repaired per clone: two clones may run the same round at the same time.
+TAG_OPERATOR = "baldflow.operator"
+TAG_CLONE = "baldflow.clone_id"
+TAG_GIT_REMOTE = "baldflow.git_remote"
+TAG_DISCARDED = "baldflow.discarded"
 # MLflow's own tag listing a run's table artifacts, which its UI reads to show them as tables.
 TAG_LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"
 ACQUIRED_TABLE = "acquired.json"
@@ -49,18 +55,26 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
 
 def tracker_for(mlflow_uri: str | None, experiment: str, workspace: Any) -> Tracker:
     """The tracker of a workspace: the configured server, else the store inside it."""
+    from baldflow.workspace import remote
+
     if mlflow_uri:
         # A server stores artifacts where it was told to; a SQLite store given by path would
         # otherwise put them in ./mlruns of whatever directory the run started in.
         artifacts = None
         if mlflow_uri.startswith("sqlite:///"):
             artifacts = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "artifacts"
-        return Tracker(mlflow_uri, experiment, artifacts, workspace.workspace_id)
+        uri = mlflow_uri
+    else:
+        uri = local_tracking_uri(workspace.mlflow_dir)
+        artifacts = workspace.mlflow_dir / "artifacts"
     return Tracker(
-        local_tracking_uri(workspace.mlflow_dir),
+        uri,
         experiment,
-        workspace.mlflow_dir / "artifacts",
+        artifacts,
         workspace.workspace_id,
+        clone_id=remote.clone_id(workspace),
+        operator=remote.operator(workspace, uri),
+        git_remote=remote.remote_url(workspace) or "",
     )
 
 
@@ -112,6 +126,10 @@ class Tracker:
         experiment: str,
         artifact_root: str | Path | None,
         workspace_id: str,
+        *,
+        clone_id: str = "",
+        operator: str = "",
+        git_remote: str = "",
     ):
         if not workspace_id:
             raise ValueError("a Tracker needs the workspace id its runs belong to")
@@ -119,6 +137,9 @@ class Tracker:
         self.experiment = experiment
         self.artifact_root = Path(artifact_root).resolve() if artifact_root else None
         self.workspace_id = workspace_id
+        self.clone_id = clone_id
+        self.operator = operator
+        self.git_remote = git_remote
         self._client = None
         self._experiment_id: str | None = None
 
@@ -156,7 +177,27 @@ class Tracker:
         )
 
     def _tags(self, campaign: str, kind: str, **extra: str) -> dict[str, str]:
-        return {TAG_WORKSPACE: self.workspace_id, TAG_CAMPAIGN: campaign, TAG_KIND: kind, **extra}
+        team = {TAG_CLONE: self.clone_id, TAG_OPERATOR: self.operator}
+        if self.git_remote:
+            team[TAG_GIT_REMOTE] = self.git_remote
+        return {
+            TAG_WORKSPACE: self.workspace_id,
+            TAG_CAMPAIGN: campaign,
+            TAG_KIND: kind,
+            **{k: v for k, v in team.items() if v},
+            **extra,
+        }
+
+    def _ours(self, run: Any) -> bool:
+        """A run this clone opened (runs from before clone ids count as this clone's)."""
+        tagged = run.data.tags.get(TAG_CLONE)
+        return not tagged or not self.clone_id or tagged == self.clone_id
+
+    def discard(self, run_id: str, why: str) -> None:
+        """Close the run of a round another clone committed first, saying so."""
+        self.client.set_tag(run_id, TAG_DISCARDED, why[:4000])
+        if self.client.get_run(run_id).info.status != "KILLED":
+            self.client.set_terminated(run_id, status="KILLED")
 
     def campaign_run(self, campaign: str, params: Mapping[str, Any]) -> str:
         """The campaign's parent run, created on the first run and reopened on a resume."""
@@ -188,6 +229,8 @@ class Tracker:
         done: dict[str, list[str]] = {"repaired": [], "killed": []}
         by_run = {str(rec["run_id"]): rec for rec in committed.values() if rec.get("run_id")}
         for run in self._search(campaign, "round"):
+            if not self._ours(run):
+                continue  # another clone's run: that clone repairs it, maybe right now
             run_id = run.info.run_id
             record = by_run.get(run_id)
             if record is None:
@@ -216,7 +259,11 @@ class Tracker:
         Looking it up first makes a retried or resumed start idempotent: a round has one run,
         however often it was started.
         """
-        found = self._search(campaign, "round", f"tags.`{TAG_ROUND}` = '{round_index}'")
+        found = [
+            run
+            for run in self._search(campaign, "round", f"tags.`{TAG_ROUND}` = '{round_index}'")
+            if self._ours(run) and TAG_DISCARDED not in run.data.tags
+        ]
         if found:
             run = max(found, key=lambda r: r.info.start_time or 0)
             if run.info.status != "RUNNING":

@@ -1,0 +1,247 @@
+"""Team mode: a workspace shared through a git remote and a DVC remote by two clones.
+
+Two operators run the same campaign from two clones at the same time, as real processes,
+against the same remotes and the team stack's MLflow server (PostgreSQL, proxied artifacts).
+Whatever they race for, the history must come out as one operator alone would have left it:
+contiguous round tags, the ledger equal to DVC's labeled set at every tag, no sample twice,
+one FINISHED MLflow run per committed round, on both clones and on the remote.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from baldflow.faults import FAULT_ENV, FAULT_FILE_ENV, FAULT_TRACE_ENV
+from baldflow.workspace import Workspace, remote
+from baldflow.workspace.consistency import check_workspace
+from baldflow.workspace.tracking import TAG_CLONE, TAG_DISCARDED, TAG_GIT_REMOTE, TAG_OPERATOR
+
+BALDFLOW = [sys.executable, "-c", "import sys; from baldflow.cli import main; sys.exit(main())"]
+CAMPAIGN = "tiny"
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def env_for(operator: str, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (FAULT_ENV, FAULT_FILE_ENV, FAULT_TRACE_ENV, "PREFECT_API_URL")
+    }
+    env.update(BALDFLOW_OPERATOR=operator, **extra)
+    return env
+
+
+def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    with log.open("w") as handle:
+        return subprocess.Popen(
+            [*BALDFLOW, *args], stdout=handle, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert code == 0, log.read_text()[-6000:]
+
+
+def run(args: list[str], log: Path, env: dict[str, str]) -> None:
+    finish(start(args, log, env), log)
+
+
+def remote_tags(bare: Path) -> list[str]:
+    return sorted(git(bare, "tag", "--list", f"{CAMPAIGN}/round-*").split())
+
+
+@pytest.fixture
+def shared(tmp_path, tiny_params, team_stack):
+    """An empty bare git repository, a DVC remote directory and the campaign's parameters,
+    tracked on the team stack's MLflow server in an experiment of this test's own."""
+    bare = tmp_path / "shared.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    dvc_remote = tmp_path / "dvc-remote"
+    dvc_remote.mkdir()
+    params = dict(tiny_params)
+    params["tracking"] = {
+        "mlflow_uri": team_stack.mlflow_uri,
+        "experiment": f"team-{uuid.uuid4().hex[:8]}",
+        # The registry has tests of its own (test_registry.py); here it only costs time.
+        "register_model": False,
+    }
+    params["training"] = {**params["training"], "num_threads": 1}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return bare, dvc_remote, path, params
+
+
+def make_clones(tmp_path: Path, shared) -> tuple[Path, Path]:
+    bare, dvc_remote, params_path, _ = shared
+    a, b = tmp_path / "ann", tmp_path / "bob"
+    run(
+        ["init", str(a), "-c", str(params_path), "--git-remote", str(bare),
+         "--dvc-remote", str(dvc_remote)],
+        tmp_path / "init.log", env_for("ann"),
+    )  # fmt: skip
+    run(["init", str(b), "--clone", str(bare)], tmp_path / "clone.log", env_for("bob"))
+    return a, b
+
+
+def check_invariants(clones: list[Path], bare: Path, params: dict, rounds: int) -> None:
+    expected = [f"{CAMPAIGN}/round-{r:04d}" for r in range(rounds + 1)]
+    assert remote_tags(bare) == expected
+    head = git(bare, "rev-parse", "main")
+    for clone in clones:
+        assert git(clone, "rev-parse", "HEAD") == head, f"{clone} is not level with the remote"
+        assert sorted(git(clone, "tag", "--list", f"{CAMPAIGN}/round-*").split()) == expected
+        problems = check_workspace(
+            clone,
+            [CAMPAIGN],
+            tracking_uri=params["tracking"]["mlflow_uri"],
+            experiment=params["tracking"]["experiment"],
+        )
+        assert problems == {CAMPAIGN: []}, problems
+        ws = Workspace(clone)
+        ids = [row.sample_id for row in ws.ledger(CAMPAIGN)]
+        assert len(ids) == len(set(ids)), "a sample was acquired twice"
+        assert sorted({row.round for row in ws.ledger(CAMPAIGN)}) == list(range(rounds + 1))
+
+
+def round_runs(params: dict) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=params["tracking"]["mlflow_uri"])
+    experiment = client.get_experiment_by_name(params["tracking"]["experiment"])
+    return client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`baldflow.kind` = 'round'"
+    )
+
+
+def test_two_operators_racing_on_two_clones_leave_one_history(tmp_path, shared):
+    bare, _, _, params = shared
+    rounds = 6
+    a, b = make_clones(tmp_path, shared)
+    pause = tmp_path / "bob-paused"
+    # Bob stops right before pushing his round 2, and goes on only once Ann's round 2 is on
+    # the remote: at least one race is certain, however the two processes are scheduled.
+    bob_env = env_for(
+        "bob", **{FAULT_ENV: "claim-round:before:2:pause", FAULT_FILE_ENV: str(pause)}
+    )
+    args = ["run", "--set", f"campaign.rounds={rounds}"]
+    ann = start([*args, "--workspace", str(a)], tmp_path / "ann.log", env_for("ann"))
+    bob = start([*args, "--workspace", str(b)], tmp_path / "bob.log", bob_env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (pause.exists() and f"{CAMPAIGN}/round-0002" in remote_tags(bare)):
+            assert time.monotonic() < deadline, (tmp_path / "bob.log").read_text()[-4000:]
+            assert bob.poll() is None, (tmp_path / "bob.log").read_text()[-4000:]
+            time.sleep(0.3)
+        Path(f"{pause}.release").touch()
+        finish(ann, tmp_path / "ann.log")
+        finish(bob, tmp_path / "bob.log")
+    finally:
+        for proc in (ann, bob):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+    check_invariants([a, b], bare, params, rounds)
+    bob_log = (tmp_path / "bob.log").read_text()
+    assert "committed first by another clone" in bob_log
+    runs = round_runs(params)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert sorted(int(r.data.tags["baldflow.round"]) for r in finished) == list(
+        range(1, rounds + 1)
+    )
+    lost = [r for r in runs if TAG_DISCARDED in r.data.tags]
+    assert lost, "bob's round 2 lost the race: its run should say so"
+    assert all(r.info.status == "KILLED" for r in lost)
+    assert any(r.data.tags[TAG_OPERATOR] == "bob" and r.data.tags["baldflow.round"] == "2"
+               for r in lost)  # fmt: skip
+    for run_ in finished:
+        assert run_.data.tags[TAG_GIT_REMOTE] == str(bare)
+        assert run_.data.tags[TAG_OPERATOR] in ("ann", "bob")
+        assert run_.data.tags[TAG_CLONE]
+    print(
+        f"two operators, {rounds} rounds: ann committed "
+        f"{sum(r.data.tags[TAG_OPERATOR] == 'ann' for r in finished)}, bob "
+        f"{sum(r.data.tags[TAG_OPERATOR] == 'bob' for r in finished)}; "
+        f"{len(lost)} round(s) lost a race and were discarded"
+    )
+
+
+def run_flow(workspace: Path, params: dict, rounds: int, operator: str) -> None:
+    """The campaign flow in this process (the session's Prefect server), as `operator`."""
+    from baldflow.flows.campaign import campaign_flow
+
+    params = {**params, "campaign": {**params["campaign"], "rounds": rounds}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BALDFLOW_OPERATOR", operator)
+        campaign_flow(workspace=str(workspace), params=params)
+
+
+def test_a_clone_that_died_before_its_push_takes_the_winners_round(
+    tmp_path, shared, prefect_harness
+):
+    """Bob commits round 1 and is killed before pushing it; Ann commits her round 1. Bob's
+    next run drops his round 1 (its run ends KILLED) and carries on from Ann's."""
+    bare, dvc_remote, params_path, params = shared
+    a, b = tmp_path / "ann", tmp_path / "bob"
+    with Workspace.init(a, params_text=params_path.read_text(), remote=str(dvc_remote)) as ws:
+        remote.connect(ws, str(bare))
+    remote.clone(str(bare), b).close()
+    run_flow(a, params, 0, "ann")
+    # Bob's run is a process of its own, killed for real between commit and push.
+    killed = start(
+        ["run", "--workspace", str(b), "--set", "campaign.rounds=1"], tmp_path / "bob.log",
+        env_for("bob", **{FAULT_ENV: "claim-round:before:1:kill"}),
+    )  # fmt: skip
+    assert killed.wait(timeout=300) != 0, (tmp_path / "bob.log").read_text()[-4000:]
+    bob_round = git(b, "rev-parse", f"{CAMPAIGN}/round-0001")
+    assert f"{CAMPAIGN}/round-0001" not in remote_tags(bare)
+    run_flow(a, params, 1, "ann")
+    run_flow(b, params, 2, "bob")
+    assert git(bare, "rev-parse", f"{CAMPAIGN}/round-0001") != bob_round
+    assert git(b, "rev-parse", f"{CAMPAIGN}/round-0001") != bob_round
+    run_flow(a, params, 2, "ann")
+    check_invariants([a, b], bare, params, 2)
+    by_status = {}
+    for run_ in round_runs(params):
+        by_status.setdefault(run_.info.status, []).append(run_.data.tags[TAG_OPERATOR])
+    assert by_status == {"FINISHED": ["ann", "bob"], "KILLED": ["bob"]} or by_status == {
+        "FINISHED": ["bob", "ann"], "KILLED": ["bob"]
+    }
+
+
+def test_joining_and_publishing_refuse_what_would_mix_histories(tmp_path):
+    plain = tmp_path / "plain.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(plain)], check=True)
+    other = tmp_path / "other"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(other)], check=True)
+    git(other, "-c", "user.name=x", "-c", "user.email=x@y", "commit", "-q", "--allow-empty",
+        "-m", "not a workspace")  # fmt: skip
+    git(other, "push", "-q", str(plain), "main")
+    with pytest.raises(remote.RemoteError, match="not a baldflow workspace"):
+        remote.clone(str(plain), tmp_path / "joined")
+    ws = Workspace.init(tmp_path / "ws")
+    with pytest.raises(remote.RemoteError, match="another history"):
+        remote.connect(ws, str(plain))
+    ws.close()
+    with pytest.raises(remote.RemoteError, match="exists and is not empty"):
+        remote.clone(str(plain), tmp_path / "ws")
