@@ -656,6 +656,31 @@ def _add_cycle_parsers(sub) -> None:
     )
 
     p = sub.add_parser(
+        "deploy",
+        help="register the cycle on a shared Prefect server's work pool, for workers to run",
+        description="Create or update a deployment of the cycle (one round per run) on the "
+        "Prefect server of PREFECT_API_URL, in work pool POOL (created as a process pool if "
+        "missing), with a schedule. Unlike `serve`, nothing keeps running here: `prefect "
+        "worker start --pool POOL`, on any machine with baldflow installed and the workspace "
+        "at the same path, runs the cycles. One cycle runs at a time: a run triggered while "
+        "another runs is cancelled.",
+    )
+    _workspace_arg(p)
+    p.add_argument("--campaign", required=True, metavar="NAME", help="the campaign to cycle")
+    p.add_argument("--pool", required=True, metavar="POOL", help="work pool of the workers")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 * * * *' (hourly)")
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
+    p.add_argument("--config", "-c", metavar="FILE", help=config_help)
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="K=V", help=set_help
+    )
+    p.add_argument(
+        "--work-queue", metavar="QUEUE", help="queue of the pool (default: the pool's default)"
+    )
+    p.add_argument("--name", metavar="NAME", help="deployment name (default: <campaign>-cycle)")
+
+    p = sub.add_parser(
         "server",
         help="start a persistent Prefect server on 127.0.0.1",
         description="Start `prefect server start` on 127.0.0.1 with its database in the "
@@ -893,6 +918,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    ws_root = _ws_root(args)
+    # Telemetry off before prefect is imported, but PREFECT_HOME left alone: a team's server
+    # is often configured in the user's Prefect profile, which lives in their PREFECT_HOME.
+    from baldflow.workspace import offline_environment
+
+    offline_environment()
+    if args.interval is not None and args.interval <= 0:
+        from baldflow.config import ConfigError
+
+        raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
+    from baldflow.flows.deploy import (
+        check_name_free,
+        cycle_overrides,
+        deploy_cycle,
+        deployment_name,
+        persistent_api_url,
+    )
+
+    # Refusals first, before anything is created.
+    api_url = persistent_api_url()
+    check_name_free(ws_root, args.name or deployment_name(args.campaign))
+    from baldflow.flows.cycle import load_cycle_config
+    from baldflow.preflight import check as preflight
+
+    # What every run will load (params.yaml or --config, then --set, then the campaign's
+    # name), checked now rather than at the first scheduled run, on a worker, unattended.
+    config = load_cycle_config(ws_root, args.config, cycle_overrides(args.campaign, args.overrides))
+    preflight(config, ws_root)
+    from baldflow.workspace import Workspace, workspace_lock
+
+    ws_root.mkdir(parents=True, exist_ok=True)
+    with workspace_lock(ws_root):
+        if not Workspace.is_ready(ws_root):
+            from baldflow.config import dump_yaml
+
+            Workspace.init(ws_root, params_text=dump_yaml(config)).close()
+    deployment = deploy_cycle(
+        ws_root,
+        args.campaign,
+        pool=args.pool,
+        cron=args.cron,
+        interval=args.interval,
+        config=args.config,
+        overrides=args.overrides,
+        work_queue=args.work_queue,
+        name=args.name,
+    )
+    when = f"cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
+    created = ", created now" if deployment.pool_created else ""
+    pool = f"{deployment.pool} ({deployment.pool_type}{created})"
+    print(f"deployment {deployment.full_name} on {api_url}")
+    print(f"  one round of campaign {args.campaign} in {ws_root} per run, {when}")
+    print(f"  work pool: {pool}; one run at a time (a run due while one runs is cancelled)")
+    print("run the cycles with a worker, where baldflow is installed and the workspace is at")
+    print(f"the same path (PREFECT_API_URL={api_url} in its environment):")
+    print(f"  {deployment.worker_command()}")
+    print(f"a cycle now: prefect deployment run {_quoted(deployment.full_name)}")
+    return 0
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     import time
 
@@ -1105,6 +1191,7 @@ COMMANDS = {
     "report": cmd_report,
     "cycle": cmd_cycle,
     "serve": cmd_serve,
+    "deploy": cmd_deploy,
     "server": cmd_server,
     "verify": cmd_verify,
     "stack": cmd_stack,

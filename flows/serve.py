@@ -8,10 +8,9 @@ from pathlib import Path
 from prefect.types.entrypoint import EntrypointType
 
 from baldflow.flows.cycle import cycle_flow
+from baldflow.flows.deploy import deployment_name
 
-
-def deployment_name(campaign: str) -> str:
-    return f"{campaign}-cycle"
+__all__ = ["deployment_name", "serve_cycle"]
 
 
 def serve_cycle(
