@@ -109,7 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="parameter file to copy in, validated first (default: the built-in defaults)",
     )
-    p.add_argument("--remote", metavar="URL", help="DVC remote (default: DIR/dvc-remote)")
+    p.add_argument(
+        "--dvc-remote",
+        "--remote",
+        dest="remote",
+        metavar="URL",
+        help="DVC remote the labeled sets are pushed to: a shared directory, ssh:// or s3:// "
+        "(default: DIR/dvc-remote)",
+    )
+    p.add_argument(
+        "--git-remote",
+        metavar="URL",
+        help="share the workspace: push it to this git remote (an empty bare repository), and "
+        "every committed round after it (team mode; see README, Working as a team)",
+    )
+    p.add_argument(
+        "--clone",
+        metavar="URL",
+        help="join a shared workspace: clone its git remote into DIR and pull its data from "
+        "the DVC remote it names",
+    )
 
     p = sub.add_parser(
         "run",
@@ -217,15 +236,49 @@ def cmd_init(args: argparse.Namespace) -> int:
     from baldflow.workspace import Workspace
 
     directory = args.directory or _default_workspace()
+    if args.clone:
+        return _join_workspace(args, directory)
     if args.config:
         load_config(args.config)  # validate before creating anything
         text = Path(args.config).read_text()
     else:
         text = dump_yaml(load_config(None, check_names=False))
     ws = Workspace.init(directory, params_text=text, remote=args.remote)
+    if args.git_remote:
+        from baldflow.workspace import remote
+
+        remote.connect(ws, args.git_remote)
+        dvc_url = remote.dvc_remote_url(ws)
     ws.close()
     print(f"workspace ready: {ws.root}")
+    if args.git_remote:
+        print(f"  shared through: {args.git_remote} (git) and {dvc_url} (DVC)")
     print(f"  parameters: {ws.params_path}")
+    from baldflow.audit.hints import shell_command
+
+    print(f"  run a campaign: {shell_command('baldflow')} run --workspace {_quoted(directory)}")
+    return 0
+
+
+def _join_workspace(args: argparse.Namespace, directory: str | Path) -> int:
+    """`init DIR --clone URL`: another operator's copy of a shared workspace."""
+    from baldflow.workspace import remote
+
+    if args.config or args.remote or args.git_remote:
+        print(
+            "--clone takes the parameters and remotes from the shared workspace: drop "
+            "--config, --dvc-remote and --git-remote",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    ws = remote.clone(args.clone, directory)
+    campaigns = ws.campaigns()
+    dvc_url = remote.dvc_remote_url(ws)
+    ws.close()
+    print(f"joined the shared workspace {args.clone}: {ws.root}")
+    print(f"  DVC remote: {dvc_url}")
+    for name in campaigns:
+        print(f"  campaign {name}: last committed round {ws.last_round(name)}")
     from baldflow.audit.hints import shell_command
 
     print(f"  run a campaign: {shell_command('baldflow')} run --workspace {_quoted(directory)}")
@@ -555,7 +608,13 @@ def _add_cycle_parsers(sub) -> None:
         action="store_true",
         help="the file labels part of the batch; rows with an empty label are skipped",
     )
-    q.add_argument("--by", metavar="NAME", help="who labeled, for the ledger (default: $USER)")
+    q.add_argument(
+        "--by",
+        metavar="NAME",
+        help="who labeled, for the ledger (default: $BALDFLOW_OPERATOR, the MLflow "
+        "user of an authenticated tracking server, the workspace's git identity, else "
+        "login@host)",
+    )
     q.add_argument(
         "--no-complete",
         action="store_true",
@@ -770,10 +829,8 @@ def _finished_result(ws_root: Path, finished, experiment: str) -> dict:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    import getpass
-
     from baldflow.labeling import NoPendingBatchError, import_labels, pending_batches
-    from baldflow.workspace import workspace_lock
+    from baldflow.workspace import Workspace, remote, workspace_lock
 
     ws_root = _ws_root(args)
     batches = pending_batches(ws_root)
@@ -786,7 +843,10 @@ def cmd_label(args: argparse.Namespace) -> int:
         names = ", ".join(h.campaign for h, _ in batches)
         raise NoPendingBatchError(f"batches of {names} are waiting for labels: pass --campaign")
     handoff, pending = batches[0]
-    by = args.by or os.environ.get("USER") or getpass.getuser()
+    # The operator: $BALDFLOW_OPERATOR, the authenticated MLflow user of a tracking server,
+    # the clone's git identity, else login@host (see baldflow.workspace.remote.operator).
+    tracking_uri = ((pending.params.get("tracking") or {}).get("mlflow_uri")) or None
+    by = args.by or remote.operator(Workspace(ws_root), tracking_uri)
     with workspace_lock(ws_root):
         result = import_labels(handoff, args.file, partial=args.partial, labeled_by=by)
         print(
@@ -1211,6 +1271,7 @@ def report_error(exc: BaseException) -> int | None:
     from baldflow.config import ConfigError
     from baldflow.labeling import LabelImportError
     from baldflow.preflight import PreflightError
+    from baldflow.workspace import WorkspaceError
     from baldflow.workspace.lock import WorkspaceLockedError
 
     if isinstance(exc, ConfigError):
@@ -1221,7 +1282,7 @@ def report_error(exc: BaseException) -> int | None:
         code = EXIT_LOCKED
     elif isinstance(exc, LabelImportError):
         code = EXIT_LABELS
-    elif isinstance(exc, (FileNotFoundError, LookupError)):
+    elif isinstance(exc, (FileNotFoundError, LookupError, WorkspaceError)):
         code = EXIT_ERROR
     else:
         return None
