@@ -186,7 +186,15 @@ def test_cli_up_status_down_stops_everything():
         again = _cli("down", "--dir", str(root))
         assert again.returncode == 1 and "no server" in again.stderr
         status = _cli("status", "--dir", str(root))
-        assert status.returncode == 1
+        assert status.returncode == 1 and "DOWN" in status.stdout
+
+        # Back up on the recorded ports: the URLs in members' team.env keep working.
+        env_before = (root / "team.env").read_text()
+        restarted = stack_up(root)
+        assert (root / "team.env").read_text() == env_before
+        assert all(ok for _, ok, _ in stack_status(root))
+        assert restarted.mlflow_port == ports[0]
+        stack_down(root)
     finally:
         if (root / "stack.json").exists():
             with contextlib.suppress(StackError):

@@ -488,14 +488,24 @@ def stack_down(dir: str | Path, report: Report | None = None) -> list[str]:
     say = report or (lambda _line: None)
     root = Path(dir).absolute()
     state = _read_state(root)
-    stopped = []
-    for part, expect in (("prefect", PREFECT_COMMAND), ("mlflow", MLFLOW_COMMAND)):
+    servers = (("prefect", PREFECT_COMMAND), ("mlflow", MLFLOW_COMMAND))
+
+    def stop(part: str, expect: str) -> bool:
         recorded = state.get(part, {})
-        if recorded.get("pid") and stop_recorded_group(
-            recorded["pid"], recorded.get("start_ticks"), expect
-        ):
+        pid = recorded.get("pid")
+        return bool(pid) and stop_recorded_group(pid, recorded.get("start_ticks"), expect)
+
+    # Side by side: each takes seconds to wind down its workers, PostgreSQL waits for both.
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        was_running = list(pool.map(lambda item: stop(*item), servers))
+    stopped = []
+    for (part, _), running in zip(servers, was_running, strict=True):
+        recorded = state.get(part, {})
+        if running:
             stopped.append(part)
             say(f"{part}: stopped (pid {recorded['pid']})")
+        elif recorded.get("pid"):
+            say(f"{part}: was not running (pid {recorded['pid']} gone)")
         recorded.pop("pid", None)
         recorded.pop("start_ticks", None)
     pg = state.get("postgres", {})
