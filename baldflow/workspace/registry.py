@@ -15,7 +15,6 @@ import os
 import re
 import tempfile
 import threading
-import warnings
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -180,7 +179,12 @@ class RoundModel(mlflow.pyfunc.PythonModel):
         # Predicting sets the masks on the shared network: one request at a time.
         self._lock = threading.Lock()
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    # MLflow derives checks from predict's type hints and warns (on import and on every save)
+    # when it cannot; the explicit signature already checks the inputs, so that path is off
+    # and predict is unannotated.
+    _skip_type_hint_validation = True
+
+    def predict(self, context, model_input, params=None):
         x = as_inputs(model_input, tuple(self.network.spec["input_shape"]))
         with self._lock:
             probs_N_C, bald_N = mc_predict(self.network, x, self.scoring)
@@ -189,21 +193,18 @@ class RoundModel(mlflow.pyfunc.PythonModel):
 
 # ---------------------------------------------------------------------------- saving
 @contextlib.contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """Keep a round's log readable: MLflow draws a progress bar for every artifact it copies,
-    even a local file (three per round), and warns on every save that it cannot derive a
-    signature from RoundModel.predict's type hints (the signature is given explicitly)."""
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar for every artifact it copies, even a local file: three
+    bars per round in the campaign's log. Off for the block unless the user chose otherwise."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    chosen = key in os.environ
-    if not chosen:
-        os.environ[key] = "false"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Failed to infer signature from type hint")
-            yield
+        yield
     finally:
-        if not chosen:
-            os.environ.pop(key, None)
+        os.environ.pop(key, None)
 
 
 @functools.cache
@@ -234,7 +235,7 @@ def save_round_model(path: Path, model_dir: Path, scoring: RoundScoring, mlflow_
     code = model_dir / "round_model.py"
     code.write_text(_MODEL_CODE)
     signature, example = _signature_and_example(model_dir, scoring)
-    with _quiet_mlflow():
+    with _no_progress_bars():
         mlflow.pyfunc.save_model(
             str(path),
             python_model=str(code),
@@ -251,14 +252,32 @@ def save_round_model(path: Path, model_dir: Path, scoring: RoundScoring, mlflow_
 
 
 # ---------------------------------------------------------------------------- registering
+def registry_client(tracker: Tracker) -> Any:
+    """A client whose Model Registry is the tracker's store.
+
+    A plain MlflowClient(tracking_uri=...) sends registry calls to the process-wide registry
+    URI whenever one is set (mlflow.set_registry_uri, MLFLOW_REGISTRY_URI): a round's version
+    would land in another store than its run.
+    """
+    tracker.client  # noqa: B018 (creates the SQLite store, all or nothing, on first use)
+    return _client_for(tracker.tracking_uri)
+
+
+@functools.lru_cache(maxsize=16)
+def _client_for(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def record_switch(tracker: Tracker, parent_run_id: str, enabled: bool) -> None:
     """Note on the campaign's run whether its rounds are registered (see TAG_REGISTER)."""
-    tracker.client.set_tag(parent_run_id, TAG_REGISTER, "true" if enabled else "false")
+    registry_client(tracker).set_tag(parent_run_id, TAG_REGISTER, "true" if enabled else "false")
 
 
 def switched_on(tracker: Tracker, run_id: str) -> bool:
     """Whether the campaign of round run `run_id` registers its models (default: yes)."""
-    client = tracker.client
+    client = registry_client(tracker)
     parent = client.get_run(run_id).data.tags.get(TAG_PARENT)
     if not parent:
         return True
@@ -305,7 +324,7 @@ def _logged_model_name(campaign: str, round_index: int) -> str:
 def _ready_logged_model(tracker: Tracker, run_id: str, name: str) -> Any | None:
     """A complete pyfunc an earlier, interrupted attempt logged for this run (reused so a retry
     leaves no second copy)."""
-    found = tracker.client.search_logged_models(
+    found = registry_client(tracker).search_logged_models(
         [tracker.experiment_id],
         filter_string=f"source_run_id = '{run_id}' AND name = '{name}' AND status = 'READY'",
         max_results=1,
@@ -322,7 +341,7 @@ def log_round_model(
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
-    client = tracker.client
+    client = registry_client(tracker)
     name = _logged_model_name(campaign, round_index)
     logged = _ready_logged_model(tracker, run_id, name)
     if logged is not None:
@@ -385,7 +404,7 @@ def register_round(
     attempt that created it stopped before them); otherwise the pyfunc is logged and a version
     tagged with the round's git tag, labeled-set md5, round and workspace is created.
     """
-    client = tracker.client
+    client = registry_client(tracker)
     name = registered_model_name(campaign)
     version = find_version(client, name, run_id)
     created = version is None
@@ -452,7 +471,7 @@ def _run_here(tracker: Tracker, run_id: str) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
-        run = tracker.client.get_run(run_id)
+        run = registry_client(tracker).get_run(run_id)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
@@ -466,10 +485,8 @@ def _has_model_files(client: Any, run_id: str) -> bool:
 
 
 def _download_model_files(client: Any, run_id: str, into: Path) -> Path:
-    with _quiet_mlflow():
-        for file in MODEL_FILES:
-            client.download_artifacts(run_id, f"{RUN_MODEL_DIR}/{file}", str(into))
-    return into / RUN_MODEL_DIR
+    with _no_progress_bars():
+        return Path(client.download_artifacts(run_id, RUN_MODEL_DIR, str(into)))
 
 
 def repair_registrations(
@@ -482,7 +499,7 @@ def repair_registrations(
     Only runs in this store are considered: a campaign moved to another tracking server keeps
     its older rounds where they were.
     """
-    client = tracker.client
+    client = registry_client(tracker)
     done = RegistryRepair()
     name = registered_model_name(campaign)
     registered = {v.run_id for v in client.search_model_versions(f"name = '{name}'")}
