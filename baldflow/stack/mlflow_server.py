@@ -217,7 +217,11 @@ class MlflowServer:
 def create_user(
     tracking_uri: str, admin_username: str, admin_password: str, username: str, password: str
 ):
-    """Create an MLflow user through the basic-auth REST API, as the admin. Returns the user."""
+    """Create an MLflow user through the basic-auth REST API, as the admin. Returns the user.
+
+    MLflow's auth client reads the credentials from MLFLOW_TRACKING_USERNAME/PASSWORD only, so
+    they are set for the call and put back after it (not safe beside other threads that use
+    those variables)."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise MlflowServerError(
             f"the password for {username!r} is shorter than {MIN_PASSWORD_LENGTH} characters"

@@ -276,9 +276,10 @@ def stack_up(
 
     Parts that run already are kept as they are (`up` twice is harmless); a stopped stack
     comes back on its recorded ports (and, with `auth` None, with or without basic auth as
-    before), so the URLs members have keep working. MLflow and
-    Prefect start side by side (both spend most of their ~20 s in imports and migrations).
-    A failure or Ctrl-C stops the servers this call started.
+    before), so the URLs members have keep working. MLflow and Prefect start side by side
+    (both spend most of their 7-20 s in imports and migrations). A failure or Ctrl-C stops
+    the servers this call started, PostgreSQL included. `timings` (also in stack.json) holds
+    the seconds each part that this call started took to become healthy.
     """
     say = report or (lambda _line: None)
     root = Path(dir).absolute()
