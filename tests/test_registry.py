@@ -389,3 +389,77 @@ def test_switched_off_then_a_lost_registration_is_repaired_at_the_next_start(
         assert version.tags["dvc.labeled_set_md5"] == dvc_md5(workspace, tag, "lost")
     assert client.get_model_version_by_alias(name, ALIAS_LATEST).tags["baldflow.round"] == "3"
     assert client.get_model_version_by_alias(name, round_alias(2)).run_id == runs[2].info.run_id
+
+
+# ------------------------------------------------------------------ the team's server
+def test_rounds_register_on_the_team_mlflow_server(tmp_path, tiny_params, team_stack):
+    """PostgreSQL registry, artifacts proxied by the server: the client needs no storage."""
+    import uuid
+
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    campaign = f"reg-{uuid.uuid4().hex[:8]}"  # the server is the session's, shared
+    tiny_params["campaign"].update(name=campaign, rounds=2)
+    tiny_params["tracking"] = {"mlflow_uri": team_stack.mlflow_uri}
+    run_flow(tmp_path / "ws", tiny_params)
+
+    uri = team_stack.mlflow_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = registered_model_name(campaign)
+    by_round = versions(client, name)
+    runs = round_runs(client, campaign)
+    assert sorted(by_round) == [1, 2] == sorted(runs)
+    for round_index, version in by_round.items():
+        tag = f"{campaign}/round-{round_index:04d}"
+        assert version.run_id == runs[round_index].info.run_id
+        assert version.tags["git.tag"] == tag
+        assert version.tags["dvc.labeled_set_md5"] == dvc_md5(tmp_path / "ws", tag, campaign)
+    assert client.get_model_version_by_alias(name, ALIAS_LATEST).tags["baldflow.round"] == "2"
+
+    ledger = read_ledger(Workspace(tmp_path / "ws").ledger_path(campaign))
+    x = pool_rows(tiny_params, [r.sample_id for r in ledger][:6])
+    with mlflow_uri(uri):
+        predicted = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS_LATEST}").predict(x)
+    probs, bald_scores = round_reference(client, runs[2], x)
+    columns = [f"prob_{c}" for c in range(10)]
+    np.testing.assert_allclose(predicted[columns].to_numpy(), probs, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(predicted["bald"].to_numpy(), bald_scores, rtol=RTOL, atol=ATOL)
+
+
+def test_a_pyfunc_logged_by_an_interrupted_attempt_is_reused(tmp_path):
+    """Killed between logging the pyfunc and creating the version: the retry registers the
+    pyfunc already there instead of logging a second one."""
+    from baldflow.models import build_model
+    from baldflow.workspace.registry import log_round_model, register_round_state
+    from baldflow.workspace.tracking import TAG_WORKSPACE, Tracker
+
+    tracker = Tracker(local_tracking_uri(tmp_path / "mlflow"), "baldflow", tmp_path / "art", "ws-1")
+    run = tracker.client.create_run(tracker.experiment_id, tags={TAG_WORKSPACE: "ws-1"})
+    run_id = run.info.run_id
+    tracker.client.log_param(run_id, "seed", "11")
+    tracker.client.log_param(run_id, "acquisition.mc_samples", "4")
+    model = build_model("mlp", (1, 8, 8), 10, 0.5, seed=1)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    torch.save(model.state_dict(), model_dir / "state_dict.pt")
+    (model_dir / "spec.json").write_text(json.dumps(model.spec))
+    first = log_round_model(tracker, run_id, "solo", 1, model_dir)
+
+    version = register_round_state(
+        tracker,
+        campaign="solo",
+        round_index=1,
+        run_id=run_id,
+        tags={},
+        model_state=model.state_dict(),
+        model_spec=model.spec,
+    )
+    assert version.created
+    client = client_of(tmp_path)
+    assert [m.model_id for m in client.search_logged_models([tracker.experiment_id])] == [
+        first.model_id
+    ]
+    assert client.get_model_version(version.name, version.version).source == (
+        first.artifact_location
+    )

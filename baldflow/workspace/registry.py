@@ -324,12 +324,15 @@ def _logged_model_name(campaign: str, round_index: int) -> str:
 def _ready_logged_model(tracker: Tracker, run_id: str, name: str) -> Any | None:
     """A complete pyfunc an earlier, interrupted attempt logged for this run (reused so a retry
     leaves no second copy)."""
+    from mlflow.entities import LoggedModelStatus
+
     found = registry_client(tracker).search_logged_models(
         [tracker.experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{name}' AND status = 'READY'",
-        max_results=1,
+        # Not filtered on status in the query: the store keeps it as a number, and PostgreSQL
+        # refuses the comparison with 'READY' that SQLite lets through.
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
     )
-    return found[0] if found else None
+    return next((m for m in found if m.status == LoggedModelStatus.READY), None)
 
 
 def log_round_model(
