@@ -7,6 +7,7 @@ an MLflow run left RUNNING; found here it is one line with the `--set` that fixe
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 import tempfile
 import urllib.error
@@ -402,6 +403,7 @@ def _check_server(uri: str, local: str) -> None:
     health = uri.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(health, timeout=TRACKING_TIMEOUT_S):
+            _check_credentials(uri)
             return
     except urllib.error.HTTPError as exc:
         # Any answer below 500 is a server that is up (a proxy in front may refuse /health);
@@ -415,6 +417,37 @@ def _check_server(uri: str, local: str) -> None:
     raise PreflightError(
         f"tracking.mlflow_uri {uri!r} is not reachable: {reason}; fix: start the server "
         f"(mlflow server --host HOST --port PORT), or {local}"
+    )
+
+
+def _check_credentials(uri: str) -> None:
+    """A server with MLflow's basic-auth app answers 401 to a client without a user: say so
+    now, in one line, rather than as a traceback from the first run the campaign logs."""
+    import base64
+
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    request = urllib.request.Request(probe)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {pair}")
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=TRACKING_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            return  # 404 (no Default experiment) and the like: the server took the request
+    except (urllib.error.URLError, OSError, ValueError):
+        return  # /health answered; let the run report whatever this is
+    who = f"the user {user!r} with the password given" if user else "no credentials"
+    raise PreflightError(
+        f"tracking.mlflow_uri {uri!r} requires a login and refused {who} (401); fix: export "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (your MLflow user; ask the "
+        "team's MLflow admin for one)"
     )
 
 

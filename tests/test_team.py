@@ -245,3 +245,96 @@ def test_joining_and_publishing_refuse_what_would_mix_histories(tmp_path):
     ws.close()
     with pytest.raises(remote.RemoteError, match="exists and is not empty"):
         remote.clone(str(plain), tmp_path / "ws")
+
+
+def test_a_secured_tracking_server_needs_a_login_and_records_who_ran(
+    tmp_path, tiny_params, team_mlflow_auth, prefect_harness, monkeypatch
+):
+    """Without credentials the run stops before any work with one line (exit 5); with an
+    MLflow user it runs, and the runs and the ledger name that user as the operator."""
+    from baldflow.stack.mlflow_server import create_user
+
+    uri, admin, admin_password = team_mlflow_auth
+    params = dict(tiny_params)
+    params["campaign"] = {**params["campaign"], "rounds": 1}
+    params["tracking"] = {"mlflow_uri": uri, "experiment": "secured", "register_model": False}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    env = env_for("", MLFLOW_TRACKING_USERNAME="", MLFLOW_TRACKING_PASSWORD="")
+    env.pop("BALDFLOW_OPERATOR")
+    refused = subprocess.run(
+        [*BALDFLOW, "run", "--workspace", str(tmp_path / "ws"), "-c", str(path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 5, refused.stderr
+    assert "requires a login" in refused.stderr and "MLFLOW_TRACKING_USERNAME" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "ws").exists()
+
+    password = "alice-" + uuid.uuid4().hex
+    create_user(uri, admin, admin_password, "alice", password)
+    monkeypatch.delenv("BALDFLOW_OPERATOR", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    from baldflow.flows.campaign import campaign_flow
+
+    campaign_flow(workspace=str(tmp_path / "ws"), params=params)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("secured")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.tags[TAG_OPERATOR] for r in runs} == {"alice"}
+    assert {r.info.user_id for r in runs} == {"alice"}
+
+
+def test_a_shared_prefect_server_runs_one_round_of_a_workspace_at_a_time(
+    tmp_path, shared, team_stack
+):
+    """With the team's Prefect server, a second clone's cycle is skipped while the first
+    computes a round, and two clones running together never race for a round."""
+    bare, _, _, params = shared
+    a, b = make_clones(tmp_path, shared)
+    pause = tmp_path / "ann-paused"
+    api = {"PREFECT_API_URL": team_stack.prefect_api_url}
+    ann = start(
+        ["run", "--workspace", str(a), "--set", "campaign.rounds=1"], tmp_path / "ann.log",
+        env_for("ann", **api, **{FAULT_ENV: "train:after:1:pause", FAULT_FILE_ENV: str(pause)}),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not pause.exists():
+            assert time.monotonic() < deadline and ann.poll() is None, (
+                (tmp_path / "ann.log").read_text()[-4000:]
+            )
+            time.sleep(0.3)
+        cycle = subprocess.run(
+            [*BALDFLOW, "cycle", "--workspace", str(b)],
+            capture_output=True, text=True, env=env_for("bob", **api), timeout=240,
+        )  # fmt: skip
+        assert cycle.returncode == 3, cycle.stdout + cycle.stderr
+        assert "skipped" in cycle.stdout
+        Path(f"{pause}.release").touch()
+        finish(ann, tmp_path / "ann.log")
+    finally:
+        if ann.poll() is None:
+            os.killpg(ann.pid, 9)
+            ann.wait()
+    rounds = 4
+    args = ["run", "--set", f"campaign.rounds={rounds}"]
+    procs = [
+        (start([*args, "--workspace", str(a)], tmp_path / "ann2.log", env_for("ann", **api)),
+         tmp_path / "ann2.log"),
+        (start([*args, "--workspace", str(b)], tmp_path / "bob2.log", env_for("bob", **api)),
+         tmp_path / "bob2.log"),
+    ]  # fmt: skip
+    try:
+        for proc, log in procs:
+            finish(proc, log)
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+    check_invariants([a, b], bare, params, rounds)
+    assert not [r for r in round_runs(params) if TAG_DISCARDED in r.data.tags]

@@ -145,7 +145,6 @@ class MlflowServer:
     def command(self, port: int) -> list[str]:
         hosts = [f"{HOST}:{port}", f"localhost:{port}", *self.allowed_hosts]
         argv = [sys.executable, "-m", "mlflow", "server"]
-        argv += ["--backend-store-uri", self.backend_store_uri]
         argv += ["--artifacts-destination", self.artifacts_destination]
         argv += ["--host", HOST, "--port", str(port), "--workers", str(self.workers)]
         argv += ["--allowed-hosts", ",".join(hosts)]
@@ -157,6 +156,9 @@ class MlflowServer:
         env = dict(os.environ if self.env is None else self.env)
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else 7 huey job processes
         env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        # The database URL carries its password: in the environment, not in argv where any
+        # user of the machine reads it with `ps` (mlflow server reads this variable).
+        env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
         env["DO_NOT_TRACK"] = "1"
         # A client setting of the shell that started it is no server setting.
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

@@ -177,7 +177,9 @@ class Tracker:
         )
 
     def _tags(self, campaign: str, kind: str, **extra: str) -> dict[str, str]:
-        team = {TAG_CLONE: self.clone_id, TAG_OPERATOR: self.operator}
+        # mlflow.user is what the MLflow UI shows as the run's user: the operator, not the
+        # login of whichever machine the run happened on.
+        team = {TAG_CLONE: self.clone_id, TAG_OPERATOR: self.operator, "mlflow.user": self.operator}
         if self.git_remote:
             team[TAG_GIT_REMOTE] = self.git_remote
         return {
