@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make run    create the environment if missing, then run the default campaign
-#   make test   create the environment if missing, then lint and run the test suite
+#   make test   create the environment if missing (and PostgreSQL), then lint and run the tests
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -25,7 +25,9 @@ run: env
 lint: env
 	$(BIN)/ruff check baldflow flows tasks tests benchmarks
 
+# The team tests need Debian's postgresql (installed here when missing, as root or with sudo).
 test: lint
+	bash .ci/ensure-postgresql
 	$(BIN)/python -m pytest -q
 
 # Speed benchmarks, with batchbald_redux and baal as peers (not part of the test run).
