@@ -338,3 +338,41 @@ def test_a_shared_prefect_server_runs_one_round_of_a_workspace_at_a_time(
                 proc.wait()
     check_invariants([a, b], bare, params, rounds)
     assert not [r for r in round_runs(params) if TAG_DISCARDED in r.data.tags]
+
+
+def test_labels_imported_on_a_clone_are_pushed_and_name_the_operator(
+    tmp_path, shared, prefect_harness, monkeypatch
+):
+    """Bob's clone hands the initial batch to people; his label import completes the round,
+    pushes it, and Ann's clone, on its next run, has the round with labeled_by naming Bob."""
+    import csv
+
+    from baldflow import steps
+    from baldflow.cli import main
+    from baldflow.config import validate
+    from baldflow.labeling import HandOff
+
+    bare, dvc_remote, params_path, params = shared
+    params = {**params, "oracle": {"kind": "file"}}
+    params_path.write_text(yaml.safe_dump(params))
+    a, b = tmp_path / "ann", tmp_path / "bob"
+    with Workspace.init(a, params_text=params_path.read_text(), remote=str(dvc_remote)) as ws:
+        remote.connect(ws, str(bare))
+    remote.clone(str(bare), b).close()
+    run_flow(b, params, 0, "bob")  # stops: the initial batch waits for labels
+    pending = HandOff(Workspace(b).campaign_dir(CAMPAIGN), CAMPAIGN).pending()
+    assert pending is not None and remote_tags(bare) == []
+    data = steps.prepare_data(validate(params))
+    truth = dict(zip(data.splits.pool_ids, data.splits.pool_y.tolist(), strict=True))
+    sheet = tmp_path / "labels.csv"
+    with sheet.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sample_id", "label"])
+        writer.writerows([sid, truth[sid]] for sid in pending.sample_ids)
+    monkeypatch.setenv("BALDFLOW_OPERATOR", "bob")
+    assert main(["label", "import", str(sheet), "-w", str(b)]) == 0
+    assert remote_tags(bare) == [f"{CAMPAIGN}/round-0000"]
+    run_flow(a, params, 0, "ann")  # nothing to compute: it only brings Ann's clone up to date
+    rows = Workspace(a).ledger(CAMPAIGN)
+    assert len(rows) == len(pending.sample_ids)
+    assert {r.labeled_by for r in rows} == {"bob via labels.csv"}
