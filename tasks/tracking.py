@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -80,6 +80,8 @@ def _repair_registry(
             f"round(s) {', '.join(map(str, done.without_model))} cannot be registered: their "
             "MLflow runs have no model files (the process stopped before uploading them)"
         )
+    for round_index, why in done.failed.items():
+        notes.append(f"round {round_index} cannot be registered: {why}")
     return notes
 
 
@@ -195,15 +197,20 @@ def _register(
         return None
     if not registry.switched_on(tracker, record.run_id):
         return None
-    return registry.register_round_state(
-        tracker,
-        campaign=record.campaign,
-        round_index=record.round,
-        run_id=record.run_id,
-        tags=record.tags(commit, flow_run_id),
-        model_state=model_state,
-        model_spec=record.model_spec,
-    )
+    try:
+        return registry.register_round_state(
+            tracker,
+            campaign=record.campaign,
+            round_index=record.round,
+            run_id=record.run_id,
+            tags=record.tags(commit, flow_run_id),
+            model_state=model_state,
+            model_spec=record.model_spec,
+        )
+    except registry.RegistryError as error:
+        # Retrying cannot fix what the run lacks; the round itself is complete and tracked.
+        get_run_logger().warning("round %d: model not registered: %s", record.round, error)
+        return None
 
 
 @task(name="end-run", cache_policy=NO_CACHE, **_RETRY)

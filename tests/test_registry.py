@@ -463,3 +463,33 @@ def test_a_pyfunc_logged_by_an_interrupted_attempt_is_reused(tmp_path):
     assert client.get_model_version(version.name, version.version).source == (
         first.artifact_location
     )
+
+
+def test_repair_reports_rounds_it_cannot_register_and_goes_on(tmp_path):
+    """A run without model files, or with files that give no network: noted, not raised (the
+    campaign must still start), and the rounds that can be registered are."""
+    from baldflow.models import build_model
+    from baldflow.workspace.registry import repair_registrations
+    from baldflow.workspace.tracking import TAG_WORKSPACE, Tracker
+
+    tracker = Tracker(local_tracking_uri(tmp_path / "mlflow"), "baldflow", tmp_path / "art", "ws-1")
+    model = build_model("mlp", (1, 8, 8), 10, 0.5, seed=1)
+    committed = {}
+    for round_index, spec in ((1, None), (2, {"hidden": 3}), (3, model.spec)):
+        run = tracker.client.create_run(tracker.experiment_id, tags={TAG_WORKSPACE: "ws-1"})
+        run_id = run.info.run_id
+        tracker.client.log_param(run_id, "seed", "11")
+        tracker.client.log_param(run_id, "acquisition.mc_samples", "4")
+        if spec is not None:
+            files = tmp_path / f"files-{round_index}"
+            files.mkdir()
+            torch.save(model.state_dict(), files / "state_dict.pt")
+            (files / "spec.json").write_text(json.dumps(spec))
+            tracker.client.log_artifacts(run_id, str(files), artifact_path="model")
+        committed[round_index] = {"run_id": run_id, "tags": {"git.tag": f"c/round-{round_index}"}}
+
+    done = repair_registrations(tracker, "c", committed)
+    assert done.registered == [3]
+    assert done.without_model == [1]
+    assert list(done.failed) == [2] and "cannot rebuild the round's network" in done.failed[2]
+    assert sorted(versions(client_of(tmp_path), registered_model_name("c"))) == [3]

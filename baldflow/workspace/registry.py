@@ -155,10 +155,19 @@ def prediction_frame(probs_N_C: Any, bald_N: Any) -> Any:
 def load_round_network(spec_path: str | Path, weights_path: str | Path) -> Any:
     """The round's network, rebuilt from its spec and weights, in eval mode on the CPU."""
     from baldflow.models import build_model
-    from baldflow.models.weights import load_weights
+    from baldflow.models.weights import WeightsError, load_weights
+    from baldflow.models.zoo import ModelSpecError
 
-    model = build_model(**json.loads(Path(spec_path).read_text()))
-    model.load_state_dict(load_weights(weights_path))
+    try:
+        spec = json.loads(Path(spec_path).read_text())
+        model = build_model(**spec)
+        model.load_state_dict(load_weights(weights_path))
+    except (ValueError, TypeError, RuntimeError, WeightsError, ModelSpecError) as error:
+        # json, a spec without a name, or weights of another architecture (load_state_dict).
+        raise RegistryError(
+            f"cannot rebuild the round's network from {Path(spec_path).name} and "
+            f"{Path(weights_path).name}: {type(error).__name__}: {error}"
+        ) from error
     return model.eval()
 
 
@@ -379,6 +388,7 @@ def _round_of(client: Any, name: str, alias: str) -> int | None:
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
+        # No such alias yet; stores differ in the error code they give for it.
         return None
     return int(version.tags.get(TAG_ROUND, -1))
 
@@ -467,6 +477,8 @@ class RegistryRepair:
     registered: list[int] = dataclasses.field(default_factory=list)
     # Rounds whose run has no model files: the process stopped before uploading them.
     without_model: list[int] = dataclasses.field(default_factory=list)
+    # Rounds whose files or params cannot give a model, with why (RegistryError).
+    failed: dict[int, str] = dataclasses.field(default_factory=dict)
 
 
 def _run_here(tracker: Tracker, run_id: str) -> bool:
@@ -500,7 +512,8 @@ def repair_registrations(
     A process that died after a round's commit but before its registration (or a campaign run
     with registration switched off) leaves such rounds; their weights come from their runs.
     Only runs in this store are considered: a campaign moved to another tracking server keeps
-    its older rounds where they were.
+    its older rounds where they were. A round that cannot give a model is reported, not
+    raised: the registry is bookkeeping, and must not keep the campaign from starting.
     """
     client = registry_client(tracker)
     done = RegistryRepair()
@@ -514,13 +527,17 @@ def repair_registrations(
             done.without_model.append(round_index)
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            register_round(
-                tracker,
-                campaign=campaign,
-                round_index=round_index,
-                run_id=run_id,
-                tags=record.get("tags", {}),
-                model_dir=_download_model_files(client, run_id, Path(tmp)),
-            )
+            try:
+                register_round(
+                    tracker,
+                    campaign=campaign,
+                    round_index=round_index,
+                    run_id=run_id,
+                    tags=record.get("tags", {}),
+                    model_dir=_download_model_files(client, run_id, Path(tmp)),
+                )
+            except RegistryError as error:
+                done.failed[round_index] = str(error)
+                continue
         done.registered.append(round_index)
     return done
