@@ -207,7 +207,12 @@ def campaign_params(
             **{name: getattr(bench, name) for name in AcquisitionSettings.model_fields},
         },
         "oracle": {"kind": "simulated"},
-        "tracking": {"mlflow_uri": mlflow_uri, "experiment": bench.experiment},
+        # Hundreds of benchmark rounds compare strategies; none of their models is served.
+        "tracking": {
+            "mlflow_uri": mlflow_uri,
+            "experiment": bench.experiment,
+            "register_model": False,
+        },
     }
     # The campaign schema has the last word: whatever it refuses fails here, before any work.
     return validate(params).to_dict()
