@@ -121,13 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--git-remote",
         metavar="URL",
         help="share the workspace: push it to this git remote (an empty bare repository), and "
-        "every committed round after it (team mode; see README, Working as a team)",
+        "every committed round after it (team mode; see README, Working as a team; default: none, "
+        "a workspace of one machine)",
     )
     p.add_argument(
         "--clone",
         metavar="URL",
         help="join a shared workspace: clone its git remote into DIR and pull its data from "
-        "the DVC remote it names",
+        "the DVC remote it names (default: none, create a new workspace)",
     )
 
     p = sub.add_parser(

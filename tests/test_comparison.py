@@ -247,7 +247,11 @@ def test_campaign_params_follow_the_benchmark():
     assert stamped["campaign"]["name"].endswith("-1124051700")
     assert params["acquisition"]["strategy"] == "power-bald"
     assert params["acquisition"]["mc_samples"] == 7
-    assert params["tracking"] == {"mlflow_uri": "sqlite:///x.db", "experiment": bench.experiment}
+    assert params["tracking"] == {
+        "mlflow_uri": "sqlite:///x.db",
+        "experiment": bench.experiment,
+        "register_model": False,
+    }
     # A different setting gets a different campaign name, so MLflow keeps their runs apart.
     other = campaign_params(
         validate_benchmark({"batch_size": 6, "label_budget": 40}),

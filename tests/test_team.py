@@ -38,8 +38,8 @@ def env_for(operator: str, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in (FAULT_ENV, FAULT_FILE_ENV, FAULT_TRACE_ENV, "PREFECT_API_URL")
-    }
+        if k not in (FAULT_ENV, FAULT_FILE_ENV, FAULT_TRACE_ENV, "PREFECT_API_URL", "PREFECT_HOME")
+    }  # each operator's temporary Prefect server keeps its database in the operator's workspace
     env.update(BALDFLOW_OPERATOR=operator, **extra)
     return env
 
@@ -151,6 +151,7 @@ def test_two_operators_racing_on_two_clones_leave_one_history(tmp_path, shared):
         while not (pause.exists() and f"{CAMPAIGN}/round-0002" in remote_tags(bare)):
             assert time.monotonic() < deadline, (tmp_path / "bob.log").read_text()[-4000:]
             assert bob.poll() is None, (tmp_path / "bob.log").read_text()[-4000:]
+            assert ann.poll() is None, (tmp_path / "ann.log").read_text()[-4000:]
             time.sleep(0.3)
         Path(f"{pause}.release").touch()
         finish(ann, tmp_path / "ann.log")
