@@ -12,7 +12,7 @@ twice, each in a process of its own:
 Prints the stack's start times and, per setup, the median and mean bookkeeping seconds per round
 (everything but training, scoring, selection and labeling) and the median round wall time.
 
-    python benchmarks/team.py [--rounds 8] [--pool-size 600]
+    python benchmarks/team.py [--rounds 8] [--pool-size 600] [--no-register]
 """
 
 from __future__ import annotations
@@ -40,18 +40,41 @@ use_prefect_api(workspace + "/.prefect")
 import yaml
 from baldflow.flows.campaign import campaign_flow
 result = campaign_flow(workspace=workspace, params=yaml.safe_load(open(params_path)))
-print("RESULT " + json.dumps(result["timings"]))
+# Where the time goes: each task's run time as the Prefect server recorded it, summed by name.
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+runs = []
+with get_client(sync_client=True) as client:
+    while True:  # the API pages by at most 200
+        page = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[result["flow_run_id"]])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200, offset=len(runs),
+        )
+        runs += page
+        if len(page) < 200:
+            break
+tasks = {}
+for run in runs:
+    name = run.name.rsplit("-", 1)[0] if run.name[-4:-3] == "-" else run.name
+    name = name.split(" [")[0]
+    tasks[name] = tasks.get(name, 0.0) + run.total_run_time.total_seconds()
+print("RESULT " + json.dumps({"timings": result["timings"], "tasks": tasks}))
 """
 
 
-def params_for(rounds: int, pool_size: int, mlflow_uri: str | None) -> dict:
+def params_for(rounds: int, pool_size: int, mlflow_uri: str | None, register: bool) -> dict:
     return {
         "campaign": {"name": "bench", "seed": 1, "rounds": rounds, "initial_per_class": 2},
         "data": {"source": "digits", "options": {"pool_size": pool_size}},
         "model": {"name": "mlp", "dropout": 0.5},
         "training": {"max_epochs": 5, "epoch_samples": 256, "patience": 2, "device": "cpu"},
         "acquisition": {"strategy": "power-bald", "batch_size": 10, "mc_samples": 8},
-        "tracking": {"mlflow_uri": mlflow_uri, "experiment": "bench-team"},
+        "tracking": {
+            "mlflow_uri": mlflow_uri,
+            "experiment": "bench-team",
+            "register_model": register,
+        },
     }
 
 
@@ -68,6 +91,14 @@ def run_setup(name: str, workspace: Path, params: dict, env: dict[str, str]) -> 
     return json.loads(line.removeprefix("RESULT "))
 
 
+def task_table(local: dict[str, float], team: dict[str, float], rounds: int) -> None:
+    """Seconds per round of each task, both setups side by side, largest team cost first."""
+    print(f"{'task (seconds per round)':<48} {'local':>7} {'team':>7}")
+    for name in sorted(set(local) | set(team), key=lambda n: -team.get(n, 0.0)):
+        here, there = local.get(name, 0.0) / rounds, team.get(name, 0.0) / rounds
+        print(f"  {name:<46} {here:7.3f} {there:7.3f}")
+
+
 def summary(timings: list[dict]) -> str:
     books = [t["seconds_bookkeeping"] for t in timings]
     walls = [t["seconds_round"] for t in timings]
@@ -82,6 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--pool-size", type=int, default=600)
+    parser.add_argument(
+        "--no-register", action="store_true", help="tracking.register_model: false in both"
+    )
     args = parser.parse_args()
 
     from baldflow.stack.team import stack_down, stack_up
@@ -98,19 +132,26 @@ def main() -> None:
         for part, seconds in stack.timings.items():
             print(f"  {part:<12} {seconds:6.1f}")
 
-        local = run_setup(
-            "local", work / "local", params_for(args.rounds, args.pool_size, None), base_env
+        register = not args.no_register
+        local_params = params_for(args.rounds, args.pool_size, None, register)
+        local = run_setup("local", work / "local", local_params, base_env)
+        print(
+            "local (SQLite MLflow, own Prefect server, no git remote): "
+            + summary(local["timings"])
         )
-        print(f"local (SQLite MLflow, own Prefect server, no git remote): {summary(local)}")
 
-        shared_params = params_for(args.rounds, args.pool_size, stack.mlflow_uri)
+        shared_params = params_for(args.rounds, args.pool_size, stack.mlflow_uri, register)
         with Workspace.init(
             work / "team", params_text=yaml.safe_dump(shared_params), remote=stack.dvc_remote
         ) as ws:
             remote.connect(ws, stack.git_remote)
         team_env = {**base_env, "PREFECT_API_URL": stack.prefect_api_url}
         team = run_setup("team", work / "team", shared_params, team_env)
-        print(f"team (MLflow + Prefect on PostgreSQL, git + DVC remotes): {summary(team)}")
+        print(
+            "team (MLflow + Prefect on PostgreSQL, git + DVC remotes): "
+            + summary(team["timings"])
+        )
+        task_table(local["tasks"], team["tasks"], args.rounds)
     finally:
         stack_down(stack_dir)
 

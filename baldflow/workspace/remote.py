@@ -283,12 +283,13 @@ def _push(ws: Workspace, refspecs: list[str]) -> tuple[bool, str]:
 
 # ------------------------------------------------------------------ the round's claim
 def claim_round(ws: Workspace, campaign: str, round_index: int, tag: str) -> None:
-    """Publish a committed round: its DVC data, then branch + tag in one atomic push.
+    """Publish a committed round: branch + tag in one atomic push.
 
     Safe to run twice: a push the remote already has is a no-op. Raises RoundTakenError when
-    another clone's round N reached the remote first.
+    another clone's round N reached the remote first. The data went to the DVC remote with the
+    commit (Workspace.commit_round pushes it); a clone that died before this push pushes its
+    data again in `sync`, before the commit goes up.
     """
-    push_data(ws)
     refspecs = [f"refs/heads/{BRANCH}:refs/heads/{BRANCH}", f"refs/tags/{tag}:refs/tags/{tag}"]
     ok, why = _push(ws, refspecs)
     if not ok:
@@ -311,9 +312,9 @@ def sync(ws: Workspace) -> SyncResult:
     if theirs is None or theirs == before:
         pass
     elif _is_ancestor(ws, theirs, before):
+        push_data(ws)  # before the commits that name it become visible
         ok, _ = _push(ws, [f"refs/heads/{BRANCH}:refs/heads/{BRANCH}", *_tag_refspecs(ws)])
         if ok:
-            push_data(ws)
             pushed = True
         else:
             return sync(ws)  # another clone pushed meanwhile: look again
