@@ -1006,7 +1006,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     # What every run will load (params.yaml or --config, then --set, then the campaign's
     # name), checked now rather than at the first scheduled run, on a worker, unattended.
-    config = load_cycle_config(ws_root, args.config, cycle_overrides(args.campaign, args.overrides))
+    config = load_cycle_config(
+        ws_root, args.config, cycle_overrides(args.campaign, args.overrides), args.campaign
+    )
     preflight(config, ws_root)
     from baldflow.workspace import Workspace, workspace_lock
 

@@ -18,13 +18,28 @@ from baldflow.flows.outcome import final_state
 from baldflow.workspace import WorkspaceLockedError
 
 
-def load_cycle_config(workspace: str | Path, config: str | None, overrides: list[str] | None):
-    """The parameters a cycle runs with: `config`, else the workspace's params.yaml."""
+def load_cycle_config(
+    workspace: str | Path,
+    config: str | None,
+    overrides: list[str] | None,
+    campaign: str | None = None,
+):
+    """The parameters a cycle runs with: `config`, else the workspace's params.yaml; with
+    `campaign`, that campaign's recorded parameters in between once it has started (as
+    `run --campaign` does), so a deployed cycle resumes a campaign whatever params.yaml says."""
     from baldflow.config import load_config
 
     root = Path(workspace).resolve()
     path = config if config else (root / "params.yaml" if (root / "params.yaml").exists() else None)
-    return load_config(path, overrides or [])
+    identity = None
+    if campaign is not None:
+        from baldflow.preflight import recorded_identity
+
+        try:
+            identity = recorded_identity(root, campaign)
+        except LookupError:
+            identity = None  # not started yet: its first cycle starts it from these parameters
+    return load_config(path, overrides or [], identity=identity)
 
 
 def _cycle_run_name() -> str:
@@ -38,6 +53,7 @@ def cycle_flow(
     config: str | None = None,
     overrides: list[str] | None = None,
     params: dict[str, Any] | None = None,
+    campaign: str | None = None,
 ) -> Any:
     """Run one round of the workspace's campaign (round 0 first), or finish a labeled batch.
 
@@ -49,7 +65,7 @@ def cycle_flow(
     offline_environment()
     logger = get_run_logger()
     if params is None:
-        params = load_cycle_config(workspace, config, overrides).to_dict()
+        params = load_cycle_config(workspace, config, overrides, campaign).to_dict()
     try:
         result = run_campaign(workspace, params, max_new_rounds=1)
     except WorkspaceLockedError as exc:

@@ -233,6 +233,8 @@ def deploy_cycle(
         "workspace": str(root),
         "config": str(Path(config).resolve()) if config else None,
         "overrides": cycle_overrides(campaign, overrides),
+        # A started campaign keeps the parameters it started with (see load_cycle_config).
+        "campaign": campaign,
     }
     from baldflow.flows.cycle import cycle_flow
 

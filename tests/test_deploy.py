@@ -105,6 +105,7 @@ def test_a_worker_runs_the_deployed_cycle_one_at_a_time(tmp_path, tiny_params, t
         "workspace": str(workspace.resolve()),
         "config": None,
         "overrides": ["campaign.name=tiny"],
+        "campaign": "tiny",
     }
     assert deployment["global_concurrency_limit"]["limit"] == 1
     assert deployment["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
@@ -202,3 +203,25 @@ def test_worker_command_names_the_pool_and_queue():
         "prefect worker start --pool 'gpu pool' --work-queue nightly"
     )
     assert deployment.full_name == "baldflow-cycle/tiny-cycle"
+
+
+def test_a_deployed_cycle_resumes_a_campaign_with_its_recorded_parameters(tmp_path, tiny_params):
+    """params.yaml may say otherwise (it did for a later campaign): a started campaign's cycle
+    keeps the parameters the campaign started with, as `run --campaign` does."""
+    import yaml
+
+    from baldflow.config import dump_yaml, validate
+    from baldflow.flows.cycle import load_cycle_config
+    from baldflow.workspace import Workspace
+    from baldflow.workspace.repo import CAMPAIGN_FILE
+
+    ws = Workspace.init(tmp_path / "ws", params_text=dump_yaml(validate(tiny_params)))
+    acquisition = {**tiny_params["acquisition"], "batch_size": 7}
+    started = validate({**tiny_params, "acquisition": acquisition})
+    ws.campaign_dir("tiny").mkdir(parents=True)
+    (ws.campaign_dir("tiny") / CAMPAIGN_FILE).write_text(yaml.safe_dump(started.identity()))
+    ws.close()
+    resumed = load_cycle_config(ws.root, None, ["campaign.name=tiny"], "tiny")
+    assert resumed.acquisition.batch_size == 7
+    fresh = load_cycle_config(ws.root, None, ["campaign.name=other"], "other")
+    assert fresh.acquisition.batch_size == tiny_params["acquisition"]["batch_size"]
