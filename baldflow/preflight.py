@@ -63,6 +63,28 @@ def check(config: Config, workspace_root: str | Path) -> None:
     check_device(config.training.device)
     check_data(config)
     check_tracking(config.tracking.mlflow_uri, root)
+    check_git_remote(root)
+
+
+def check_git_remote(workspace_root: Path) -> None:
+    """A shared workspace claims each round by pushing to its git remote: one that does not
+    answer would stop the run at its first round, after the servers started."""
+    from baldflow.workspace import Workspace
+    from baldflow.workspace import remote as remote_mod
+
+    if not Workspace.is_workspace(workspace_root):
+        return
+    ws = Workspace(workspace_root)
+    url = remote_mod.remote_url(ws)
+    if url is None:
+        return
+    problem = remote_mod.unreachable(ws)
+    if problem:
+        raise PreflightError(
+            f"the workspace's git remote {url} does not answer ({problem}); fix: check the URL "
+            f"(git -C {workspace_root} remote -v) and your access to it, then run again: a "
+            "shared workspace claims each round by pushing there"
+        )
 
 
 # ---------------------------------------------------------------------------- campaign

@@ -377,3 +377,16 @@ def test_labels_imported_on_a_clone_are_pushed_and_name_the_operator(
     rows = Workspace(a).ledger(CAMPAIGN)
     assert len(rows) == len(pending.sample_ids)
     assert {r.labeled_by for r in rows} == {"bob via labels.csv"}
+
+
+def test_a_remote_that_does_not_answer_stops_the_run_before_any_work(tmp_path):
+    from baldflow.preflight import PreflightError, check_git_remote
+
+    bare = tmp_path / "shared.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    with Workspace.init(tmp_path / "ws") as ws:
+        remote.connect(ws, str(bare))
+    check_git_remote(tmp_path / "ws")  # answers: nothing to say
+    bare.rename(tmp_path / "moved.git")
+    with pytest.raises(PreflightError, match=r"git remote .*shared\.git does not answer"):
+        check_git_remote(tmp_path / "ws")

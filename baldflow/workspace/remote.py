@@ -83,6 +83,24 @@ def remote_url(ws: Workspace) -> str | None:
     return url or None
 
 
+def _one_line(text: str) -> str:
+    """git's multi-line complaints as one line ("fatal: ... fatal: ...")."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def unreachable(ws: Workspace, timeout: float = 20.0) -> str | None:
+    """Why the git remote cannot be read right now, or None when it answers."""
+    try:
+        result = subprocess.run(
+            ["git", "ls-remote", "--heads", REMOTE],
+            cwd=ws.root, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"no answer within {timeout:.0f} s"
+    return None if result.returncode == 0 else _one_line(result.stderr)
+
+
 def dvc_remote_url(ws: Workspace) -> str | None:
     """The URL of the workspace's default DVC remote, as its committed .dvc/config names it."""
     config = ws.dvc.config
@@ -191,7 +209,7 @@ def clone(url: str, directory: str | Path) -> Workspace:
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
         )
         if result.returncode != 0:
-            raise RemoteError(f"git clone {url} failed: {result.stderr.strip()}")
+            raise RemoteError(f"git clone {url} failed: {_one_line(result.stderr)}")
         ws = Workspace(target)
     if not (target / MARKER_FILE).is_file():
         raise RemoteError(
@@ -242,7 +260,7 @@ def _fetch(ws: Workspace) -> None:
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
     )  # fmt: skip
     if result.returncode != 0:
-        raise RemoteError(f"git fetch from {remote_url(ws)} failed: {result.stderr.strip()}")
+        raise RemoteError(f"git fetch from {remote_url(ws)} failed: {_one_line(result.stderr)}")
 
 
 def _remote_head(ws: Workspace) -> str | None:
@@ -278,7 +296,7 @@ def _push(ws: Workspace, refspecs: list[str]) -> tuple[bool, str]:
     races = ("[rejected]", "non-fast-forward", "already exists", "fetch first", "stale info")
     if any(marker in text for marker in races):
         return False, " ".join(line.strip() for line in result.stdout.splitlines() if "!" in line)
-    raise RemoteError(f"git push to {remote_url(ws)} failed: {result.stderr.strip()}")
+    raise RemoteError(f"git push to {remote_url(ws)} failed: {_one_line(result.stderr)}")
 
 
 # ------------------------------------------------------------------ the round's claim
