@@ -929,7 +929,11 @@ def cmd_cycle(args: argparse.Namespace) -> int:
         return EXIT_LOCKED
     outcome = {
         "round-limit": "one round done",
-        "rounds": f"all {result.get('last_round')} rounds were done already",
+        "rounds": (
+            f"one round done: all {result.get('last_round')} rounds are done now"
+            if result.get("timings")
+            else f"all {result.get('last_round')} rounds were done already"
+        ),
         "pool-empty": "the pool is empty",
         "waiting-for-labels": "waiting for labels",
     }.get(result["stopped"], result["stopped"])
