@@ -390,3 +390,25 @@ def test_a_remote_that_does_not_answer_stops_the_run_before_any_work(tmp_path):
     bare.rename(tmp_path / "moved.git")
     with pytest.raises(PreflightError, match=r"git remote .*shared\.git does not answer"):
         check_git_remote(tmp_path / "ws")
+
+
+def test_taking_the_remotes_rounds_keeps_a_local_edit_of_params(tmp_path, tiny_params):
+    """Fast-forwarding a clone leaves the operator's uncommitted params.yaml edit alone."""
+    from baldflow.config import dump_yaml, validate
+
+    bare = tmp_path / "shared.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    text = dump_yaml(validate(tiny_params))
+    with Workspace.init(tmp_path / "a", params_text=text) as ws:
+        remote.connect(ws, str(bare))
+    b = remote.clone(str(bare), tmp_path / "b")
+    (tmp_path / "a" / "notes.txt").write_text("from a\n")
+    git(tmp_path / "a", "add", "notes.txt")
+    git(tmp_path / "a", "commit", "-q", "-m", "a note")
+    git(tmp_path / "a", "push", "-q", "origin", "main")
+    edited = text + "# my edit\n"
+    b.params_path.write_text(edited)
+    assert remote.sync(b).pulled
+    assert (tmp_path / "b" / "notes.txt").read_text() == "from a\n"
+    assert b.params_path.read_text() == edited
+    b.close()

@@ -338,7 +338,16 @@ def sync(ws: Workspace) -> SyncResult:
             return sync(ws)  # another clone pushed meanwhile: look again
     else:
         discarded = _local_only_rounds(ws, theirs, before)
-        ws.git("reset", "-q", "--hard", theirs)
+        # --keep, not --hard: a file someone edited here and did not commit (params.yaml)
+        # stays as it is, unless the remote changed it too, which stops with its name.
+        kept = subprocess.run(
+            ["git", "reset", "-q", "--keep", theirs], cwd=ws.root, capture_output=True, text=True
+        )
+        if kept.returncode != 0:
+            raise RemoteError(
+                f"cannot take the remote's rounds into {ws.root}: {_one_line(kept.stderr)}; "
+                "fix: commit or undo your changes to those files (git status), then run again"
+            )
         pull_data(ws)
     after = ws.head()
     return SyncResult(before, after, after != before and not pushed, pushed, discarded)
