@@ -322,6 +322,14 @@ class CampaignRun:
         return self.config.oracle.kind == "file"
 
 
+def recorded_campaign_run(workspace: Workspace, campaign: str) -> str | None:
+    """The parent MLflow run git recorded for the campaign: the run round 0's rows name."""
+    for row in workspace.ledger(campaign):
+        if row.round == 0 and row.mlflow_run_id:
+            return row.mlflow_run_id
+    return None
+
+
 def committed_tracking(workspace: Workspace, campaign: str) -> dict[int, dict[str, Any]]:
     """What git recorded of each committed round (r >= 1), to repair its MLflow run from.
 

@@ -29,6 +29,7 @@ from baldflow.rounds import (
     acquired_table,
     committed_tracking,
     pending_batch,
+    recorded_campaign_run,
     training_set_input,
 )
 from baldflow.workspace import Workspace, workspace_lock
@@ -70,7 +71,15 @@ def _claimed(c: CampaignRun, commit: Any, run_id: str | None) -> bool:
     for note in notes:
         c.logger.warning("%s", note)
     tasks.clear_handoff(quote(c.handoff), r)
+    _adopt_recorded_parent(c)
     return False
+
+
+def _adopt_recorded_parent(c: CampaignRun) -> None:
+    """Once another clone's round 0 is the campaign's, its parent run is the parent of all."""
+    recorded = recorded_campaign_run(c.workspace, c.name)
+    if recorded and recorded != c.parent_run_id:
+        c.parent_run_id = tasks.adopt_campaign_run(quote(c.tracker), c.parent_run_id, recorded)
 
 
 def _sync(c: CampaignRun, last: int | None) -> int | None:
@@ -80,6 +89,7 @@ def _sync(c: CampaignRun, last: int | None) -> int | None:
     for note in tasks.sync_workspace(quote(c.workspace)):
         c.logger.info("%s", note)
     now = c.workspace.last_round(c.name)
+    _adopt_recorded_parent(c)
     if now != last and now is not None:
         c.workspace.check_consistency(c.name)
         c.logger.info("campaign %s: round %d is the last one committed on the remote", c.name, now)
@@ -221,8 +231,9 @@ def _start(config: Config, ws: Workspace, logger: Any) -> CampaignRun:
     oracle = tasks.make_oracle(config, quote(data), quote(handoff))
     tracker = tracker_for(config.tracking.mlflow_uri, config.tracking.experiment, ws)
     parent_run_id, notes = tasks.start_campaign_tracking(
-        quote(tracker), name, config.to_dict(), quote(committed_tracking(ws, name))
-    )
+        quote(tracker), name, config.to_dict(), quote(committed_tracking(ws, name)),
+        recorded_campaign_run(ws, name),
+    )  # fmt: skip
     for note in notes:
         logger.warning("%s", note)
     return CampaignRun(

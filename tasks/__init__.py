@@ -15,6 +15,7 @@ from baldflow.tasks.model import (
 from baldflow.tasks.oracle import clear_handoff, hand_off_batch, label_batch, make_oracle
 from baldflow.tasks.remote import claim_round, discard_lost_round, sync_workspace
 from baldflow.tasks.tracking import (
+    adopt_campaign_run,
     end_run,
     finish_campaign,
     park_round_run,
@@ -27,6 +28,7 @@ from baldflow.tasks.tracking import (
 from baldflow.tasks.workspace import OpenedWorkspace, open_workspace, version_round
 
 __all__ = [
+    "adopt_campaign_run",
     "OpenedWorkspace",
     "claim_round",
     "clear_handoff",

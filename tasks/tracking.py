@@ -32,9 +32,11 @@ def start_campaign_tracking(
     campaign: str,
     params: Mapping[str, Any],
     committed: Mapping[int, Mapping[str, Any]],
+    anchored: str | None = None,
 ) -> tuple[str, list[str]]:
     """The parent run's id, and notes on what repairing the round runs (and their registered
-    models) after a stop did.
+    models) after a stop did. `anchored`: the parent run git recorded (round 0's ledger rows),
+    reopened when this store has it.
 
     `params` is the campaign's whole configuration: its tracking.register_model is noted on the
     parent run, where the round tasks read it.
@@ -54,7 +56,7 @@ def start_campaign_tracking(
     # it tracks.
     from baldflow.workspace import registry
 
-    parent_run_id = tracker.campaign_run(campaign, params)
+    parent_run_id = tracker.campaign_run(campaign, params, anchored)
     register = bool(params.get("tracking", {}).get("register_model", True))
     registry.record_switch(tracker, parent_run_id, register)
     if register:
@@ -211,6 +213,12 @@ def _register(
         # Retrying cannot fix what the run lacks; the round itself is complete and tracked.
         get_run_logger().warning("round %d: model not registered: %s", record.round, error)
         return None
+
+
+@task(name="adopt-campaign-run", cache_policy=NO_CACHE, **_RETRY)
+def adopt_campaign_run(tracker: Tracker, orphan: str, anchored: str) -> str:
+    """Switch to the parent run another clone's round 0 recorded; retire this clone's own."""
+    return tracker.adopt_campaign_run(orphan, anchored)
 
 
 @task(name="end-run", cache_policy=NO_CACHE, **_RETRY)

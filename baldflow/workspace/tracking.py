@@ -195,15 +195,53 @@ class Tracker:
         tagged = run.data.tags.get(TAG_CLONE)
         return not tagged or not self.clone_id or tagged == self.clone_id
 
+    def _reopen(self, run_id: str) -> bool:
+        """Mark this workspace's run RUNNING again; False if this store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        if run.data.tags.get(TAG_WORKSPACE) != self.workspace_id or (
+            run.info.lifecycle_stage == "deleted"
+        ):
+            return False
+        if run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        return True
+
+    def adopt_campaign_run(self, orphan: str, anchored: str) -> str:
+        """Take the parent run git names (another clone's round 0 won) instead of `orphan`,
+        which this clone opened for a round 0 that lost: it is deleted, so the campaign keeps
+        one parent run. Returns the parent to use from now on."""
+        if orphan == anchored or not self._reopen(anchored):
+            return orphan
+        run = self.client.get_run(orphan)
+        if self._ours(run) and run.info.lifecycle_stage != "deleted":
+            self.client.set_tag(orphan, TAG_DISCARDED, f"round 0 was committed with {anchored}")
+            self.client.set_terminated(orphan, status="KILLED")
+            self.client.delete_run(orphan)
+        return anchored
+
     def discard(self, run_id: str, why: str) -> None:
         """Close the run of a round another clone committed first, saying so."""
         self.client.set_tag(run_id, TAG_DISCARDED, why[:4000])
         if self.client.get_run(run_id).info.status != "KILLED":
             self.client.set_terminated(run_id, status="KILLED")
 
-    def campaign_run(self, campaign: str, params: Mapping[str, Any]) -> str:
-        """The campaign's parent run, created on the first run and reopened on a resume."""
-        found = self._search(campaign, "campaign")
+    def campaign_run(
+        self, campaign: str, params: Mapping[str, Any], anchored: str | None = None
+    ) -> str:
+        """The campaign's parent run, created on the first run and reopened on a resume.
+
+        `anchored`: the run git recorded as the parent (round 0's ledger rows name it), which
+        every clone of a shared workspace adopts. Before round 0 is committed each clone has
+        a parent of its own; the one whose round 0 loses retires it (see retire_campaign_run).
+        """
+        if anchored and self._reopen(anchored):
+            return anchored
+        found = [run for run in self._search(campaign, "campaign") if self._ours(run)]
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
