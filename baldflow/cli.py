@@ -869,6 +869,14 @@ def cmd_label(args: argparse.Namespace) -> int:
         from baldflow.flows.cycle import cycle_flow
 
         outcome = cycle_flow(workspace=str(ws_root), params=pending.params)
+    if outcome.get("stopped") == "workspace-busy":
+        # Another clone of a shared workspace holds its round slot (see flows/slots.py).
+        why = outcome.get("message") or "the workspace is busy"
+        print(
+            f"the labels are stored; the round is not completed yet ({why}): the next "
+            "`baldflow cycle`, scheduled cycle or run completes it"
+        )
+        return EXIT_LOCKED
     print(f"round {outcome['last_round']} of {outcome['campaign']} committed")
     _print_waiting(outcome)
     return 0

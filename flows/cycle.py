@@ -75,7 +75,7 @@ def cycle_flow(
         return Completed(
             name="Skipped",
             message=str(exc),
-            data={"stopped": "workspace-busy", "workspace": workspace},
+            data={"stopped": "workspace-busy", "workspace": workspace, "message": str(exc)},
         )
     if result["stopped"] in ("rounds", "pool-empty") and not result["timings"]:
         logger.info(

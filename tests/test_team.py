@@ -371,7 +371,21 @@ def test_labels_imported_on_a_clone_are_pushed_and_name_the_operator(
         writer.writerow(["sample_id", "label"])
         writer.writerows([sid, truth[sid]] for sid in pending.sample_ids)
     monkeypatch.setenv("BALDFLOW_OPERATOR", "bob")
-    assert main(["label", "import", str(sheet), "-w", str(b)]) == 0
+    # While another clone holds the workspace's round slot, the import stores the labels and
+    # leaves the round to the next run (exit 3); nothing is pushed.
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from baldflow.flows.slots import limit_name
+
+    name = limit_name(Workspace(b).workspace_id)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    with concurrency(name, occupy=1, lease_duration=60):
+        assert main(["label", "import", str(sheet), "-w", str(b)]) == 3
+    assert remote_tags(bare) == []
+    assert HandOff(Workspace(b).campaign_dir(CAMPAIGN), CAMPAIGN).is_complete(pending)
+    run_flow(b, params, 0, "bob")  # the slot is free: the stored labels complete round 0
     assert remote_tags(bare) == [f"{CAMPAIGN}/round-0000"]
     run_flow(a, params, 0, "ann")  # nothing to compute: it only brings Ann's clone up to date
     rows = Workspace(a).ledger(CAMPAIGN)
