@@ -131,18 +131,23 @@ def _validate(scores_N, batch_size, mode, coldness) -> torch.Tensor:
     coldness = float(coldness)
     if math.isnan(coldness) or coldness < 0:
         raise SelectionError(f"coldness must be >= 0 (0 = uniform, inf = top-k), got {coldness}")
-    scores_N = torch.as_tensor(scores_N)
-    if scores_N.ndim != 1:
-        raise SelectionError(f"scores_N must be one-dimensional, got shape {tuple(scores_N.shape)}")
-    scores_N = scores_N.detach().to("cpu", torch.float64)
-    bad = ~torch.isfinite(scores_N)
+    return checked_scores(scores_N, "scores_N")
+
+
+def checked_scores(scores: torch.Tensor, name: str) -> torch.Tensor:
+    """`scores` as a float64 CPU vector; SelectionError naming `name` unless 1-d and finite."""
+    scores = torch.as_tensor(scores)
+    if scores.ndim != 1:
+        raise SelectionError(f"{name} must be one-dimensional, got shape {tuple(scores.shape)}")
+    scores = scores.detach().to("cpu", torch.float64)
+    bad = ~torch.isfinite(scores)
     if bad.any():
         first = int(bad.nonzero()[0])
         raise SelectionError(
-            f"scores_N must be finite: {int(bad.sum())} NaN or inf value(s), the first at index "
-            f"{first} ({float(scores_N[first])})"
+            f"{name} must be finite: {int(bad.sum())} NaN or inf value(s), the first at index "
+            f"{first} ({float(scores[first])})"
         )
-    return scores_N
+    return scores
 
 
 # A tie-break column, given as the function from indices to its values there: it is read only

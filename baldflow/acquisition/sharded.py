@@ -40,6 +40,7 @@ import torch
 from baldflow.acquisition.selection import (
     MODES,
     SelectionError,
+    checked_scores,
     perturbed_keys,
     power_log_weights,
     softmax_log_weights,
@@ -127,7 +128,7 @@ def sorted_pool_scores(score_parts: Sequence[torch.Tensor]) -> torch.Tensor:
     softrank needs this extra pass: every shard sends its scores (8 bytes a sample), the driver
     sorts them once (O(N log N)) and hands the result back to every shard.
     """
-    parts = [_checked_scores(part, f"score_parts[{i}]") for i, part in enumerate(score_parts)]
+    parts = [checked_scores(part, f"score_parts[{i}]") for i, part in enumerate(score_parts)]
     if not parts:
         return torch.empty(0, dtype=torch.float64)
     return torch.cat(parts).sort().values
@@ -231,7 +232,7 @@ def shard_candidates(
                 "pool_scores is required for softrank: the sorted scores of the whole pool "
                 "(sorted_pool_scores of every shard's scores), since a rank is global"
             )
-        pool_scores = _checked_scores(pool_scores, "pool_scores")
+        pool_scores = checked_scores(pool_scores, "pool_scores")
         if pool_scores.numel() < scores_n.numel():
             raise SelectionError(
                 f"pool_scores must hold the whole pool, got {pool_scores.numel()} scores for a "
@@ -336,21 +337,6 @@ def _duplicates(ids: Sequence[str]) -> set[str]:
     return {sample_id for sample_id in ids if sample_id in seen or seen.add(sample_id)}
 
 
-def _checked_scores(scores, name: str) -> torch.Tensor:
-    scores = torch.as_tensor(scores)
-    if scores.ndim != 1:
-        raise SelectionError(f"{name} must be one-dimensional, got shape {tuple(scores.shape)}")
-    scores = scores.detach().to("cpu", torch.float64)
-    bad = ~torch.isfinite(scores)
-    if bad.any():
-        first = int(bad.nonzero()[0])
-        raise SelectionError(
-            f"{name} must be finite: {int(bad.sum())} NaN or inf value(s), the first at index "
-            f"{first} ({float(scores[first])})"
-        )
-    return scores
-
-
 def _validate(scores, sample_ids, batch_size, mode, coldness):
     if mode not in MODES:
         raise SelectionError(f"unknown selection mode {mode!r}; valid modes: {', '.join(MODES)}")
@@ -361,7 +347,7 @@ def _validate(scores, sample_ids, batch_size, mode, coldness):
     coldness = float(coldness)
     if math.isnan(coldness) or coldness < 0:
         raise SelectionError(f"coldness must be >= 0 (0 = uniform, inf = top-k), got {coldness}")
-    scores = _checked_scores(scores, "scores")
+    scores = checked_scores(scores, "scores")
     sample_ids = _checked_ids(sample_ids)
     if len(sample_ids) != scores.numel():
         raise SelectionError(
