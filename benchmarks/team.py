@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -154,6 +155,8 @@ def main() -> None:
         task_table(local["tasks"], team["tasks"], args.rounds)
     finally:
         stack_down(stack_dir)
+        shutil.rmtree(stack_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
