@@ -122,6 +122,13 @@ def first_pick_probabilities(log_weights_N: torch.Tensor, coldness: float = 1.0)
 
 
 def _validate(scores_N, batch_size, mode, coldness) -> torch.Tensor:
+    check_selection_args(batch_size, mode, coldness)
+    return checked_scores(scores_N, "scores_N")
+
+
+def check_selection_args(batch_size: int, mode: str, coldness: float) -> float:
+    """SelectionError naming the argument unless mode, batch_size and coldness are valid;
+    returns coldness as a float."""
     if mode not in MODES:
         raise SelectionError(f"unknown selection mode {mode!r}; valid modes: {', '.join(MODES)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
@@ -131,7 +138,7 @@ def _validate(scores_N, batch_size, mode, coldness) -> torch.Tensor:
     coldness = float(coldness)
     if math.isnan(coldness) or coldness < 0:
         raise SelectionError(f"coldness must be >= 0 (0 = uniform, inf = top-k), got {coldness}")
-    return checked_scores(scores_N, "scores_N")
+    return coldness
 
 
 def checked_scores(scores: torch.Tensor, name: str) -> torch.Tensor:

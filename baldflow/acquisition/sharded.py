@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from baldflow.acquisition.selection import (
-    MODES,
     SelectionError,
+    check_selection_args,
     checked_scores,
     perturbed_keys,
     power_log_weights,
@@ -338,15 +338,7 @@ def _duplicates(ids: Sequence[str]) -> set[str]:
 
 
 def _validate(scores, sample_ids, batch_size, mode, coldness):
-    if mode not in MODES:
-        raise SelectionError(f"unknown selection mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise SelectionError(f"batch_size must be an integer, got {batch_size!r}")
-    if batch_size < 1:
-        raise SelectionError(f"batch_size must be >= 1, got {batch_size}")
-    coldness = float(coldness)
-    if math.isnan(coldness) or coldness < 0:
-        raise SelectionError(f"coldness must be >= 0 (0 = uniform, inf = top-k), got {coldness}")
+    coldness = check_selection_args(batch_size, mode, coldness)
     scores = checked_scores(scores, "scores")
     sample_ids = _checked_ids(sample_ids)
     if len(sample_ids) != scores.numel():
