@@ -33,7 +33,7 @@ from baldflow.stack.dask_cluster import (  # noqa: E402
     DaskProcessExitedError,
     stop_recorded_cluster,
 )
-from baldflow.stack.postgres import port_is_free  # noqa: E402
+from baldflow.stack.loopback import port_is_free  # noqa: E402
 from baldflow.stack.process import start_ticks  # noqa: E402
 
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from baldflow.stack.postgres import port_is_free
+from baldflow.stack.loopback import port_is_free
 from baldflow.stack.process import (
     ManagedProcess,
     ProcessStartError,

@@ -13,13 +13,11 @@ import os
 import secrets
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from baldflow.stack.postgres import port_is_free
+from baldflow.stack.loopback import port_is_free, wait_until_answers
 from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
 
 HOST = "127.0.0.1"
@@ -88,15 +86,6 @@ class BasicAuth:
             f"auth_cache_ttl_seconds = {self.auth_cache_ttl_seconds}\n",
         )
         return self.config_path
-
-
-def _healthy(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 class MlflowServer:
@@ -197,20 +186,16 @@ class MlflowServer:
         return self
 
     def _wait_healthy(self, process: ManagedProcess, deadline: float) -> None:
-        health = f"{self.url}/health"
-        while not _healthy(health):
-            if not process.running():
-                raise MlflowServerError(
-                    f"the MLflow server on {HOST}:{self.port} exited with status "
-                    f"{process.returncode()} before it answered; the end of {self.log_path}:\n"
-                    f"{process.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise MlflowServerError(
-                    f"the MLflow server on {HOST}:{self.port} did not answer {health} within "
-                    f"{self.startup_timeout:.0f} s; see {self.log_path}"
-                )
-            time.sleep(0.2)
+        wait_until_answers(
+            process,
+            f"{self.url}/health",
+            what=f"the MLflow server on {HOST}:{self.port}",
+            deadline=deadline,
+            timeout_s=self.startup_timeout,
+            error=MlflowServerError,
+            log_path=self.log_path,
+            interval=0.2,
+        )
 
     def stop(self, timeout: float = 10.0) -> int | None:
         return self.process.stop(timeout) if self.process is not None else None

@@ -15,13 +15,13 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import stat
 import subprocess
 import time
 from pathlib import Path
 from urllib.parse import quote
 
+from baldflow.stack.loopback import port_is_free
 from baldflow.stack.process import ProcessStartError
 
 HOST = "127.0.0.1"
@@ -71,16 +71,6 @@ def find_bindir() -> Path:
     raise PostgresNotInstalledError(
         f"no PostgreSQL server binaries (initdb, pg_ctl) found: {INSTALL_HINT}"
     )
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _service_account() -> pwd.struct_passwd | None:

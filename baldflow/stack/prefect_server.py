@@ -13,11 +13,10 @@ import os
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from baldflow.stack.loopback import wait_until_answers
 from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
 
 HOST = "127.0.0.1"
@@ -46,16 +45,6 @@ def configured_api_url() -> str | None:
         except Exception:  # noqa: BLE001 (a broken profile: let Prefect itself complain)
             return None
     return None
-
-
-def _healthy(url: str) -> bool:
-    # No proxies: a proxy from the environment must not answer for a server on loopback.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 class PrefectServer:
@@ -166,24 +155,18 @@ class PrefectServer:
         raise PrefectServerError(f"no free port for a Prefect server on {HOST} after 3 tries")
 
     def _wait_healthy(self, process: ManagedProcess, deadline: float) -> None:
-        health = f"{self.api_url}/health"
-        while not _healthy(health):
-            if not process.running():
-                status = process.returncode()
-                tail = process.log_tail()
-                error = _PortTakenError if "already in use" in tail else PrefectServerError
-                where = f"; the end of {self.log_path}:\n{tail}" if self.log_to_file else ""
-                raise error(
-                    f"the Prefect server on {HOST}:{self.port} exited with status {status} "
-                    f"before it answered{where}"
-                )
-            if time.monotonic() > deadline:
-                raise PrefectServerError(
-                    f"the Prefect server on {HOST}:{self.port} did not answer {health} within "
-                    f"{self.startup_timeout:.0f} s"
-                    + (f"; see {self.log_path}" if self.log_to_file else "")
-                )
-            time.sleep(0.1)
+        wait_until_answers(
+            process,
+            f"{self.api_url}/health",
+            what=f"the Prefect server on {HOST}:{self.port}",
+            deadline=deadline,
+            timeout_s=self.startup_timeout,
+            error=PrefectServerError,
+            log_path=self.log_path if self.log_to_file else None,
+            exit_error=lambda tail: (
+                _PortTakenError if "already in use" in tail else PrefectServerError
+            ),
+        )
 
     def running(self) -> bool:
         return self.process is not None and self.process.running()

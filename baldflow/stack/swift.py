@@ -52,6 +52,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from baldflow.stack.loopback import port_is_free
 from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
 
 HOST = "127.0.0.1"
@@ -181,18 +182,6 @@ def signed_request(
         return exc.code, exc.read()
 
 
-def _port_free(port: int) -> bool:
-    """Whether a server could bind `port` now. SO_REUSEADDR as Swift binds: connections of a
-    stopped server in TIME_WAIT must not make its own port look taken on a restart."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -307,7 +296,7 @@ class SwiftS3:
         old = state.get("ports", {})
         ports: dict[str, int] = {}
         proxy = self.requested_port or old.get("proxy")
-        if proxy is not None and not _port_free(proxy):
+        if proxy is not None and not port_is_free(proxy):
             if self.requested_port is not None:
                 raise SwiftError(
                     f"port {proxy} on {HOST} is taken: cannot serve S3 there (stop what "
@@ -318,7 +307,7 @@ class SwiftS3:
         for server in _BACKENDS:
             port = old.get(server)
             taken = set(ports.values())
-            if port is None or port in taken or not _port_free(port):
+            if port is None or port in taken or not port_is_free(port):
                 port = free_port(HOST)
                 while port in taken:
                     port = free_port(HOST)

@@ -14,14 +14,13 @@ import contextlib
 import json
 import os
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from baldflow.common import atomic_write_text, utc_now
+from baldflow.stack.loopback import http_ok, port_is_free
 from baldflow.stack.mlflow_server import (
     ADMIN_PASSWORD_ENV,
     MIN_PASSWORD_LENGTH,
@@ -31,7 +30,7 @@ from baldflow.stack.mlflow_server import (
     secret_from_file,
     write_private_text,
 )
-from baldflow.stack.postgres import PostgresCluster, port_is_free
+from baldflow.stack.postgres import PostgresCluster
 from baldflow.stack.prefect_server import PrefectServer
 from baldflow.stack.process import (
     ProcessStartError,
@@ -166,17 +165,6 @@ def _running_pid(part: dict | None, expect: str) -> int | None:
         return None
     pid = part["pid"]
     return pid if is_recorded_process(pid, part.get("start_ticks"), expect) else None
-
-
-def http_ok(url: str, timeout: float = 3.0) -> tuple[bool, str]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            return response.status == 200, f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return False, str(getattr(exc, "reason", exc))
 
 
 def _pick_port(asked: int | None, recorded: int | None, running: bool, what: str) -> int:
