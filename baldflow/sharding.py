@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import resource
@@ -52,11 +51,8 @@ from baldflow.acquisition.sharded import (
     shard_candidates,
 )
 from baldflow.data.ondisk import DiskPool
+from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
 
-# The round's model directory, as baldflow.workspace.registry.MODEL_FILES (not imported from
-# there: that module imports mlflow, seconds per worker process for two file names).
-WEIGHTS_FILE = "state_dict.pt"
-SPEC_FILE = "spec.json"
 # Rows read from disk at a time: 8192 28x28 float32 rows are 26 MB, a small part of a worker's
 # memory, and large enough that reading is a negligible share of the scoring time.
 READ_ROWS = 8192
@@ -73,43 +69,28 @@ def save_model_dir(model: torch.nn.Module, directory: str | Path) -> Path:
     Why a directory of two files: it is what a round already leaves behind (Tracker.log_round,
     register_round_state), so a worker can score with a round's model as it was logged.
     """
-    from baldflow.steps import save_state
-
     spec = getattr(model, "spec", None)
     if not isinstance(spec, dict) or "name" not in spec:
         raise ShardingError("the model has no spec (build it with baldflow.models.build_model)")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_state(model.state_dict(), directory / WEIGHTS_FILE)
-    spec_path = directory / SPEC_FILE
-    tmp = spec_path.with_name(spec_path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(spec)), encoding="utf-8")
-    os.replace(tmp, spec_path)
-    return directory
+    return save_model_files(directory, model.state_dict(), spec)
 
 
 def load_model_dir(directory: str | Path) -> torch.nn.Module:
     """The network saved by `save_model_dir` (or a round's logged model dir), in eval mode."""
-    from baldflow.models import build_model
-    from baldflow.models.weights import WeightsError, load_weights
-    from baldflow.models.zoo import ModelSpecError
+    from baldflow.models.weights import ModelRebuildError, rebuild_model
 
     directory = Path(directory)
-    spec_path = directory / SPEC_FILE
     try:
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
-        model = build_model(**spec)
-        model.load_state_dict(load_weights(directory / WEIGHTS_FILE))
+        return rebuild_model(directory / SPEC_FILE, directory / WEIGHTS_FILE)
     except FileNotFoundError as error:
         raise ShardingError(
             f"model directory {directory} needs {WEIGHTS_FILE} and {SPEC_FILE}: {error}"
         ) from error
-    except (ValueError, TypeError, RuntimeError, WeightsError, ModelSpecError) as error:
+    except ModelRebuildError as error:
         raise ShardingError(
             f"cannot rebuild the model in {directory} from {SPEC_FILE} and {WEIGHTS_FILE}: "
-            f"{type(error).__name__}: {error}"
+            f"{error}"
         ) from error
-    return model.eval()
 
 
 @dataclasses.dataclass

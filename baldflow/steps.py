@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,12 +51,9 @@ def generator_for(seed: int, stream: int) -> torch.Generator:
 
 def save_state(state: dict[str, Any], path: str | Path) -> Path:
     """Save a model's state_dict atomically (a killed write must not leave half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(dict(state), tmp)
-    os.replace(tmp, path)
-    return path
+    from baldflow.models.weights import save_weights
+
+    return save_weights(state, path)
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

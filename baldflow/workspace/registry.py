@@ -22,6 +22,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
 from baldflow.workspace.tracking import (
     TAG_CAMPAIGN,
     TAG_PARENT,
@@ -34,7 +35,7 @@ REGISTERED_MODEL_PREFIX = "baldflow-"
 # MLflow reserves the alias "latest" (`models:/name/latest` is the highest version number,
 # which a repaired older round could be): the newest round gets an alias of its own.
 ALIAS_LATEST = "latest-round"
-MODEL_FILES = ("state_dict.pt", "spec.json")
+MODEL_FILES = (WEIGHTS_FILE, SPEC_FILE)
 # Where Tracker.log_round puts a round's weights and spec among its run's artifacts.
 RUN_MODEL_DIR = "model"
 # What the pyfunc needs of the round's parameters, by their names among the run's params.
@@ -154,21 +155,15 @@ def prediction_frame(probs_N_C: Any, bald_N: Any) -> Any:
 
 def load_round_network(spec_path: str | Path, weights_path: str | Path) -> Any:
     """The round's network, rebuilt from its spec and weights, in eval mode on the CPU."""
-    from baldflow.models import build_model
-    from baldflow.models.weights import WeightsError, load_weights
-    from baldflow.models.zoo import ModelSpecError
+    from baldflow.models.weights import ModelRebuildError, rebuild_model
 
     try:
-        spec = json.loads(Path(spec_path).read_text())
-        model = build_model(**spec)
-        model.load_state_dict(load_weights(weights_path))
-    except (ValueError, TypeError, RuntimeError, WeightsError, ModelSpecError) as error:
-        # json, a spec without a name, or weights of another architecture (load_state_dict).
+        return rebuild_model(spec_path, weights_path)
+    except ModelRebuildError as error:
         raise RegistryError(
             f"cannot rebuild the round's network from {Path(spec_path).name} and "
-            f"{Path(weights_path).name}: {type(error).__name__}: {error}"
+            f"{Path(weights_path).name}: {error}"
         ) from error
-    return model.eval()
 
 
 class RoundModel(mlflow.pyfunc.PythonModel):
@@ -229,7 +224,7 @@ def _signature_and_example(model_dir: Path, scoring: RoundScoring) -> tuple[Any,
     import numpy as np
     from mlflow.models import infer_signature
 
-    network = load_round_network(model_dir / "spec.json", model_dir / "state_dict.pt")
+    network = load_round_network(model_dir / SPEC_FILE, model_dir / WEIGHTS_FILE)
     features = int(np.prod(network.spec["input_shape"]))
     example = np.zeros((INPUT_EXAMPLE_ROWS, features), dtype=np.float32)
     output = prediction_frame(
@@ -249,8 +244,8 @@ def save_round_model(path: Path, model_dir: Path, scoring: RoundScoring, mlflow_
             str(path),
             python_model=str(code),
             artifacts={
-                "spec": str(model_dir / "spec.json"),
-                "state_dict": str(model_dir / "state_dict.pt"),
+                "spec": str(model_dir / SPEC_FILE),
+                "state_dict": str(model_dir / WEIGHTS_FILE),
                 "scoring": str(model_dir / "scoring.json"),
             },
             signature=signature,
@@ -453,12 +448,8 @@ def register_round_state(
     model_spec: Mapping[str, Any],
 ) -> RoundVersion:
     """register_round from the weights in memory (the round that just ran)."""
-    import torch
-
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp)
-        torch.save(dict(model_state), model_dir / "state_dict.pt")
-        (model_dir / "spec.json").write_text(json.dumps(dict(model_spec)))
+        model_dir = save_model_files(tmp, model_state, model_spec)
         return register_round(
             tracker,
             campaign=campaign,

@@ -384,13 +384,12 @@ class Tracker:
         if model_state is not None:
             import tempfile
 
-            import torch
+            from baldflow.models.weights import save_model_files
 
             with tempfile.TemporaryDirectory() as tmp:
                 # A state_dict plus the spec that rebuilds the module: a traced model would not
                 # keep dropout stochastic, and this needs no pip-requirement inference.
-                torch.save(dict(model_state), Path(tmp) / "state_dict.pt")
-                (Path(tmp) / "spec.json").write_text(json.dumps(dict(model_spec or {}), indent=2))
+                save_model_files(tmp, model_state, model_spec or {})
                 self.client.log_artifacts(run_id, tmp, artifact_path="model")
         fault_point("track:model-logged", round_index)
 
