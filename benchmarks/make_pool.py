@@ -13,6 +13,15 @@ class prototypes plus per-row noise, ids "syn<row>". The script says which it us
 downloaded.
 
     python benchmarks/make_pool.py --count 1000000 --out /tmp/pool --dtype uint8
+
+With --campaign-source, --out is a disk source for a campaign (`baldflow.data.disk_source`):
+the pool above in <out>/pool, plus labelled validation and test sets in <out>/val and
+<out>/test (same shape, dtype and class names) from Fashion-MNIST's test IDX files (validation
+the first --val-count images, test the next --test-count, with the pool's noise from another
+stream) or, without them, from the synthetic generator's prototypes with noise and labels from
+another stream. Their ids ("val<i>", "test<i>") name the part.
+
+    python benchmarks/make_pool.py --campaign-source --count 100000 --out /tmp/source
 """
 
 from __future__ import annotations
@@ -82,9 +91,13 @@ def fashion_batches(root: Path, count: int, seed: int, dtype: str) -> Iterator[B
         copy += 1
 
 
-def synthetic_batches(count: int, seed: int, dtype: str) -> Iterator[Batch]:
+def synthetic_batches(
+    count: int, seed: int, dtype: str, *, stream: int = 0, id_prefix: str = "syn"
+) -> Iterator[Batch]:
     """Ten smooth class prototypes (sums of random 2-D cosines, fixed by the seed) plus noise;
-    batch b's labels and noise come from a generator seeded by (seed, b)."""
+    batch b's labels and noise come from a generator seeded by (seed, b), or by
+    (seed, stream, b) for another `stream`: the same classes with other samples, which is what
+    validation and test sets need (another seed would make other classes)."""
     setup = np.random.default_rng([seed, 2**31])
     grid = np.linspace(0.0, 1.0, SIDE, dtype=np.float32)
     gy, gx = np.meshgrid(grid, grid, indexing="ij")
@@ -98,13 +111,36 @@ def synthetic_batches(count: int, seed: int, dtype: str) -> Iterator[Batch]:
     prototypes = (prototypes - low) / (high - low)
     for batch, start in enumerate(range(0, count, BATCH)):
         stop = min(start + BATCH, count)
-        generator = np.random.default_rng([seed, batch])
+        generator = np.random.default_rng([seed, batch] if stream == 0 else [seed, stream, batch])
         y = generator.integers(0, 10, size=stop - start, dtype=np.int64)
         x = generator.standard_normal((stop - start, SIDE, SIDE), dtype=np.float32)
         x *= NOISE_STD
         x += prototypes[y]
         x = _to_dtype(x, dtype)[:, None]
-        yield x, y, [f"syn{i}" for i in range(start, stop)]
+        yield x, y, [f"{id_prefix}{i}" for i in range(start, stop)]
+
+
+def fashion_test_batches(
+    root: Path, start: int, count: int, seed: int, dtype: str, *, stream: int, id_prefix: str
+) -> Iterator[Batch]:
+    """Fashion-MNIST test images [start, start + count) with the pool's noise level, drawn from
+    a generator seeded by (seed, stream): held-out images that look like the pool's."""
+    images = read_idx(_find_idx(root, "t10k-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(root, "t10k-labels-idx1-ubyte")).astype(np.int64)
+    if start + count > images.shape[0]:
+        raise SystemExit(
+            f"Fashion-MNIST's test set has {images.shape[0]} images; validation and test "
+            f"together asked for {start + count}"
+        )
+    generator = np.random.default_rng([seed, stream])
+    for first in range(start, start + count, BATCH):
+        stop = min(first + BATCH, start + count)
+        clean = images[first:stop].astype(np.float32) / 255.0
+        noise = generator.standard_normal(clean.shape, dtype=np.float32)
+        noise *= NOISE_STD
+        clean += noise
+        x = _to_dtype(clean, dtype)[:, None]
+        yield x, labels[first:stop], [f"{id_prefix}{i - start}" for i in range(first, stop)]
 
 
 def fashion_root(explicit: str | None) -> Path | None:
@@ -181,6 +217,82 @@ def build(
     }
 
 
+# The noise/label streams of the held-out parts (the pool uses stream 0 / (seed, copy)).
+HELD_OUT_STREAMS = {"val": 1_000_001, "test": 1_000_002}
+
+
+def build_source(
+    out: Path,
+    count: int,
+    *,
+    seed: int = 0,
+    val_count: int = 1000,
+    test_count: int = 1000,
+    dtype: str = "uint8",
+    fashion: str | None = None,
+    overwrite: bool = False,
+    synthetic: bool = False,
+) -> dict:
+    """Write a disk source for a campaign: `build`'s pool in <out>/pool, then labelled
+    validation and test sets in <out>/val and <out>/test with the same shape, dtype and class
+    names, from the same source as the pool (see the module docstring). Returns `build`'s
+    measurements plus "root", and "val"/"test" with each part's source and count."""
+    for name, value in (("count", count), ("val_count", val_count), ("test_count", test_count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SystemExit(f"{name} must be an integer >= 1, got {value!r}")
+    out = Path(out)
+    root = None if synthetic else fashion_root(fashion)
+    if fashion is not None and root is None:
+        raise SystemExit(f"no Fashion-MNIST training IDX files in {fashion}")
+    test_stems = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    if root is not None and any(_find_idx(root, stem) is None for stem in test_stems):
+        raise SystemExit(
+            f"{root} has Fashion-MNIST's training IDX files but not its test ones "
+            f"({', '.join(test_stems)}): validation and test need them"
+        )
+    if root is not None:  # checked before any writing: the labels file is 10 kB
+        available = read_idx(_find_idx(root, test_stems[1])).shape[0]
+        if val_count + test_count > available:
+            raise SystemExit(
+                f"Fashion-MNIST's test set has {available} images; validation and test "
+                f"together asked for {val_count + test_count}"
+            )
+    result = build(
+        out / "pool",
+        count,
+        seed,
+        dtype,
+        str(root) if root is not None else None,
+        overwrite,
+        synthetic=root is None,
+    )
+    result["root"] = str(out)
+    class_names = FASHION_MNIST_CLASSES if root is not None else [f"c{i}" for i in range(10)]
+    offsets = {"val": 0, "test": val_count}
+    for part, part_count in (("val", val_count), ("test", test_count)):
+        stream = HELD_OUT_STREAMS[part]
+        if root is not None:
+            batches = fashion_test_batches(
+                root, offsets[part], part_count, seed, dtype, stream=stream, id_prefix=part
+            )
+            source = f"fashion-mnist test images ({root})"
+        else:
+            batches = synthetic_batches(part_count, seed, dtype, stream=stream, id_prefix=part)
+            source = "synthetic"
+        with PoolWriter(
+            out / part,
+            (1, SIDE, SIDE),
+            dtype,
+            part_count,
+            class_names=class_names,
+            overwrite=overwrite,
+        ) as writer:
+            for x, y, ids in batches:
+                writer.write(x, y, ids)
+        result[part] = {"source": source, "count": part_count}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1_000_000)
@@ -198,28 +310,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep", type=int, default=0, help="then read it back in this many shards, timed"
     )
-    args = parser.parse_args(argv)
-    result = build(
-        args.out,
-        args.count,
-        args.seed,
-        args.dtype,
-        args.fashion_root,
-        args.overwrite,
-        args.synthetic,
+    parser.add_argument(
+        "--campaign-source",
+        action="store_true",
+        help="write a disk source for a campaign: <out>/pool, <out>/val and <out>/test",
     )
+    parser.add_argument("--val-count", type=int, default=1000, help="with --campaign-source")
+    parser.add_argument("--test-count", type=int, default=1000, help="with --campaign-source")
+    args = parser.parse_args(argv)
+    if args.campaign_source:
+        result = build_source(
+            args.out,
+            args.count,
+            seed=args.seed,
+            val_count=args.val_count,
+            test_count=args.test_count,
+            dtype=args.dtype,
+            fashion=args.fashion_root,
+            overwrite=args.overwrite,
+            synthetic=args.synthetic,
+        )
+    else:
+        result = build(
+            args.out,
+            args.count,
+            args.seed,
+            args.dtype,
+            args.fashion_root,
+            args.overwrite,
+            args.synthetic,
+        )
+    pool_dir = args.out / "pool" if args.campaign_source else args.out
     mb = result["bytes"] / 1e6
     print(f"source: {result['source']}")
     print(
-        f"wrote {args.count:,} rows ({args.dtype}) to {args.out} in {result['seconds']:.1f} s "
+        f"wrote {args.count:,} rows ({args.dtype}) to {pool_dir} in {result['seconds']:.1f} s "
         f"({args.count / result['seconds']:,.0f} rows/s, {mb / result['seconds']:.0f} MB/s); "
         f"{mb:,.1f} MB on disk; peak RSS {result['peak_rss_mb']:.0f} MB "
         f"(at the start of writing: {result['peak_rss_before_mb']:.0f} MB)"
     )
+    if args.campaign_source:
+        for part in ("val", "test"):
+            print(f"{part}: {result[part]['count']:,} rows from {result[part]['source']}")
+        print(f"disk source for a campaign: {args.out}")
     if args.sweep:
         reset_peak_rss()
         started = time.perf_counter()
-        pool = DiskPool.open(args.out)
+        pool = DiskPool.open(pool_dir)
         total = 0.0
         for start, stop in pool.shard_ranges(args.sweep):
             total += float(pool.rows(start, stop).sum())

@@ -1,5 +1,15 @@
 """Data sources selectable by name, pool repetition with noise, and stable sample ids."""
 
+from baldflow.data.disk_source import (
+    DiskSource,
+    DiskSourceError,
+    DiskSourceLabelError,
+    DiskSourceMismatchError,
+    DiskSourceNotFoundError,
+    SpillError,
+    open_disk_source,
+    spill_pool,
+)
 from baldflow.data.repeat import (
     REPEAT_SEPARATOR,
     prepare_pool,
@@ -23,12 +33,20 @@ __all__ = [
     "DataNotFoundError",
     "DataSourceError",
     "DataSplits",
+    "DiskSource",
+    "DiskSourceError",
+    "DiskSourceLabelError",
+    "DiskSourceMismatchError",
+    "DiskSourceNotFoundError",
+    "SpillError",
     "balanced_initial_indices",
     "derived_seed",
     "load_source",
+    "open_disk_source",
     "prepare_pool",
     "read_idx",
     "repeat_id",
     "repeat_pool",
+    "spill_pool",
     "split_repeat_id",
 ]

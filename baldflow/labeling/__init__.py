@@ -15,11 +15,18 @@ from baldflow.labeling.importing import (
     class_index,
     import_labels,
 )
-from baldflow.labeling.oracles import LabelsPendingError, Oracle, OracleError, SimulatedOracle
+from baldflow.labeling.oracles import (
+    DiskPoolOracle,
+    LabelsPendingError,
+    Oracle,
+    OracleError,
+    SimulatedOracle,
+)
 from baldflow.labeling.registry import ORACLE_KINDS, build_oracle
 
 __all__ = [
     "ORACLE_KINDS",
+    "DiskPoolOracle",
     "FileOracle",
     "HandOff",
     "ImportResult",

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from baldflow.data.ondisk import DiskPool
 
 
 class OracleError(RuntimeError):
@@ -45,3 +48,52 @@ class SimulatedOracle:
     def labeled_by(self, sample_ids: Sequence[str]) -> list[str]:
         """Who labeled each sample, for the ledger's `labeled_by` column."""
         return ["simulated oracle"] * len(sample_ids)
+
+
+@dataclass
+class DiskPoolOracle:
+    """The simulated oracle of a pool on disk: answers with the labels stored in its y.npy.
+
+    Why not `SimulatedOracle`: its dict holds every pool id (about 150 MB per million in
+    CPython) and is pickled to every worker; this one looks labels up through the pool's id
+    index (`DiskPool.labels_by_ids`, 16 bytes per row, built on first use) and pickles as the
+    pool's path. A stored label of -1 (unknown) is refused, never passed on as a class.
+    """
+
+    pool: DiskPool = field(repr=False)
+    kind: str = "simulated"
+
+    def label(self, sample_ids: Sequence[str]) -> list[int]:
+        from baldflow.data.ondisk import UNKNOWN_LABEL, UnknownIdError
+
+        sample_ids = list(sample_ids)
+        try:
+            labels = self.pool.labels_by_ids(sample_ids).tolist()
+        except UnknownIdError:
+            missing = [sid for sid in sample_ids if not self._has(sid)]
+            shown = ", ".join(str(sid) for sid in missing[:5])
+            raise OracleError(
+                f"the simulated oracle has no label for sample_id {shown} "
+                f"(not in the pool {self.pool.directory})"
+            ) from None
+        unknown = [sid for sid, y in zip(sample_ids, labels, strict=True) if y == UNKNOWN_LABEL]
+        if unknown:
+            shown = ", ".join(str(sid) for sid in unknown[:5])
+            raise OracleError(
+                f"the simulated oracle has no label for sample_id {shown}: the pool "
+                f"{self.pool.directory} stores it as unknown (-1)"
+            )
+        return [int(y) for y in labels]
+
+    def labeled_by(self, sample_ids: Sequence[str]) -> list[str]:
+        """Who labeled each sample, for the ledger's `labeled_by` column."""
+        return ["simulated oracle"] * len(sample_ids)
+
+    def _has(self, sample_id: str) -> bool:
+        from baldflow.data.ondisk import UnknownIdError
+
+        try:
+            self.pool.positions([sample_id])
+        except UnknownIdError:
+            return False
+        return True
