@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 SECTIONS = ("campaign", "data", "model", "training", "acquisition", "oracle")
 # Sections of params.yaml that other readers of the file own, such as the `benchmark` section
@@ -24,6 +31,7 @@ FOREIGN_SECTIONS = frozenset({"benchmark"})
 # Campaign names become git tags (<name>/round-NNNN), directory names and Prefect artifact keys,
 # which accept only lowercase letters, digits and dashes; one rule that suits all three.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DASK_ADDRESS_RE = re.compile(r"^(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
 
 
 class ConfigError(ValueError):
@@ -129,6 +137,43 @@ class TrackingConfig(_Section):
     register_model: bool = True
 
 
+class ScaleConfig(_Section):
+    """Where the pool is scored: in this process, or in shards on Dask workers.
+
+    Never part of a campaign's identity: the batch is the same whichever runner and however
+    many shards scored the pool (the selection noise is keyed by sample id, not position).
+    """
+
+    # local: this process (a pool on disk is still read shard by shard, never loaded whole);
+    # dask: shards as Prefect tasks on Dask workers through prefect-dask's DaskTaskRunner.
+    runner: Literal["local", "dask"] = "local"
+    # Shards per scoring pass; None: 4 per Dask worker (dask), or one per 262,144 samples.
+    shards: int | None = Field(None, ge=1)
+    # A standing cluster (`dask scheduler` + `dask worker`); None: a temporary local cluster.
+    dask_address: str | None = None
+    # Worker processes of the temporary local cluster (each uses one torch thread).
+    workers: int = Field(2, ge=1)
+
+    @field_validator("dask_address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None and not _DASK_ADDRESS_RE.match(value):
+            raise ValueError(
+                "must be a Dask scheduler address such as tcp://127.0.0.1:8786 (host:port "
+                "after tcp:// or tls://)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_runner(self) -> ScaleConfig:
+        if self.dask_address is not None and self.runner != "dask":
+            raise ValueError(
+                "dask_address is set but runner is 'local': set scale.runner: dask to score "
+                "on that cluster, or remove the address"
+            )
+        return self
+
+
 class Config(_Section):
     campaign: CampaignConfig = Field(default_factory=CampaignConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -137,6 +182,7 @@ class Config(_Section):
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
     oracle: OracleConfig = Field(default_factory=OracleConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -152,6 +198,7 @@ class Config(_Section):
         data["training"].pop("device")
         data["training"].pop("num_threads")
         data.pop("tracking")
+        data.pop("scale")
         return data
 
 
@@ -259,6 +306,8 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel] = Config) -> str:
         return f"{field} must be {_TYPE_WORDS[kind]}, got {value!r}"
     message = error["msg"]
     message = message.removeprefix("Value error, ")
+    if isinstance(value, Mapping):  # a check across a section's fields: the message says all
+        return f"{field}: {message}"
     return f"{field} {message}, got {value!r}"
 
 

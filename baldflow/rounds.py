@@ -250,16 +250,14 @@ class RoundRecord:
         }
 
 
-def pending_batch(
-    record: RoundRecord, config: Config, data: Any, labeled_md5: str
-) -> PendingRound:
+def pending_batch(record: RoundRecord, config: Config, data: Any, labeled_md5: str) -> PendingRound:
     """The batch of a round as handed to people, with the record to finish the round from."""
     return PendingRound(
         campaign=record.campaign,
         round=record.round,
         sample_ids=list(record.sample_ids),
         items=[describe_item(config.data.source, config.data.root, s) for s in record.sample_ids],
-        class_names=[str(n) for n in data.splits.class_names],
+        class_names=[str(n) for n in data.class_names],
         base_md5=labeled_md5,
         created_at=utc_now(),
         state=record.to_state(),
@@ -312,6 +310,13 @@ class CampaignRun:
     timings: list[dict[str, float]] = dataclasses.field(default_factory=list)
     # Team mode: the workspace has a git remote; each round syncs first and its push claims it.
     shared: bool = False
+    # Sharded scoring: the pool's DiskPool directory, once known (spilled on first need).
+    pool_dir: str | None = None
+
+    @property
+    def sharded(self) -> bool:
+        """Whether rounds score the pool in shards: on Dask, or read from disk shard by shard."""
+        return self.config.scale.runner == "dask" or self.data.on_disk
 
     @property
     def name(self) -> str:

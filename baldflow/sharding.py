@@ -43,13 +43,9 @@ from typing import Any
 
 import torch
 
+from baldflow.acquisition.picks import ShardSummary, merge_summaries, summarise_shard
 from baldflow.acquisition.selection import MODES
-from baldflow.acquisition.sharded import (
-    Candidates,
-    merge_candidates,
-    select_by_id,
-    shard_candidates,
-)
+from baldflow.acquisition.sharded import Candidates, select_by_id
 from baldflow.data.ondisk import DiskPool
 from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
 
@@ -88,8 +84,7 @@ def load_model_dir(directory: str | Path) -> torch.nn.Module:
         ) from error
     except ModelRebuildError as error:
         raise ShardingError(
-            f"cannot rebuild the model in {directory} from {SPEC_FILE} and {WEIGHTS_FILE}: "
-            f"{error}"
+            f"cannot rebuild the model in {directory} from {SPEC_FILE} and {WEIGHTS_FILE}: {error}"
         ) from error
 
 
@@ -114,20 +109,27 @@ def _model_stamp(directory: Path) -> tuple[int, int]:
         ) from error
 
 
-def cached_model(directory: str | Path) -> tuple[_CachedModel, bool]:
-    """This process's copy of the model in `directory`, and whether this call loaded it.
+def cached_model(directory: str | Path, device: str = "cpu") -> tuple[_CachedModel, bool]:
+    """This process's copy of the model in `directory` on `device`, and whether this call
+    loaded it.
 
-    Keyed by the resolved path and both files' mtimes: a worker scoring its second shard reuses
-    the model, and a model rewritten in place (a new round) is loaded afresh.
+    Keyed by the resolved path, the device and both files' mtimes: a worker scoring its second
+    shard reuses the model, and a model rewritten in place (a new round) is loaded afresh.
+    `device` "auto" is the worker's CUDA device when it has one (a worker started with
+    CUDA_VISIBLE_DEVICES set sees only its own), else the CPU.
     """
+    from baldflow.training import resolve_device
+
     directory = Path(directory).resolve()
     stamp = _model_stamp(directory)
+    target = resolve_device(device)
+    key = f"{directory}@{target}"
     with _MODELS_LOCK:
-        entry = _MODELS.get(str(directory))
+        entry = _MODELS.get(key)
         if entry is not None and entry.stamp == stamp:
             return entry, False
-        entry = _CachedModel(stamp, load_model_dir(directory), threading.Lock())
-        _MODELS[str(directory)] = entry
+        entry = _CachedModel(stamp, load_model_dir(directory).to(target), threading.Lock())
+        _MODELS[key] = entry
         return entry, True
 
 
@@ -156,22 +158,34 @@ class ShardJob:
     coldness: float = 1.0
     selection_seed: int = 0
     torch_threads: int = 1
+    # A text file of sample ids (one per line) left out of scoring and selection: the labeled.
+    exclude_file: str | None = None
+    # Where each shard writes its scores (`<start>-<stop>.npy`, NaN for excluded rows), for
+    # the audit trail and the softrank pass; None writes nothing.
+    scores_dir: str | None = None
+    # Softrank only: a .npy of the pool's sorted scores (written by `sorted_pool_scores_file`
+    # from the first pass's score files); the second pass then reads each shard's score file
+    # instead of scoring it again.
+    sorted_scores_file: str | None = None
+    # torch device of the workers' model: cpu, cuda, cuda:N, or auto (CUDA when present).
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         # Paths as strings: the job pickles small and the same on every machine.
         object.__setattr__(self, "model_dir", str(self.model_dir))
         object.__setattr__(self, "pool_dir", str(self.pool_dir))
+        for name in ("exclude_file", "scores_dir", "sorted_scores_file"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
         if self.mode not in MODES:
             raise ShardingError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
         coldness = float(self.coldness)
         if math.isnan(coldness) or coldness < 0:
             raise ShardingError(f"coldness must be >= 0 (inf allowed), got {self.coldness!r}")
-        if self.mode == "softrank" and 0 < coldness < math.inf:
+        if self.needs_ranks and self.sorted_scores_file is None and self.scores_dir is None:
             raise ShardingError(
-                "softrank is not supported by sharded scoring: its weight is a score's rank in "
-                "the whole pool, which needs a second pass (gather every shard's scores, "
-                "sorted_pool_scores, hand them to every shard's shard_candidates); use power "
-                "or softmax, or select on one process"
+                "softrank needs the pool's ranks: run score_pool_sharded (two passes, with a "
+                "scores_dir) or give sorted_scores_file"
             )
         for name in ("mc_samples", "batch_size", "torch_threads"):
             value = getattr(self, name)
@@ -196,21 +210,33 @@ class ShardJob:
         """Random selection uses only the ids' noise: no model pass at all (as steps does)."""
         return self.mode != "random"
 
+    @property
+    def needs_ranks(self) -> bool:
+        """Softrank weighs a score by its rank in the whole pool: a pass to gather the ranks."""
+        return self.mode == "softrank" and 0 < float(self.coldness) < math.inf
+
 
 @dataclasses.dataclass(frozen=True)
 class ShardResult:
-    """What a shard sends back: its candidates (at most batch_size) and what it cost, never
-    its scores. `peak_rss_mb` is the worker process's peak resident set so far (VmHWM), `pid`
-    tells the worker processes apart, `model_loaded` whether this shard paid the model load."""
+    """What a shard sends back: its summary (at most batch_size candidates, their scores and
+    the shard's share of the normaliser) and what it cost, never its scores. `rows` counts the
+    shard's rows, `scored` those not excluded. `peak_rss_mb` is the worker process's peak
+    resident set so far (VmHWM), `pid` tells the worker processes apart, `model_loaded`
+    whether this shard paid the model load. A softrank first pass has no summary (None)."""
 
     start: int
     stop: int
-    candidates: Candidates
+    summary: ShardSummary | None
     rows: int
+    scored: int
     seconds: float
     peak_rss_mb: float
     pid: int
     model_loaded: bool
+
+    @property
+    def candidates(self) -> Candidates:
+        return self.summary.candidates
 
 
 def peak_rss_mb() -> float:
@@ -231,13 +257,62 @@ def _torch_threads(count: int):
     return torch_threads(count)
 
 
+_EXCLUDED: dict[str, tuple[tuple[int, int], frozenset[str]]] = {}
+
+
+def excluded_ids(path: str | None) -> frozenset[str]:
+    """The ids in `path` (one per line), cached per worker by the file's size and mtime."""
+    if path is None:
+        return frozenset()
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError as error:
+        raise ShardingError(f"exclude_file {path} does not exist") from error
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    with _MODELS_LOCK:
+        cached = _EXCLUDED.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    ids = frozenset(Path(path).read_text(encoding="utf-8").splitlines())
+    with _MODELS_LOCK:
+        _EXCLUDED[path] = (stamp, ids)
+    return ids
+
+
+def write_exclude_file(sample_ids: Iterable[str], path: str | Path) -> Path:
+    """Write the ids a pass must leave out (the labeled set), atomically, for `exclude_file`."""
+    from baldflow.common import atomic_write_text
+
+    path = Path(path)
+    atomic_write_text(path, "".join(f"{sid}\n" for sid in sorted(sample_ids)))
+    return path
+
+
+def scores_file(scores_dir: str | Path, start: int, stop: int) -> Path:
+    return Path(scores_dir) / f"{int(start):012d}-{int(stop):012d}.npy"
+
+
+def _write_array(path: Path, array: Any) -> None:
+    """A .npy written atomically: a retried or duplicated shard task rewrites the same bytes,
+    and a killed one leaves no half file under the final name."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(temporary, "wb") as f:
+        np.save(f, np.asarray(array))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
 def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, list[str], bool]:
     """(`scores_n` float64, the ids, whether the model was loaded) of rows [start, stop).
 
     Reads the shard READ_ROWS rows at a time (memory: one block plus n scores), and scores each
     block with a fresh `generator_for(mask_seed, STREAM_SCORE)`: the same K masks as the single
     process's one pass over the pool. Random mode scores nothing (zeros: its selection reads
-    only the ids).
+    only the ids). A softrank second pass reads the first pass's score file instead.
     """
     from baldflow.inference import score_pool
     from baldflow.steps import STREAM_SCORE, generator_for
@@ -249,7 +324,14 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
         scores_n = torch.zeros(n, dtype=torch.float64)
         if not job.needs_model or n == 0:
             return scores_n, sample_ids, False
-        entry, loaded = cached_model(job.model_dir)
+        if job.sorted_scores_file is not None and job.scores_dir is not None:
+            import numpy as np
+
+            saved = torch.from_numpy(np.load(scores_file(job.scores_dir, start, stop)))
+            if saved.numel() != n:
+                raise ShardingError(f"score file of rows [{start}, {stop}) has {saved.numel()}")
+            return saved, sample_ids, False
+        entry, loaded = cached_model(job.model_dir, job.device)
         with entry.lock, _torch_threads(job.torch_threads):
             for offset in range(0, n, READ_ROWS):
                 x_B = pool.rows(start + offset, min(start + offset + READ_ROWS, stop))
@@ -260,24 +342,86 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
     return scores_n, sample_ids, loaded
 
 
+def _sorted_scores(job: ShardJob) -> torch.Tensor | None:
+    if job.sorted_scores_file is None or not job.needs_ranks:
+        return None
+    import numpy as np
+
+    return torch.from_numpy(np.load(job.sorted_scores_file))
+
+
 def score_shard(job: ShardJob, start: int, stop: int) -> ShardResult:
-    """Score rows [start, stop) of the job's pool and return their best `batch_size`
-    candidates (not the scores): the unit of work a Dask worker runs."""
+    """Score rows [start, stop) of the job's pool (leaving out the excluded ids) and return
+    their summary: the best `batch_size` candidates, not the scores. The unit of work a Dask
+    worker runs; safe to run twice (its score file is replaced atomically)."""
     began = time.perf_counter()
     scores_n, sample_ids, loaded = shard_scores(job, start, stop)
-    candidates = shard_candidates(
-        scores_n, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed
-    )
+    excluded = excluded_ids(job.exclude_file)
+    keep = [i for i, sid in enumerate(sample_ids) if sid not in excluded]
+    if job.scores_dir is not None and job.sorted_scores_file is None:
+        written = scores_n.clone()
+        if len(keep) < len(sample_ids):
+            mask = torch.ones(len(sample_ids), dtype=torch.bool)
+            mask[keep] = False
+            written[mask] = math.nan
+        _write_array(scores_file(job.scores_dir, start, stop), written.numpy())
+    if len(keep) < len(sample_ids):
+        scores_n = scores_n[torch.tensor(keep, dtype=torch.long)]
+        sample_ids = [sample_ids[i] for i in keep]
+    summary = None
+    if not job.needs_ranks or job.sorted_scores_file is not None:
+        summary = summarise_shard(
+            scores_n, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed,
+            _sorted_scores(job),
+        )  # fmt: skip
     return ShardResult(
         start=int(start),
         stop=int(stop),
-        candidates=candidates,
-        rows=len(sample_ids),
+        summary=summary,
+        rows=int(stop) - int(start),
+        scored=len(sample_ids),
         seconds=time.perf_counter() - began,
         peak_rss_mb=peak_rss_mb(),
         pid=os.getpid(),
         model_loaded=loaded,
     )
+
+
+def merge_score_files(scores_dir: str | Path, ranges: Sequence[tuple[int, int]], out: Path) -> Path:
+    """One float64 .npy of the whole pool's scores (NaN: excluded) from the shards' score
+    files, streamed file by file: the flow never holds more than one shard's scores."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    count = sum(stop - start for start, stop in ranges)
+    out = Path(out)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as f:
+        npy.write_array_header_2_0(
+            f, {"descr": npy.dtype_to_descr(np.dtype("<f8")), "fortran_order": False,
+                "shape": (count,)}
+        )  # fmt: skip
+        for start, stop in ranges:
+            part = np.load(scores_file(scores_dir, start, stop))
+            if part.shape != (stop - start,):
+                raise ShardingError(f"score file of rows [{start}, {stop}) has shape {part.shape}")
+            f.write(part.astype("<f8", copy=False).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, out)
+    return out
+
+
+def sorted_pool_scores_file(scores_dir: str | Path, ranges, out: Path) -> tuple[Path, int]:
+    """Softrank's extra pass: the scored samples' scores, sorted, as one .npy (8 bytes a
+    sample: the only O(N) thing the flow holds, and only for softrank); and how many."""
+    import numpy as np
+
+    merged = merge_score_files(scores_dir, ranges, Path(scores_dir) / "pool-scores.npy")
+    scores = np.load(merged, mmap_mode="r")
+    kept = np.sort(scores[~np.isnan(scores)])
+    _write_array(Path(out), kept)
+    return Path(out), int(kept.size)
 
 
 def warm_worker(job: ShardJob) -> dict[str, Any]:
@@ -288,7 +432,7 @@ def warm_worker(job: ShardJob) -> dict[str, Any]:
 
     loaded = False
     if job.needs_model:
-        _, loaded = cached_model(job.model_dir)
+        _, loaded = cached_model(job.model_dir, job.device)
     return {"pid": os.getpid(), "model_loaded": loaded, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -373,23 +517,45 @@ def score_pool_sharded(
     `submit(function, ranges)` runs `function(start, stop)` for every range and returns the
     results in any order: `local_submit` (a loop), `dask_submit(client)`, or anything else that
     maps (a Prefect task's .map). `function` is a picklable `functools.partial(score_shard,
-    job)`.
+    job)`. Softrank takes two passes: the first writes every shard's scores to the job's
+    scores_dir, the second (no model pass) cuts candidates with the pool's sorted scores.
     """
+    ranges = pool_ranges(job, shards)
+    count = ranges[-1][1] if ranges else 0
+    began = time.perf_counter()
+    results = run_pass(job, ranges, submit)
+    sorted_scores = None
+    if job.needs_ranks:
+        sorted_file, _ = sorted_pool_scores_file(
+            job.scores_dir, ranges, Path(job.scores_dir) / "sorted-scores.npy"
+        )
+        job = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
+        results = run_pass(job, ranges, submit)
+        sorted_scores = _sorted_scores(job)
+    merge_began = time.perf_counter()
+    picks = merge_summaries([r.summary for r in results], job.batch_size, sorted_scores)
+    finished = time.perf_counter()
+    return picks.sample_ids, ShardedStats(results, finished - merge_began, finished - began, count)
+
+
+def pool_ranges(job: ShardJob, shards: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The checked (start, stop) row ranges of the job's pool for `shards`."""
     with DiskPool.open(job.pool_dir) as pool:
         count = len(pool)
-    ranges = _checked_ranges(shards, count)
-    began = time.perf_counter()
+    return _checked_ranges(shards, count)
+
+
+def run_pass(job: ShardJob, ranges: Sequence[tuple[int, int]], submit: Submit) -> list[ShardResult]:
+    """Every shard of one pass, checked: one result per range, every row accounted for."""
     results = list(submit(functools.partial(score_shard, job), ranges))
-    merge_began = time.perf_counter()
     if len(results) != len(ranges):
         raise ShardingError(f"submit returned {len(results)} results for {len(ranges)} shards")
+    count = sum(stop - start for start, stop in ranges)
     if sum(result.rows for result in results) != count:
         raise ShardingError(
             f"the shards scored {sum(r.rows for r in results)} rows of the pool's {count}"
         )
-    batch = merge_candidates([result.candidates for result in results], job.batch_size)
-    finished = time.perf_counter()
-    return batch, ShardedStats(results, finished - merge_began, finished - began, count)
+    return sorted(results, key=lambda result: result.start)
 
 
 def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
@@ -403,7 +569,7 @@ def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
         if not job.needs_model:
             return torch.zeros(len(sample_ids), dtype=torch.float64), sample_ids
         x_N = pool.rows(0, len(pool))
-    entry, _ = cached_model(job.model_dir)
+    entry, _ = cached_model(job.model_dir, job.device)
     generator = generator_for(job.mask_seed, STREAM_SCORE)
     with entry.lock, _torch_threads(job.torch_threads):
         scores_N = score_pool(
@@ -413,8 +579,13 @@ def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
 
 
 def score_pool_single(job: ShardJob) -> list[str]:
-    """The single-process reference: the whole pool scored here, the batch by `select_by_id`."""
+    """The single-process reference: the whole pool scored here, the batch by `select_by_id`
+    (the excluded ids left out)."""
     scores_N, sample_ids = single_pool_scores(job)
+    excluded = excluded_ids(job.exclude_file)
+    if excluded:
+        keep = [i for i, sid in enumerate(sample_ids) if sid not in excluded]
+        scores_N, sample_ids = scores_N[keep], [sample_ids[i] for i in keep]
     return select_by_id(
         scores_N, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed
     )

@@ -23,6 +23,8 @@ STREAM_TRAIN = 0
 STREAM_EVALUATE = 1
 STREAM_SCORE = 2
 STREAM_SELECT = 3
+# The data source whose pool stays on disk (baldflow.data.disk_source).
+DISK_SOURCE = "disk"
 
 
 @contextlib.contextmanager
@@ -65,18 +67,53 @@ def load_state(path: str | Path) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class CampaignData:
-    """A prepared pool with a lookup from sample id to row."""
+    """A prepared pool: in memory (`splits`, with a lookup from sample id to row), or on disk
+    (`disk`, a `data.disk_source.DiskSource` whose pool is read by rows and never loaded)."""
 
-    splits: Any  # baldflow.data.DataSplits
+    splits: Any  # baldflow.data.DataSplits, or None for a pool on disk
     initial_ids: list[str]
     row_of: dict[str, int]
+    disk: Any = None  # baldflow.data.disk_source.DiskSource
+
+    @property
+    def on_disk(self) -> bool:
+        return self.disk is not None
+
+    @property
+    def pool_size(self) -> int:
+        return self.disk.count if self.on_disk else len(self.splits.pool_ids)
 
     @property
     def pool_ids(self) -> list[str]:
+        if self.on_disk:
+            return self.disk.pool.ids(0, self.disk.count)
         return list(self.splits.pool_ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.disk.class_names if self.on_disk else self.splits.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.disk.input_shape if self.on_disk else self.splits.input_shape)
+
+    @property
+    def num_classes(self) -> int:
+        return self.disk.num_classes if self.on_disk else self.splits.num_classes
+
+    def evaluation_set(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of the `val` or `test` split."""
+        source = self.disk if self.on_disk else self.splits
+        return getattr(source, f"{which}_x"), getattr(source, f"{which}_y")
 
     def rows(self, sample_ids: Sequence[str]) -> torch.Tensor:
         return torch.tensor([self.row_of[sid] for sid in sample_ids], dtype=torch.long)
+
+    def inputs(self, sample_ids: Sequence[str]) -> torch.Tensor:
+        """The model inputs of these pool samples, in this order (read by id on disk)."""
+        if self.on_disk:
+            return self.disk.pool.rows_by_ids(list(sample_ids))
+        return self.splits.pool_x[self.rows(sample_ids)]
 
     def images(self, pending: Any) -> torch.Tensor | None:
         """The pool images of a handed-off batch, for its contact sheet (None unless images)."""
@@ -84,7 +121,7 @@ class CampaignData:
 
         if not pending.sample_ids:
             return None
-        images = self.splits.pool_x[self.rows(pending.sample_ids)]
+        images = self.inputs(pending.sample_ids)
         return images if is_image_batch(images) else None
 
     def unlabeled_rows(self, labeled_ids: set[str]) -> torch.Tensor:
@@ -93,6 +130,8 @@ class CampaignData:
 
 
 def prepare_data(config: Config) -> CampaignData:
+    if config.data.source == DISK_SOURCE:
+        return _prepare_disk_data(config)
     from baldflow.data import prepare_pool
 
     splits, initial_ids = prepare_pool(
@@ -108,6 +147,28 @@ def prepare_data(config: Config) -> CampaignData:
     if len(row_of) != len(splits.pool_ids):
         raise ValueError(f"data.source {config.data.source!r} gave duplicate sample ids")
     return CampaignData(splits, list(initial_ids), row_of)
+
+
+def _prepare_disk_data(config: Config) -> CampaignData:
+    """A pool larger than memory: opened, never loaded; ids are looked up on disk."""
+    from baldflow.data.disk_source import open_disk_source
+    from baldflow.data.splits import DataSourceError
+
+    d = config.data
+    if d.root is None:
+        raise DataSourceError(
+            "data.source 'disk' needs data.root: a directory with pool/, val/ and test/ "
+            "(python benchmarks/make_pool.py --campaign-source --out DIR builds one)"
+        )
+    if d.repeat != 1 or d.noise_std != 0.0 or d.options:
+        raise DataSourceError(
+            "data.source 'disk' reads the pool as written: data.repeat, data.noise_std and "
+            "data.options do not apply (write the variant you want as its own pool)"
+        )
+    source = open_disk_source(
+        d.root, initial_per_class=config.campaign.initial_per_class, seed=config.campaign.seed
+    )
+    return CampaignData(None, list(source.initial_ids), {}, disk=source)
 
 
 @dataclasses.dataclass
@@ -127,17 +188,16 @@ def train(
     from baldflow.training import TrainConfig, fit
 
     start = time.perf_counter()
-    splits = data.splits
     generator = generator_for(seed, STREAM_TRAIN)
     model = build_model(
         config.model.name,
-        splits.input_shape,
-        splits.num_classes,
+        data.input_shape,
+        data.num_classes,
         dropout=config.model.dropout,
         seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()),
     )
-    rows = data.rows([sid for sid, _ in labeled])
-    train_x = splits.pool_x[rows]
+    # Training reads only the labeled samples, by id (on disk: a read of those rows).
+    train_x = data.inputs([sid for sid, _ in labeled])
     train_y = torch.tensor([int(label) for _, label in labeled], dtype=torch.long)
     t = config.training
     train_config = TrainConfig(
@@ -150,7 +210,8 @@ def train(
         weight_decay=t.weight_decay,
         device=t.device,
     )
-    result = fit(model, train_x, train_y, splits.val_x, splits.val_y, train_config, generator)
+    val_x, val_y = data.evaluation_set("val")
+    result = fit(model, train_x, train_y, val_x, val_y, train_config, generator)
     return Trained(
         model=model,
         train_size=len(labeled),
@@ -164,10 +225,11 @@ def evaluate(config: Config, data: CampaignData, model: Any, seed: int) -> dict[
     from baldflow.training import evaluate as evaluate_model
 
     start = time.perf_counter()
+    test_x, test_y = data.evaluation_set("test")
     result = evaluate_model(
         model,
-        data.splits.test_x,
-        data.splits.test_y,
+        test_x,
+        test_y,
         config.training.eval_mc_samples,
         generator_for(seed, STREAM_EVALUATE),
     )
@@ -178,54 +240,125 @@ def evaluate(config: Config, data: CampaignData, model: Any, seed: int) -> dict[
     }
 
 
+def selection_seed(seed: int) -> int:
+    """The seed of the round's per-sample selection noise (`acquisition.sharded.id_gumbel`):
+    its own stream of the round seed, so the noise is the same whoever scores which shard."""
+    state = np.random.SeedSequence([int(seed), STREAM_SELECT]).generate_state(2)
+    return (int(state[0]) << 32) | int(state[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringPlan:
+    """What a shard (or the whole pool in one process) computes: the score, K, the masks'
+    seed, and the cut of its candidates. BatchBALD's plan is its BALD preselection: the top
+    `batchbald_candidates` by BALD, whose joint scoring happens once they are merged."""
+
+    score: str | None  # None: random, no model pass
+    mc_samples: int
+    mask_seed: int
+    batch_size: int
+    mode: str
+    coldness: float
+    selection_seed: int
+    chunk_size: int
+    joint: bool  # BatchBALD: the candidates go on to the joint (batch) scoring
+
+
+def scoring_plan(config: Config, seed: int) -> ScoringPlan:
+    from baldflow.acquisition.strategies import get_strategy
+
+    a = config.acquisition
+    strategy = get_strategy(a.strategy)
+    common = {"mc_samples": a.mc_samples, "mask_seed": seed, "chunk_size": a.chunk_size}
+    if strategy.needs_log_probs:
+        return ScoringPlan(
+            "bald", batch_size=a.batchbald_candidates, mode="topk", coldness=1.0,
+            selection_seed=selection_seed(seed), joint=True, **common,
+        )  # fmt: skip
+    return ScoringPlan(
+        strategy.score, batch_size=a.batch_size, mode=strategy.mode, coldness=a.coldness,
+        selection_seed=selection_seed(seed), joint=False, **common,
+    )  # fmt: skip
+
+
 @dataclasses.dataclass
 class PoolScores:
-    """What scoring the unlabeled pool produced for the selection step."""
+    """What scoring the unlabeled pool produced for the selection step: one summary per shard
+    (one for a pool scored in this process), never the N scores themselves."""
 
-    rows_N: torch.Tensor  # noqa: N815 (pool rows of the unlabeled points that were scored)
-    scores_N: torch.Tensor | None  # noqa: N815
-    # BatchBALD only: the candidates (positions into rows_N) and their log-probs.
-    candidates: torch.Tensor | None
-    log_probs_M_K_C: torch.Tensor | None  # noqa: N815
+    remaining: int  # unlabeled samples that were scored
+    summaries: list  # acquisition.picks.ShardSummary, one per shard
     seconds: float
+    shards: int = 1
+    # Softrank only: the pool's sorted scores (a pick's weight is its rank in the pool).
+    sorted_scores: torch.Tensor | None = None
+    # BatchBALD only: the BALD preselection (by id) and their joint log-probs.
+    candidate_ids: list[str] | None = None
+    log_probs_M_K_C: torch.Tensor | None = None  # noqa: N815
+
+
+def summarise_scores(
+    plan: ScoringPlan, scores_n: torch.Tensor, sample_ids: Sequence[str], pool_scores=None
+):
+    """A shard's (or the whole pool's) summary under the plan: candidates + normaliser."""
+    from baldflow.acquisition.picks import summarise_shard
+
+    return summarise_shard(
+        scores_n, sample_ids, plan.batch_size, plan.mode, plan.coldness, plan.selection_seed,
+        pool_scores,
+    )  # fmt: skip
 
 
 def score_pool(
     config: Config, data: CampaignData, model: Any, labeled_ids: set[str], seed: int
 ) -> PoolScores:
-    """Score every unlabeled point (streamed); BatchBALD also keeps its top candidates."""
-    from baldflow.acquisition.strategies import get_strategy
-    from baldflow.inference import predict_log_probs
+    """Score every unlabeled point of an in-memory pool in this process (streamed)."""
     from baldflow.inference import score_pool as stream_scores
 
     start = time.perf_counter()
-    a = config.acquisition
-    strategy = get_strategy(a.strategy)
+    plan = scoring_plan(config, seed)
     rows_N = data.unlabeled_rows(labeled_ids)
-    if len(rows_N) == 0:
-        return PoolScores(rows_N, None, None, None, time.perf_counter() - start)
-    generator = generator_for(seed, STREAM_SCORE)
-    pool_x = data.splits.pool_x[rows_N]
-    if strategy.needs_log_probs:
-        # BatchBALD's cost grows with the pool: preselect by BALD, keep log-probs of those only.
-        bald_N = stream_scores(
-            model, pool_x, "bald", a.mc_samples, generator, chunk_size=a.chunk_size
-        )
-        m = min(a.batchbald_candidates, len(rows_N))
-        candidates = torch.topk(torch.as_tensor(bald_N), m).indices.sort().values
-        log_probs = predict_log_probs(
-            model, pool_x, a.mc_samples, generator, chunk_size=a.chunk_size, indices=candidates
-        )
-        return PoolScores(
-            rows_N, torch.as_tensor(bald_N), candidates, log_probs, time.perf_counter() - start
-        )
-    if strategy.score is None:
-        # Random needs no model output, only the size of the pool.
-        return PoolScores(rows_N, None, None, None, time.perf_counter() - start)
-    scores_N = stream_scores(
-        model, pool_x, strategy.score, a.mc_samples, generator, chunk_size=a.chunk_size
+    ids = [data.splits.pool_ids[int(r)] for r in rows_N]
+    if not ids:
+        return PoolScores(0, [], time.perf_counter() - start)
+    if plan.score is None:  # random needs no model output, only the ids
+        scores_N = torch.zeros(len(ids), dtype=torch.float64)
+    else:
+        generator = generator_for(plan.mask_seed, STREAM_SCORE)
+        scores_N = torch.as_tensor(
+            stream_scores(
+                model, data.splits.pool_x[rows_N], plan.score, plan.mc_samples, generator,
+                chunk_size=plan.chunk_size,
+            )
+        )  # fmt: skip
+    sorted_scores = scores_N.sort().values if plan.mode == "softrank" else None
+    summary = summarise_scores(plan, scores_N, ids, sorted_scores)
+    scored = PoolScores(len(ids), [summary], time.perf_counter() - start, 1, sorted_scores)
+    return with_joint_scores(scored, plan, data, model) if plan.joint else scored
+
+
+def with_joint_scores(
+    scored: PoolScores, plan: ScoringPlan, data: CampaignData, model: Any
+) -> PoolScores:
+    """BatchBALD: the log-probs of the BALD preselection, under the masks that scored BALD.
+
+    The candidates are ordered by id, not by their place in the pool: the joint scoring then
+    sees the same candidates in the same order however the pool was stored or sharded."""
+    from baldflow.acquisition.picks import merge_summaries
+    from baldflow.inference import predict_log_probs
+
+    start = time.perf_counter()
+    ids = sorted(merge_summaries(scored.summaries, plan.batch_size).sample_ids)
+    generator = generator_for(plan.mask_seed, STREAM_SCORE)
+    log_probs = predict_log_probs(
+        model, data.inputs(ids), plan.mc_samples, generator, chunk_size=plan.chunk_size
     )
-    return PoolScores(rows_N, torch.as_tensor(scores_N), None, None, time.perf_counter() - start)
+    return dataclasses.replace(
+        scored,
+        candidate_ids=ids,
+        log_probs_M_K_C=log_probs,
+        seconds=scored.seconds + time.perf_counter() - start,
+    )
 
 
 @dataclasses.dataclass
@@ -250,14 +383,16 @@ def _as_list(values: Any, n: int) -> list[float | None]:
     return out
 
 
-def select_batch(config: Config, data: CampaignData, scored: PoolScores, seed: int) -> Selected:
+def select_batch(config: Config, scored: PoolScores, seed: int) -> Selected:
     """Pick the batch with the configured strategy; a short pool gives what is left."""
-    from baldflow.acquisition.strategies import acquire, get_strategy
+    from baldflow.acquisition.batchbald import batchbald
+    from baldflow.acquisition.picks import merge_summaries
+    from baldflow.acquisition.strategies import get_strategy
 
     start = time.perf_counter()
     a = config.acquisition
     strategy = get_strategy(a.strategy)
-    remaining = len(scored.rows_N)
+    remaining = scored.remaining
     size = min(a.batch_size, remaining)
     note = None
     if size < a.batch_size:
@@ -267,37 +402,85 @@ def select_batch(config: Config, data: CampaignData, scored: PoolScores, seed: i
         )
     if size == 0:
         return Selected([], [], [], [], a.batch_size, note, time.perf_counter() - start)
-    generator = generator_for(seed, STREAM_SELECT)
     if strategy.needs_log_probs:
-        assert scored.candidates is not None and scored.log_probs_M_K_C is not None
-        size = min(size, len(scored.candidates))
-        result = acquire(
-            strategy,
+        assert scored.candidate_ids is not None and scored.log_probs_M_K_C is not None
+        size = min(size, len(scored.candidate_ids))
+        chosen = batchbald(
+            scored.log_probs_M_K_C,
             size,
-            log_probs_N_K_C=scored.log_probs_M_K_C,
             num_samples=a.batchbald_num_samples,
-            generator=generator,
+            generator=generator_for(seed, STREAM_SELECT),
+            return_details=True,
         )
-        positions = scored.candidates[result.indices]
+        ids = [scored.candidate_ids[int(i)] for i in chosen.indices]
+        n = len(ids)
+        scores, probabilities, keys = _as_list(chosen.gains, n), [None] * n, [None] * n
     else:
-        result = acquire(
-            strategy,
-            size,
-            scores_N=scored.scores_N,
-            coldness=a.coldness,
-            generator=generator,
-            pool_size=remaining,
-        )
-        positions = result.indices
-    rows = scored.rows_N[positions]
-    ids = [data.splits.pool_ids[int(r)] for r in rows]
-    n = len(ids)
+        picks = merge_summaries(scored.summaries, size, scored.sorted_scores)
+        ids, n = picks.sample_ids, len(picks.sample_ids)
+        # Random scores nothing: its ledger rows carry no score.
+        scores = [None] * n if strategy.score is None else _as_list(picks.scores, n)
+        probabilities, keys = _as_list(picks.probabilities, n), _as_list(picks.keys, n)
+        if strategy.mode == "topk":  # deterministic: no probability, the key is the score
+            probabilities, keys = [None] * n, [None] * n
     return Selected(
         sample_ids=ids,
-        scores=_as_list(result.scores, n),
-        probabilities=_as_list(result.probabilities, n),
-        keys=_as_list(result.keys, n),
+        scores=scores,
+        probabilities=probabilities,
+        keys=keys,
         requested=a.batch_size,
         note=note,
         seconds=time.perf_counter() - start,
     )
+
+
+def shard_job(
+    config: Config,
+    seed: int,
+    *,
+    model_dir: str | Path,
+    pool_dir: str | Path,
+    exclude_file: str | Path | None,
+    scores_dir: str | Path | None,
+) -> Any:
+    """The `sharding.ShardJob` that scores a round's pool as `score_pool` would in one process:
+    the same plan (score, K, masks, selection), one torch thread per worker process."""
+    from baldflow.sharding import ShardJob
+
+    plan = scoring_plan(config, seed)
+    return ShardJob(
+        model_dir=str(model_dir),
+        pool_dir=str(pool_dir),
+        score=plan.score or "bald",  # random: unused, no model pass
+        mc_samples=plan.mc_samples,
+        mask_seed=plan.mask_seed,
+        chunk_size=plan.chunk_size,
+        batch_size=plan.batch_size,
+        mode=plan.mode,
+        coldness=plan.coldness,
+        selection_seed=plan.selection_seed,
+        torch_threads=1,
+        exclude_file=None if exclude_file is None else str(exclude_file),
+        scores_dir=None if scores_dir is None else str(scores_dir),
+        device=config.training.device,
+    )
+
+
+def sharded_pool_scores(
+    config: Config,
+    data: CampaignData,
+    model: Any,
+    seed: int,
+    results: Sequence[Any],
+    sorted_scores: torch.Tensor | None,
+    seconds: float,
+) -> PoolScores:
+    """The round's PoolScores from every shard's result (`sharding.ShardResult`); BatchBALD's
+    joint scoring of the merged preselection runs here, in the flow's process."""
+    plan = scoring_plan(config, seed)
+    remaining = sum(result.scored for result in results)
+    if remaining == 0:
+        return PoolScores(0, [], seconds, len(results))
+    summaries = [result.summary for result in results]
+    scored = PoolScores(remaining, summaries, seconds, len(results), sorted_scores)
+    return with_joint_scores(scored, plan, data, model) if plan.joint else scored

@@ -21,6 +21,7 @@ from prefect.utilities.annotations import quote
 from baldflow import steps, tasks
 from baldflow.config import Config, validate
 from baldflow.flows.outcome import campaign_result, campaign_run_name, final_state
+from baldflow.flows.scoring import score_round_pool
 from baldflow.flows.slots import workspace_slot
 from baldflow.labeling import HandOff, WaitingForLabels
 from baldflow.rounds import (
@@ -133,10 +134,13 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
         )
         evaluation = tasks.evaluate_model(config, data, quote(trained), seed, round_index)
         labeled_ids = {sid for sid, _, _ in labeled}
-        scored = tasks.score_pool(
-            config, data, quote(trained), quote(labeled_ids), seed, round_index
-        )
-        selected = tasks.select_batch(config, data, quote(scored), seed, round_index)
+        if c.sharded:
+            scored = score_round_pool(c, trained, labeled_ids, seed, round_index)
+        else:
+            scored = tasks.score_pool(
+                config, data, quote(trained), quote(labeled_ids), seed, round_index
+            )
+        selected = tasks.select_batch(config, quote(scored), seed, round_index)
     except BaseException as exc:
         _close_run(c, run_id, exc)
         raise
@@ -144,7 +148,7 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
         c.logger.warning("round %d: %s", round_index, selected.note)
     record = RoundRecord.from_steps(
         c.name, round_index, config.acquisition.strategy, seed, run_id, len(labeled),
-        len(c.data.splits.pool_ids) - len(labeled), trained, evaluation, scored, selected,
+        c.data.pool_size - len(labeled), trained, evaluation, scored, selected,
     )  # fmt: skip
     return record, trained
 
@@ -193,7 +197,7 @@ def _round(c: CampaignRun, round_index: int) -> dict[str, float] | None:
     """One acquisition round; None when the pool is empty and the campaign is over."""
     started = time.perf_counter()
     labeled = c.workspace.labeled(c.name)
-    if len(c.data.splits.pool_ids) - len(labeled) <= 0:
+    if c.data.pool_size - len(labeled) <= 0:
         c.logger.info(
             "the pool is empty after round %d: all %d samples are labeled; campaign ends",
             round_index - 1,

@@ -28,12 +28,8 @@ def score_pool(
     name="select-batch", task_run_name="select batch [round {round_index}]", cache_policy=NO_CACHE
 )
 def select_batch(
-    config: Config,
-    data: steps.CampaignData,
-    scored: steps.PoolScores,
-    seed: int,
-    round_index: int,
+    config: Config, scored: steps.PoolScores, seed: int, round_index: int
 ) -> steps.Selected:
-    selected = steps.select_batch(config, data, scored, seed)
+    selected = steps.select_batch(config, scored, seed)
     fault_point("select-batch:after", round_index)
     return selected

@@ -18,6 +18,13 @@ from baldflow.rounds import Labels
 
 @task(name="build-oracle", cache_policy=NO_CACHE)
 def make_oracle(config: Config, data: steps.CampaignData, handoff: HandOff) -> Oracle:
+    if data.on_disk:
+        # Simulated labels of a pool on disk are read by id, never held as a dict of N ids.
+        if config.oracle.kind == "simulated":
+            from baldflow.labeling import DiskPoolOracle
+
+            return DiskPoolOracle(data.disk.pool)
+        return build_oracle(config.oracle.kind, pool_ids=[], pool_labels=[], handoff=handoff)
     splits = data.splits
     return build_oracle(
         config.oracle.kind,

@@ -240,7 +240,9 @@ def _pool(ws_root: Path, campaign: str) -> _Pool:
         data = steps.prepare_data(config)
     except Exception as exc:  # noqa: BLE001 (the report is still useful without thumbnails)
         return _Pool(note=f"thumbnails and class names unavailable: {type(exc).__name__}: {exc}")
-    names = [str(name) for name in data.splits.class_names]
+    names = [str(name) for name in data.class_names]
+    if data.on_disk:
+        return _Pool(class_names=names, note="the pool is on disk: no thumbnails drawn")
     if not is_image_batch(data.splits.pool_x):
         return _Pool(class_names=names, note="the data are not images")
     return _Pool(data.splits.pool_x, data.row_of, names)
