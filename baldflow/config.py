@@ -344,13 +344,13 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
 def check_registry_names(config: Config) -> None:
     """Check the names that registries resolve, listing the valid names on a mismatch."""
     from baldflow.acquisition.strategies import STRATEGY_NAMES
-    from baldflow.data import SOURCES
+    from baldflow.data import DISK_SOURCE, SOURCES
     from baldflow.models import MODELS
 
     for field, value, valid in (
         ("acquisition.strategy", config.acquisition.strategy, STRATEGY_NAMES),
         ("model.name", config.model.name, MODELS),
-        ("data.source", config.data.source, SOURCES),
+        ("data.source", config.data.source, [*SOURCES, DISK_SOURCE]),
     ):
         names = sorted(valid)
         if value not in names:

@@ -18,10 +18,12 @@ Rows are batched differently (a shard starts its chunks at its own first row), s
 principle differ in the last bits where a CPU kernel's result depends on the batch; the tests
 check the scores and the batches are the same.
 
-Softrank is not supported here: its weight is a score's rank in the whole pool, so the exact
-method needs a second pass (every shard's scores gathered, `sorted_pool_scores`, handed back to
-every shard before `shard_candidates`). `ShardJob` refuses it (at coldness 0 and inf softrank
-needs no ranks and is accepted).
+Labeled samples are left out by id (`exclude_file`, read once per worker). Softrank takes two
+passes: its weight is a score's rank in the whole pool, so the first pass writes every shard's
+scores to `scores_dir` (8 bytes a sample, merged on disk by `sorted_pool_scores_file`) and the
+second cuts each shard's candidates against the pool's sorted scores without scoring again.
+Each shard returns an `acquisition.picks.ShardSummary`: its candidates with their scores and
+its share of the first-pick normaliser, so the ledger's columns come out of the merge too.
 
 The job is a small frozen dataclass: it pickles as a few strings and numbers, so Dask sends it
 cheaply, and a worker keeps the loaded model in a module-level cache keyed by the model

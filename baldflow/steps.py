@@ -23,8 +23,6 @@ STREAM_TRAIN = 0
 STREAM_EVALUATE = 1
 STREAM_SCORE = 2
 STREAM_SELECT = 3
-# The data source whose pool stays on disk (baldflow.data.disk_source).
-DISK_SOURCE = "disk"
 
 
 @contextlib.contextmanager
@@ -74,6 +72,8 @@ class CampaignData:
     initial_ids: list[str]
     row_of: dict[str, int]
     disk: Any = None  # baldflow.data.disk_source.DiskSource
+    # A pool on disk: `data.ondisk.manifest` of it, versioned with every round.
+    pool_manifest: dict | None = None
 
     @property
     def on_disk(self) -> bool:
@@ -130,6 +130,8 @@ class CampaignData:
 
 
 def prepare_data(config: Config) -> CampaignData:
+    from baldflow.data.disk_source import DISK_SOURCE
+
     if config.data.source == DISK_SOURCE:
         return _prepare_disk_data(config)
     from baldflow.data import prepare_pool
@@ -168,7 +170,11 @@ def _prepare_disk_data(config: Config) -> CampaignData:
     source = open_disk_source(
         d.root, initial_per_class=config.campaign.initial_per_class, seed=config.campaign.seed
     )
-    return CampaignData(None, list(source.initial_ids), {}, disk=source)
+    from baldflow.data.ondisk import manifest
+
+    return CampaignData(
+        None, list(source.initial_ids), {}, disk=source, pool_manifest=manifest(source.pool)
+    )
 
 
 @dataclasses.dataclass

@@ -20,23 +20,27 @@ Timings exclude starting the cluster and the workers' first imports and model lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from make_pool import build, peak_rss_mb, reset_peak_rss
 
+from baldflow.acquisition.sharded import select_by_id
 from baldflow.data.ondisk import DiskPool
 from baldflow.models import build_model
 from baldflow.sharding import (
     ShardedStats,
     ShardJob,
     dask_submit,
+    merge_score_files,
     save_model_dir,
     score_pool_sharded,
-    score_pool_single,
+    single_pool_scores,
 )
 from baldflow.stack.dask_cluster import DaskCluster
 
@@ -132,16 +136,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         batches = {}
         batches["1 worker"], one = on_cluster(job, 1, tmp / "dask1")
-        batches["2 workers"], two = on_cluster(job, 2, tmp / "dask2")
+        # The 2-worker pass also writes every shard's scores (8 bytes a sample), merged on
+        # disk afterwards, to check them against the single process's scores bit for bit.
+        scored_job = dataclasses.replace(job, scores_dir=str(tmp / "scores"))
+        batches["2 workers"], two = on_cluster(scored_job, 2, tmp / "dask2")
         if not args.skip_single:
             reset_peak_rss()
             began = time.perf_counter()
-            batches["single"] = score_pool_single(job)
+            scores_N, sample_ids = single_pool_scores(job)
+            batches["single"] = select_by_id(
+                scores_N, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed
+            )
             seconds = time.perf_counter() - began
             print(
                 f"(a) this process (run last): {count / seconds:,.0f} samples/s "
                 f"({seconds:.1f} s); peak RSS {peak_rss_mb():.0f} MB "
                 "(the whole pool as float32 in memory)"
+            )
+            ranges = [(r.start, r.stop) for r in two.results]
+            merged = np.load(merge_score_files(tmp / "scores", ranges, tmp / "all-scores.npy"))
+            equal = int((merged == scores_N.numpy()).sum())
+            print(
+                f"scores identical (2 workers' shard files vs this process): "
+                f"{equal == count} ({equal:,} of {count:,} bit-identical, max |diff| "
+                f"{float(np.abs(merged - scores_N.numpy()).max()):.3g})"
             )
         print(
             f"speed-up of 2 workers over 1: {one.seconds / two.seconds:.2f}x "

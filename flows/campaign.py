@@ -107,8 +107,9 @@ def _initial_round(c: CampaignRun) -> bool:
         c.handoff.check_pending(pending, 0, c.workspace.labeled_md5(c.name))
     labels = tasks.label_batch(quote(c.oracle), record.sample_ids, 0)
     commit = tasks.version_round(
-        quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, 0
-    )
+        quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, 0,
+        pool_manifest=c.data.pool_manifest,
+    )  # fmt: skip
     if not _claimed(c, commit, None):
         return False
     tasks.clear_handoff(quote(c.handoff), 0)
@@ -161,8 +162,9 @@ def _complete(
     try:
         labels = tasks.label_batch(quote(c.oracle), record.sample_ids, r)
         commit = tasks.version_round(
-            quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, r
-        )
+            quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id,
+            r, pool_manifest=c.data.pool_manifest,
+        )  # fmt: skip
         if not _claimed(c, commit, record.run_id):
             return {"round": r, "lost": True}
         acquired = acquired_table([row for row in c.workspace.ledger(c.name) if row.round == r])

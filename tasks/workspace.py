@@ -83,6 +83,7 @@ def version_round(
     identity: dict,
     flow_run_id: str,
     round_index: int,
+    pool_manifest: dict | None = None,
 ) -> RoundCommit:
     fault_point("version-round:before", round_index)
     workspace.recover(record.campaign)
@@ -93,6 +94,7 @@ def version_round(
         summary=record.summary(),
         identity=identity,
         trailers=record.trailers(flow_run_id),
+        pool_manifest=pool_manifest,
     )
     fault_point("version-round:after", round_index)
     return commit

@@ -37,6 +37,7 @@ def test_root_params_yaml_holds_the_schema_defaults():
         "acquisition",
         "oracle",
         "tracking",
+        "scale",
     ]
 
 

@@ -206,8 +206,10 @@ def test_latest_version_predicts_what_baldflow_computes_with_the_round_masks(
     # Deterministic: again, in another order and one row at a time, the same numbers.
     again = model.predict(x[::-1].copy())
     np.testing.assert_array_equal(again.to_numpy()[::-1], predicted.to_numpy())
+    # One row alone goes through other float32 kernels than a batch; BALD, a difference of two
+    # entropies near log 10, keeps that rounding (~1e-7) as an absolute error.
     single = model.predict(x[:1])
-    np.testing.assert_allclose(single.to_numpy(), predicted.to_numpy()[:1], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(single.to_numpy(), predicted.to_numpy()[:1], rtol=RTOL, atol=1e-6)
 
 
 def test_each_round_alias_serves_that_rounds_model(campaign3, tiny_defaults):

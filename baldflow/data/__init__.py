@@ -1,6 +1,7 @@
 """Data sources selectable by name, pool repetition with noise, and stable sample ids."""
 
 from baldflow.data.disk_source import (
+    DISK_SOURCE,
     DiskSource,
     DiskSourceError,
     DiskSourceLabelError,
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_SOURCE",
     "REPEAT_SEPARATOR",
     "SOURCES",
+    "DISK_SOURCE",
     "DataNotFoundError",
     "DataSourceError",
     "DataSplits",

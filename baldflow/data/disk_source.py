@@ -63,6 +63,10 @@ SPILL_KEY_VERSION = "baldflow-spill/1"
 SPILL_BATCH_ROWS = 8192
 
 
+# The name of this source in params.yaml (data.source), beside the in-memory SOURCES.
+DISK_SOURCE = "disk"
+
+
 class DiskSourceError(DataSourceError):
     """A disk source directory cannot be used as asked (its parts disagree, bad labels, ...)."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import os
 import shutil
@@ -42,6 +43,8 @@ MARKER_TEXT = "baldflow workspace: campaigns live under data/, see README.md\n"
 # tracking server and even campaign names).
 MARKER_ID_KEY = "workspace-id"
 REMOTE_DIR = "dvc-remote"
+# A pool on disk is described, not copied: its manifest is what DVC versions each round.
+POOL_MANIFEST_FILE = "pool-manifest.json"
 REMOTE_NAME = "local"
 
 # Hand-off files of a batch waiting for labels (baldflow.labeling); never versioned.
@@ -476,11 +479,14 @@ class Workspace:
         identity: Mapping[str, Any] | None = None,
         trailers: Mapping[str, str] | None = None,
         push: bool = True,
+        pool_manifest: Mapping[str, Any] | None = None,
     ) -> RoundCommit:
         """Write a round's labels, version them with DVC and git, and tag the round.
 
         The ledger rows come without the labeled-set hash (it depends on the rows); it is
         computed here from the new labeled.csv, which is exactly the md5 DVC records.
+        `pool_manifest` (a pool on disk: its count, shape and content hashes) is versioned
+        beside them, so every round's commit says which pool it scored.
         """
         last = self.last_round(campaign)
         if last is not None and round_index == last:
@@ -522,9 +528,15 @@ class Workspace:
                 yaml.safe_dump(dict(identity), sort_keys=False), encoding="utf-8"
             )
 
+        if pool_manifest is not None:
+            manifest_text = json.dumps(dict(pool_manifest), indent=2, sort_keys=True) + "\n"
+            atomic_write_text(cdir / POOL_MANIFEST_FILE, manifest_text)
+
         fault_point("version:labels-written", round_index)
         t0 = time.perf_counter()
         targets = [str(self.labeled_path(campaign)), str(self.ledger_path(campaign))]
+        if pool_manifest is not None:
+            targets.append(str(cdir / POOL_MANIFEST_FILE))
         with _quiet_dvc():
             self.dvc.add(targets)
         fault_point("version:dvc-added", round_index)

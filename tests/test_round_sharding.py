@@ -1,0 +1,121 @@
+"""A round scored in shards selects exactly what the in-process round selects, for every
+strategy: `steps.score_pool` + `steps.select_batch` (the pool in memory, one pass) against
+`steps.shard_job` + `sharding.run_pass` on the same pool spilled to disk, with the labeled ids
+left out, in uneven shards (empty ones too), through `steps.sharded_pool_scores`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from baldflow import sharding, steps
+from baldflow.config import validate
+from baldflow.data.disk_source import spill_pool
+
+STRATEGIES = ("power-bald", "softmax-entropy", "softrank-bald", "topk-bald", "random", "batchbald")
+
+
+@pytest.fixture(scope="module")
+def round_inputs(tmp_path_factory, tiny_defaults):
+    config = validate(tiny_defaults)
+    data = steps.prepare_data(config)
+    labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
+    seed = steps.round_seed(config.campaign.seed, 1)
+    trained = steps.train(config, data, labeled, seed)
+    root = tmp_path_factory.mktemp("round-sharding")
+    splits = data.splits
+    spill_pool(
+        splits.pool_x, splits.pool_y, list(splits.pool_ids), splits.class_names, root / "pool"
+    )
+    sharding.save_model_dir(trained.model, root / "model")
+    labeled_ids = {sid for sid, _ in labeled} | {splits.pool_ids[7], splits.pool_ids[150]}
+    sharding.write_exclude_file(labeled_ids, root / "labeled.txt")
+    return config, data, trained, labeled_ids, seed, root
+
+
+def _ranges(count: int) -> list[tuple[int, int]]:
+    return [(0, 0), (0, 1), (1, 97), (97, 97), (97, 250), (250, count)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_path):
+    config, data, trained, labeled_ids, seed, root = round_inputs
+    config = validate({**config.to_dict(), "acquisition": {
+        **config.acquisition.model_dump(), "strategy": strategy, "batchbald_candidates": 40,
+        "batchbald_num_samples": 500,
+    }})  # fmt: skip
+    single = steps.score_pool(config, data, trained.model, labeled_ids, seed)
+    expected = steps.select_batch(config, single, seed)
+
+    job = steps.shard_job(
+        config, seed, model_dir=root / "model", pool_dir=root / "pool",
+        exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
+    )  # fmt: skip
+    ranges = sharding.pool_ranges(job, _ranges(data.pool_size))
+    results = sharding.run_pass(job, ranges, sharding.local_submit)
+    sorted_scores = None
+    if job.needs_ranks:
+        sorted_file, kept = sharding.sorted_pool_scores_file(
+            job.scores_dir, ranges, tmp_path / "sorted.npy"
+        )
+        assert kept == data.pool_size - len(labeled_ids)
+        ranked = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
+        results = sharding.run_pass(ranked, ranges, sharding.local_submit)
+        sorted_scores = torch.from_numpy(np.load(sorted_file))
+    sharded = steps.sharded_pool_scores(
+        config, data, trained.model, seed, results, sorted_scores, 0.0
+    )
+    got = steps.select_batch(config, sharded, seed)
+
+    assert sharded.remaining == single.remaining == data.pool_size - len(labeled_ids)
+    assert got.sample_ids == expected.sample_ids and len(got.sample_ids) == 5
+    assert not set(got.sample_ids) & labeled_ids
+    assert got.scores == expected.scores and got.keys == expected.keys
+    for a, b in zip(got.probabilities, expected.probabilities, strict=True):
+        assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9)
+
+
+def test_shard_score_files_merge_to_the_in_process_scores(round_inputs, tmp_path):
+    config, data, trained, labeled_ids, seed, root = round_inputs
+    job = steps.shard_job(
+        config, seed, model_dir=root / "model", pool_dir=root / "pool",
+        exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
+    )  # fmt: skip
+    ranges = sharding.pool_ranges(job, 3)
+    sharding.run_pass(job, ranges, sharding.local_submit)
+    sharding.run_pass(job, ranges, sharding.local_submit)  # a retried pass: same files
+    merged = np.load(sharding.merge_score_files(job.scores_dir, ranges, tmp_path / "all.npy"))
+    scores_N, ids = sharding.single_pool_scores(job)
+    left_out = np.array([sid in labeled_ids for sid in ids])
+    assert np.isnan(merged[left_out]).all() and not np.isnan(merged[~left_out]).any()
+    assert np.array_equal(merged[~left_out], scores_N.numpy()[~left_out])
+    # ... and the in-memory pool's one pass gives the same bits.
+    generator = steps.generator_for(seed, steps.STREAM_SCORE)
+    from baldflow.inference import score_pool
+
+    in_memory = score_pool(trained.model, data.splits.pool_x, "bald", 4, generator, 1024)
+    assert np.array_equal(merged[~left_out], in_memory.numpy()[~left_out])
+    assert not list((tmp_path / "scores").glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_a_missing_exclude_file_is_named(round_inputs, tmp_path):
+    config, _, _, _, seed, root = round_inputs
+    job = steps.shard_job(
+        config, seed, model_dir=root / "model", pool_dir=root / "pool",
+        exclude_file=tmp_path / "nope.txt", scores_dir=None,
+    )  # fmt: skip
+    with pytest.raises(sharding.ShardingError, match="nope.txt does not exist"):
+        sharding.score_shard(job, 0, 10)
+
+
+def test_softrank_needs_its_ranking_pass(round_inputs):
+    config, _, _, _, seed, root = round_inputs
+    config = validate({**config.to_dict(), "acquisition": {"strategy": "softrank-bald"}})
+    with pytest.raises(sharding.ShardingError, match="softrank needs the pool's ranks"):
+        steps.shard_job(
+            config, seed, model_dir=root / "model", pool_dir=root / "pool", exclude_file=None,
+            scores_dir=None,
+        )  # fmt: skip

@@ -1,0 +1,137 @@
+"""Rounds scored in shards on real Dask clusters, through the campaign flow, against a
+persistent Prefect server (the session's): a temporary LocalCluster for a pool in memory and a
+standing scheduler + workers (started as processes, stopped by PID) for a pool on disk. Each
+acquires exactly what the same campaign scored in one process acquires."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("prefect_dask")
+
+from baldflow import steps  # noqa: E402
+from baldflow.config import validate  # noqa: E402
+from baldflow.data.ondisk import PoolWriter, manifest  # noqa: E402
+from baldflow.stack.dask_cluster import DaskCluster  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+# What a round decides; run ids, timestamps and flow runs differ from run to run.
+DECIDED = ("round", "sample_id", "label", "strategy", "rank", "score",
+           "selection_probability", "selection_key")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _workers_report_to_the_session_server(prefect_harness, monkeypatch):
+    # Dask workers are other processes: they find the server through the environment.
+    monkeypatch.setenv("PREFECT_API_URL", prefect_harness)
+
+
+def run_flow(workspace: Path, params: dict) -> dict:
+    from baldflow.flows.campaign import campaign_flow
+
+    return campaign_flow(workspace=str(workspace), params=params, campaign="scale")
+
+
+def decided(workspace: Path, campaign: str) -> list[tuple]:
+    with open(workspace / "data" / campaign / "ledger.csv", newline="") as f:
+        return [tuple(row[k] for k in DECIDED) for row in csv.DictReader(f)]
+
+
+def with_scale(params: dict, **scale) -> dict:
+    params = copy.deepcopy(params)
+    params["scale"] = scale
+    return params
+
+
+def test_local_cluster_rounds_acquire_what_one_process_acquires(
+    tmp_path, tiny_params, prefect_harness
+):
+    tiny_params["campaign"]["rounds"] = 2
+    run_flow(tmp_path / "one", tiny_params)
+    result = run_flow(
+        tmp_path / "dask", with_scale(tiny_params, runner="dask", workers=2, shards=3)
+    )
+    assert result["stopped"] == "rounds"
+    one, dask = decided(tmp_path / "one", "tiny"), decided(tmp_path / "dask", "tiny")
+    assert len(one) == 10 + 2 * 5 and dask == one
+    # Every shard was a Prefect task run, on a worker process, reported to the server.
+    response = httpx.post(
+        f"{prefect_harness}/task_runs/filter",
+        json={"task_runs": {"name": {"like_": "score shard [round 2"}}},
+        timeout=30,
+    )
+    runs = [r for r in response.json() if r["state"]["type"] == "COMPLETED"]
+    assert len(runs) >= 3
+    # The LocalCluster's workers are gone with the round.
+    children = subprocess.run(
+        ["ps", "--ppid", str(os.getpid()), "-o", "pid=,args="], capture_output=True, text=True
+    ).stdout
+    workers = [line for line in children.splitlines() if "spawn_main" in line]
+    assert not workers, children
+
+
+def write_disk_source(root: Path, params: dict) -> None:
+    """The tiny digits campaign's data as a disk source: pool/, val/ and test/ DiskPools."""
+    splits = steps.prepare_data(validate(params)).splits
+    parts = {
+        "pool": (splits.pool_x, splits.pool_y, list(splits.pool_ids)),
+        "val": (splits.val_x, splits.val_y, [f"val-{i}" for i in range(len(splits.val_y))]),
+        "test": (splits.test_x, splits.test_y, [f"test-{i}" for i in range(len(splits.test_y))]),
+    }
+    for name, (x, y, ids) in parts.items():
+        with PoolWriter(
+            root / name, tuple(x.shape[1:]), "float32", len(ids),
+            class_names=[str(c) for c in splits.class_names],
+        ) as writer:  # fmt: skip
+            writer.write(x.numpy(), y.numpy(), ids)
+
+
+def test_disk_pool_on_a_standing_cluster(tmp_path, tiny_params, prefect_harness):
+    write_disk_source(tmp_path / "source", tiny_params)
+    params = copy.deepcopy(tiny_params)
+    params["campaign"]["rounds"] = 2
+    params["acquisition"]["strategy"] = "softrank-bald"  # the two-pass selection
+    params["data"] = {"source": "disk", "root": str(tmp_path / "source")}
+    run_flow(tmp_path / "one", params)  # runner local: read from disk shard by shard
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness, "OMP_NUM_THREADS": "1"}
+    cluster = DaskCluster(tmp_path / "dask", workers=2, threads_per_worker=1, env=env)
+    try:
+        cluster.start()
+        scaled = with_scale(params, runner="dask", dask_address=cluster.address, shards=4)
+        result = run_flow(tmp_path / "dask", scaled)
+    finally:
+        cluster.stop()
+    assert result["stopped"] == "rounds"
+    one, dask = decided(tmp_path / "one", "tiny"), decided(tmp_path / "dask", "tiny")
+    assert len(one) == 10 + 2 * 5 and dask == one
+
+    # Which pool every round scored: its manifest, versioned with DVC in each round's commit.
+    ws = tmp_path / "dask"
+    tracked = subprocess.run(
+        ["git", "-C", str(ws), "show", "tiny/round-0002:data/tiny/pool-manifest.json.dvc"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "pool-manifest.json" in tracked
+    recorded = json.loads((ws / "data" / "tiny" / "pool-manifest.json").read_text())
+    assert recorded["sha256"] == manifest(tmp_path / "source" / "pool")["sha256"]
+    assert recorded["count"] == len(validate(tiny_params) and steps.prepare_data(
+        validate(tiny_params)).splits.pool_ids)  # fmt: skip
+
+
+def test_a_disk_source_with_in_memory_options_is_refused(tmp_path, tiny_params):
+    params = copy.deepcopy(tiny_params)
+    params["data"] = {"source": "disk", "root": str(tmp_path), "repeat": 2}
+    with pytest.raises(Exception, match="data.repeat, data.noise_std and data.options"):
+        steps.prepare_data(validate(params))
+    params["data"] = {"source": "disk"}
+    with pytest.raises(Exception, match="needs data.root"):
+        steps.prepare_data(validate(params))
