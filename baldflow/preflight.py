@@ -62,8 +62,36 @@ def check(config: Config, workspace_root: str | Path) -> None:
     check_campaign(config, root)
     check_device(config.training.device)
     check_data(config)
+    check_scale(config)
     check_tracking(config.tracking.mlflow_uri, root)
     check_git_remote(root)
+
+
+def check_scale(config: Config) -> None:
+    """Dask scoring needs the `dask` extra, and a standing cluster that answers."""
+    scale = config.scale
+    if scale.runner != "dask":
+        return
+    try:
+        import prefect_dask  # noqa: F401
+    except ImportError as error:
+        raise PreflightError(
+            f"scale.runner is dask but prefect-dask is not installed ({error}); fix: pip "
+            "install -e '.[dask]' (in the same command as the project, see the README), or "
+            "--set scale.runner=local"
+        ) from error
+    if scale.dask_address is None:
+        return
+    parsed = urllib.parse.urlsplit(scale.dask_address)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=TRACKING_TIMEOUT_S):
+            pass
+    except OSError as error:
+        raise PreflightError(
+            f"the Dask scheduler at scale.dask_address {scale.dask_address} does not answer "
+            f"({error}); fix: start it (dask scheduler --host 127.0.0.1 --port {parsed.port}) "
+            "and its workers, or unset scale.dask_address for a temporary local cluster"
+        ) from error
 
 
 def check_git_remote(workspace_root: Path) -> None:
@@ -185,15 +213,34 @@ def check_device(device: str) -> None:
 # ---------------------------------------------------------------------------- data
 def check_data(config: Config) -> None:
     """The data source's options exist and its files are where it will look for them."""
-    from baldflow.data import SOURCES
+    from baldflow.data import DISK_SOURCE, SOURCES
 
     source = config.data.source
+    if source == DISK_SOURCE:
+        _check_disk_source(config.data.root)
+        return
     options = dict(config.data.options)
     _check_options(source, SOURCES[source], options)
     root = Path(config.data.root).expanduser() if config.data.root else None
     checker = _DATA_CHECKS.get(source)
     if checker is not None:
         checker(root, options)
+
+
+def _check_disk_source(root: str | None) -> None:
+    """A pool on disk: DIR/pool, DIR/val and DIR/test, each finished (pool.json written)."""
+    build = "python benchmarks/make_pool.py --campaign-source --out DIR builds one"
+    if root is None:
+        raise PreflightError(f"data.source disk needs data.root=DIR; {build}")
+    base = Path(root).expanduser()
+    missing = [
+        part for part in ("pool", "val", "test") if not (base / part / "pool.json").is_file()
+    ]
+    if missing:
+        raise PreflightError(
+            f"data.root {base} lacks a finished pool in {', '.join(f'{m}/' for m in missing)} "
+            f"(each a directory with pool.json, x.npy, y.npy, ids.txt); {build}"
+        )
 
 
 def _check_options(source: str, loader: Any, options: Mapping[str, Any]) -> None:

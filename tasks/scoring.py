@@ -84,6 +84,8 @@ def stage_scoring(
         config, seed, model_dir=model_dir, pool_dir=pool_dir, exclude_file=exclude,
         scores_dir=scores_dir,
     )  # fmt: skip
+    if not job.needs_ranks:  # only softrank's second pass reads the shards' scores back
+        job = dataclasses.replace(job, scores_dir=None)
     fault_point("stage-scoring:after", round_index)
     return job
 

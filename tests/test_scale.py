@@ -21,6 +21,7 @@ from baldflow import steps  # noqa: E402
 from baldflow.config import validate  # noqa: E402
 from baldflow.data.ondisk import PoolWriter, manifest  # noqa: E402
 from baldflow.stack.dask_cluster import DaskCluster  # noqa: E402
+from baldflow.stack.process import free_port  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 # What a round decides; run ids, timestamps and flow runs differ from run to run.
@@ -135,3 +136,20 @@ def test_a_disk_source_with_in_memory_options_is_refused(tmp_path, tiny_params):
     params["data"] = {"source": "disk"}
     with pytest.raises(Exception, match="needs data.root"):
         steps.prepare_data(validate(params))
+
+
+def test_preflight_names_a_cluster_that_does_not_answer_and_a_missing_disk_pool(
+    tmp_path, tiny_params
+):
+    from baldflow.preflight import PreflightError, check_data, check_scale
+
+    port = free_port()
+    params = with_scale(tiny_params, runner="dask", dask_address=f"tcp://127.0.0.1:{port}")
+    with pytest.raises(PreflightError, match=f"127.0.0.1:{port} does not answer"):
+        check_scale(validate(params))
+    check_scale(validate(with_scale(tiny_params, runner="dask")))  # a LocalCluster: fine
+    params = copy.deepcopy(tiny_params)
+    params["data"] = {"source": "disk", "root": str(tmp_path)}
+    (tmp_path / "pool").mkdir()
+    with pytest.raises(PreflightError, match="lacks a finished pool in pool/, val/, test/"):
+        check_data(validate(params))
