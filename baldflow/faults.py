@@ -66,7 +66,10 @@ REMOTE_POINTS = (
     "claim-round:before",
     "claim-round:pushed",
 )
-FAULT_POINTS = ROUND_POINTS + HANDOFF_POINTS + REMOTE_POINTS
+# Passed only when a round scores its pool in shards (scale.runner dask, or a pool on disk):
+# after the model and labeled ids are staged for the workers, before "score-pool:after".
+SHARDED_POINTS = ("stage-scoring:after",)
+FAULT_POINTS = ROUND_POINTS + HANDOFF_POINTS + REMOTE_POINTS + SHARDED_POINTS
 
 
 class InjectedFault(RuntimeError):  # noqa: N818 (named for what it stands in for)

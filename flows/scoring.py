@@ -21,6 +21,7 @@ from prefect.utilities.annotations import quote
 
 from baldflow import sharding, steps
 from baldflow.config import Config
+from baldflow.faults import fault_point
 from baldflow.stack.prefect_server import PRIVATE_API_ENV
 from baldflow.tasks import scoring as scoring_tasks
 
@@ -150,6 +151,7 @@ def score_round_pool(
         config, c.data, trained.model, seed, results, sorted_scores,
         time.perf_counter() - started,
     )  # fmt: skip
+    fault_point("score-pool:after", round_index)
     logger.info(
         "round %d: scored %d samples in %d shards (%s) in %.1f s",
         round_index, scored.remaining, len(ranges),

@@ -10,10 +10,12 @@ import csv
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 pytest.importorskip("prefect_dask")
 
@@ -153,3 +155,27 @@ def test_preflight_names_a_cluster_that_does_not_answer_and_a_missing_disk_pool(
     (tmp_path / "pool").mkdir()
     with pytest.raises(PreflightError, match="lacks a finished pool in pool/, val/, test/"):
         check_data(validate(params))
+
+
+def test_a_sharded_round_killed_after_staging_resumes_to_the_same_batches(
+    tmp_path, tiny_params, prefect_harness
+):
+    write_disk_source(tmp_path / "source", tiny_params)
+    params = copy.deepcopy(tiny_params)
+    params["campaign"]["rounds"] = 2
+    params["data"] = {"source": "disk", "root": str(tmp_path / "source")}
+    run_flow(tmp_path / "reference", params)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "baldflow.cli", "run", "--workspace", str(tmp_path / "ws"),
+               "--config", str(params_file)]  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness}
+    killed = subprocess.run(
+        command, env={**env, "BALDFLOW_FAULT": "stage-scoring:after:2:kill"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "ws" / ".git" / "baldflow" / "scoring" / "tiny" / "round-0002").is_dir()
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert decided(tmp_path / "ws", "tiny") == decided(tmp_path / "reference", "tiny")
