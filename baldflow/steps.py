@@ -170,10 +170,10 @@ def _prepare_disk_data(config: Config) -> CampaignData:
     source = open_disk_source(
         d.root, initial_per_class=config.campaign.initial_per_class, seed=config.campaign.seed
     )
-    from baldflow.data.ondisk import manifest
+    from baldflow.data.ondisk import cached_manifest
 
     return CampaignData(
-        None, list(source.initial_ids), {}, disk=source, pool_manifest=manifest(source.pool)
+        None, list(source.initial_ids), {}, disk=source, pool_manifest=cached_manifest(source.pool)
     )
 
 

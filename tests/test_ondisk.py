@@ -287,3 +287,26 @@ def test_make_pool_streams_noisy_copies_of_fashion_mnist(tmp_path, capsys):
     make_pool.build(tmp_path / "s", 20, seed=1, dtype="float32", synthetic=True)
     synthetic = DiskPool.open(tmp_path / "s")
     assert synthetic.dtype == np.float32 and synthetic.ids(19, 20) == ["syn19"]
+
+
+def test_cached_manifest_hashes_once_and_notices_a_rewritten_file(tmp_path, monkeypatch):
+    import baldflow.data.ondisk as ondisk
+
+    x, y, ids = _source(40)
+    directory = _write(tmp_path / "pool", x, y, ids)
+    cache = tmp_path / "cache"
+    with DiskPool.open(directory) as pool:
+        first = ondisk.cached_manifest(pool, cache)
+        assert first == manifest(pool)
+
+        def no_hashing(path):
+            raise AssertionError(f"hashed {path} again")
+
+        monkeypatch.setattr(ondisk, "file_sha256", no_hashing)
+        assert ondisk.cached_manifest(pool, cache) == first
+        monkeypatch.undo()
+    # A rewritten pool (same size, new bytes) gets a new hash, not the cached one.
+    _write(tmp_path / "pool", x[::-1].copy(), y, ids, overwrite=True)
+    with DiskPool.open(directory) as pool:
+        again = ondisk.cached_manifest(pool, cache)
+        assert again["sha256"] != first["sha256"] and again == manifest(pool)
