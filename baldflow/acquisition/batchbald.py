@@ -11,15 +11,37 @@ every row stays normalised (no underflow of long products) and the same code ser
 regime (all C^n configurations) and the sampled one (num_samples configurations drawn from the
 joint). The gain never exceeds the previous step's gain (submodularity), which lazy greedy uses
 to skip most candidates.
+
+Stochastic BatchBALD (`mode="power"` or `"softmax"`): the stochastic-acquisition poster's plan to
+"approximate the correlation and sample stochastically taking into account the error terms".
+The conditional gain already accounts for the correlation with the points chosen so far; instead
+of taking its arg-max, each step SAMPLES the next point from weights gain^beta (power; a gain
+<= 0 has weight 0) or exp(beta * gain) (softmax), by Gumbel-max. Why sample: the gains are
+estimates (sampled joint entropies, a finite posterior sample) and greedy trusts every digit of
+them; sampling hedges against those errors like PowerBALD does for BALD. beta -> inf is BatchBALD.
+Since the noise of every candidate is drawn before its gain is known, lazy evaluation stays exact:
+a key's upper bound follows from the gain's upper bound and the known noise.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 
+from baldflow.acquisition.annealed import pick_probabilities
 from baldflow.acquisition.scores import ScoreInputError, bald, expected_conditional_entropy
+from baldflow.acquisition.selection import (
+    perturbed_keys,
+    power_log_weights,
+    standard_gumbel,
+)
+from baldflow.acquisition.sharded import _checked_ids, _checked_seed, _duplicates, id_gumbel
+
+STOCHASTIC_MODES = ("power", "softmax")
 
 DEFAULT_NUM_SAMPLES = 10_000
 # Scratch memory for one chunk of candidate evaluations ([configs, candidates, classes] doubles).
@@ -34,11 +56,18 @@ _GROUPING_MIN_CONFIGURATIONS = 100
 
 class BatchBALDSelection(NamedTuple):
     """The batch in pick order, each pick's gain (its BatchBALD increment), and how many picks
-    were scored with exact joint entropies before sampling took over."""
+    were scored with exact joint entropies before sampling took over.
+
+    `probabilities` (stochastic modes only, else None): the probability that step i sampled its
+    point given the earlier picks, i.e. its normalised weight among the remaining candidates'
+    gains. Known only where every remaining gain was computed: always at step 0 and with
+    lazy=False; NaN where lazy evaluation skipped candidates.
+    """
 
     indices: torch.Tensor
     gains: torch.Tensor
     exact_steps: int
+    probabilities: torch.Tensor | None = None
 
 
 def expected_entropies(
@@ -158,6 +187,10 @@ def batchbald(
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
     lazy: bool = True,
     return_details: bool = False,
+    mode: str | None = None,
+    coldness: float = 1.0,
+    sample_ids: Sequence[str] | None = None,
+    seed: int | None = None,
 ) -> torch.Tensor | BatchBALDSelection:
     """Greedy BatchBALD batch of min(batch_size, N) distinct pool indices, in pick order.
 
@@ -172,12 +205,27 @@ def batchbald(
     in the exact regime that gives the same batch as plain greedy (`lazy=False`), up to exact
     ties, at a fraction of the cost. With sampled joint entropies the bound holds only
     approximately, as do the estimates themselves.
+
+    Stochastic BatchBALD: `mode="power"` samples each step's point with weights gain^beta
+    (gain <= 0: weight 0; if every remaining gain is <= 0, uniformly), `mode="softmax"` with
+    weights exp(beta * gain), beta = `coldness` (0 = uniform, inf = BatchBALD, up to exact ties).
+    The sample is the arg-max of the perturbed key (see `selection.perturbed_keys`); exact ties
+    go to the larger gain, then the larger noise, then the smaller sample id (lower index
+    without ids). The noise of step i is Gumbel noise of each sample id under a seed hashed from
+    (`seed`, i) when `sample_ids` are given (then `seed` is required and the batch does not
+    depend on the pool's order), else drawn from `generator`. With `seed` and no `generator`,
+    the generator of the sampled joint entropies is seeded from `seed`, so the same seed gives
+    the same batch. `mode=None` (default) is plain greedy BatchBALD, exactly as before.
     """
     log_probs_N_K_C = _validate(log_probs_N_K_C, batch_size, num_samples, max_memory_bytes)
     N, K, C = log_probs_N_K_C.shape
+    coldness, sample_ids, seed = _validate_stochastic(mode, coldness, sample_ids, seed, N)
     if generator is None:
         generator = torch.Generator()
-        generator.seed()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed % 2**63)
     count = min(batch_size, N)
 
     probs_N_K_C = log_probs_N_K_C.to(torch.float64).exp()
@@ -211,12 +259,33 @@ def batchbald(
         )
         bounds_N[candidates] = torch.minimum(bounds_N[candidates], grouped + _BOUND_SLACK)
 
+    def noise_of(step: int) -> torch.Tensor:
+        if sample_ids is not None:
+            return id_gumbel(step_seed(seed, step), sample_ids)
+        return standard_gumbel(N, generator)
+
     chosen: list[int] = []
     gains: list[float] = []
+    probabilities: list[float] = []
     exact_steps = 0
     available = torch.ones(N, dtype=torch.bool)
     for step in range(count):
-        if step == 0:
+        if mode is not None:
+            if step > 0 and lazy:
+                tighten_bounds()
+            best_index, best_gain, probability = _stochastic_step(
+                bounds_N,
+                available,
+                (lambda c: bounds_N[c]) if step == 0 else gains_of,
+                max_chunk,
+                noise_of(step),
+                mode,
+                coldness,
+                sample_ids,
+                lazy=lazy and step > 0,
+            )
+            probabilities.append(probability)
+        elif step == 0:
             best_index, best_gain = _first_max(bounds_N, torch.arange(N))
         elif lazy:
             tighten_bounds()
@@ -234,8 +303,138 @@ def batchbald(
 
     indices = torch.tensor(chosen, dtype=torch.long)
     if return_details:
-        return BatchBALDSelection(indices, torch.tensor(gains, dtype=torch.float64), exact_steps)
+        return BatchBALDSelection(
+            indices,
+            torch.tensor(gains, dtype=torch.float64),
+            exact_steps,
+            None if mode is None else torch.tensor(probabilities, dtype=torch.float64),
+        )
     return indices
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The id_gumbel seed of step `step` of a stochastic BatchBALD batch under `seed`.
+
+    Why a hash: every (seed, step) gets its own noise, unrelated to other rounds' seeds and to
+    the annealed selection's picks (a different prefix), the same in every process.
+    """
+    digest = hashlib.blake2b(f"stochastic-batchbald/{seed}/{step}".encode(), digest_size=16)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _validate_stochastic(mode, coldness, sample_ids, seed, N):
+    """(coldness, sample_ids as a list or None, seed or None), checked; ValueError otherwise."""
+    if mode is None:
+        if coldness != 1.0 or sample_ids is not None:
+            raise ValueError(
+                "coldness and sample_ids apply only to stochastic BatchBALD: pass mode='power' "
+                "or mode='softmax'"
+            )
+        return 1.0, None, None if seed is None else _checked_seed(seed)
+    if mode not in STOCHASTIC_MODES:
+        raise ValueError(
+            f"unknown stochastic BatchBALD mode {mode!r}; valid: None (greedy), "
+            f"{', '.join(STOCHASTIC_MODES)}"
+        )
+    try:
+        coldness = float(coldness)
+    except (TypeError, ValueError):
+        raise ValueError(f"coldness must be a number, got {coldness!r}") from None
+    if math.isnan(coldness) or coldness < 0:
+        raise ValueError(f"coldness must be >= 0 (0 = uniform, inf = greedy), got {coldness}")
+    if seed is not None:
+        seed = _checked_seed(seed)
+    if sample_ids is not None:
+        if seed is None:
+            raise ValueError("sample_ids need a seed: the noise is keyed by (seed, step, id)")
+        sample_ids = _checked_ids(sample_ids)
+        if len(sample_ids) != N:
+            raise ValueError(
+                f"sample_ids must have one id per pool point: {len(sample_ids)} ids for {N} points"
+            )
+        if len(set(sample_ids)) != N:
+            raise ValueError(
+                f"sample_ids must be unique; repeated: {sorted(_duplicates(sample_ids))[:5]}"
+            )
+    return coldness, sample_ids, seed
+
+
+def _gain_log_weights(gains: torch.Tensor, mode: str) -> torch.Tensor:
+    """log of the weight at beta = 1: log gain (power; -inf for gain <= 0) or the gain."""
+    return power_log_weights(gains) if mode == "power" else gains
+
+
+def _gain_keys(gains, noise, mode, coldness) -> torch.Tensor:
+    """Gumbel-max keys of the gains' weights; monotone in the gain for a fixed noise."""
+    if coldness == 0:
+        return noise.clone()
+    return perturbed_keys(_gain_log_weights(gains, mode), noise, coldness)[0]
+
+
+def _stochastic_step(
+    bounds_N: torch.Tensor,
+    available: torch.Tensor,
+    gains_of: Callable[[torch.Tensor], torch.Tensor],
+    max_chunk: int,
+    noise_N: torch.Tensor,
+    mode: str,
+    coldness: float,
+    sample_ids: list[str] | None,
+    lazy: bool,
+) -> tuple[int, float, float]:
+    """One Gumbel-max draw over the remaining candidates: (index, its gain, its probability).
+
+    Lazy: the key is increasing in the gain for a fixed noise, so the key of an upper bound on
+    the gain bounds the key. Candidates are scored in order of that key bound until the best key
+    beats every bound left (strictly, so exact ties are all scored and the tie rule is exact).
+    The probability needs every remaining gain: NaN when lazy skipped some.
+    """
+    candidates = available.nonzero().squeeze(1)
+    if lazy:
+        key_bounds = _gain_keys(
+            bounds_N[candidates] + _BOUND_SLACK, noise_N[candidates], mode, coldness
+        )
+        order = candidates[key_bounds.argsort(descending=True, stable=True)]
+        key_bounds = key_bounds.sort(descending=True, stable=True).values
+    else:
+        order, key_bounds = candidates, None
+    scored: list[torch.Tensor] = []
+    scored_gains: list[torch.Tensor] = []
+    best_key = -math.inf
+    start, chunk = 0, _FIRST_LAZY_CHUNK if lazy else max_chunk
+    while start < len(order):
+        if key_bounds is not None and best_key > float(key_bounds[start]):
+            break
+        part = order[start : start + chunk]
+        part_gains = gains_of(part)
+        if lazy:
+            bounds_N[part] = part_gains
+        scored.append(part)
+        scored_gains.append(part_gains)
+        keys = _gain_keys(part_gains, noise_N[part], mode, coldness)
+        best_key = max(best_key, float(keys.max()))
+        start += len(part)
+        chunk = min(2 * chunk, max_chunk) if lazy else max_chunk
+    indices = torch.cat(scored)
+    gains = torch.cat(scored_gains)
+    keys = _gain_keys(gains, noise_N[indices], mode, coldness)
+    orders = gains.clamp_min(0.0) if mode == "power" else gains
+    field = torch.arange(len(indices))
+    for column in (keys, orders, noise_N[indices]):
+        values = column[field]
+        field = field[values == values.max()]
+        if len(field) == 1:
+            break
+    if sample_ids is None:
+        best = min(field.tolist(), key=lambda p: int(indices[p]))
+    else:
+        best = min(field.tolist(), key=lambda p: sample_ids[int(indices[p])])
+    if len(indices) == len(candidates):
+        log_weights = _gain_log_weights(gains, mode)
+        probability = float(pick_probabilities(log_weights, coldness)[best])
+    else:
+        probability = math.nan
+    return int(indices[best]), float(gains[best]), probability
 
 
 def _posterior_groups(posteriors_M_K: torch.Tensor) -> torch.Tensor:
