@@ -176,3 +176,60 @@ def score_pool(
             chunk_scores = score_fn(log_probs_B_K_C).to("cpu", torch.float64)
             scores_N[start : start + log_probs_B_K_C.shape[0]] = chunk_scores
     return scores_N
+
+
+def embed_pool(
+    model: BayesianModule,
+    x: torch.Tensor,
+    mc_samples: int,
+    generator: torch.Generator,
+    chunk_size: int | None = None,
+    indices: torch.Tensor | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`features_N_D` float32, `probs_N_C` float64) of every row of `x` (or of `indices`).
+
+    `features_N_D` are `model.embed` (penultimate features of the dropout-off network);
+    `probs_N_C` is the MC-averaged predictive (1/K) sum_k p(y|x, w_k) over K = mc_samples masks
+    (0: the deterministic pass). The masks are drawn from `generator` exactly as `score_pool`
+    draws them, so with the same generator state they are the round's scoring masks and BADGE's
+    predicted labels agree with the predictive the scores saw. Streams like `score_pool`: the
+    prefix runs once per input for both outputs; memory is N*(D+C) plus one chunk.
+    """
+    if mc_samples < 0:
+        raise InferenceError(f"mc_samples must be >= 0, got {mc_samples}")
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(mc_samples)
+    if chunk_size < 1:
+        raise InferenceError(f"chunk_size must be >= 1, got {chunk_size}")
+    if indices is not None:
+        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+    n = x.shape[0] if indices is None else int(indices.numel())
+    device = model_device(model)
+    features_N_D: torch.Tensor | None = None
+    probs_N_C: torch.Tensor | None = None
+    bar = _progress_bar(progress and n > chunk_size)
+    with eval_mode(model), torch.inference_mode(), bar:
+        task = bar.add_task("Embedding pool", total=n)
+        if mc_samples > 0:
+            model.resample_masks(mc_samples, generator)
+        for start in range(0, n, chunk_size):
+            rows = slice(start, start + chunk_size)
+            x_B = x[rows] if indices is None else x[indices[rows]]
+            features_B_D, log_probs_B_K_C = model.embed_and_log_probs(
+                x_B.to(device, non_blocking=True), mc_samples
+            )
+            if features_N_D is None or probs_N_C is None:
+                features_N_D = torch.empty((n, features_B_D.shape[1]), dtype=torch.float32)
+                probs_N_C = torch.empty((n, log_probs_B_K_C.shape[2]), dtype=torch.float64)
+            end = start + x_B.shape[0]
+            features_N_D[start:end] = features_B_D.to("cpu", torch.float32)
+            # Averaged in float64 so that near-certain predictions keep their small margins.
+            probs_N_C[start:end] = log_probs_B_K_C.to("cpu", torch.float64).exp().mean(1)
+            bar.advance(task, x_B.shape[0])
+    if features_N_D is None or probs_N_C is None:
+        # An empty pool: D is known from the last linear layer, C from the spec.
+        num_classes = getattr(model, "spec", {}).get("num_classes", 0)
+        features_N_D = torch.empty((0, model.last_linear().in_features), dtype=torch.float32)
+        probs_N_C = torch.empty((0, num_classes), dtype=torch.float64)
+    return features_N_D, probs_N_C

@@ -42,10 +42,16 @@ class BayesianModule(nn.Module):
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
             layer.set_mask_seed(k, seed)
 
-    def forward(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
-        if k < 0:
-            raise ValueError(f"k (MC samples) must be >= 0, got {k}")
-        features_B_F = self.prefix(x)
+    def last_linear(self) -> nn.Linear:
+        """The head's final `nn.Linear`, whose output is the logits and whose input is the
+        penultimate features that embedding-based strategies (BADGE, CoreSet) work on."""
+        linears = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise TypeError(f"{type(self).__name__}.head has no nn.Linear layer to embed before")
+        return linears[-1]
+
+    def _run_head(self, features_B_F: torch.Tensor, k: int) -> torch.Tensor:
+        """logits_BK_C of the head on `features_B_F` repeated K times (K = max(k, 1))."""
         B = features_B_F.shape[0]
         repeats = max(k, 1)
         # expand + reshape: row b * K + j is input b under mask j, the layout the dropout expects.
@@ -55,9 +61,68 @@ class BayesianModule(nn.Module):
         for layer in layers:
             layer.active_k = k
         try:
-            logits_BK_C = self.head(features_BK_F)
+            return self.head(features_BK_F)
         finally:
             for layer in layers:
                 layer.active_k = 0
+
+    def _penultimate(self, features_B_F: torch.Tensor) -> torch.Tensor:
+        """The input of `last_linear` in the deterministic (k = 0, dropout off) head pass.
+
+        Captured with a forward hook so that every head whose last step is a linear layer works
+        without knowing its structure; the check that the hooked layer's output *is* the head's
+        output refuses heads that transform the logits further (those features would not be the
+        ones the last layer's gradient is taken against)."""
+        last = self.last_linear()
+        seen: dict[str, torch.Tensor] = {}
+
+        def hook(_module, inputs, output):
+            seen["input"], seen["output"] = inputs[0], output
+
+        handle = last.register_forward_hook(hook)
+        try:
+            logits = self._run_head(features_B_F, 0)
+        finally:
+            handle.remove()
+        if "output" not in seen or seen["output"] is not logits:
+            raise TypeError(
+                f"{type(self).__name__}.head does not end with its last nn.Linear; "
+                "penultimate features are undefined"
+            )
+        return seen["input"].flatten(1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """`features_B_D`: the penultimate features (the input of the last linear layer) of the
+        deterministic network, i.e. dropout off (inverted dropout already keeps expectations),
+        eval mode (BatchNorm on running statistics), no autograd graph.
+
+        BADGE builds its gradient embeddings and CoreSet its k-center distances on these; they
+        use the mean network rather than one MC sample so the geometry does not depend on a
+        mask draw. The previous train/eval mode is restored afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self._penultimate(self.prefix(x))
+        finally:
+            self.train(was_training)
+
+    def embed_and_log_probs(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`features_B_D` as `embed`, `log_probs_B_K_C` as `forward(x, k)`) with the prefix run
+        once for both. Runs in the caller's mode and grad state: streamed passes
+        (`inference.embed_pool`) set eval and inference mode and draw the masks themselves."""
+        if k < 0:
+            raise ValueError(f"k (MC samples) must be >= 0, got {k}")
+        features_B_F = self.prefix(x)
+        penultimate_B_D = self._penultimate(features_B_F)
+        logits_BK_C = self._run_head(features_B_F, k)
         log_probs_BK_C = torch.log_softmax(logits_BK_C, dim=-1)
-        return log_probs_BK_C.view(B, repeats, -1)
+        return penultimate_B_D, log_probs_BK_C.view(features_B_F.shape[0], max(k, 1), -1)
+
+    def forward(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
+        if k < 0:
+            raise ValueError(f"k (MC samples) must be >= 0, got {k}")
+        features_B_F = self.prefix(x)
+        logits_BK_C = self._run_head(features_B_F, k)
+        log_probs_BK_C = torch.log_softmax(logits_BK_C, dim=-1)
+        return log_probs_BK_C.view(features_B_F.shape[0], max(k, 1), -1)
