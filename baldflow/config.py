@@ -110,6 +110,13 @@ class AcquisitionSettings(_Section):
     batchbald_candidates: int = Field(1000, ge=1)
     batchbald_num_samples: int = Field(10000, ge=1)
     chunk_size: int = Field(1024, ge=1)
+    # EPIG strategies: target inputs drawn from the pool (by a keyed hash of their ids).
+    epig_targets: int = Field(100, ge=1)
+    # Annealed strategies: the coldness of the last pick; the first pick uses `coldness`.
+    coldness_end: float = Field(0.25, ge=0.0)
+    # Evidence only, never the batch: also run BatchBALD on the round's top candidates and log
+    # how its batch compares (overlap, joint mutual information).
+    shadow_batchbald: bool = False
 
 
 class _StrategyChoice(_Section):
@@ -199,6 +206,7 @@ class Config(_Section):
         data["training"].pop("num_threads")
         data.pop("tracking")
         data.pop("scale")
+        data["acquisition"].pop("shadow_batchbald")
         return data
 
 
@@ -341,6 +349,24 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
     return config
 
 
+def check_sharding(config: Config) -> None:
+    """Strategies that need the whole pool in one process cannot be scored in shards."""
+    from baldflow.acquisition.strategies import EPIG, get_strategy
+    from baldflow.data import DISK_SOURCE
+
+    sharded = config.scale.runner == "dask" or config.data.source == DISK_SOURCE
+    strategy = get_strategy(config.acquisition.strategy)
+    if sharded and (strategy.whole_pool or strategy.score == EPIG):
+        where = "scale.runner dask" if config.scale.runner == "dask" else "data.source disk"
+        raise ConfigError(
+            f"acquisition.strategy {strategy.name} needs every unlabeled sample's "
+            f"{'EPIG targets' if strategy.score == EPIG else 'score or embedding'} in one "
+            f"process, which {where} does not give (it scores the pool in shards); use a "
+            "<mode>-bald strategy, batchbald or stochastic-batchbald there",
+            fields=("acquisition.strategy",),
+        )
+
+
 def check_registry_names(config: Config) -> None:
     """Check the names that registries resolve, listing the valid names on a mismatch."""
     from baldflow.acquisition.strategies import STRATEGY_NAMES
@@ -360,6 +386,7 @@ def check_registry_names(config: Config) -> None:
                 f"{field} must be one of {', '.join(names)}, got {value!r}{hint}", fields=(field,)
             )
     check_mc_samples(config.acquisition.strategy, config.acquisition.mc_samples)
+    check_sharding(config)
     if config.training.device != "auto":
         import torch
 

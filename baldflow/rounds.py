@@ -9,6 +9,7 @@ and finishes from it later, maybe in another process, as if it had never stopped
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,9 @@ class RoundRecord:
     seconds_select: float = 0.0
     epochs: int | None = None
     model_spec: dict[str, Any] | None = None
+    # How good the batch is as a batch (baldflow.acquisition.quality) and, when asked for, what
+    # BatchBALD would have picked instead: MLflow metrics of the round, named as they are here.
+    evidence: dict[str, float] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -96,9 +100,10 @@ class RoundRecord:
         evaluation: Mapping[str, float],
         scored: Any,
         selected: Any,
+        evidence: Mapping[str, float] | None = None,
     ) -> RoundRecord:
         """A round from what its compute steps returned (baldflow.steps: Trained, the
-        evaluation, PoolScores, Selected)."""
+        evaluation, PoolScores, Selected, and the batch's evidence)."""
         return cls(
             campaign=campaign,
             round=round_index,
@@ -119,6 +124,8 @@ class RoundRecord:
             seconds_select=selected.seconds,
             epochs=trained.epochs,
             model_spec=getattr(trained.model, "spec", None),
+            # Only finite numbers: a metric that could not be estimated is left out, not NaN.
+            evidence={k: float(v) for k, v in (evidence or {}).items() if math.isfinite(v)},
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -238,6 +245,7 @@ class RoundRecord:
         }
         if self.epochs is not None:
             metrics["epochs"] = self.epochs
+        metrics.update(self.evidence)
         return {k: float(v) for k, v in metrics.items() if v is not None}
 
     def tags(self, commit: RoundCommit, flow_run_id: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ STREAM_TRAIN = 0
 STREAM_EVALUATE = 1
 STREAM_SCORE = 2
 STREAM_SELECT = 3
+STREAM_EVIDENCE = 4
 
 
 @contextlib.contextmanager
@@ -268,6 +269,14 @@ class ScoringPlan:
     selection_seed: int
     chunk_size: int
     joint: bool  # BatchBALD: the candidates go on to the joint (batch) scoring
+    kind: str = "scored"  # the strategy's kind (acquisition.strategies.KINDS)
+    epig_targets: int = 100
+
+    @property
+    def whole_pool(self) -> bool:
+        from baldflow.acquisition.strategies import WHOLE_POOL_KINDS
+
+        return self.kind in WHOLE_POOL_KINDS
 
 
 def scoring_plan(config: Config, seed: int) -> ScoringPlan:
@@ -275,15 +284,19 @@ def scoring_plan(config: Config, seed: int) -> ScoringPlan:
 
     a = config.acquisition
     strategy = get_strategy(a.strategy)
-    common = {"mc_samples": a.mc_samples, "mask_seed": seed, "chunk_size": a.chunk_size}
+    common = {
+        "mc_samples": a.mc_samples, "mask_seed": seed, "chunk_size": a.chunk_size,
+        "kind": strategy.kind, "epig_targets": a.epig_targets,
+        "selection_seed": selection_seed(seed),
+    }  # fmt: skip
     if strategy.needs_log_probs:
         return ScoringPlan(
-            "bald", batch_size=a.batchbald_candidates, mode="topk", coldness=1.0,
-            selection_seed=selection_seed(seed), joint=True, **common,
+            "bald", batch_size=a.batchbald_candidates, mode="topk", coldness=1.0, joint=True,
+            **common,
         )  # fmt: skip
     return ScoringPlan(
-        strategy.score, batch_size=a.batch_size, mode=strategy.mode, coldness=a.coldness,
-        selection_seed=selection_seed(seed), joint=False, **common,
+        strategy.score, batch_size=a.batch_size, mode=strategy.mode or "topk",
+        coldness=a.coldness, joint=False, **common,
     )  # fmt: skip
 
 
@@ -301,6 +314,14 @@ class PoolScores:
     # BatchBALD only: the BALD preselection (by id) and their joint log-probs.
     candidate_ids: list[str] | None = None
     log_probs_M_K_C: torch.Tensor | None = None  # noqa: N815
+    # Whole-pool strategies (annealed, badge, coreset; one process): every unlabeled id with
+    # its score (annealed) or its embedding and predictive (badge), and the labeled set's
+    # embeddings (coreset).
+    sample_ids: list[str] | None = None
+    scores_N: torch.Tensor | None = None  # noqa: N815
+    features_N_D: torch.Tensor | None = None  # noqa: N815
+    probs_N_C: torch.Tensor | None = None  # noqa: N815
+    labeled_features_L_D: torch.Tensor | None = None  # noqa: N815
 
 
 def summarise_scores(
@@ -327,20 +348,64 @@ def score_pool(
     ids = [data.splits.pool_ids[int(r)] for r in rows_N]
     if not ids:
         return PoolScores(0, [], time.perf_counter() - start)
+    if plan.kind in ("badge", "coreset"):
+        return _embedded_pool(plan, data, model, labeled_ids, rows_N, ids, start)
     if plan.score is None:  # random needs no model output, only the ids
         scores_N = torch.zeros(len(ids), dtype=torch.float64)
     else:
-        generator = generator_for(plan.mask_seed, STREAM_SCORE)
+        score = plan.score
+        if score == "epig":
+            score = epig_score(plan, data, model, ids)
         scores_N = torch.as_tensor(
             stream_scores(
-                model, data.splits.pool_x[rows_N], plan.score, plan.mc_samples, generator,
-                chunk_size=plan.chunk_size,
+                model, data.splits.pool_x[rows_N], score, plan.mc_samples,
+                generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
             )
         )  # fmt: skip
+    if plan.whole_pool:  # annealed: picks one at a time, from every score
+        return PoolScores(
+            len(ids), [], time.perf_counter() - start, sample_ids=ids, scores_N=scores_N
+        )
     sorted_scores = scores_N.sort().values if plan.mode == "softrank" else None
     summary = summarise_scores(plan, scores_N, ids, sorted_scores)
     scored = PoolScores(len(ids), [summary], time.perf_counter() - start, 1, sorted_scores)
     return with_joint_scores(scored, plan, data, model) if plan.joint else scored
+
+
+def epig_score(plan: ScoringPlan, data: CampaignData, model: Any, unlabeled_ids) -> Any:
+    """EPIG's score function for the round: the information gain about the predictions on
+    `epig_targets` unlabeled samples chosen by a keyed hash of their ids (the same targets
+    whoever scores which shard), predicted with the round's scoring masks."""
+    from baldflow.acquisition.epig import epig_score_function, target_ids
+    from baldflow.inference import predict_log_probs
+
+    targets = target_ids(plan.mask_seed, unlabeled_ids, plan.epig_targets)
+    log_probs_T_K_C = predict_log_probs(
+        model, data.inputs(targets), plan.mc_samples,
+        generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
+    )  # fmt: skip
+    return epig_score_function(log_probs_T_K_C)
+
+
+def _embedded_pool(plan, data, model, labeled_ids, rows_N, ids, start) -> PoolScores:
+    """BADGE and CoreSet: the pool's penultimate features (and predictive) instead of scores,
+    with the round's scoring masks; CoreSet also embeds the labeled set."""
+    from baldflow.inference import embed_pool
+
+    features, probs = embed_pool(
+        model, data.splits.pool_x[rows_N], plan.mc_samples,
+        generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
+    )  # fmt: skip
+    labeled_features = None
+    if plan.kind == "coreset" and labeled_ids:
+        labeled_features, _ = embed_pool(
+            model, data.inputs(sorted(labeled_ids)), 0, generator_for(plan.mask_seed, 0),
+            chunk_size=plan.chunk_size,
+        )  # fmt: skip
+    return PoolScores(
+        len(ids), [], time.perf_counter() - start, sample_ids=ids, features_N_D=features,
+        probs_N_C=probs, labeled_features_L_D=labeled_features,
+    )  # fmt: skip
 
 
 def with_joint_scores(
@@ -391,7 +456,6 @@ def _as_list(values: Any, n: int) -> list[float | None]:
 
 def select_batch(config: Config, scored: PoolScores, seed: int) -> Selected:
     """Pick the batch with the configured strategy; a short pool gives what is left."""
-    from baldflow.acquisition.batchbald import batchbald
     from baldflow.acquisition.picks import merge_summaries
     from baldflow.acquisition.strategies import get_strategy
 
@@ -409,18 +473,9 @@ def select_batch(config: Config, scored: PoolScores, seed: int) -> Selected:
     if size == 0:
         return Selected([], [], [], [], a.batch_size, note, time.perf_counter() - start)
     if strategy.needs_log_probs:
-        assert scored.candidate_ids is not None and scored.log_probs_M_K_C is not None
-        size = min(size, len(scored.candidate_ids))
-        chosen = batchbald(
-            scored.log_probs_M_K_C,
-            size,
-            num_samples=a.batchbald_num_samples,
-            generator=generator_for(seed, STREAM_SELECT),
-            return_details=True,
-        )
-        ids = [scored.candidate_ids[int(i)] for i in chosen.indices]
-        n = len(ids)
-        scores, probabilities, keys = _as_list(chosen.gains, n), [None] * n, [None] * n
+        ids, scores, probabilities, keys = _joint_picks(config, strategy, scored, size, seed)
+    elif strategy.whole_pool:
+        ids, scores, probabilities, keys = _whole_pool_picks(config, strategy, scored, size, seed)
     else:
         picks = merge_summaries(scored.summaries, size, scored.sorted_scores)
         ids, n = picks.sample_ids, len(picks.sample_ids)
@@ -438,6 +493,66 @@ def select_batch(config: Config, scored: PoolScores, seed: int) -> Selected:
         note=note,
         seconds=time.perf_counter() - start,
     )
+
+
+def _joint_picks(config: Config, strategy: Any, scored: PoolScores, size: int, seed: int):
+    """BatchBALD (greedy) or stochastic BatchBALD (each next point sampled from its conditional
+    gain^coldness, noise keyed by candidate id) on the BALD preselection."""
+    from baldflow.acquisition.batchbald import batchbald
+
+    a = config.acquisition
+    assert scored.candidate_ids is not None and scored.log_probs_M_K_C is not None
+    size = min(size, len(scored.candidate_ids))
+    sampled = {}
+    if strategy.kind == "stochastic-batchbald":
+        sampled = {
+            "mode": strategy.mode, "coldness": a.coldness,
+            "sample_ids": scored.candidate_ids, "seed": selection_seed(seed),
+        }  # fmt: skip
+    chosen = batchbald(
+        scored.log_probs_M_K_C, size, num_samples=a.batchbald_num_samples,
+        generator=generator_for(seed, STREAM_SELECT), return_details=True, **sampled,
+    )  # fmt: skip
+    ids = [scored.candidate_ids[int(i)] for i in chosen.indices]
+    n = len(ids)
+    probabilities = getattr(chosen, "probabilities", None) if sampled else None
+    return ids, _as_list(chosen.gains, n), _as_list(probabilities, n), [None] * n
+
+
+def _whole_pool_picks(config: Config, strategy: Any, scored: PoolScores, size: int, seed: int):
+    """Annealed batches (one pick at a time, coldness from acquisition.coldness to
+    coldness_end), BADGE (k-means++ seeding on gradient embeddings) and CoreSet (greedy
+    k-center): each needs every unlabeled sample at once."""
+    a = config.acquisition
+    ids_N = scored.sample_ids
+    assert ids_N is not None
+    if strategy.kind == "annealed":
+        from baldflow.acquisition.annealed import annealed_select_by_id, coldness_schedule
+
+        chosen = annealed_select_by_id(
+            scored.scores_N, ids_N, size, strategy.mode,
+            coldness_schedule(size, a.coldness, a.coldness_end), seed=selection_seed(seed),
+        )  # fmt: skip
+        rows = chosen.indices.tolist()
+        n = len(rows)
+        return (
+            [ids_N[r] for r in rows], _as_list(scored.scores_N[rows], n),
+            _as_list(chosen.probabilities, n), _as_list(chosen.keys, n),
+        )  # fmt: skip
+    if strategy.kind == "badge":
+        from baldflow.acquisition.badge import badge, gradient_embeddings
+
+        rows, probabilities = badge(
+            gradient_embeddings(scored.features_N_D, scored.probs_N_C), size,
+            generator_for(seed, STREAM_SELECT), return_probabilities=True,
+        )  # fmt: skip
+        n = len(rows)
+        return [ids_N[int(r)] for r in rows], [None] * n, _as_list(probabilities, n), [None] * n
+    from baldflow.acquisition.coreset import coreset
+
+    rows = coreset(scored.features_N_D, size, scored.labeled_features_L_D)
+    n = len(rows)
+    return [ids_N[int(r)] for r in rows], [None] * n, [None] * n, [None] * n
 
 
 def shard_job(
@@ -490,3 +605,66 @@ def sharded_pool_scores(
     summaries = [result.summary for result in results]
     scored = PoolScores(remaining, summaries, seconds, len(results), sorted_scores)
     return with_joint_scores(scored, plan, data, model) if plan.joint else scored
+
+
+def batch_evidence(
+    config: Config,
+    data: CampaignData,
+    model: Any,
+    labeled_ids: set[str],
+    selected: Selected,
+    seed: int,
+) -> dict[str, float]:
+    """How good the acquired batch is as a batch, and (acquisition.shadow_batchbald) how it
+    compares with BatchBALD's batch on the same model: the round's `batch_*` / `shadow_*`
+    MLflow metrics. Never changes the batch.
+
+    The batch's log-probs use the round's scoring masks, so its joint mutual information is
+    the BatchBALD objective of exactly what was picked. Near-duplicates are copies of one
+    source sample (`data.repeat`), the redundancy stochastic acquisition is meant to avoid.
+    """
+    from baldflow.acquisition.quality import batch_overlap, batch_quality, mi_gap
+    from baldflow.data.repeat import split_repeat_id
+    from baldflow.inference import predict_log_probs
+
+    if not selected.sample_ids:
+        return {}
+    started = time.perf_counter()
+    a = config.acquisition
+    log_probs = predict_log_probs(
+        model, data.inputs(selected.sample_ids), a.mc_samples,
+        generator_for(seed, STREAM_SCORE), chunk_size=a.chunk_size,
+    )  # fmt: skip
+    quality = batch_quality(
+        log_probs,
+        duplicate_key=lambda sid: split_repeat_id(sid)[0],
+        sample_ids=list(selected.sample_ids),
+        num_samples=a.batchbald_num_samples,
+        generator=generator_for(seed, STREAM_EVIDENCE),
+    )
+    evidence = {f"batch_{k}" if not k.startswith("batch_") else k: v for k, v in quality.items()}
+    evidence["seconds_evidence"] = time.perf_counter() - started
+    if a.shadow_batchbald and a.strategy != "batchbald" and not data.on_disk:
+        started = time.perf_counter()
+        shadow_config = config.model_copy(
+            update={"acquisition": a.model_copy(update={"strategy": "batchbald"})}
+        )
+        shadow_scored = score_pool(shadow_config, data, model, labeled_ids, seed)
+        shadow = select_batch(shadow_config, shadow_scored, seed)
+        shadow_log_probs = predict_log_probs(
+            model, data.inputs(shadow.sample_ids), a.mc_samples,
+            generator_for(seed, STREAM_SCORE), chunk_size=a.chunk_size,
+        )  # fmt: skip
+        shadow_quality = batch_quality(
+            shadow_log_probs,
+            sample_ids=list(shadow.sample_ids),
+            num_samples=a.batchbald_num_samples,
+            generator=generator_for(seed, STREAM_EVIDENCE),
+        )
+        evidence["shadow_overlap"] = batch_overlap(selected.sample_ids, shadow.sample_ids)
+        evidence["shadow_joint_mi"] = shadow_quality["batch_joint_mi"]
+        evidence["shadow_mi_gap"] = mi_gap(
+            evidence["batch_joint_mi"], shadow_quality["batch_joint_mi"]
+        )
+        evidence["seconds_shadow"] = time.perf_counter() - started
+    return {k: float(v) for k, v in evidence.items()}

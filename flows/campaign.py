@@ -142,6 +142,9 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
                 config, data, quote(trained), quote(labeled_ids), seed, round_index
             )
         selected = tasks.select_batch(config, quote(scored), seed, round_index)
+        evidence = tasks.assess_batch(
+            config, data, quote(trained), quote(labeled_ids), quote(selected), seed, round_index
+        )
     except BaseException as exc:
         _close_run(c, run_id, exc)
         raise
@@ -149,7 +152,7 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
         c.logger.warning("round %d: %s", round_index, selected.note)
     record = RoundRecord.from_steps(
         c.name, round_index, config.acquisition.strategy, seed, run_id, len(labeled),
-        c.data.pool_size - len(labeled), trained, evaluation, scored, selected,
+        c.data.pool_size - len(labeled), trained, evaluation, scored, selected, evidence,
     )  # fmt: skip
     return record, trained
 

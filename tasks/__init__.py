@@ -3,7 +3,7 @@
 Installed as baldflow.tasks. Every task is safe to run twice; see each module for why.
 """
 
-from baldflow.tasks.acquisition import score_pool, select_batch
+from baldflow.tasks.acquisition import assess_batch, score_pool, select_batch
 from baldflow.tasks.data import prepare_data
 from baldflow.tasks.flow_runs import close_stale_flow_runs
 from baldflow.tasks.model import (
@@ -29,6 +29,7 @@ from baldflow.tasks.workspace import OpenedWorkspace, open_workspace, version_ro
 
 __all__ = [
     "adopt_campaign_run",
+    "assess_batch",
     "OpenedWorkspace",
     "claim_round",
     "clear_handoff",

@@ -33,3 +33,19 @@ def select_batch(
     selected = steps.select_batch(config, scored, seed)
     fault_point("select-batch:after", round_index)
     return selected
+
+
+@task(
+    name="assess-batch", task_run_name="assess batch [round {round_index}]", cache_policy=NO_CACHE
+)
+def assess_batch(
+    config: Config,
+    data: steps.CampaignData,
+    trained: steps.Trained,
+    labeled_ids: set[str],
+    selected: steps.Selected,
+    seed: int,
+    round_index: int,
+) -> dict[str, float]:
+    """The batch's quality as a batch (and the shadow BatchBALD check): evidence, no effect."""
+    return steps.batch_evidence(config, data, trained.model, labeled_ids, selected, seed)

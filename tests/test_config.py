@@ -241,7 +241,7 @@ def test_one_mc_sample_is_refused_through_overrides_too():
 # Issue 10: the field, the value, what is allowed and the nearest valid name.
 ACQUISITION_KEYS = (
     "strategy, batch_size, coldness, mc_samples, batchbald_candidates, batchbald_num_samples, "
-    "chunk_size"
+    "chunk_size, epig_targets, coldness_end, shadow_batchbald"
 )
 
 

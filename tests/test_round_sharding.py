@@ -15,7 +15,10 @@ from baldflow import sharding, steps
 from baldflow.config import validate
 from baldflow.data.disk_source import spill_pool
 
-STRATEGIES = ("power-bald", "softmax-entropy", "softrank-bald", "topk-bald", "random", "batchbald")
+STRATEGIES = (
+    "power-bald", "softmax-entropy", "softrank-bald", "topk-bald", "random", "batchbald",
+    "stochastic-batchbald",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

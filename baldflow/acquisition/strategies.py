@@ -1,7 +1,12 @@
 """The one registry of acquisition strategies: a name such as `power-bald` -> the code it runs.
 
 A strategy is `<mode>-<score>` (a selection mode of selection.py applied to a score of
-scores.py), or one of the two that stand alone: `random` and `batchbald`.
+scores.py, or to EPIG: `power-epig`), or one that chooses the batch as a whole:
+
+- `random`; `batchbald` and `stochastic-batchbald` (joint scoring of the top BALD candidates,
+  the second sampling each next point from its conditional gains: batchbald.py);
+- `annealed-<mode>-bald` (one pick at a time with a coldness schedule: annealed.py);
+- `badge` and `coreset` (diversity in the model's embeddings: badge.py, coreset.py).
 """
 
 from __future__ import annotations
@@ -21,26 +26,42 @@ class UnknownStrategyError(ValueError):
     """A strategy name that the registry does not know."""
 
 
+# EPIG is scored like the scores of scores.py but needs target inputs, built per round.
+EPIG = "epig"
+# Strategies that choose the batch as a whole; "scored" ones cut a batch from per-sample scores.
+KINDS = ("scored", "batchbald", "stochastic-batchbald", "annealed", "badge", "coreset")
+JOINT_KINDS = frozenset({"batchbald", "stochastic-batchbald"})
+# Kinds that need the whole pool's scores or embeddings in one process: no sharded merge.
+WHOLE_POOL_KINDS = frozenset({"annealed", "badge", "coreset"})
+
+
 @dataclass(frozen=True)
 class Strategy:
-    """What a strategy name means: how the batch is chosen (`mode`) from which `score`."""
+    """What a strategy name means: how the batch is chosen (`kind`, `mode`) from which
+    `score`."""
 
     name: str
-    mode: str | None  # a selection mode; None for batchbald
-    score: str | None  # a score name; None for random and batchbald
+    mode: str | None  # a selection mode; None where the kind decides alone
+    score: str | None  # a score name (or "epig"); None for random, batchbald, badge, coreset
+    kind: str = "scored"
 
     @property
     def needs_log_probs(self) -> bool:
-        """True when the strategy needs the full log_probs_N_K_C, not just scores_N."""
-        return self.name == "batchbald"
+        """True when the strategy needs the log-probs of its candidates, not just scores."""
+        return self.kind in JOINT_KINDS
+
+    @property
+    def whole_pool(self) -> bool:
+        """True when the batch needs every sample's score or embedding in one process."""
+        return self.kind in WHOLE_POOL_KINDS
 
     @property
     def min_mc_samples(self) -> int:
         """The fewest MC samples K with which the strategy's choice depends on the model.
 
-        BatchBALD and the disagreement scores (BALD, ...) are 0 for every point when K = 1.
+        BatchBALD, EPIG and the disagreement scores (BALD, ...) are 0 everywhere when K = 1.
         """
-        if self.name == "batchbald" or self.score in DISAGREEMENT_SCORES:
+        if self.needs_log_probs or self.score in DISAGREEMENT_SCORES or self.score == EPIG:
             return 2
         return 1
 
@@ -49,10 +70,18 @@ def _build_registry() -> dict[str, Strategy]:
     registry = {
         f"{mode}-{score}": Strategy(f"{mode}-{score}", mode, score)
         for mode in SCORED_MODES
-        for score in SCORES
+        for score in (*SCORES, EPIG)
     }
     registry["random"] = Strategy("random", "random", None)
-    registry["batchbald"] = Strategy("batchbald", None, None)
+    registry["batchbald"] = Strategy("batchbald", None, None, "batchbald")
+    registry["stochastic-batchbald"] = Strategy(
+        "stochastic-batchbald", "power", None, "stochastic-batchbald"
+    )
+    for mode in ("power", "softmax", "softrank"):
+        name = f"annealed-{mode}-bald"
+        registry[name] = Strategy(name, mode, "bald", "annealed")
+    registry["badge"] = Strategy("badge", None, None, "badge")
+    registry["coreset"] = Strategy("coreset", None, None, "coreset")
     return registry
 
 
@@ -103,6 +132,11 @@ def acquire(
     """
     if isinstance(strategy, str):
         strategy = get_strategy(strategy)
+    if strategy.kind not in ("scored", "batchbald"):
+        raise ValueError(
+            f"strategy {strategy.name!r} chooses its batch from more than scores or log-probs "
+            "(ids, a schedule or embeddings): a round runs it through baldflow.steps"
+        )
     if strategy.needs_log_probs:
         if log_probs_N_K_C is None:
             raise ValueError(f"strategy {strategy.name!r} needs log_probs_N_K_C")

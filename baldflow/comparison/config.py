@@ -111,6 +111,7 @@ class BenchmarkConfig(AcquisitionSettings):
         data["training"].pop("device")
         data["training"].pop("num_threads", None)
         data.pop("chunk_size")
+        data.pop("shadow_batchbald")  # evidence only: the batches do not change
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:6]
 
