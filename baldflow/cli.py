@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The ledger: one row per acquired sample with its campaign, round, rank, "
         "label, strategy, score, selection probability and key, round seed, time and the "
         "MLflow run of the model that chose it. With --sample (table format), that sample's "
-        "whole story.",
+        "whole story, with its score, key and rank in every round whose pool scores were kept "
+        "(picked or not).",
     )
     _workspace_arg(p)
     _campaign_arg(p, "every campaign of the workspace")

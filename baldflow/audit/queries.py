@@ -16,6 +16,7 @@ import yaml
 from baldflow.common import from_spreadsheet, short_repr
 from baldflow.labeling import HandOff
 from baldflow.workspace import Workspace, round_tag
+from baldflow.workspace.scores import sample_scores
 
 
 class AuditError(LookupError):
@@ -152,13 +153,23 @@ def _read_sqlite_run(path: Path, uri: str, run_id: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- one sample
 def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) -> dict[str, Any]:
-    """Everything the workspace knows about one sample, in every campaign that touched it."""
+    """Everything the workspace knows about one sample, in every campaign that touched it.
+
+    `scores` lists its score, key and rank in every round whose score table holds it, so a
+    sample that was scored but never picked still has a story (why it was passed over).
+    """
     ws = open_workspace(root)
     names = [pick_campaign(ws, campaign)] if campaign else ws.campaigns()
     acquisitions = []
     pending = []
+    scores = []
     for name in names:
         ledger = ws.ledger(name)
+        picked = {row.round for row in ledger if row.sample_id == sample_id}
+        # Every round's pool scores (rounds written before score tables existed have none):
+        # what the sample scored each round, including the rounds that passed it over.
+        for entry in sample_scores(ws.campaign_dir(name), sample_id):
+            scores.append({"campaign": name, **entry, "picked": entry["round"] in picked})
         for row in ledger:
             if row.sample_id != sample_id:
                 continue
@@ -192,7 +203,7 @@ def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) 
                     in HandOff(ws.campaign_dir(name), name).imported(waiting.round),
                 }
             )
-    if not acquisitions and not pending:
+    if not acquisitions and not pending and not scores:
         # Copied from a sheet baldflow wrote, a formula-like id carries the neutralising
         # apostrophe; ids themselves never start with one.
         if from_spreadsheet(sample_id) != sample_id:
@@ -201,7 +212,12 @@ def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) 
         raise AuditError(
             f"sample_id {short_repr(sample_id)} was never acquired ({where} in {ws.root})"
         )
-    return {"sample_id": sample_id, "acquisitions": acquisitions, "pending": pending}
+    return {
+        "sample_id": sample_id,
+        "acquisitions": acquisitions,
+        "pending": pending,
+        "scores": scores,
+    }
 
 
 # ---------------------------------------------------------------------------- one round

@@ -106,6 +106,27 @@ def print_story(story: dict[str, Any]) -> None:
             f"{waiting['round']} of {waiting['campaign']} waiting for labels since "
             f"{waiting['handed_off_at']} ({state})"
         )
+    _print_round_scores(story)
+
+
+def _print_round_scores(story: dict[str, Any]) -> None:
+    """One line per round whose score table holds the sample, picked or passed over.
+
+    Stories from workspaces without score tables (or built before they existed) print nothing.
+    """
+    scores = story.get("scores") or []
+    if not scores:
+        return
+    print(f"scores of sample {printable(story['sample_id'])} in every scored round:")
+    for entry in scores:
+        rank = (
+            "not scored" if entry["rank"] is None else f"rank {entry['rank']} of {entry['scored']}"
+        )
+        picked = "picked" if entry["picked"] else "not picked"
+        print(
+            f"  {printable(entry['campaign'])} round {entry['round']}: "
+            f"score {_cell(entry['score'])}, key {_cell(entry['key'])}, {rank}, {picked}"
+        )
 
 
 # The metrics `show` prints of a round's run (`--format json` has all of them).
