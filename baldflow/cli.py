@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
         "history",
         help="which samples were acquired when, by which model, why",
         description="The ledger: one row per acquired sample with its campaign, round, rank, "
-        "label, strategy, score, selection probability and key, round seed, time and the "
-        "MLflow run of the model that chose it. With --sample (table format), that sample's "
+        "label, strategy, score, first-pick probability and selection key, round seed, time and "
+        "the MLflow run of the model that chose it. With --sample (table format), that sample's "
         "whole story, with its score, key and rank in every round whose pool scores were kept "
         "(picked or not).",
     )

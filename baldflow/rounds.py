@@ -64,6 +64,8 @@ class RoundRecord:
     # How good the batch is as a batch (baldflow.acquisition.quality) and, when asked for, what
     # BatchBALD would have picked instead: MLflow metrics of the round, named as they are here.
     evidence: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Where the round's full pool scores were staged (copied into the round's commit), if any.
+    score_table: str | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -180,7 +182,7 @@ class RoundRecord:
                 strategy=self.strategy,
                 rank=rank,
                 score=score,
-                selection_probability=probability,
+                first_pick_probability=probability,
                 selection_key=key,
                 seed=self.seed,
                 acquired_at=now,
@@ -294,7 +296,7 @@ def acquired_table(rows: Sequence[LedgerRow]) -> list[dict[str, Any]]:
             "sample_id": row.sample_id,
             "label": row.label,
             "score": row.score,
-            "selection_probability": row.selection_probability,
+            "first_pick_probability": row.first_pick_probability,
             "selection_key": row.selection_key,
             "labeled_by": row.labeled_by,
         }

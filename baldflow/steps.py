@@ -314,14 +314,17 @@ class PoolScores:
     # BatchBALD only: the BALD preselection (by id) and their joint log-probs.
     candidate_ids: list[str] | None = None
     log_probs_M_K_C: torch.Tensor | None = None  # noqa: N815
-    # Whole-pool strategies (annealed, badge, coreset; one process): every unlabeled id with
-    # its score (annealed) or its embedding and predictive (badge), and the labeled set's
-    # embeddings (coreset).
+    # A pool scored in this process: every unlabeled id with its score (for the round's score
+    # table, and for annealed batches), or its embedding and predictive (badge), and the
+    # labeled set's embeddings (coreset).
     sample_ids: list[str] | None = None
     scores_N: torch.Tensor | None = None  # noqa: N815
     features_N_D: torch.Tensor | None = None  # noqa: N815
     probs_N_C: torch.Tensor | None = None  # noqa: N815
     labeled_features_L_D: torch.Tensor | None = None  # noqa: N815
+    # A pool scored in shards: (pool directory, shard score files directory, row ranges), from
+    # which the round's score table is written shard by shard.
+    shard_files: tuple[str, str, list[tuple[int, int]]] | None = None
 
 
 def summarise_scores(
@@ -368,7 +371,11 @@ def score_pool(
         )
     sorted_scores = scores_N.sort().values if plan.mode == "softrank" else None
     summary = summarise_scores(plan, scores_N, ids, sorted_scores)
-    scored = PoolScores(len(ids), [summary], time.perf_counter() - start, 1, sorted_scores)
+    # Every sample's score stays with the round for its score table (the audit trail).
+    scored = PoolScores(
+        len(ids), [summary], time.perf_counter() - start, 1, sorted_scores, sample_ids=ids,
+        scores_N=None if plan.score is None else scores_N,
+    )  # fmt: skip
     return with_joint_scores(scored, plan, data, model) if plan.joint else scored
 
 
@@ -595,6 +602,7 @@ def sharded_pool_scores(
     results: Sequence[Any],
     sorted_scores: torch.Tensor | None,
     seconds: float,
+    shard_files: tuple[str, str, list[tuple[int, int]]] | None = None,
 ) -> PoolScores:
     """The round's PoolScores from every shard's result (`sharding.ShardResult`); BatchBALD's
     joint scoring of the merged preselection runs here, in the flow's process."""
@@ -603,7 +611,9 @@ def sharded_pool_scores(
     if remaining == 0:
         return PoolScores(0, [], seconds, len(results))
     summaries = [result.summary for result in results]
-    scored = PoolScores(remaining, summaries, seconds, len(results), sorted_scores)
+    scored = PoolScores(
+        remaining, summaries, seconds, len(results), sorted_scores, shard_files=shard_files
+    )
     return with_joint_scores(scored, plan, data, model) if plan.joint else scored
 
 

@@ -135,7 +135,7 @@ def _rows(round_index: int, ids: list[str]) -> list[LedgerRow]:
             strategy="power-bald",
             rank=i,
             score=0.5 / (i + 1),
-            selection_probability=0.1,
+            first_pick_probability=0.1,
             selection_key=-1.0 - i,
             seed=7,
             acquired_at="2026-11-26T00:00:00.000Z",

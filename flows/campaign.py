@@ -97,6 +97,12 @@ def _sync(c: CampaignRun, last: int | None) -> int | None:
     return now
 
 
+def _staged(path: str | None) -> str | None:
+    """The round's staged score table, if it is still there (a batch people labeled on
+    another clone, or after the scratch space was cleared, completes without one)."""
+    return path if path is not None and Path(path).is_file() else None
+
+
 def _initial_round(c: CampaignRun) -> bool:
     seed = steps.round_seed(c.config.campaign.seed, 0)
     record = RoundRecord.initial(c.name, seed, c.data.initial_ids, c.parent_run_id)
@@ -145,6 +151,9 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
         evidence = tasks.assess_batch(
             config, data, quote(trained), quote(labeled_ids), quote(selected), seed, round_index
         )
+        score_table = tasks.keep_pool_scores(
+            config, quote(scored), str(c.workspace.root), c.name, seed, round_index
+        )
     except BaseException as exc:
         _close_run(c, run_id, exc)
         raise
@@ -154,6 +163,7 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
         c.name, round_index, config.acquisition.strategy, seed, run_id, len(labeled),
         c.data.pool_size - len(labeled), trained, evaluation, scored, selected, evidence,
     )  # fmt: skip
+    record.score_table = score_table
     return record, trained
 
 
@@ -166,7 +176,7 @@ def _complete(
         labels = tasks.label_batch(quote(c.oracle), record.sample_ids, r)
         commit = tasks.version_round(
             quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id,
-            r, pool_manifest=c.data.pool_manifest,
+            r, pool_manifest=c.data.pool_manifest, score_table=_staged(record.score_table),
         )  # fmt: skip
         if not _claimed(c, commit, record.run_id):
             return {"round": r, "lost": True}

@@ -149,7 +149,7 @@ def score_round_pool(
         sorted_scores = torch.from_numpy(np.load(sorted_file))
     scored = steps.sharded_pool_scores(
         config, c.data, trained.model, seed, results, sorted_scores,
-        time.perf_counter() - started,
+        time.perf_counter() - started, (job.pool_dir, job.scores_dir, ranges),
     )  # fmt: skip
     fault_point("score-pool:after", round_index)
     logger.info(

@@ -14,6 +14,7 @@ from baldflow.tasks.model import (
 )
 from baldflow.tasks.oracle import clear_handoff, hand_off_batch, label_batch, make_oracle
 from baldflow.tasks.remote import claim_round, discard_lost_round, sync_workspace
+from baldflow.tasks.scoring import keep_pool_scores
 from baldflow.tasks.tracking import (
     adopt_campaign_run,
     end_run,
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate_model",
     "finish_campaign",
     "hand_off_batch",
+    "keep_pool_scores",
     "label_batch",
     "load_handoff_model",
     "make_oracle",

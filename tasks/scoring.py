@@ -84,8 +84,6 @@ def stage_scoring(
         config, seed, model_dir=model_dir, pool_dir=pool_dir, exclude_file=exclude,
         scores_dir=scores_dir,
     )  # fmt: skip
-    if not job.needs_ranks:  # only softrank's second pass reads the shards' scores back
-        job = dataclasses.replace(job, scores_dir=None)
     fault_point("stage-scoring:after", round_index)
     return job
 
@@ -136,3 +134,75 @@ def score_pool_here(
     sorted_file, _ = sharding.sorted_pool_scores_file(job.scores_dir, ranges, out)
     ranked = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
     return sharding.run_pass(ranked, ranges, sharding.local_submit), str(sorted_file)
+
+
+@task(
+    name="keep-pool-scores",
+    task_run_name="keep pool scores [round {round_index}]",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=1,
+)
+def keep_pool_scores(
+    config: Config,
+    scored: steps.PoolScores,
+    workspace_root: str,
+    campaign: str,
+    seed: int,
+    round_index: int,
+) -> str | None:
+    """Stage the round's score table (every scored sample's id, score and selection key) for
+    its commit, which versions it with DVC beside the ledger; None when the strategy has no
+    per-sample score (random, badge, coreset) or nothing was left to score. Written shard by
+    shard for a sharded pool: the flow never holds N scores."""
+    from baldflow.acquisition.picks import keys_by_id
+    from baldflow.workspace.scores import ScoreTableWriter
+
+    plan = steps.scoring_plan(config, seed)
+    if scored.remaining == 0 or plan.score is None:
+        return None
+    if scored.shard_files is None and (scored.scores_N is None or scored.sample_ids is None):
+        return None
+    keyed = plan.kind == "scored"  # joint and annealed picks have no one key per sample
+    path = round_scratch(workspace_root, campaign, round_index) / "pool-scores.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def keys(scores, ids):
+        if not keyed:
+            return None
+        found = keys_by_id(
+            scores, ids, plan.mode, plan.coldness, plan.selection_seed, scored.sorted_scores
+        )
+        return None if found is None else found.numpy()
+
+    with ScoreTableWriter(path) as writer:
+        if scored.shard_files is None:
+            if scored.scores_N is None or scored.sample_ids is None:
+                return None
+            writer.write(
+                scored.sample_ids, scored.scores_N.numpy(), keys(scored.scores_N, scored.sample_ids)
+            )
+        else:
+            _write_shards(writer, scored.shard_files, keys)
+    return str(path)
+
+
+def _write_shards(writer, shard_files, keys) -> None:
+    """One shard's rows at a time: ids from the pool, scores from the shard's score file
+    (labeled samples, NaN there, are left out of the table)."""
+    import numpy as np
+    import torch
+
+    from baldflow.data.ondisk import DiskPool
+
+    pool_dir, scores_dir, ranges = shard_files
+    with DiskPool.open(pool_dir) as pool:
+        for start, stop in ranges:
+            if stop == start:
+                continue
+            scores = np.load(sharding.scores_file(scores_dir, start, stop))
+            ids = pool.ids(start, stop)
+            scored_rows = ~np.isnan(scores)
+            ids = [sid for sid, keep in zip(ids, scored_rows, strict=True) if keep]
+            scores = scores[scored_rows]
+            writer.write(ids, scores, keys(torch.from_numpy(scores), ids))

@@ -84,6 +84,7 @@ def version_round(
     flow_run_id: str,
     round_index: int,
     pool_manifest: dict | None = None,
+    score_table: str | None = None,
 ) -> RoundCommit:
     fault_point("version-round:before", round_index)
     workspace.recover(record.campaign)
@@ -95,6 +96,7 @@ def version_round(
         identity=identity,
         trailers=record.trailers(flow_run_id),
         pool_manifest=pool_manifest,
+        score_table=score_table,
     )
     fault_point("version-round:after", round_index)
     return commit

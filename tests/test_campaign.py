@@ -151,7 +151,7 @@ def test_git_tags_and_dvc_versions_agree_with_the_ledger(campaign3):
     acquired = [r for r in ledger if r.round > 0]
     assert all(r.strategy == "power-bald" and r.score is not None for r in acquired)
     assert all(
-        r.selection_probability is not None and r.selection_key is not None for r in acquired
+        r.first_pick_probability is not None and r.selection_key is not None for r in acquired
     )
     assert all(r.prefect_flow_run_id == result["flow_run_id"] for r in ledger)
     assert ws.git("status", "--porcelain").strip() == ""

@@ -431,7 +431,7 @@ def _record(sid: str, rank: int) -> dict:
         "strategy": "power-bald",
         "rank": rank,
         "score": -0.5,
-        "selection_probability": 0.25,
+        "first_pick_probability": 0.25,
         "selection_key": 1.5,
         "seed": 7,
         "acquired_at": "2026-01-01T00:00:00.000Z",
@@ -693,7 +693,7 @@ def test_csv_exports_for_people_neutralise_formulas(hostile_campaign):
     assert sorted(from_spreadsheet(r["sample_id"]) for r in rows) == sorted(HOSTILE_IDS)
     for row in rows:
         for key, value in row.items():
-            if key in ("score", "selection_probability", "selection_key"):
+            if key in ("score", "first_pick_probability", "selection_key"):
                 continue
             assert not value.startswith(("=", "+", "-", "@")), (key, value)
     diff = list(csv.DictReader(io.StringIO(outputs["diff_csv"][1])))

@@ -223,13 +223,13 @@ def test_history_of_one_sample_tells_its_whole_story(labeled, capsys):
     assert record["round"] == 1 and record["git_tag"] == "people/round-0001"
     assert record["mlflow_run_id"] == labeled["pending1"].state["run_id"]
     assert record["labeled_by"] == "bob via round1-a.csv"
-    assert record["selection_probability"] is not None and record["score"] is not None
+    assert record["first_pick_probability"] is not None and record["score"] is not None
     ws = Workspace(workspace)
     assert record["git_commit"] == ws.git("rev-parse", "people/round-0001^{commit}").strip()
     assert record["labeled_set_md5"] in record["labeled_set_version"]
     assert main(["history", "-w", str(workspace), "--sample", sample]) == 0
     out = capsys.readouterr().out
-    for text in ("people/round-0001", "bob via round1-a.csv", "selection probability"):
+    for text in ("people/round-0001", "bob via round1-a.csv", "first-pick probability"):
         assert text in out
     assert main(["history", "-w", str(workspace), "--sample", "nope"]) == 1
 

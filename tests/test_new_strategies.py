@@ -96,6 +96,7 @@ def test_evidence_and_shadow_batchbald_reach_the_round_run(tmp_path, tiny_params
     tiny_params["campaign"]["rounds"] = 1
     tiny_params["data"]["repeat"] = 2  # copies of one sample are near-duplicates
     tiny_params["acquisition"].update(strategy="topk-bald", shadow_batchbald=True)
+    tiny_params["campaign"]["name"] = "evidence"
     campaign_flow(workspace=str(tmp_path / "ws"), params=tiny_params, campaign="evidence")
     client = MlflowClient(tracking_uri=local_tracking_uri(tmp_path / "ws" / "mlflow"))
     experiment = client.get_experiment_by_name("baldflow")
@@ -108,3 +109,20 @@ def test_evidence_and_shadow_batchbald_reach_the_round_run(tmp_path, tiny_params
     assert 0 <= metrics["shadow_overlap"] <= 1
     # The joint information never exceeds the sum of the parts (up to estimation error).
     assert metrics["batch_joint_mi"] <= metrics["batch_bald_sum"] + 1e-3
+
+    # The round's full pool scores, versioned with DVC in its commit, answer for any sample.
+    import subprocess
+
+    from baldflow.workspace.scores import read_score_table, sample_scores
+
+    ws = tmp_path / "ws"
+    listed = subprocess.run(
+        ["git", "-C", str(ws), "ls-tree", "-r", "--name-only", "evidence/round-0001"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "data/evidence/scores/round-0001.parquet.dvc" in listed
+    table = read_score_table(ws / "data" / "evidence" / "scores" / "round-0001.parquet")
+    ids = table.column("sample_id").to_pylist()
+    assert len(ids) == runs[0].data.metrics["pool_remaining"] + 5  # every unlabeled sample
+    story = sample_scores(ws / "data" / "evidence", ids[0])
+    assert [entry["round"] for entry in story] == [1] and story[0]["rank"] >= 1

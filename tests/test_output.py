@@ -94,7 +94,7 @@ def audited(tmp_path_factory):
                 strategy="initial" if round_index == 0 else "power-bald",
                 rank=rank,
                 score=None if round_index == 0 else 0.31234567,
-                selection_probability=None if round_index == 0 else 0.2,
+                first_pick_probability=None if round_index == 0 else 0.2,
                 selection_key=None if round_index == 0 else -0.7,
                 seed=1000 + round_index,
                 acquired_at="2026-01-01T00:00:00.000Z",

@@ -82,3 +82,20 @@ def test_errors_name_the_problem():
         merge_summaries([part], 3)
     with pytest.raises(SelectionError):
         summarise_shard(scores, ids, 0, "power")
+
+
+@pytest.mark.parametrize("mode", ["power", "softmax", "softrank", "random"])
+def test_keys_by_id_are_the_keys_the_batch_was_cut_by(mode):
+    from baldflow.acquisition.picks import keys_by_id
+
+    scores, ids = _pool()
+    sorted_scores = scores.sort().values if mode == "softrank" else None
+    keys = keys_by_id(scores, ids, mode, 2.0, seed=5, pool_scores=sorted_scores)
+    picks = merge_summaries(
+        [summarise_shard(scores, ids, 12, mode, 2.0, seed=5, pool_scores=sorted_scores)],
+        12,
+        pool_scores=sorted_scores,
+    )
+    row = {sid: r for r, sid in enumerate(ids)}
+    assert [float(keys[row[sid]]) for sid in picks.sample_ids] == picks.keys
+    assert keys_by_id(scores, ids, "topk", 1.0) is None

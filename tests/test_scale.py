@@ -28,7 +28,7 @@ from baldflow.stack.process import free_port  # noqa: E402
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 # What a round decides; run ids, timestamps and flow runs differ from run to run.
 DECIDED = ("round", "sample_id", "label", "strategy", "rank", "score",
-           "selection_probability", "selection_key")  # fmt: skip
+           "first_pick_probability", "selection_key")  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -142,3 +142,32 @@ def merge_summaries(
     )
     probabilities = [math.exp(w - log_total) for w in weights.tolist()]
     return Picks(ids, scores, probabilities, keys)
+
+
+def keys_by_id(
+    scores_n: torch.Tensor,
+    sample_ids: Sequence[str],
+    mode: str,
+    coldness: float = 1.0,
+    seed: int = 0,
+    pool_scores: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Every sample's perturbed key under the round's selection (the number the batch was cut
+    by), for the audit trail's per-round score tables; None where the mode has no key (topk,
+    or coldness inf: the score decides). Random and coldness 0: the id's Gumbel noise."""
+    from baldflow.acquisition.sharded import id_gumbel, softrank_log_weights_in
+
+    if mode == "topk" or (mode != "random" and math.isinf(coldness)):
+        return None
+    gumbel_n = id_gumbel(seed, sample_ids)
+    if mode == "random" or coldness == 0:
+        return gumbel_n
+    scores_n = torch.as_tensor(scores_n, dtype=torch.float64)
+    if mode == "power":
+        log_weights_n = power_log_weights(scores_n)
+    elif mode == "softmax":
+        log_weights_n = softmax_log_weights(scores_n)
+    else:
+        log_weights_n = softrank_log_weights_in(scores_n, pool_scores)
+    keys_n, _ = perturbed_keys(log_weights_n, gumbel_n, coldness)
+    return keys_n

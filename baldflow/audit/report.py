@@ -81,7 +81,7 @@ def print_story(story: dict[str, Any]) -> None:
         ("rank in batch", "rank"),
         ("batch size", "batch_size"),
         ("score", "score"),
-        ("selection probability", "selection_probability"),
+        ("first-pick probability", "first_pick_probability"),
         ("selection key", "selection_key"),
         ("round seed", "seed"),
         ("label", "label"),
@@ -173,7 +173,7 @@ def print_round(record: dict[str, Any]) -> None:
     histogram = ", ".join(f"{k}: {v}" for k, v in record["class_histogram"].items())
     print(f"  class histogram:  {histogram}")
     table = Table(title="batch")
-    columns = ["rank", "sample_id", "label", "score", "selection_probability", "labeled_by"]
+    columns = ["rank", "sample_id", "label", "score", "first_pick_probability", "labeled_by"]
     for column in columns:
         table.add_column(column.replace("selection_", "sel. "), overflow="fold")
     for row in record["batch"]:
@@ -438,7 +438,7 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
         parts.append(
             _table_html(
                 batch,
-                ["rank", "sample_id", "label", "score", "selection_probability", "labeled_by"],
+                ["rank", "sample_id", "label", "score", "first_pick_probability", "labeled_by"],
                 formats={"label": label},
             )
         )

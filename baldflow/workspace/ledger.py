@@ -29,7 +29,9 @@ class LedgerRow:
     # Position of the sample in the acquired batch (0 = picked first).
     rank: int
     score: float | None
-    selection_probability: float | None
+    # The probability that the selection's *first* draw picks this sample (the normalised
+    # weight), not the probability of being in the batch: named so no auditor reads it as that.
+    first_pick_probability: float | None
     selection_key: float | None
     seed: int
     acquired_at: str
@@ -43,8 +45,13 @@ class LedgerRow:
 
 
 LEDGER_FIELDS = [f.name for f in fields(LedgerRow)]
-# Ledgers written before `labeled_by` existed: still read, and appended to in their own columns.
-LEDGER_FIELDS_V1 = LEDGER_FIELDS[:-1]
+# Columns renamed since: ledgers written before keep (and are appended to in) the old name.
+RENAMED_COLUMNS = {"selection_probability": "first_pick_probability"}
+_OLD_NAMES = {new: old for old, new in RENAMED_COLUMNS.items()}
+# Ledgers written before the first-pick column was renamed (V2), and before `labeled_by`
+# existed (V1): still read, and appended to in their own columns.
+LEDGER_FIELDS_V2 = [_OLD_NAMES.get(name, name) for name in LEDGER_FIELDS]
+LEDGER_FIELDS_V1 = LEDGER_FIELDS_V2[:-1]
 LABELED_FIELDS = ["sample_id", "label", "round"]
 # The ledger fields that say when and why a sample was acquired: the columns of every
 # human-facing ledger table (the CLI's history, the HTML report), which add their own context.
@@ -55,7 +62,7 @@ ACQUISITION_COLUMNS = [
     "label",
     "strategy",
     "score",
-    "selection_probability",
+    "first_pick_probability",
     "selection_key",
     "acquired_at",
 ]
@@ -82,7 +89,11 @@ def _row_from_csv(record: dict[str, str]) -> LedgerRow:
         strategy=record["strategy"],
         rank=int(record["rank"]),
         score=_optional_float(record["score"]),
-        selection_probability=_optional_float(record["selection_probability"]),
+        first_pick_probability=_optional_float(
+            record["first_pick_probability"]
+            if "first_pick_probability" in record
+            else record["selection_probability"]
+        ),
         selection_key=_optional_float(record["selection_key"]),
         seed=int(record["seed"]),
         acquired_at=record["acquired_at"],
@@ -99,7 +110,7 @@ def read_ledger(path: str | Path) -> list[LedgerRow]:
         return []
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        known = (LEDGER_FIELDS, LEDGER_FIELDS_V1)
+        known = (LEDGER_FIELDS, LEDGER_FIELDS_V2, LEDGER_FIELDS_V1)
         if reader.fieldnames is not None and reader.fieldnames not in known:
             raise LedgerError(f"{path} has columns {reader.fieldnames}, expected {LEDGER_FIELDS}")
         return [_row_from_csv(record) for record in reader]
@@ -128,7 +139,7 @@ def ledger_text(
         writer.writerow(columns)
     for row in rows:
         record = asdict(row)
-        cells = [_cell(record[name]) for name in columns]
+        cells = [_cell(record[RENAMED_COLUMNS.get(name, name)]) for name in columns]
         if for_people:
             cells = [
                 spreadsheet_safe(cell) if name in _TEXT_FIELDS else cell
@@ -148,7 +159,10 @@ def append_ledger(path: str | Path, rows: Sequence[LedgerRow]) -> None:
     path = Path(path)
     exists = path.exists() and path.stat().st_size > 0
     # An old ledger keeps its columns: rewriting its header would rewrite its history.
-    columns = LEDGER_FIELDS_V1 if exists and _header(path) == LEDGER_FIELDS_V1 else LEDGER_FIELDS
+    columns = LEDGER_FIELDS
+    if exists:
+        header = _header(path)
+        columns = header if header in (LEDGER_FIELDS_V2, LEDGER_FIELDS_V1) else LEDGER_FIELDS
     with path.open("a", newline="", encoding="utf-8") as handle:
         handle.write(ledger_text(rows, header=not exists, columns=columns))
         handle.flush()

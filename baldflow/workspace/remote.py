@@ -223,7 +223,7 @@ def clone(url: str, directory: str | Path) -> Workspace:
 
 # ------------------------------------------------------------------ data
 def _dvc_targets(ws: Workspace) -> list[str]:
-    return [str(p) for p in sorted((ws.root / DATA_DIR).glob("*/*.dvc"))]
+    return [str(p) for p in sorted((ws.root / DATA_DIR).glob("*/**/*.dvc"))]
 
 
 def pull_data(ws: Workspace) -> None:

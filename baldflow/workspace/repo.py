@@ -358,9 +358,10 @@ class Workspace:
         if status.strip():
             return False
         cdir = self.campaign_dir(campaign)
-        for dvcfile in cdir.glob("*.dvc"):
+        # rglob: per-round score tables live in a subfolder (scores/), each with its .dvc.
+        for dvcfile in cdir.rglob("*.dvc"):
             out = _dvc_out(dvcfile)
-            target = cdir / out["path"]
+            target = dvcfile.parent / out["path"]
             if not target.exists() or ledger_mod.md5_of_file(target) != out["md5"]:
                 return False
         return True
@@ -407,7 +408,7 @@ class Workspace:
                 self.git("checkout", "HEAD", "--", rel)
                 # A batch handed to people (to-label/, git-ignored) is not part of a round.
                 self.git("clean", "-fdxq", "-e", f"{TO_LABEL_DIR}/", "--", rel)
-                targets = [str(p) for p in cdir.glob("*.dvc")]
+                targets = [str(p) for p in cdir.rglob("*.dvc")]
                 with _quiet_dvc():
                     self.dvc.checkout(targets=targets, force=True)
             if not self._campaign_clean(campaign):
@@ -480,13 +481,16 @@ class Workspace:
         trailers: Mapping[str, str] | None = None,
         push: bool = True,
         pool_manifest: Mapping[str, Any] | None = None,
+        score_table: str | Path | None = None,
     ) -> RoundCommit:
         """Write a round's labels, version them with DVC and git, and tag the round.
 
         The ledger rows come without the labeled-set hash (it depends on the rows); it is
         computed here from the new labeled.csv, which is exactly the md5 DVC records.
         `pool_manifest` (a pool on disk: its count, shape and content hashes) is versioned
-        beside them, so every round's commit says which pool it scored.
+        beside them, so every round's commit says which pool it scored. `score_table` (a
+        staged file of every scored sample's score and key) is copied to
+        `scores/round-NNNN.parquet` and versioned the same way.
         """
         last = self.last_round(campaign)
         if last is not None and round_index == last:
@@ -532,11 +536,23 @@ class Workspace:
             manifest_text = json.dumps(dict(pool_manifest), indent=2, sort_keys=True) + "\n"
             atomic_write_text(cdir / POOL_MANIFEST_FILE, manifest_text)
 
+        kept_scores = None
+        if score_table is not None:
+            from baldflow.workspace.scores import score_table_path
+
+            kept_scores = score_table_path(cdir, round_index)
+            kept_scores.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept_scores.with_name(f".{kept_scores.name}.tmp")
+            shutil.copyfile(score_table, partial)
+            os.replace(partial, kept_scores)
+
         fault_point("version:labels-written", round_index)
         t0 = time.perf_counter()
         targets = [str(self.labeled_path(campaign)), str(self.ledger_path(campaign))]
         if pool_manifest is not None:
             targets.append(str(cdir / POOL_MANIFEST_FILE))
+        if kept_scores is not None:
+            targets.append(str(kept_scores))
         with _quiet_dvc():
             self.dvc.add(targets)
         fault_point("version:dvc-added", round_index)
