@@ -112,6 +112,11 @@ def rank_pool_scores(
 ) -> sharding.ShardJob:
     """Softrank's extra pass: the pool's sorted scores from the shards' score files, and the
     job of the second pass that reads them."""
+    return _ranked(job, ranges)
+
+
+def _ranked(job: sharding.ShardJob, ranges: list[tuple[int, int]]) -> sharding.ShardJob:
+    """The second softrank pass's job: the first pass's score files sorted into one file."""
     out = Path(job.scores_dir) / "sorted-scores.npy"
     sorted_file, _ = sharding.sorted_pool_scores_file(job.scores_dir, ranges, out)
     return dataclasses.replace(job, sorted_scores_file=str(sorted_file))
@@ -130,10 +135,8 @@ def score_pool_here(
     results = sharding.run_pass(job, ranges, sharding.local_submit)
     if not job.needs_ranks:
         return results, None
-    out = Path(job.scores_dir) / "sorted-scores.npy"
-    sorted_file, _ = sharding.sorted_pool_scores_file(job.scores_dir, ranges, out)
-    ranked = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
-    return sharding.run_pass(ranked, ranges, sharding.local_submit), str(sorted_file)
+    ranked = _ranked(job, ranges)
+    return sharding.run_pass(ranked, ranges, sharding.local_submit), ranked.sorted_scores_file
 
 
 @task(

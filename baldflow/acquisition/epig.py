@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from baldflow.acquisition.scores import ScoreInputError
+from baldflow.acquisition.scores import ScoreInputError, checked_log_probs
 from baldflow.acquisition.sharded import id_hashes
 
 # Bytes of one [n, C, t, C] float64 joint predictive. The joint is the only object that grows
@@ -35,19 +35,7 @@ _IDS_PER_FLUSH = 65_536  # flat ids are hashed in batches of this many (one nump
 
 # ------------------------------------------------------------------------------- validation
 def _checked(log_probs: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(log_probs, torch.Tensor):
-        log_probs = torch.as_tensor(log_probs)
-    if log_probs.ndim != 3:
-        raise ScoreInputError(
-            f"{name} must have 3 dimensions (points, MC samples, classes), "
-            f"got shape {tuple(log_probs.shape)}"
-        )
-    if not log_probs.is_floating_point():
-        raise ScoreInputError(f"{name} must be floating point, got {log_probs.dtype}")
-    _, K, C = log_probs.shape
-    if K < 1 or C < 1:
-        raise ScoreInputError(f"{name} needs K >= 1 and C >= 1, got shape {tuple(log_probs.shape)}")
-    return log_probs
+    return checked_log_probs(log_probs, name)
 
 
 def _raise_if_invalid(chunk: torch.Tensor, start: int, name: str) -> None:

@@ -41,7 +41,12 @@ from typing import Any
 
 import torch
 
-from baldflow.acquisition.scores import ScoreInputError, bald, expected_conditional_entropy
+from baldflow.acquisition.scores import (
+    ScoreInputError,
+    bald,
+    checked_log_probs,
+    expected_conditional_entropy,
+)
 
 DEFAULT_NUM_SAMPLES = 10_000
 # Below this a BALD sum counts as zero: the batch carries no information, hence no redundancy.
@@ -52,17 +57,7 @@ def _validate(log_probs_B_K_C: Any, num_samples: int) -> torch.Tensor:
     """float64 CPU log-probs [B, K, C]; a ScoreInputError (a ValueError) for unusable input."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    log_probs = torch.as_tensor(log_probs_B_K_C)
-    if log_probs.ndim != 3:
-        raise ScoreInputError(
-            f"log_probs_B_K_C must have 3 dimensions (batch points, MC samples, classes), "
-            f"got shape {tuple(log_probs.shape)}"
-        )
-    if not log_probs.is_floating_point():
-        raise ScoreInputError(f"log_probs_B_K_C must be floating point, got {log_probs.dtype}")
-    _, K, C = log_probs.shape
-    if K < 1 or C < 1:
-        raise ScoreInputError(f"log_probs_B_K_C needs K >= 1 and C >= 1, got shape {(K, C)}")
+    log_probs = checked_log_probs(log_probs_B_K_C, "log_probs_B_K_C")
     log_probs = log_probs.detach().to("cpu", torch.float64)
     if (torch.isnan(log_probs) | (log_probs == torch.inf)).any():
         raise ScoreInputError("log_probs_B_K_C contains NaN or +inf")

@@ -7,6 +7,7 @@ returns NaN; NaN input is a ValueError. Work is chunked over N so any pool size 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -19,22 +20,22 @@ class ScoreInputError(ValueError):
     """The log-probabilities given to a score function are unusable."""
 
 
-def _check_log_probs(log_probs_N_K_C: torch.Tensor) -> torch.Tensor:
-    if not isinstance(log_probs_N_K_C, torch.Tensor):
-        log_probs_N_K_C = torch.as_tensor(log_probs_N_K_C)
-    if log_probs_N_K_C.ndim != 3:
+def checked_log_probs(log_probs: Any, name: str = "log_probs_N_K_C") -> torch.Tensor:
+    """`log_probs` as a 3-d floating tensor [points, MC samples, classes] with K, C >= 1; a
+    ScoreInputError naming `name` otherwise (shared by the scores, EPIG and batch quality)."""
+    if not isinstance(log_probs, torch.Tensor):
+        log_probs = torch.as_tensor(log_probs)
+    if log_probs.ndim != 3:
         raise ScoreInputError(
-            f"log_probs_N_K_C must have 3 dimensions (pool points, MC samples, classes), "
-            f"got shape {tuple(log_probs_N_K_C.shape)}"
+            f"{name} must have 3 dimensions (points, MC samples, classes), "
+            f"got shape {tuple(log_probs.shape)}"
         )
-    if not log_probs_N_K_C.is_floating_point():
-        raise ScoreInputError(
-            f"log_probs_N_K_C must be floating point, got {log_probs_N_K_C.dtype}"
-        )
-    _, K, C = log_probs_N_K_C.shape
+    if not log_probs.is_floating_point():
+        raise ScoreInputError(f"{name} must be floating point, got {log_probs.dtype}")
+    _, K, C = log_probs.shape
     if K < 1 or C < 1:
-        raise ScoreInputError(f"log_probs_N_K_C needs K >= 1 and C >= 1, got shape {(K, C)}")
-    return log_probs_N_K_C
+        raise ScoreInputError(f"{name} needs K >= 1 and C >= 1, got shape {(K, C)}")
+    return log_probs
 
 
 def _chunk_rows(K: int, C: int, chunk_bytes: int) -> int:
@@ -60,7 +61,7 @@ def _stream(
     chunk_bytes: int,
 ) -> torch.Tensor:
     """Apply `per_chunk` (float64 [n, K, C] log-probs -> [n]) chunk by chunk; float64 [N] out."""
-    log_probs_N_K_C = _check_log_probs(log_probs_N_K_C)
+    log_probs_N_K_C = checked_log_probs(log_probs_N_K_C)
     N, K, C = log_probs_N_K_C.shape
     scores_N = torch.empty(N, dtype=torch.float64, device=log_probs_N_K_C.device)
     step = _chunk_rows(K, C, chunk_bytes)
@@ -111,7 +112,7 @@ def bald(log_probs_N_K_C: torch.Tensor, chunk_bytes: int = DEFAULT_CHUNK_BYTES) 
     Intermediate sums run in the dtype of the input (pass float64 log-probs for float64 all
     through; float32 costs about 1e-6 of absolute error and half the time).
     """
-    log_probs_N_K_C = _check_log_probs(log_probs_N_K_C)
+    log_probs_N_K_C = checked_log_probs(log_probs_N_K_C)
     N, K, C = log_probs_N_K_C.shape
     scores_N = torch.empty(N, dtype=torch.float64, device=log_probs_N_K_C.device)
     step = _chunk_rows(K, C, chunk_bytes)
