@@ -154,7 +154,13 @@ def test_benchmark_defaults_are_the_issue_setting():
         "softmax-bald",
         "softrank-bald",
         "batchbald",
+        "power-epig",
+        "badge",
+        "coreset",
+        "annealed-power-bald",
+        "stochastic-batchbald",
     ]
+    assert bench.coldness_grid == [0.25, 1, 4, 8, 16]  # the authors' grid
     assert len(bench.seeds) >= 3
     assert (bench.data.source, bench.data.repeat, bench.data.noise_std) == ("digits", 3, 0.1)
     assert (bench.initial_per_class, bench.batch_size) == (2, 10)
@@ -484,3 +490,201 @@ def test_the_flow_is_imported_after_the_offline_environment(tmp_path):
         "False",
         "baldflow-campaign",
     ]
+
+
+# ------------------------------------------------------------------------------ new columns
+def _batch_curve(accuracy, joint_mi, ratio, pairs, start=20, step=10):
+    n = len(accuracy)
+    return Curve(
+        [start + step * i for i in range(n)],
+        list(accuracy),
+        seconds_score=[0.5] * n,
+        seconds_select=[0.25] * n,
+        batch_joint_mi=[joint_mi] * n,
+        batch_redundancy_ratio=[ratio] * n,
+        batch_near_duplicate_pairs=[pairs] * n,
+    )
+
+
+def test_report_shows_acquisition_seconds_and_batch_quality_and_reads_old_curves(tmp_path):
+    bench = validate_benchmark({"strategies": ["power-bald", "topk-bald"], "seeds": [0, 1]})
+    campaigns = tmp_path / "campaigns"
+    _batch_curve([0.6, 0.9], 2.0, 0.1, 0.0).write_csv(curve_paths(campaigns, "power-bald", 0)[0])
+    _batch_curve([0.6, 0.8], 1.0, 0.3, 2.0).write_csv(curve_paths(campaigns, "power-bald", 1)[0])
+    # topk-bald's curves predate the batch columns: written with the old header only.
+    old_header = "labeled,test_accuracy,test_nll,seconds_acquisition,seconds_score,"
+    old_header += "seconds_select,seconds_train"
+    for seed in (0, 1):
+        path = curve_paths(campaigns, "topk-bald", seed)[0]
+        path.write_text(f"{old_header}\n20,0.5,,0.2,,,1.0\n30,0.7,,0.4,,,1.0\n")
+    summaries = {s.strategy: s for s in write_report(bench, campaigns, tmp_path / "report")}
+    power = summaries["power-bald"]
+    # No seconds_acquisition column values: score + select per round, mean over rounds/seeds.
+    assert power.acquisition_seconds_mean == pytest.approx(0.75)
+    assert power.batch_joint_mi_mean == pytest.approx(1.5)
+    assert power.batch_redundancy_ratio_mean == pytest.approx(0.2)
+    assert power.batch_near_duplicate_pairs_mean == pytest.approx(1.0)
+    old = summaries["topk-bald"]
+    assert old.acquisition_seconds_mean == pytest.approx(0.3)
+    assert math.isnan(old.batch_joint_mi_mean)
+    table = (tmp_path / "report" / "summary.md").read_text()
+    assert "| batch joint MI | redundancy ratio | near-duplicate pairs |" in table
+    assert "| 1.500 | 0.200 | 1.00 |" in table
+    topk_line = next(line for line in table.splitlines() if line.startswith("| topk-bald"))
+    assert topk_line.endswith("| - | - | - |")
+    rows = (tmp_path / "report" / "summary.csv").read_text().splitlines()
+    assert rows[0].endswith(
+        "batch_joint_mi_mean,batch_redundancy_ratio_mean,batch_near_duplicate_pairs_mean"
+    )
+    assert next(r for r in rows if r.startswith("topk-bald")).endswith(",,,")  # blank cells
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["power-bald"]["batch_joint_mi_mean"] == pytest.approx(1.5)
+    assert metrics["topk-bald"]["batch_joint_mi_mean"] is None
+
+
+def test_curve_keeps_the_round_metrics_from_mlflow():
+    rows = [
+        {"round": "0", "train_size": "20", "test_accuracy": ""},
+        {"round": "1", "train_size": "20", "test_accuracy": "0.6", "seconds_acquisition": "0.3"},
+        {"round": "2", "train_size": "30", "test_accuracy": "0.7", "seconds_acquisition": "0.4"},
+    ]
+    steps = {
+        1: {"seconds_score": 0.2, "seconds_select": 0.1, "batch_joint_mi": 1.25},
+        2: {"seconds_score": 0.3, "seconds_select": 0.1, "batch_near_duplicate_pairs": 3.0},
+    }
+    curve = Curve.from_rounds(rows, steps)
+    assert curve.batch_joint_mi[0] == 1.25 and math.isnan(curve.batch_joint_mi[1])
+    assert curve.batch_near_duplicate_pairs[1] == 3.0
+
+
+def test_coldness_report_beside_the_authors_numbers(tmp_path):
+    from baldflow.comparison.campaigns import coldness_variant
+    from baldflow.comparison.report import AUTHORS_COLDNESS, write_coldness_report
+
+    bench = validate_benchmark({"seeds": [0, 1], "coldness_grid": [0.25, 1, 4]})
+    campaigns = tmp_path / "coldness"
+    levels = {0.25: [0.6, 0.8, 0.9], 1: [0.6, 0.9, 0.92], 4: [0.7, 0.9, 0.95]}
+    for beta, accuracy in levels.items():
+        for seed in (0, 1):
+            path = curve_paths(campaigns, "power-bald", seed, coldness_variant(beta))[0]
+            assert path.name == f"power-bald-beta{beta:g}-seed{seed}.csv"
+            _curve(accuracy).write_csv(path)
+    # dvc.yaml renders a grid value written as 4.0 as "4.0": that name is found too.
+    for seed in (0, 1):
+        old = curve_paths(campaigns, "power-bald", seed, "beta4")[0]
+        old.rename(old.with_name(f"power-bald-beta4.0-seed{seed}.csv"))
+    rows = write_coldness_report(bench, campaigns, tmp_path / "report")
+    assert [(beta, s.labels_to_target_mean) for beta, s, _ in rows] == [
+        (0.25, 40.0),
+        (1.0, 30.0),
+        (4.0, 30.0),
+    ]
+    table = (tmp_path / "report" / "coldness.md").read_text()
+    assert "| authors: labels to 90% | authors: accuracy at 300 |" in table
+    assert "| 0.25 | 40 ± 0 | 2/2 | 40 | 0.900 | 40 |" in table
+    assert "| 4 | 30 ± 0 | 2/2 | 30 | 0.950 | 40 |" in table
+    assert table.splitlines()[-1].endswith("| 90 | 0.966 |")
+    assert AUTHORS_COLDNESS[1.0] == (110, 0.957)
+    csv_rows = (tmp_path / "report" / "coldness.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("coldness,seeds,reached,labels_to_target_mean")
+    assert csv_rows[1].startswith("0.25,2,2,40,") and csv_rows[1].endswith(",120,0.943")
+    metrics = json.loads((tmp_path / "report" / "coldness_metrics.json").read_text())
+    assert metrics["beta1"]["labels_to_target_median"] == 30
+    code = comparison_main(
+        ["--params", str(_params_file(tmp_path, {"seeds": [7]})), "report-coldness",
+         "--campaigns", str(campaigns), "--out", str(tmp_path / "r2")]
+    )  # fmt: skip
+    assert code == 1  # seed 7 was never run: the missing file is named
+
+
+def _params_file(tmp_path, section):
+    path = tmp_path / "bench-params.yaml"
+    path.write_text(yaml.safe_dump({"benchmark": section}))
+    return path
+
+
+def test_fingerprint_ignores_evidence_and_the_ablation_lists():
+    base = validate_benchmark({})
+    same = [
+        {"shadow_batchbald": True},
+        {"coldness_grid": [1, 2]},
+        {"strategies": ["random"], "seeds": [9]},
+        {"chunk_size": 5},
+    ]
+    for change in same:
+        assert validate_benchmark(change).fingerprint() == base.fingerprint(), change
+    for change in ({"coldness": 4.0}, {"epig_targets": 50}, {"coldness_end": 1.0}):
+        assert validate_benchmark(change).fingerprint() != base.fingerprint(), change
+    # The new acquisition fields reach every campaign.
+    bench = validate_benchmark({"epig_targets": 33, "coldness_end": 0.5, "shadow_batchbald": True})
+    params = campaign_params(bench, "power-epig", 0, num_classes=10, mlflow_uri="sqlite:///x")
+    acquisition = params["acquisition"]
+    assert (acquisition["epig_targets"], acquisition["coldness_end"]) == (33, 0.5)
+    assert acquisition["shadow_batchbald"] is True
+    # The ablation's strategy may run even where the comparison's list leaves it out.
+    bench = validate_benchmark({"strategies": ["random"]})
+    params = campaign_params(bench, "power-bald", 0, num_classes=10, mlflow_uri="sqlite:///x")
+    assert params["acquisition"]["strategy"] == "power-bald"
+    with pytest.raises(ConfigError, match="coldness_grid must not repeat"):
+        validate_benchmark({"coldness_grid": [1, 1.0]})
+    with pytest.raises(ConfigError, match="coldness_strategy must be one of"):
+        validate_benchmark({"coldness_strategy": "power-bal"})
+
+
+def test_the_fashion_mnist_config_validates_and_says_when_the_data_is_missing(tmp_path, capsys):
+    from pathlib import Path
+
+    config = Path(__file__).parents[1] / "benchmarks" / "configs" / "fashion-mnist.yaml"
+    bench = load_benchmark(config)
+    assert (bench.data.source, bench.data.repeat, bench.data.noise_std) == ("fashion-mnist", 3, 0.1)
+    assert (bench.model.name, bench.seeds) == ("cnn", [0, 1, 2])
+    # Point it at an empty directory: the loader's own message, before any MLflow store exists.
+    raw = yaml.safe_load(config.read_text())
+    raw["benchmark"]["data"]["root"] = str(tmp_path / "empty")
+    path = tmp_path / "fashion.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    code = comparison_main(
+        ["--config", str(path), "run-one", "--strategy", "badge", "--seed", "0",
+         "--out", str(tmp_path / "out"), "--project-root", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Fashion-MNIST not found" in err and "dataset-fashion-mnist" in err
+    assert not (tmp_path / "mlflow").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_run_one_real_tiny_badge_and_power_epig(tmp_path, monkeypatch):
+    """The new strategies run as benchmark campaigns and record the batch evidence."""
+    from baldflow.comparison.campaigns import _QUIET_TASK_RUNS, run_one
+    from baldflow.workspace.repo import OFFLINE_ENVIRONMENT
+
+    for key, value in {**OFFLINE_ENVIRONMENT, **_QUIET_TASK_RUNS}.items():
+        monkeypatch.setenv(key, value)
+    bench = _tiny_bench(strategies=["badge", "power-epig"], label_budget=15, epig_targets=20)
+    for strategy in ("badge", "power-epig"):
+        record = run_one(
+            bench,
+            strategy,
+            5,
+            project_root=tmp_path,
+            out_dir=tmp_path / "out",
+            scratch=tmp_path / "scratch",
+        )
+        curve = Curve.read_csv(tmp_path / "out" / f"{strategy}-seed5.csv")
+        assert curve.labeled == [10, 15]
+        assert all(v >= 0 for v in curve.batch_joint_mi), strategy
+        assert all(v >= 0 for v in curve.seconds_score), strategy
+        assert record["batch_joint_mi"] is not None
+    # The ablation names its files by beta.
+    record = run_one(
+        _tiny_bench(label_budget=10),
+        "power-bald",
+        5,
+        project_root=tmp_path,
+        out_dir=tmp_path / "cold",
+        scratch=tmp_path / "scratch",
+        coldness=4.0,
+    )
+    assert record["coldness"] == 4.0
+    assert (tmp_path / "cold" / "power-bald-beta4-seed5.json").exists()

@@ -4,6 +4,7 @@ workspace, and keep only its learning curve and summary."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from baldflow.comparison.config import BenchmarkConfig, campaign_params
-from baldflow.comparison.curves import Curve, summarize_campaign
+from baldflow.comparison.curves import STEP_METRICS, Curve, summarize_campaign
+from baldflow.config import ConfigError
 from baldflow.workspace.repo import offline_environment
 
 # Eighteen campaigns of ~16 rounds print ~3,000 task lines at INFO; the flow's one line per
@@ -46,10 +48,20 @@ def default_tracking_uri(project_root: str | Path) -> str:
     return local_tracking_uri(Path(project_root) / "mlflow")
 
 
-def curve_paths(out_dir: str | Path, strategy: str, seed: int) -> tuple[Path, Path]:
-    """The curve CSV and summary JSON of one campaign (the outputs of its dvc stage)."""
-    stem = Path(out_dir) / f"{strategy}-seed{seed}"
-    return stem.with_suffix(".csv"), stem.with_suffix(".json")
+def curve_paths(
+    out_dir: str | Path, strategy: str, seed: int, variant: str = ""
+) -> tuple[Path, Path]:
+    """The curve CSV and summary JSON of one campaign (the outputs of its dvc stage):
+    `<strategy>[-<variant>]-seed<seed>`; the coldness ablation's variant is `beta<b>`."""
+    name = f"{strategy}-{variant}" if variant else strategy
+    # Not with_suffix: a beta of 0.25 would read as the suffix ".25-seed0".
+    stem = f"{name}-seed{seed}"
+    return Path(out_dir) / f"{stem}.csv", Path(out_dir) / f"{stem}.json"
+
+
+def coldness_variant(coldness: float | str) -> str:
+    """`beta<b>`, b as short as it reads (0.25, 1, 16): the ablation's file-name part."""
+    return f"beta{float(coldness):g}"
 
 
 def _num_classes(bench: BenchmarkConfig) -> int:
@@ -100,8 +112,10 @@ def _parent_run_id(tracking_uri: str, experiment: str, campaign: str) -> str | N
     return runs[0].info.run_id if runs else None
 
 
-def _step_seconds(tracking_uri: str, experiment: str, campaign: str) -> dict[int, dict]:
-    """Per round, the scoring and selection seconds its MLflow run logged."""
+def _step_metrics(tracking_uri: str, experiment: str, campaign: str) -> dict[int, dict]:
+    """Per round, the metrics of its MLflow run that the rounds summary lacks: scoring and
+    selection seconds and the batch-quality evidence (STEP_METRICS). They go into the curve
+    CSV, so the report reads files only, never MLflow."""
     from mlflow.tracking import MlflowClient
 
     from baldflow.workspace.tracking import TAG_CAMPAIGN, TAG_KIND, TAG_ROUND
@@ -120,9 +134,7 @@ def _step_seconds(tracking_uri: str, experiment: str, campaign: str) -> dict[int
         if run.info.status != "FINISHED":
             continue
         metrics = run.data.metrics
-        out[int(run.data.tags[TAG_ROUND])] = {
-            k: metrics[k] for k in ("seconds_score", "seconds_select") if k in metrics
-        }
+        out[int(run.data.tags[TAG_ROUND])] = {k: metrics[k] for k in STEP_METRICS if k in metrics}
     return out
 
 
@@ -150,14 +162,28 @@ def run_one(
     out_dir: str | Path = "data/benchmark/campaigns",
     scratch: str | Path | None = None,
     keep_workspace: bool = False,
+    coldness: float | None = None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Run one campaign through the campaign flow in a fresh workspace; write its curve and
     summary.
+
+    `coldness` overrides benchmark.coldness for this campaign (the coldness ablation); its files
+    are then named `<strategy>-beta<b>-seed<s>` (`variant` names them otherwise: dvc.yaml passes
+    the grid value as it renders it, so the names match its outs exactly). The override is part
+    of the campaign's fingerprint, so MLflow keeps each beta's runs apart.
 
     Returns the summary (also written as JSON next to the curve CSV). A campaign that fails
     raises CampaignFailedError with the flow's exception as its cause and keeps its workspace.
     """
     started = time.perf_counter()
+    if coldness is not None:
+        if not (coldness >= 0 and math.isfinite(coldness)):
+            raise ConfigError(f"--coldness must be a finite number >= 0, got {coldness!r}")
+        bench = bench.model_copy(update={"coldness": float(coldness)})
+        if variant is None:
+            variant = coldness_variant(coldness)
+    variant = variant or ""
     # MLflow and DVC read theirs at import as well, and they are imported before the workspace
     # exists; the flow gets the rest from load_campaign_flow.
     offline_environment()
@@ -167,6 +193,8 @@ def run_one(
     # One Prefect home for all benchmark campaigns: an empty home costs a slower first start.
     os.environ.setdefault("PREFECT_HOME", str((scratch / "prefect-home").resolve()))
 
+    # The data first: a data set that is not installed fails here, before any store is made.
+    num_classes = _num_classes(bench)
     tracking_uri = bench.mlflow_uri or default_tracking_uri(project_root)
     if bench.mlflow_uri is None:
         _ensure_experiment(tracking_uri, bench.experiment, project_root / "mlflow" / "artifacts")
@@ -175,7 +203,7 @@ def run_one(
         bench,
         strategy,
         seed,
-        num_classes=_num_classes(bench),
+        num_classes=num_classes,
         mlflow_uri=tracking_uri,
         suffix=stamp,
     )
@@ -200,7 +228,7 @@ def run_one(
 
         curve = Curve.from_rounds(
             Workspace(workspace).rounds_summary(name),
-            _step_seconds(tracking_uri, bench.experiment, name),
+            _step_metrics(tracking_uri, bench.experiment, name),
         )
     except BaseException:
         keep_workspace = True
@@ -228,6 +256,7 @@ def run_one(
     record = {
         "strategy": strategy,
         "seed": seed,
+        "coldness": bench.coldness,
         "campaign": name,
         "mlflow_run_id": run_id,
         "tracking_uri": tracking_uri,
@@ -235,7 +264,9 @@ def run_one(
         **summary,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    curve_csv, summary_json = curve_paths(out_dir, strategy, seed)
+    # DVC's metrics reader refuses NaN (a mean over rounds that logged nothing): null instead.
+    record = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+    curve_csv, summary_json = curve_paths(out_dir, strategy, seed, variant)
     curve.write_csv(curve_csv)
     summary_json.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     print(
@@ -246,3 +277,37 @@ def run_one(
         flush=True,
     )
     return record
+
+
+def run_all(
+    bench: BenchmarkConfig,
+    *,
+    project_root: str | Path = ".",
+    out_dir: str | Path = "data/benchmark/campaigns",
+    scratch: str | Path | None = None,
+    keep_workspace: bool = False,
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """Every strategy x seed of `bench`, one after another, for a config DVC does not run
+    (benchmarks/configs/*.yaml). A campaign whose summary JSON exists is skipped unless `force`,
+    so an interrupted run picks up where it stopped; the first failure stops the run."""
+    records = []
+    for strategy in bench.strategies:
+        for seed in bench.seeds:
+            _, summary_json = curve_paths(out_dir, strategy, seed)
+            if summary_json.exists() and not force:
+                print(f"benchmark: {strategy} seed {seed}: done already ({summary_json})")
+                continue
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            records.append(
+                run_one(
+                    bench,
+                    strategy,
+                    seed,
+                    project_root=project_root,
+                    out_dir=out_dir,
+                    scratch=scratch,
+                    keep_workspace=keep_workspace,
+                )
+            )
+    return records

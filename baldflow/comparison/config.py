@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,17 @@ DEFAULT_STRATEGIES = (
     "softmax-bald",
     "softrank-bald",
     "batchbald",
+    # Beyond the paper: EPIG's stochastic batch, the embedding baselines the authors compared
+    # against (BADGE) or that the literature often uses (CoreSet), an annealed PowerBALD and
+    # stochastic BatchBALD.
+    "power-epig",
+    "badge",
+    "coreset",
+    "annealed-power-bald",
+    "stochastic-batchbald",
 )
+# The authors' own coldness grid for PowerBALD ({1/4, 1, 4, 8, 16}, science.md).
+DEFAULT_COLDNESS_GRID = (0.25, 1, 4, 8, 16)
 
 
 def _default_data() -> DataConfig:
@@ -62,6 +73,13 @@ class BenchmarkConfig(AcquisitionSettings):
     data: DataConfig = Field(default_factory=_default_data)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    # The coldness ablation (dvc stage `coldness`): this strategy once per beta x seed, all else
+    # as above. Write whole betas without ".0" (1, not 1.0): dvc.yaml names each campaign's
+    # files with the value as written (the report also looks for the ".0" spelling).
+    coldness_grid: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_COLDNESS_GRID), min_length=1
+    )
+    coldness_strategy: str = "power-bald"
     experiment: str = Field("baldflow-comparison", min_length=1)
     # null: a SQLite store under the project's mlflow/ directory.
     mlflow_uri: str | None = None
@@ -80,6 +98,15 @@ class BenchmarkConfig(AcquisitionSettings):
             raise ValueError("must not repeat a seed")
         if any(seed < 0 for seed in value):
             raise ValueError("must be seeds >= 0")
+        return value
+
+    @field_validator("coldness_grid")
+    @classmethod
+    def _coldness_grid(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not repeat a coldness")
+        if any(not (beta >= 0 and math.isfinite(beta)) for beta in value):
+            raise ValueError("must be finite coldnesses >= 0")
         return value
 
     def initial_size(self, num_classes: int) -> int:
@@ -102,10 +129,21 @@ class BenchmarkConfig(AcquisitionSettings):
     def fingerprint(self) -> str:
         """A short hash of everything but the lists and the target, for campaign names.
 
-        It names the campaigns, so the runs of one setting are easy to find in MLflow.
+        It names the campaigns, so the runs of one setting are easy to find in MLflow. Only what
+        changes a campaign's batches or models is in it: shadow_batchbald adds evidence metrics
+        but never changes a batch, and the ablation's grid and strategy only choose which
+        campaigns run (an ablation campaign's own coldness is in its fingerprint).
         """
         data = self.model_dump(mode="json")
-        for key in ("strategies", "seeds", "target_accuracy", "experiment", "mlflow_uri"):
+        for key in (
+            "strategies",
+            "seeds",
+            "target_accuracy",
+            "experiment",
+            "mlflow_uri",
+            "coldness_grid",
+            "coldness_strategy",
+        ):
             data.pop(key)
         # Where, on how many threads and in what chunks it runs changes no result.
         data["training"].pop("device")
@@ -157,6 +195,13 @@ def _check_names(bench: BenchmarkConfig) -> None:
             raise ConfigError(
                 f"{SECTION}.{field} must be one of {', '.join(sorted(valid))}, got {value!r}"
             )
+    if bench.coldness_strategy not in STRATEGY_NAMES:
+        raise ConfigError(
+            f"{SECTION}.coldness_strategy must be one of {', '.join(STRATEGY_NAMES)}, "
+            f"got {bench.coldness_strategy!r}"
+        )
+    # The ablation's strategy is checked when its campaigns are built (campaign_params): a
+    # comparison of entropy-only strategies may well run with one MC sample.
     for name in bench.strategies:
         check_mc_samples(name, bench.mc_samples, field=f"{SECTION}.mc_samples")
 
@@ -187,7 +232,7 @@ def campaign_params(
     suffix: str = "",
 ) -> dict[str, Any]:
     """The params.yaml of one benchmark campaign, validated by the campaign schema."""
-    if strategy not in bench.strategies:
+    if strategy not in bench.strategies and strategy != bench.coldness_strategy:
         raise ConfigError(
             f"strategy {strategy!r} is not in {SECTION}.strategies ({', '.join(bench.strategies)})"
         )

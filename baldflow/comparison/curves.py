@@ -12,6 +12,22 @@ from typing import Any
 
 from baldflow.common import format_number
 
+# The batch-quality evidence every round logs to MLflow (baldflow.steps.batch_evidence): how
+# much of the batch's summed BALD is joint information rather than overlap, and how many of
+# its picks are copies of one source sample. The shadow_* ones exist only with
+# acquisition.shadow_batchbald. Kept per point in the curve CSV so the report needs no MLflow.
+BATCH_FIELDS = (
+    "batch_joint_mi",
+    "batch_bald_sum",
+    "batch_redundancy",
+    "batch_redundancy_ratio",
+    "batch_class_entropy",
+    "batch_near_duplicate_pairs",
+    "shadow_overlap",
+    "shadow_mi_gap",
+)
+# The MLflow metrics of a round run that the curve keeps (the rounds summary has none of them).
+STEP_METRICS = ("seconds_score", "seconds_select", *BATCH_FIELDS)
 CURVE_FIELDS = (
     "labeled",
     "test_accuracy",
@@ -20,8 +36,10 @@ CURVE_FIELDS = (
     "seconds_score",
     "seconds_select",
     "seconds_train",
+    *BATCH_FIELDS,
 )
 # Optional per-point columns; a curve may lack any of them (NaN in the CSV as an empty cell).
+# Curves written before a column existed read back with it empty, so old campaigns still report.
 _OPTIONAL = CURVE_FIELDS[2:]
 
 
@@ -41,6 +59,14 @@ class Curve:
     seconds_score: list[float] = field(default_factory=list)
     seconds_select: list[float] = field(default_factory=list)
     seconds_train: list[float] = field(default_factory=list)
+    batch_joint_mi: list[float] = field(default_factory=list)
+    batch_bald_sum: list[float] = field(default_factory=list)
+    batch_redundancy: list[float] = field(default_factory=list)
+    batch_redundancy_ratio: list[float] = field(default_factory=list)
+    batch_class_entropy: list[float] = field(default_factory=list)
+    batch_near_duplicate_pairs: list[float] = field(default_factory=list)
+    shadow_overlap: list[float] = field(default_factory=list)
+    shadow_mi_gap: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.labeled:
@@ -70,8 +96,9 @@ class Curve:
     ) -> Curve:
         """The curve of a campaign's rounds summary (round 0, the initial set, has no model).
 
-        `step_seconds` maps a round number to the seconds of its steps as MLflow logged them
-        (seconds_score, seconds_select), which the rounds summary does not keep.
+        `step_seconds` maps a round number to the MLflow metrics of its round run that the
+        rounds summary does not keep (STEP_METRICS: seconds_score, seconds_select and the
+        batch-quality evidence); a metric a round did not log is NaN.
         """
         points = [r for r in rounds if str(r.get("test_accuracy", "")) not in ("", "None")]
         points.sort(key=lambda r: int(r["round"]))
@@ -88,6 +115,7 @@ class Curve:
             seconds_score=[step(r, "seconds_score") for r in points],
             seconds_select=[step(r, "seconds_select") for r in points],
             seconds_train=[_train_seconds(r) for r in points],
+            **{name: [step(r, name) for r in points] for name in BATCH_FIELDS},
         )
 
     def rows(self) -> list[dict[str, float | int]]:
@@ -186,16 +214,31 @@ def _std(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def _acquisition_seconds(curve: Curve) -> list[float]:
+    """Per round, scoring + selection seconds: the rounds summary's seconds_acquisition, or
+    seconds_score + seconds_select where a curve has only those."""
+    if curve.seconds_acquisition and not all(math.isnan(v) for v in curve.seconds_acquisition):
+        return curve.seconds_acquisition
+    if curve.seconds_score and curve.seconds_select:
+        return [a + b for a, b in zip(curve.seconds_score, curve.seconds_select, strict=True)]
+    return []
+
+
+# The batch-quality means the report shows per strategy (the rest stay in the curve CSVs).
+REPORTED_BATCH_FIELDS = ("batch_joint_mi", "batch_redundancy_ratio", "batch_near_duplicate_pairs")
+
+
 def summarize_campaign(curve: Curve, target: float) -> dict[str, Any]:
-    """The per-campaign numbers the report aggregates."""
+    """The per-campaign numbers the report aggregates; a mean over no values is NaN."""
     return {
         "labels_to_target": labels_to_target(curve.labeled, curve.test_accuracy, target),
         "auc": area_under_curve(curve.labeled, curve.test_accuracy),
         "final_accuracy": curve.test_accuracy[-1],
         "final_labeled": curve.labeled[-1],
-        "acquisition_seconds": _mean(curve.seconds_acquisition),
+        "acquisition_seconds": _mean(_acquisition_seconds(curve)),
         "select_seconds": _mean(curve.seconds_select),
         "train_seconds": _mean(curve.seconds_train),
+        **{name: _mean(getattr(curve, name)) for name in REPORTED_BATCH_FIELDS},
         "rounds": len(curve.labeled),
     }
 
@@ -216,6 +259,10 @@ class StrategySummary:
     acquisition_seconds_mean: float
     acquisition_seconds_std: float
     select_seconds_mean: float
+    # Means over rounds and seeds of the batch-quality evidence (NaN: no campaign logged it).
+    batch_joint_mi_mean: float = math.nan
+    batch_redundancy_ratio_mean: float = math.nan
+    batch_near_duplicate_pairs_mean: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -253,6 +300,7 @@ def aggregate(strategy: str, curves: Sequence[Curve], target: float) -> Strategy
         acquisition_seconds_mean=_mean([p["acquisition_seconds"] for p in per]),
         acquisition_seconds_std=_std([p["acquisition_seconds"] for p in per]),
         select_seconds_mean=_mean([p["select_seconds"] for p in per]),
+        **{f"{name}_mean": _mean([p[name] for p in per]) for name in REPORTED_BATCH_FIELDS},
     )
 
 
