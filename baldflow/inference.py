@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -70,6 +71,22 @@ def _progress_bar(enabled: bool):
     )
 
 
+def _checked_pass(
+    x: torch.Tensor, mc_samples: int, chunk_size: int | None, indices: Any
+) -> tuple[int, torch.Tensor | None, int]:
+    """A streamed pass's (chunk size, row indices, row count), or an InferenceError."""
+    if mc_samples < 0:
+        raise InferenceError(f"mc_samples must be >= 0, got {mc_samples}")
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(mc_samples)
+    if chunk_size < 1:
+        raise InferenceError(f"chunk_size must be >= 1, got {chunk_size}")
+    if indices is not None:
+        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+    n = x.shape[0] if indices is None else int(indices.numel())
+    return chunk_size, indices, n
+
+
 def iter_log_probs(
     model: BayesianModule,
     x: torch.Tensor,
@@ -89,15 +106,7 @@ def iter_log_probs(
     The model stays in eval and inference mode until the iterator is exhausted or closed: wrap
     it in `contextlib.closing` when the loop may stop early or raise.
     """
-    if mc_samples < 0:
-        raise InferenceError(f"mc_samples must be >= 0, got {mc_samples}")
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(mc_samples)
-    if chunk_size < 1:
-        raise InferenceError(f"chunk_size must be >= 1, got {chunk_size}")
-    if indices is not None:
-        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
-    n = x.shape[0] if indices is None else int(indices.numel())
+    chunk_size, indices, n = _checked_pass(x, mc_samples, chunk_size, indices)
     device = model_device(model)
     bar = _progress_bar(progress and n > chunk_size)
     with eval_mode(model), torch.inference_mode(), bar:
@@ -196,15 +205,7 @@ def embed_pool(
     predicted labels agree with the predictive the scores saw. Streams like `score_pool`: the
     prefix runs once per input for both outputs; memory is N*(D+C) plus one chunk.
     """
-    if mc_samples < 0:
-        raise InferenceError(f"mc_samples must be >= 0, got {mc_samples}")
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(mc_samples)
-    if chunk_size < 1:
-        raise InferenceError(f"chunk_size must be >= 1, got {chunk_size}")
-    if indices is not None:
-        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
-    n = x.shape[0] if indices is None else int(indices.numel())
+    chunk_size, indices, n = _checked_pass(x, mc_samples, chunk_size, indices)
     device = model_device(model)
     features_N_D: torch.Tensor | None = None
     probs_N_C: torch.Tensor | None = None

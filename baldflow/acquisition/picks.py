@@ -155,19 +155,10 @@ def keys_by_id(
     """Every sample's perturbed key under the round's selection (the number the batch was cut
     by), for the audit trail's per-round score tables; None where the mode has no key (topk,
     or coldness inf: the score decides). Random and coldness 0: the id's Gumbel noise."""
-    from baldflow.acquisition.sharded import id_gumbel, softrank_log_weights_in
+    from baldflow.acquisition.sharded import order_columns
 
     if mode == "topk" or (mode != "random" and math.isinf(coldness)):
         return None
-    gumbel_n = id_gumbel(seed, sample_ids)
-    if mode == "random" or coldness == 0:
-        return gumbel_n
     scores_n = torch.as_tensor(scores_n, dtype=torch.float64)
-    if mode == "power":
-        log_weights_n = power_log_weights(scores_n)
-    elif mode == "softmax":
-        log_weights_n = softmax_log_weights(scores_n)
-    else:
-        log_weights_n = softrank_log_weights_in(scores_n, pool_scores)
-    keys_n, _ = perturbed_keys(log_weights_n, gumbel_n, coldness)
+    keys_n, _, _ = order_columns(scores_n, sample_ids, mode, coldness, seed, pool_scores)
     return keys_n

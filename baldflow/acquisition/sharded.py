@@ -156,7 +156,7 @@ class Candidates:
         return len(self.ids)
 
 
-def _columns(scores_n, sample_ids, mode, coldness, seed, pool_scores):
+def order_columns(scores_n, sample_ids, mode, coldness, seed, pool_scores):
     """The three numeric order columns (key, weight order, noise) of every sample of a shard."""
     zeros = torch.zeros_like(scores_n)
     if mode == "topk" or (mode != "random" and math.isinf(coldness)):
@@ -246,7 +246,7 @@ def shard_candidates(
 def _cut(scores_n, sample_ids, batch_size, mode, coldness, seed, pool_scores) -> Candidates:
     """shard_candidates on validated input."""
     seed = _checked_seed(seed)
-    columns = _columns(scores_n, sample_ids, mode, coldness, seed, pool_scores)
+    columns = order_columns(scores_n, sample_ids, mode, coldness, seed, pool_scores)
     best = _best(columns, sample_ids, batch_size)
     index = torch.tensor(best, dtype=torch.long)
     keys, orders, noise = (column[index].clone() for column in columns)
