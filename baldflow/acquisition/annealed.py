@@ -32,15 +32,13 @@ import torch
 from baldflow.acquisition.selection import (
     SelectionError,
     perturbed_keys,
-    power_log_weights,
-    softmax_log_weights,
     weight_order,
 )
 from baldflow.acquisition.sharded import (
     _checked_seed,
     _validate,
     id_gumbel,
-    softrank_log_weights_in,
+    mode_log_weights,
 )
 
 ANNEALED_MODES = ("power", "softmax", "softrank")
@@ -115,12 +113,8 @@ def annealed_select_by_id(
     N = scores_N.numel()
     count = min(batch_size, N)
     schedule = _checked_schedule(schedule, batch_size, count)
-    if mode == "power":
-        log_weights_N = power_log_weights(scores_N)
-    elif mode == "softmax":
-        log_weights_N = softmax_log_weights(scores_N)
-    else:
-        log_weights_N = softrank_log_weights_in(scores_N, scores_N.sort().values)
+    sorted_scores = scores_N.sort().values if mode == "softrank" else None
+    log_weights_N = mode_log_weights(scores_N, mode, sorted_scores)
     orders_N = weight_order(scores_N, mode)
 
     remaining = torch.arange(N)

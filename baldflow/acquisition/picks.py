@@ -22,14 +22,12 @@ from baldflow.acquisition.selection import (
     SelectionError,
     check_selection_args,
     perturbed_keys,
-    power_log_weights,
-    softmax_log_weights,
 )
 from baldflow.acquisition.sharded import (
     Candidates,
     merge_candidates,
+    mode_log_weights,
     shard_candidates,
-    softrank_log_weights_in,
 )
 
 MODES_WITH_WEIGHTS = ("power", "softmax", "softrank")
@@ -64,12 +62,7 @@ def _stochastic(mode: str, coldness: float) -> bool:
 
 def _scaled_log_weights(scores_n, mode, coldness, pool_scores) -> torch.Tensor:
     """l on the keys' scale (see selection.perturbed_keys), times m = max(coldness, 1)."""
-    if mode == "power":
-        log_weights_n = power_log_weights(scores_n)
-    elif mode == "softmax":
-        log_weights_n = softmax_log_weights(scores_n)
-    else:
-        log_weights_n = softrank_log_weights_in(scores_n, pool_scores)
+    log_weights_n = mode_log_weights(scores_n, mode, pool_scores)
     _, on_key_scale = perturbed_keys(log_weights_n, torch.zeros_like(log_weights_n), coldness)
     return on_key_scale * max(coldness, 1.0)
 

@@ -121,6 +121,18 @@ def softrank_log_weights_in(
     return -competition_ranks_in(scores_n, sorted_pool_scores).log()
 
 
+def mode_log_weights(
+    scores_n: torch.Tensor, mode: str, sorted_pool_scores: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log w_i at beta = 1 of a stochastic mode (power, softmax, softrank), with softrank's
+    rank taken in the whole pool (`sorted_pool_scores`: every scored sample's score, sorted)."""
+    if mode == "power":
+        return power_log_weights(scores_n)
+    if mode == "softmax":
+        return softmax_log_weights(scores_n)
+    return softrank_log_weights_in(scores_n, sorted_pool_scores)
+
+
 def sorted_pool_scores(score_parts: Sequence[torch.Tensor]) -> torch.Tensor:
     """Every shard's scores in one ascending float64 tensor: the global input of softrank.
 
@@ -164,12 +176,7 @@ def order_columns(scores_n, sample_ids, mode, coldness, seed, pool_scores):
     gumbel_n = torch.from_numpy(hash_to_gumbel(_hashes(_seed_key(seed), sample_ids)))
     if mode == "random" or coldness == 0:
         return gumbel_n, zeros, zeros
-    if mode == "power":
-        log_weights_n = power_log_weights(scores_n)
-    elif mode == "softmax":
-        log_weights_n = softmax_log_weights(scores_n)
-    else:
-        log_weights_n = softrank_log_weights_in(scores_n, pool_scores)
+    log_weights_n = mode_log_weights(scores_n, mode, pool_scores)
     keys_n, _ = perturbed_keys(log_weights_n, gumbel_n, coldness)
     return keys_n, weight_order(scores_n, mode), gumbel_n
 
