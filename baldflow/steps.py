@@ -365,6 +365,18 @@ def score_pool(
                 generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
             )
         )  # fmt: skip
+    return pool_scores_from(plan, data, model, ids, scores_N, start)
+
+
+def pool_scores_from(
+    plan: ScoringPlan,
+    data: CampaignData,
+    model: Any,
+    ids: list[str],
+    scores_N: torch.Tensor,
+    start: float,
+) -> PoolScores:
+    """What the selection step needs from every unlabeled sample's score under `plan`."""
     if plan.whole_pool:  # annealed: picks one at a time, from every score
         return PoolScores(
             len(ids), [], time.perf_counter() - start, sample_ids=ids, scores_N=scores_N
@@ -624,6 +636,7 @@ def batch_evidence(
     labeled_ids: set[str],
     selected: Selected,
     seed: int,
+    scored: PoolScores | None = None,
 ) -> dict[str, float]:
     """How good the acquired batch is as a batch, and (acquisition.shadow_batchbald) how it
     compares with BatchBALD's batch on the same model: the round's `batch_*` / `shadow_*`
@@ -659,7 +672,16 @@ def batch_evidence(
         shadow_config = config.model_copy(
             update={"acquisition": a.model_copy(update={"strategy": "batchbald"})}
         )
-        shadow_scored = score_pool(shadow_config, data, model, labeled_ids, seed)
+        shadow_plan = scoring_plan(shadow_config, seed)
+        by_bald = scoring_plan(config, seed).score == "bald"
+        if scored is not None and scored.scores_N is not None and by_bald:
+            # The round already scored every unlabeled sample by BALD with the same masks:
+            # BatchBALD's preselection is cut from those scores, not from a second pass.
+            shadow_scored = pool_scores_from(
+                shadow_plan, data, model, scored.sample_ids, scored.scores_N, started
+            )
+        else:
+            shadow_scored = score_pool(shadow_config, data, model, labeled_ids, seed)
         shadow = select_batch(shadow_config, shadow_scored, seed)
         shadow_log_probs = predict_log_probs(
             model, data.inputs(shadow.sample_ids), a.mc_samples,

@@ -149,8 +149,9 @@ def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[Roun
             )
         selected = tasks.select_batch(config, quote(scored), seed, round_index)
         evidence = tasks.assess_batch(
-            config, data, quote(trained), quote(labeled_ids), quote(selected), seed, round_index
-        )
+            config, data, quote(trained), quote(labeled_ids), quote(selected), seed, round_index,
+            scored=quote(scored),
+        )  # fmt: skip
         score_table = tasks.keep_pool_scores(
             config, quote(scored), str(c.workspace.root), c.name, seed, round_index
         )

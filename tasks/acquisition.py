@@ -46,6 +46,9 @@ def assess_batch(
     selected: steps.Selected,
     seed: int,
     round_index: int,
+    scored: steps.PoolScores | None = None,
 ) -> dict[str, float]:
     """The batch's quality as a batch (and the shadow BatchBALD check): evidence, no effect."""
-    return steps.batch_evidence(config, data, trained.model, labeled_ids, selected, seed)
+    return steps.batch_evidence(
+        config, data, trained.model, labeled_ids, selected, seed, scored=scored
+    )

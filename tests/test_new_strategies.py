@@ -126,3 +126,15 @@ def test_evidence_and_shadow_batchbald_reach_the_round_run(tmp_path, tiny_params
     assert len(ids) == runs[0].data.metrics["pool_remaining"] + 5  # every unlabeled sample
     story = sample_scores(ws / "data" / "evidence", ids[0])
     assert [entry["round"] for entry in story] == [1] and story[0]["rank"] >= 1
+
+
+def test_the_shadow_check_reuses_the_rounds_bald_scores_and_gets_the_same_answer(round_inputs):
+    config, data, trained, labeled_ids, seed = round_inputs
+    config = _with(config, strategy="power-bald", shadow_batchbald=True, batchbald_candidates=40)
+    scored, selected = _round(config, data, trained, labeled_ids, seed)
+    reused = steps.batch_evidence(
+        config, data, trained.model, labeled_ids, selected, seed, scored=scored
+    )
+    fresh = steps.batch_evidence(config, data, trained.model, labeled_ids, selected, seed)
+    for name in ("shadow_overlap", "shadow_joint_mi", "shadow_mi_gap", "batch_joint_mi"):
+        assert reused[name] == fresh[name], name
