@@ -101,15 +101,17 @@ def score_shards_flow(
 
 
 def _pass(job: sharding.ShardJob, ranges, round_index: int) -> list[sharding.ShardResult]:
-    futures = [
-        scoring_tasks.score_shard.submit(job, start, stop, round_index)
-        for start, stop in ranges
-    ]
-    results = [future.result() for future in futures]
-    rows = sum(stop - start for start, stop in ranges)
-    if sum(result.rows for result in results) != rows:
-        raise sharding.ShardingError(f"the shards covered {sum(r.rows for r in results)} rows")
-    return results
+    """One pass, each shard a `score-shard` task on the flow's task runner; run_pass checks
+    that every shard answered and every row was covered."""
+
+    def submit(_function, ranges) -> list[sharding.ShardResult]:
+        futures = [
+            scoring_tasks.score_shard.submit(job, start, stop, round_index)
+            for start, stop in ranges
+        ]
+        return [future.result() for future in futures]
+
+    return sharding.run_pass(job, ranges, submit)
 
 
 def score_round_pool(
