@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
 import socket
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from datafiles import write_idx as write_idx_file
 from PIL import Image
 
 from baldflow.data import (
@@ -48,15 +47,8 @@ def cyclic_labels(n: int, classes: int = 10) -> np.ndarray:
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
-    """IDX: two zero bytes, type code 0x08 (uint8), number of dims, big-endian sizes, data."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    if compress:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
+    """An IDX file at `path`, or gzipped at `path`.gz."""
+    write_idx_file(path.with_name(path.name + ".gz") if compress else path, array)
 
 
 def write_mnist_family(directory: Path, compress: bool, n_train=60, n_test=20) -> dict:

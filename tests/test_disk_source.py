@@ -3,8 +3,6 @@ to disk, the DiskPool oracle, and make_pool's --campaign-source: all on real fil
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import os
 import pickle
 import socket
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datafiles import load_benchmark, write_idx
 
 from baldflow.acquisition.sharded import id_hashes
 from baldflow.data import (
@@ -371,22 +370,8 @@ def test_disk_pool_oracle_labels_by_id_and_refuses_unknown(tmp_path):
 # benchmarks/make_pool.py --campaign-source
 
 
-def _make_pool_module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "make_pool.py"
-    spec = importlib.util.spec_from_file_location("make_pool_source", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_build_source_synthetic_opens_as_a_disk_source(tmp_path, capsys):
-    make_pool = _make_pool_module()
+    make_pool = load_benchmark("make_pool")
     result = make_pool.build_source(
         tmp_path / "src", 400, seed=2, val_count=50, test_count=60, synthetic=True
     )
@@ -416,16 +401,16 @@ def test_build_source_synthetic_opens_as_a_disk_source(tmp_path, capsys):
 
 
 def test_build_source_from_fashion_mnist_uses_its_test_images(tmp_path):
-    make_pool = _make_pool_module()
+    make_pool = load_benchmark("make_pool")
     rng = np.random.default_rng(0)
     fashion = tmp_path / "fashion"
     fashion.mkdir()
-    _write_idx(fashion / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (30, 28, 28)))
-    _write_idx(fashion / "train-labels-idx1-ubyte.gz", np.arange(30) % 10)
+    write_idx(fashion / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (30, 28, 28)))
+    write_idx(fashion / "train-labels-idx1-ubyte.gz", np.arange(30) % 10)
     test_images = rng.integers(0, 256, (25, 28, 28))
     test_labels = (np.arange(25) * 3) % 10
-    _write_idx(fashion / "t10k-images-idx3-ubyte.gz", test_images)
-    _write_idx(fashion / "t10k-labels-idx1-ubyte.gz", test_labels)
+    write_idx(fashion / "t10k-images-idx3-ubyte.gz", test_images)
+    write_idx(fashion / "t10k-labels-idx1-ubyte.gz", test_labels)
     result = make_pool.build_source(
         tmp_path / "src", 40, val_count=10, test_count=15, fashion=str(fashion)
     )

@@ -3,8 +3,6 @@ overwrite), shard ranges, the manifest, and that sweeping a pool costs O(shard) 
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 import pickle
 import shutil
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datafiles import load_benchmark, write_idx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -252,26 +251,12 @@ def test_sweeping_a_large_pool_costs_a_shard_of_memory(tmp_path):
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _make_pool_module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "make_pool.py"
-    spec = importlib.util.spec_from_file_location("make_pool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 def test_make_pool_streams_noisy_copies_of_fashion_mnist(tmp_path, capsys):
-    make_pool = _make_pool_module()
+    make_pool = load_benchmark("make_pool")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(12, 28, 28), dtype=np.uint8)
-    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
-    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(12) % 10)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(12) % 10)
     out = tmp_path / "pool"
     make_pool.main(["--count", "30", "--out", str(out), "--fashion-root", str(tmp_path)])
     assert "fashion-mnist" in capsys.readouterr().out
