@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from baldflow.stack import postgres
-from baldflow.stack.process import start_ticks, stop_recorded_group
+from baldflow.stack.process import command_line, start_ticks, stop_recorded_group
 from baldflow.stack.team import NotAStackError, StackError, stack_down, stack_status, stack_up
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -210,7 +210,9 @@ def test_stop_by_recorded_pid_spares_a_reused_pid():
         assert not stop_recorded_group(proc.pid, ticks + 1, "sleep")
         assert not stop_recorded_group(proc.pid, ticks, "mlflow server")
         assert proc.poll() is None
-        assert stop_recorded_group(proc.pid, ticks, "sleep 30", timeout=5)
+        assert stop_recorded_group(proc.pid, ticks, "sleep 30", timeout=5), (
+            start_ticks(proc.pid), ticks, command_line(proc.pid), proc.poll()
+        )
         assert proc.wait(timeout=5) is not None
         assert not stop_recorded_group(proc.pid, ticks, "sleep 30")  # gone: tolerated
     finally:

@@ -265,7 +265,13 @@ def is_recorded_process(pid: int, ticks: int | None, expect: str = "") -> bool:
     now = start_ticks(pid)
     if now is None or (ticks is not None and now != ticks):
         return False
-    return expect in command_line(pid)
+    seen = command_line(pid)
+    if not seen and start_ticks(pid) == now:
+        # /proc/PID/cmdline can read empty for a moment while the kernel cannot lock the
+        # process's memory (a busy machine): look once more before calling it a stranger.
+        time.sleep(0.05)
+        seen = command_line(pid)
+    return expect in seen
 
 
 def _reap(pid: int) -> None:
