@@ -135,7 +135,9 @@ def plot_curves(
         low = [r["accuracy_min"] for r in rows]
         high = [r["accuracy_max"] for r in rows]
         color = colors(i % 10)
-        left.plot(x, mean, label=strategy, color=color, linewidth=1.8)
+        # Past ten strategies the colours repeat: the line style tells those apart.
+        style = ("-", "--", ":")[(i // 10) % 3]
+        left.plot(x, mean, label=strategy, color=color, linewidth=1.8, linestyle=style)
         left.fill_between(x, low, high, color=color, alpha=0.15, linewidth=0)
     left.axhline(target, color="grey", linestyle="--", linewidth=1)
     left.text(left.get_xlim()[0], target, f" target {target:g}", va="bottom", color="grey")
