@@ -622,6 +622,28 @@ def _add_cycle_parsers(sub) -> None:
         action="store_true",
         help="only store the labels; the next cycle or run completes the round",
     )
+    q = label_sub.add_parser(
+        "pull",
+        help="fetch the pending batch's annotations from Label Studio",
+        description="With oracle `label-studio`: check the annotations of the batch waiting "
+        "for labels in the campaign's Label Studio project. Annotations outside the class "
+        "list, edited or deleted tasks and (by default) disagreeing annotators refuse the "
+        "pull with every problem listed (exit status 4), storing nothing. Once every sample "
+        "has an annotation, the labels are stored and the round completes (DVC, git, MLflow).",
+    )
+    _workspace_arg(q)
+    _campaign_arg(q, "the one with a batch waiting for labels")
+    q.add_argument(
+        "--resend",
+        action="store_true",
+        help="first send tasks deleted in Label Studio again (the whole batch to a new "
+        "project if the project was deleted)",
+    )
+    q.add_argument(
+        "--no-complete",
+        action="store_true",
+        help="only store the labels; the next cycle or run completes the round",
+    )
 
     only_campaign = "the workspace's only campaign"
     p = sub.add_parser(
@@ -845,18 +867,23 @@ def cmd_label(args: argparse.Namespace) -> int:
         names = ", ".join(h.campaign for h, _ in batches)
         raise NoPendingBatchError(f"batches of {names} are waiting for labels: pass --campaign")
     handoff, pending = batches[0]
-    # The operator: $BALDFLOW_OPERATOR, the authenticated MLflow user of a tracking server,
-    # the clone's git identity, else login@host (see baldflow.workspace.remote.operator).
-    tracking_uri = ((pending.params.get("tracking") or {}).get("mlflow_uri")) or None
-    by = args.by or remote.operator(Workspace(ws_root), tracking_uri)
     with workspace_lock(ws_root):
-        result = import_labels(handoff, args.file, partial=args.partial, labeled_by=by)
-        print(
-            f"imported {result.added} label(s) for round {result.round} of {handoff.campaign}: "
-            f"{result.labeled} of {result.batch_size} labeled"
-        )
-        if not result.complete:
-            print("the round completes once the whole batch is labeled (import more files)")
+        if args.label_command == "pull":
+            complete = _pull_labels(ws_root, handoff, pending, resend=args.resend)
+        else:
+            # The operator: $BALDFLOW_OPERATOR, the authenticated MLflow user of a tracking
+            # server, the clone's git identity, else login@host (baldflow.workspace.remote).
+            tracking_uri = ((pending.params.get("tracking") or {}).get("mlflow_uri")) or None
+            by = args.by or remote.operator(Workspace(ws_root), tracking_uri)
+            result = import_labels(handoff, args.file, partial=args.partial, labeled_by=by)
+            print(
+                f"imported {result.added} label(s) for round {result.round} of "
+                f"{handoff.campaign}: {result.labeled} of {result.batch_size} labeled"
+            )
+            complete = result.complete
+            if not complete:
+                print("the round completes once the whole batch is labeled (import more files)")
+        if not complete:
             return 0
         if args.no_complete:
             print("batch complete; the next `baldflow cycle`, scheduled cycle or run completes it")
@@ -883,11 +910,53 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull_labels(ws_root: Path, handoff: object, pending: object, *, resend: bool) -> bool:
+    """`label pull`: fetch the pending batch's annotations from Label Studio; whether the
+    batch is complete (its labels then stored in the hand-off folder)."""
+    from baldflow.config import ConfigError, validate
+    from baldflow.labeling.studio_rounds import pull_annotations, send_batch
+    from baldflow.tasks.label_studio import client_for, project_address
+    from baldflow.workspace import Workspace
+
+    # The batch's own parameters: where its server is and how disagreements are settled.
+    config = validate(dict(pending.params))
+    if config.oracle.kind != "label-studio":
+        raise ConfigError(
+            f"campaign {handoff.campaign!r} hands its batches out as files (oracle.kind "
+            f"{config.oracle.kind!r}): use `baldflow label import`"
+        )
+    client = client_for(config, str(ws_root))
+    if resend:
+        with Workspace(ws_root) as ws:
+            workspace_id = ws.workspace_id
+        sent = send_batch(
+            client, handoff, pending, workspace_id=workspace_id, pictures=None, resend=True
+        )
+        print(f"sent {sent.imported} task(s) again to Label Studio project {sent.project_id}")
+    pulled = pull_annotations(
+        client, handoff, pending, conflicts=config.oracle.label_studio.conflicts
+    )
+    print(
+        f"round {pulled.round} of {handoff.campaign}: {pulled.annotated} of "
+        f"{pulled.batch_size} annotated in Label Studio project {pulled.project_id} "
+        f"({project_address(client, pulled.project_id)})"
+    )
+    for decision in pulled.decisions:
+        print(f"  {decision}")
+    if not pulled.complete:
+        print("the round completes once every task has an annotation (pull again then)")
+    return pulled.complete
+
+
 def _print_waiting(result: dict) -> None:
     waiting = result.get("waiting_for_labels")
     if not waiting:
         return
     print(f"Waiting for labels: round {waiting['round']} ({waiting['batch_size']} samples).")
+    if waiting.get("studio"):
+        print(f"  label its tasks in Label Studio: {waiting['studio']}")
+        print(f"  then: baldflow label pull --workspace {_quoted(result['workspace'])}")
+        return
     print(f"  fill in the label column of {waiting['sheet']}")
     from baldflow.audit.hints import shell_command
 
@@ -1286,13 +1355,15 @@ def report_error(exc: BaseException) -> int | None:
     """
     from baldflow.config import ConfigError
     from baldflow.labeling import LabelImportError
+    from baldflow.labeling.label_studio import LabelStudioError
     from baldflow.preflight import PreflightError
     from baldflow.workspace import WorkspaceError
     from baldflow.workspace.lock import WorkspaceLockedError
 
     if isinstance(exc, ConfigError):
         code = EXIT_CONFIG
-    elif isinstance(exc, PreflightError):
+    elif isinstance(exc, (PreflightError, LabelStudioError)):
+        # Label Studio unreachable, or refusing the token: what the campaign needs is missing.
         code = EXIT_PREFLIGHT
     elif isinstance(exc, WorkspaceLockedError):
         code = EXIT_LOCKED

@@ -129,10 +129,34 @@ class AcquisitionConfig(AcquisitionSettings, _StrategyChoice):
     """The `acquisition` section: the strategy and how it acquires."""
 
 
+class LabelStudioSettings(_Section):
+    """Where the `label-studio` oracle's server is and how it settles disagreements."""
+
+    # None: the workspace's own server (`baldflow label-studio up`, in <workspace>/label-studio).
+    # A URL: a server the team runs; its API token goes in BALDFLOW_LABEL_STUDIO_TOKEN.
+    url: str | None = None
+    # With url: the folder the server serves local files from (its
+    # LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) as this machine sees it; None: pictures travel
+    # inside the tasks as data URIs.
+    document_root: str | None = None
+    # Two annotators disagree on a sample: refuse (the pull names it) or take the majority
+    # (a tie is still refused); the decision is recorded in the ledger's labeled_by.
+    conflicts: Literal["refuse", "majority"] = "refuse"
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+
 class OracleConfig(_Section):
     # "simulated" reads the held-back labels; "file" hands each batch to people as a CSV under
-    # data/<campaign>/to-label/ and waits for `baldflow label import`.
-    kind: Literal["simulated", "file"] = "simulated"
+    # data/<campaign>/to-label/ and waits for `baldflow label import`; "label-studio" makes it
+    # tasks of the campaign's Label Studio project and waits for `baldflow label pull`.
+    kind: Literal["simulated", "file", "label-studio"] = "simulated"
+    label_studio: LabelStudioSettings = LabelStudioSettings()
 
 
 class TrackingConfig(_Section):
@@ -206,6 +230,9 @@ class Config(_Section):
         data["training"].pop("num_threads")
         data.pop("tracking")
         data.pop("scale")
+        # Where the labeling server is, and how people's disagreements are settled (recorded
+        # per sample), do not change which samples get acquired.
+        data["oracle"].pop("label_studio")
         data["acquisition"].pop("shadow_batchbald")
         return data
 

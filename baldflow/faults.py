@@ -69,7 +69,10 @@ REMOTE_POINTS = (
 # Passed only when a round scores its pool in shards (scale.runner dask, or a pool on disk):
 # after the model and labeled ids are staged for the workers, before "score-pool:after".
 SHARDED_POINTS = ("stage-scoring:after",)
-FAULT_POINTS = ROUND_POINTS + HANDOFF_POINTS + REMOTE_POINTS + SHARDED_POINTS
+# Passed only with the Label Studio oracle: after a batch's tasks are imported (before what
+# was sent is recorded), and after a complete batch's annotations are stored as its labels.
+LABEL_STUDIO_POINTS = ("label-studio-send:imported", "label-studio-pull:stored")
+FAULT_POINTS = ROUND_POINTS + HANDOFF_POINTS + REMOTE_POINTS + SHARDED_POINTS + LABEL_STUDIO_POINTS
 
 
 class InjectedFault(RuntimeError):  # noqa: N818 (named for what it stands in for)

@@ -65,6 +65,20 @@ def check(config: Config, workspace_root: str | Path) -> None:
     check_scale(config)
     check_tracking(config.tracking.mlflow_uri, root)
     check_git_remote(root)
+    check_label_studio(config, root)
+
+
+def check_label_studio(config: Config, workspace_root: Path) -> None:
+    """The `label-studio` oracle's server answers and takes the token, before a round is
+    computed for it."""
+    if config.oracle.kind != "label-studio":
+        return
+    from baldflow.labeling.label_studio import LabelStudioClient, LabelStudioError, connect
+
+    try:
+        LabelStudioClient(connect(config.oracle.label_studio, workspace_root), 15.0).whoami()
+    except LabelStudioError as exc:
+        raise PreflightError(f"oracle.kind is label-studio, but {exc}") from None
 
 
 def check_scale(config: Config) -> None:

@@ -260,7 +260,13 @@ class RoundRecord:
         }
 
 
-def pending_batch(record: RoundRecord, config: Config, data: Any, labeled_md5: str) -> PendingRound:
+def pending_batch(
+    record: RoundRecord,
+    config: Config,
+    data: Any,
+    labeled_md5: str,
+    predictions: dict[str, list[float]] | None = None,
+) -> PendingRound:
     """The batch of a round as handed to people, with the record to finish the round from."""
     return PendingRound(
         campaign=record.campaign,
@@ -272,6 +278,7 @@ def pending_batch(record: RoundRecord, config: Config, data: Any, labeled_md5: s
         created_at=utc_now(),
         state=record.to_state(),
         params=config.to_dict(),
+        predictions=predictions or {},
     )
 
 
@@ -334,7 +341,11 @@ class CampaignRun:
 
     @property
     def people_label(self) -> bool:
-        return self.config.oracle.kind == "file"
+        return self.config.oracle.kind in ("file", "label-studio")
+
+    @property
+    def label_studio(self) -> bool:
+        return self.config.oracle.kind == "label-studio"
 
 
 def recorded_campaign_run(workspace: Workspace, campaign: str) -> str | None:

@@ -24,6 +24,7 @@ STREAM_EVALUATE = 1
 STREAM_SCORE = 2
 STREAM_SELECT = 3
 STREAM_EVIDENCE = 4
+STREAM_PREDICT = 5
 
 
 @contextlib.contextmanager
@@ -245,6 +246,25 @@ def evaluate(config: Config, data: CampaignData, model: Any, seed: int) -> dict[
         "test_nll": float(result["nll"]),
         "seconds": time.perf_counter() - start,
     }
+
+
+def batch_predictions(
+    config: Config, data: CampaignData, model: Any, sample_ids: Sequence[str], seed: int
+) -> dict[str, list[float]]:
+    """The model's mean predictive distribution (over `eval_mc_samples` dropout masks) for
+    each sample of a batch: the guess labelers see in Label Studio."""
+    from baldflow.inference import predict_log_probs
+
+    if not sample_ids:
+        return {}
+    log_probs = predict_log_probs(
+        model,
+        data.inputs(sample_ids),
+        config.training.eval_mc_samples,
+        generator_for(seed, STREAM_PREDICT),
+    )
+    probs = log_probs.exp().mean(dim=1).tolist()
+    return {sid: [round(p, 6) for p in row] for sid, row in zip(sample_ids, probs, strict=True)}
 
 
 def selection_seed(seed: int) -> int:

@@ -2,9 +2,10 @@
 
 A round: start its MLflow run -> train -> evaluate -> score the pool -> select a batch ->
 label it -> version it (git commit + tag: the round is complete) -> publish -> track -> clear
-the hand-off. With the `file` oracle a round stops after selecting its batch (model kept, run
-parked, batch handed to people) and finishes once their labels are in. Only sequencing lives
-here: what a round records is baldflow.rounds, every side effect is a task in baldflow.tasks.
+the hand-off. With the `file` and `label-studio` oracles a round stops after selecting its
+batch (model kept, run parked, batch handed to people) and finishes once their labels are in.
+Only sequencing lives here: what a round records is baldflow.rounds, every side effect is a
+task in baldflow.tasks.
 """
 
 from __future__ import annotations
@@ -47,13 +48,50 @@ def _close_run(c: CampaignRun, run_id: str, exc: BaseException) -> None:
         c.logger.warning("could not mark MLflow run %s %s: %s", run_id, status, error)
 
 
-def _hand_off(c: CampaignRun, record: RoundRecord) -> None:
+def _hand_off(c: CampaignRun, record: RoundRecord, trained: Any = None) -> None:
     """Give the batch to people and stop the campaign until they answer."""
-    pending = pending_batch(record, c.config, c.data, c.workspace.labeled_md5(c.name))
-    sheet = tasks.hand_off_batch(
-        quote(c.handoff), quote(pending), quote(c.data.images(pending)), record.round
-    )
-    raise WaitingForLabels(pending, sheet, 0)
+    predictions = None
+    if c.label_studio and trained is not None:
+        predictions = steps.batch_predictions(
+            c.config, c.data, trained.model, record.sample_ids, record.seed
+        )
+    labeled_md5 = c.workspace.labeled_md5(c.name)
+    pending = pending_batch(record, c.config, c.data, labeled_md5, predictions)
+    images = c.data.images(pending)
+    sheet = tasks.hand_off_batch(quote(c.handoff), quote(pending), quote(images), record.round)
+    studio = _send_to_studio(c, pending, images) if c.label_studio else None
+    raise WaitingForLabels(pending, sheet, 0, studio=studio)
+
+
+def _send_to_studio(c: CampaignRun, pending: Any, images: Any) -> str:
+    """The batch as tasks of the campaign's Label Studio project (a no-op once it was sent,
+    so a run killed during the send finishes it); returns the project's address."""
+    sent, address = tasks.send_to_label_studio(
+        c.config, str(c.workspace.root), c.workspace.workspace_id, quote(c.handoff),
+        quote(pending), quote(images), pending.round,
+    )  # fmt: skip
+    if sent.imported:
+        c.logger.info(
+            "round %d: %d task(s) imported into Label Studio project %d (%s)",
+            pending.round, sent.imported, sent.project_id, address,
+        )  # fmt: skip
+    return address
+
+
+def _people_labels(c: CampaignRun, pending: Any, round_index: int) -> None:
+    """Check the batch people were given; raise WaitingForLabels until all its labels are in.
+    With Label Studio, first finish an interrupted send and pull what people annotated."""
+    labeled_md5 = c.workspace.labeled_md5(c.name)
+    studio = None
+    if c.label_studio:
+        pending = c.handoff.check_batch(pending, round_index, labeled_md5)
+        studio = _send_to_studio(c, pending, c.data.images(pending))
+        pulled = tasks.pull_from_label_studio(
+            c.config, str(c.workspace.root), quote(c.handoff), quote(pending), round_index
+        )
+        for decision in pulled.decisions:
+            c.logger.warning("round %d: %s", round_index, decision)
+    c.handoff.check_pending(pending, round_index, labeled_md5, studio=studio)
 
 
 def _claimed(c: CampaignRun, commit: Any, run_id: str | None) -> bool:
@@ -110,7 +148,7 @@ def _initial_round(c: CampaignRun) -> bool:
         pending = c.handoff.pending()
         if pending is None:
             _hand_off(c, record)
-        c.handoff.check_pending(pending, 0, c.workspace.labeled_md5(c.name))
+        _people_labels(c, pending, 0)
     labels = tasks.label_batch(quote(c.oracle), record.sample_ids, 0)
     commit = tasks.version_round(
         quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, 0,
@@ -223,7 +261,7 @@ def _round(c: CampaignRun, round_index: int) -> dict[str, float] | None:
     pending = c.handoff.pending() if c.people_label else None
     if pending is not None:
         # People have labeled a batch chosen earlier: finish its round as if it never stopped.
-        c.handoff.check_pending(pending, round_index, c.workspace.labeled_md5(c.name))
+        _people_labels(c, pending, round_index)
         record = RoundRecord.from_state(
             pending.state, campaign=c.name, strategy=c.config.acquisition.strategy
         )
@@ -234,7 +272,7 @@ def _round(c: CampaignRun, round_index: int) -> dict[str, float] | None:
     if c.people_label:
         tasks.save_handoff_model(quote(c.handoff), quote(trained), round_index)
         tasks.park_round_run(quote(c.tracker), quote(record), round_index)
-        _hand_off(c, record)
+        _hand_off(c, record, trained)
     return _complete(c, record, trained.model.state_dict(), started, record.seconds_compute)
 
 

@@ -43,6 +43,7 @@ def campaign_result(
             "round": waiting.pending.round,
             "sheet": waiting.sheet,
             "batch_size": len(waiting.pending.sample_ids),
+            "studio": waiting.studio,
             "message": str(waiting),
         }
     return result

@@ -6,6 +6,7 @@ Installed as baldflow.tasks. Every task is safe to run twice; see each module fo
 from baldflow.tasks.acquisition import assess_batch, score_pool, select_batch
 from baldflow.tasks.data import prepare_data
 from baldflow.tasks.flow_runs import close_stale_flow_runs
+from baldflow.tasks.label_studio import pull_from_label_studio, send_to_label_studio
 from baldflow.tasks.model import (
     evaluate_model,
     load_handoff_model,
@@ -48,9 +49,11 @@ __all__ = [
     "park_round_run",
     "prepare_data",
     "publish_batch",
+    "pull_from_label_studio",
     "save_handoff_model",
     "score_pool",
     "select_batch",
+    "send_to_label_studio",
     "sync_workspace",
     "start_campaign_tracking",
     "start_round_run",

@@ -89,20 +89,20 @@ def _fitted_caption(draw: Any, caption: Any, width: int) -> str:
     return text
 
 
-def _tile_image(image: Any):
-    """The image as a PIL image that fits IMAGE_PX square: small images enlarged by a whole
-    factor (crisp pixels), large ones reduced."""
+def _tile_image(image: Any, fit: int = IMAGE_PX):
+    """The image as a PIL image that fits `fit` pixels square: small images enlarged by a
+    whole factor (crisp pixels), large ones reduced."""
     from PIL import Image
 
     pixels = _displayable(image)
     picture = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
     side = max(picture.size)
-    if side <= IMAGE_PX:
-        factor = max(1, IMAGE_PX // side)
+    if side <= fit:
+        factor = max(1, fit // side)
         return picture.resize(
             (picture.width * factor, picture.height * factor), Image.Resampling.NEAREST
         )
-    scale = IMAGE_PX / side
+    scale = fit / side
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
     return picture.resize(size, Image.Resampling.LANCZOS)
 
@@ -141,6 +141,14 @@ def contact_sheet(
     if path is not None:
         Path(path).write_bytes(data)
     return data
+
+
+def image_png(image: Any, fit: int = 256) -> bytes:
+    """One pool image as PNG bytes for a person to label: contrast stretched like the contact
+    sheet's tiles, enlarged by a whole factor (or reduced) to fit `fit` pixels."""
+    buffer = io.BytesIO()
+    _tile_image(image, fit).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def png_data_uri(data: bytes) -> str:

@@ -39,18 +39,30 @@ class PendingRound:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The campaign's parameters when the batch was chosen: the round finishes with these.
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The round model's mean predictive distribution per sample (class probabilities), shown
+    # to labelers as its guess where the labeling tool can (Label Studio); empty in round 0.
+    predictions: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 class WaitingForLabels(Exception):  # noqa: N818 (a pause, not an error)
     """The round's batch is with people; the campaign stops until they answer."""
 
-    def __init__(self, pending: PendingRound, sheet: str | Path, labeled: int):
+    def __init__(
+        self, pending: PendingRound, sheet: str | Path, labeled: int, *, studio: str | None = None
+    ):
         self.pending = pending
         self.sheet = str(sheet)
+        # Where people label when they use Label Studio (the project's address), else None.
+        self.studio = studio
+        how = (
+            f"label its tasks in Label Studio ({studio}); `baldflow label pull` or the next "
+            "cycle picks the labels up"
+            if studio
+            else f"fill in {sheet} and run `baldflow label import`"
+        )
         super().__init__(
             f"round {pending.round} of {pending.campaign} is waiting for labels: "
-            f"{labeled} of {len(pending.sample_ids)} labeled; fill in {sheet} and run "
-            "`baldflow label import`"
+            f"{labeled} of {len(pending.sample_ids)} labeled; {how}"
         )
 
 
@@ -165,10 +177,25 @@ class HandOff:
         return sorted(rounds)
 
     def check_pending(
-        self, pending: PendingRound | None, round_index: int, labeled_md5: str
+        self,
+        pending: PendingRound | None,
+        round_index: int,
+        labeled_md5: str,
+        *,
+        studio: str | None = None,
     ) -> PendingRound:
         """The batch that finishes `round_index`: chosen for it, from the current labeled set,
         and fully labeled; raises WaitingForLabels while people are still at it."""
+        pending = self.check_batch(pending, round_index, labeled_md5)
+        if not self.is_complete(pending):
+            labeled = len(set(self.imported(pending.round)) & set(pending.sample_ids))
+            raise WaitingForLabels(pending, self.sheet_path(pending.round), labeled, studio=studio)
+        return pending
+
+    def check_batch(
+        self, pending: PendingRound | None, round_index: int, labeled_md5: str
+    ) -> PendingRound:
+        """The pending batch, if it was chosen for `round_index` from the current labeled set."""
         if pending is None:
             raise WorkspaceError(
                 f"campaign {self.campaign!r}: no pending batch for round {round_index}"
@@ -179,9 +206,6 @@ class HandOff:
                 f"was chosen for round {pending.round} from another labeled set than the "
                 f"workspace's (next round {round_index}); remove it to choose a new batch"
             )
-        if not self.is_complete(pending):
-            labeled = len(set(self.imported(pending.round)) & set(pending.sample_ids))
-            raise WaitingForLabels(pending, self.sheet_path(pending.round), labeled)
         return pending
 
 def describe_item(source: str, root: str | None, sample_id: str) -> str:
