@@ -25,9 +25,11 @@ run: env
 lint: env
 	$(BIN)/ruff check baldflow flows tasks tests benchmarks
 
-# The team tests need Debian's postgresql (installed here when missing, as root or with sudo).
+# The team tests need Debian's postgresql (installed here when missing, as root or with sudo);
+# the Label Studio tests its own virtual environment (built once per machine, ~1.5 min).
 test: lint
 	bash .ci/ensure-postgresql
+	$(BIN)/python -m baldflow.stack.label_studio ensure-venv
 	$(BIN)/python -m pytest -q
 
 # Speed benchmarks, with batchbald_redux and baal as peers (not part of the test run).

@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cycle_parsers(sub)
     _add_verify_parser(sub)
     _add_stack_parser(sub)
+    _add_label_studio_parser(sub)
     return parser
 
 
@@ -1325,6 +1326,77 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_label_studio_parser(sub) -> None:
+    p = sub.add_parser(
+        "label-studio",
+        help="start, check or stop a Label Studio server for a workspace",
+        description="A Label Studio server for oracle `label-studio`, from its own virtual "
+        "environment (built on first use), on 127.0.0.1, with its data in DIR (default: "
+        "<workspace>/label-studio). `up` leaves it running; `down` stops it by its PID.",
+    )
+    actions = p.add_subparsers(dest="studio_command", metavar="ACTION")
+    actions.required = True
+    for name, text in (
+        ("up", "start it (or find it running) and print how to log in and invite labelers"),
+        ("status", "whether it runs and answers (exit 1 if not)"),
+        ("down", "stop it (data stays)"),
+    ):
+        q = actions.add_parser(name, help=text, description=text)
+        _workspace_arg(q)
+        q.add_argument("--dir", metavar="DIR", help="the server's folder (overrides --workspace)")
+        if name == "up":
+            q.add_argument("--port", type=int, metavar="PORT", help="default: the recorded one, "
+                           "else a free one")  # fmt: skip
+
+
+def _studio_home(args: argparse.Namespace) -> Path:
+    from baldflow.labeling.label_studio import LOCAL_SERVER_DIR
+
+    if args.dir:
+        return Path(args.dir).absolute()
+    return _ws_root(args) / LOCAL_SERVER_DIR
+
+
+def cmd_label_studio(args: argparse.Namespace) -> int:
+    from baldflow.stack import label_studio as studio
+
+    home = _studio_home(args)
+    if args.studio_command == "status":
+        ok, line = studio.label_studio_status(home)
+        print(line)
+        return 0 if ok else EXIT_ERROR
+    if args.studio_command == "down":
+        stopped = studio.label_studio_down(home)
+        print(f"Label Studio for {home} {'stopped' if stopped else 'was not running'}")
+        return 0
+    server, already = studio.label_studio_up(home, args.port, report=print)
+    _exclude_from_git(home)
+    from baldflow.labeling.label_studio import Connection, LabelStudioClient
+
+    invite = LabelStudioClient(Connection(server.url, server.token, None)).invite_url()
+    print(f"Label Studio is {'already ' if already else ''}up at {server.url} (data in {home})")
+    print(f"  log in as {server.username}; password and API token in {home / 'credentials.json'}")
+    print(f"  labelers sign up with: {invite}")
+    print("  campaigns of this workspace use it with oracle.kind: label-studio "
+          "(oracle.label_studio.url: null)")  # fmt: skip
+    return 0
+
+
+def _exclude_from_git(home: Path) -> None:
+    """Keep a server folder inside a workspace out of git, also in workspaces made before
+    their .gitignore listed it (.git/info/exclude: local, so git status stays clean)."""
+    root = home.parent
+    exclude = root / ".git" / "info" / "exclude"
+    if not (root / ".git").is_dir():
+        return
+    line = f"/{home.name}/"
+    existing = exclude.read_text() if exclude.exists() else ""
+    if line not in existing.split():
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        sep = "\n" if existing and not existing.endswith("\n") else ""
+        exclude.write_text(existing + sep + line + "\n")
+
+
 COMMANDS = {
     "init": cmd_init,
     "run": cmd_run,
@@ -1340,6 +1412,7 @@ COMMANDS = {
     "server": cmd_server,
     "verify": cmd_verify,
     "stack": cmd_stack,
+    "label-studio": cmd_label_studio,
 }
 
 

@@ -176,3 +176,23 @@ def team_mlflow_auth(team_stack):
         yield server.url, server.auth.admin_username, server.auth.admin_password
     finally:
         server.stop()
+
+
+# -- Label Studio (baldflow.stack.label_studio), for the label-studio oracle's tests. ------
+
+
+@pytest.fixture(scope="session")
+def label_studio_server():
+    """One Label Studio server for the session, from its own virtual environment (built on
+    first use; $BALDFLOW_LABEL_STUDIO_VENV names another), in a temp dir, stopped by PID on
+    every way out. Yields the LabelStudioServer: url, token, username, password,
+    document_root."""
+    from baldflow.stack.label_studio import LabelStudioServer
+
+    root = tempfile.mkdtemp(prefix="baldflow-test-label-studio-")
+    server = LabelStudioServer(root)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
-import fcntl
 import hashlib
 import hmac
 import json
@@ -52,6 +51,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from baldflow.stack import venvs
 from baldflow.stack.loopback import port_is_free
 from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
 
@@ -101,57 +101,23 @@ def default_venv() -> Path:
     chosen = os.environ.get("BALDFLOW_SWIFT_VENV")
     if chosen:
         return Path(chosen).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "baldflow" / "swift-venv"
+    return venvs.cache_dir() / "swift-venv"
 
 
 def venv_ready(venv: str | Path | None = None) -> bool:
     """Whether `venv` holds a finished Swift install of exactly SWIFT_REQUIREMENTS."""
     venv = Path(venv) if venv is not None else default_venv()
-    marker = venv / _MARKER
-    try:
-        return marker.read_text(encoding="utf-8").split() == list(SWIFT_REQUIREMENTS)
-    except OSError:
-        return False
+    return venvs.venv_ready(venv, SWIFT_REQUIREMENTS, _MARKER)
 
 
 def ensure_venv(venv: str | Path | None = None, *, python: str | None = None) -> Path:
-    """Build Swift's own virtual environment at `venv` unless a finished one is there.
-
-    A lock file beside it keeps two processes (parallel tests, two workspaces) from building
-    into the same directory at once. Raises SwiftError with pip's last lines if it fails.
-    """
+    """Build Swift's own virtual environment at `venv` unless a finished one is there
+    (baldflow.stack.venvs); raises SwiftError with pip's last lines if it fails."""
     venv = Path(venv) if venv is not None else default_venv()
-    if venv_ready(venv):
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = venv.parent / f"{venv.name}.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if venv_ready(venv):  # built by whoever held the lock before us
-            return venv
-        # `venv --clear` empties the directory: only ever one that is a virtual environment
-        # (an interrupted build) or empty, never a folder $BALDFLOW_SWIFT_VENV named by mistake.
-        if venv.is_dir() and any(venv.iterdir()) and not (venv / "pyvenv.cfg").exists():
-            raise SwiftError(
-                f"{venv} is a non-empty directory that is not a virtual environment: refusing "
-                "to build Swift's environment there (set BALDFLOW_SWIFT_VENV to a new path)"
-            )
-        (venv / _MARKER).unlink(missing_ok=True)
-        steps = [
-            [python or sys.executable, "-m", "venv", "--clear", str(venv)],
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *SWIFT_REQUIREMENTS],
-        ]
-        for argv in steps:
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-                raise SwiftError(
-                    f"building Swift's virtual environment at {venv} failed "
-                    f"(`{' '.join(argv[:4])} ...` exited {done.returncode}):\n{tail}"
-                )
-        (venv / _MARKER).write_text("\n".join(SWIFT_REQUIREMENTS) + "\n", encoding="utf-8")
-    return venv
+    return venvs.ensure_venv(
+        venv, SWIFT_REQUIREMENTS, what="Swift", variable="BALDFLOW_SWIFT_VENV",
+        error=SwiftError, marker=_MARKER, python=python,
+    )  # fmt: skip
 
 
 # -- S3 requests without boto3 -------------------------------------------------------------

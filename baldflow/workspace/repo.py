@@ -72,6 +72,7 @@ GITIGNORE = f"""\
 /.prefect/
 /{REMOTE_DIR}/
 /{LOCK_NAME}
+/label-studio/
 __pycache__/
 """
 

@@ -1,0 +1,101 @@
+"""The Label Studio server baldflow starts for a workspace: its own environment, 127.0.0.1 only,
+a token that works, credentials kept private, stopped by PID (baldflow.stack.label_studio)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import stat
+
+import pytest
+import requests
+
+from baldflow.cli import main
+from baldflow.stack import label_studio as studio
+from baldflow.stack.process import is_recorded_process
+
+
+def test_the_token_works_and_strangers_are_refused(label_studio_server):
+    server = label_studio_server
+    me = requests.get(
+        f"{server.url}/api/current-user/whoami",
+        headers={"Authorization": f"Token {server.token}"}, timeout=30,
+    )  # fmt: skip
+    assert me.status_code == 200 and me.json()["email"] == server.username
+    assert requests.get(f"{server.url}/api/projects", timeout=30).status_code in (401, 403)
+
+
+def test_it_listens_on_loopback_only(label_studio_server):
+    with open("/proc/net/tcp") as handle:
+        rows = [line.split() for line in handle.read().splitlines()[1:]]
+    port = f"{label_studio_server.port:04X}"
+    listening = [r[1] for r in rows if r[3] == "0A" and r[1].endswith(":" + port)]
+    assert listening == ["0100007F:" + port]  # 127.0.0.1, not 0.0.0.0
+
+
+def test_credentials_are_private_and_not_in_the_log(label_studio_server):
+    path = label_studio_server.home / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    log = label_studio_server.log_path.read_text(errors="replace")
+    assert label_studio_server.token not in log
+    assert label_studio_server.password not in log
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path, label_studio_server):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        with pytest.raises(studio.LabelStudioError, match=f"port {taken} .* is taken"):
+            studio.LabelStudioServer(tmp_path / "ls", port=taken).start()
+
+
+def test_no_server_for_a_folder_says_how_to_start_one(tmp_path):
+    with pytest.raises(studio.LabelStudioError, match="baldflow label-studio up"):
+        studio.connection(tmp_path / "label-studio")
+    ok, line = studio.label_studio_status(tmp_path / "label-studio")
+    assert not ok and "no Label Studio is running" in line
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
+def test_up_status_down_through_the_cli(tmp_path):
+    """One detached server: up starts it (and keeps it out of git), a second up finds it,
+    status sees it, down stops it by PID (twice is fine), and a restart keeps the data."""
+    home = tmp_path / "label-studio"
+    try:
+        code, out = run_cli("label-studio", "up", "--dir", str(home))
+        assert code == 0, out
+        assert "labelers sign up with: http://127.0.0.1:" in out
+        url, token, document_root = studio.connection(home)
+        assert document_root == home / "files"
+        headers = {"Authorization": f"Token {token}"}
+        made = requests.post(
+            f"{url}/api/projects", json={"title": "kept"}, headers=headers, timeout=30
+        )
+        assert made.status_code == 201
+        state = studio._state(home)
+        code, out = run_cli("label-studio", "up", "--dir", str(home))
+        assert code == 0 and "already up" in out
+        assert studio._state(home)["pid"] == state["pid"]
+        assert run_cli("label-studio", "status", "--dir", str(home))[0] == 0
+        code, out = run_cli("label-studio", "down", "--dir", str(home))
+        assert code == 0 and "stopped" in out
+        assert not is_recorded_process(state["pid"], state["start_ticks"], studio.COMMAND_MARK)
+        assert "was not running" in run_cli("label-studio", "down", "--dir", str(home))[1]
+        assert run_cli("label-studio", "status", "--dir", str(home))[0] == 1
+        # A restart (same port when free) keeps the projects.
+        assert run_cli("label-studio", "up", "--dir", str(home))[0] == 0
+        url, token, _ = studio.connection(home)
+        titles = requests.get(
+            f"{url}/api/projects", headers={"Authorization": f"Token {token}"}, timeout=30
+        ).json()["results"]
+        assert [p["title"] for p in titles] == ["kept"]
+    finally:
+        studio.label_studio_down(home)
