@@ -588,10 +588,11 @@ def _add_cycle_parsers(sub) -> None:
     """Human labeling, audit and scheduled cycles."""
     p = sub.add_parser(
         "label",
-        help="hand-off labeling: import people's labels",
+        help="people's labels: import a file, or pull them from Label Studio",
         description="With oracle `file`, a round hands its batch to people as "
         "data/<campaign>/to-label/round-NNNN.csv and stops; `label import` reads the labels "
-        "back.",
+        "back. With oracle `label-studio` the batch becomes tasks of the campaign's Label "
+        "Studio project; `label pull` fetches the annotations.",
     )
     label_sub = p.add_subparsers(dest="label_command", metavar="ACTION")
     label_sub.required = True

@@ -75,6 +75,13 @@ def test_up_status_down_through_the_cli(tmp_path):
         assert "labelers sign up with: http://127.0.0.1:" in out
         url, token, document_root = studio.connection(home)
         assert document_root == home / "files"
+        # A campaign with oracle.label_studio.url null finds this server by its workspace.
+        from baldflow.config import LabelStudioSettings
+        from baldflow.labeling.label_studio import LabelStudioClient, connect
+
+        found = connect(LabelStudioSettings(), tmp_path)
+        assert (found.url, found.token, found.document_root) == (url, token, document_root)
+        assert LabelStudioClient(found).whoami()["email"] == studio.ADMIN
         headers = {"Authorization": f"Token {token}"}
         made = requests.post(
             f"{url}/api/projects", json={"title": "kept"}, headers=headers, timeout=30
