@@ -25,10 +25,12 @@ run: env
 lint: env
 	$(BIN)/ruff check baldflow flows tasks tests benchmarks
 
-# The team tests need Debian's postgresql (installed here when missing, as root or with sudo);
-# the Label Studio tests its own virtual environment (built once per machine, ~1.5 min).
+# The team tests need Debian's postgresql and the browser checks its chromium (both installed
+# here when missing, as root or with sudo); the Label Studio tests its own virtual environment
+# (built once per machine, about a minute).
 test: lint
 	bash .ci/ensure-postgresql
+	bash .ci/ensure-chromium
 	$(BIN)/python -m baldflow.stack.label_studio ensure-venv
 	$(BIN)/python -m pytest -q
 

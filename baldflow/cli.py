@@ -568,13 +568,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     console().print(table)
     from baldflow.labeling import pending_batches
+    from baldflow.labeling.studio_rounds import StudioLink
 
     waiting = pending_batches(ws_root)
     for handoff, pending in waiting:
         done = len(set(handoff.imported(pending.round)) & set(pending.sample_ids))
+        where = handoff.sheet_path(pending.round)
+        link = StudioLink.load(handoff)
+        sent = link.rounds.get(str(pending.round))
+        if sent:  # out in Label Studio: annotations count once `label pull` stores them
+            project = sent["project_id"]
+            where = f"Label Studio project {project} ({link.url}/projects/{project}/data)"
         print(
             f"{handoff.campaign}: round {pending.round} waiting for labels "
-            f"({done} of {len(pending.sample_ids)} imported): {handoff.sheet_path(pending.round)}"
+            f"({done} of {len(pending.sample_ids)} imported): {where}"
         )
     if not records and not waiting:
         from baldflow.audit.hints import shell_command

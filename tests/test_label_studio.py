@@ -133,6 +133,10 @@ def walked(tmp_path_factory, prefect_harness, tiny_defaults, label_studio_server
         picture = studio.http.get(server.url + first["data"]["image"], timeout=30)
         seen["picture"] = (picture.status_code, picture.content[:8])
         seen["label_config"] = studio.call("GET", f"/api/projects/{project}")["label_config"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            main(["status", "-w", str(workspace)])
+        seen["status0"] = out.getvalue()
         # A second run while people label sends nothing again and computes nothing.
         state = campaign_flow(workspace=str(workspace), params=params, return_state=True)
         seen["state0_again"] = state.name
@@ -267,6 +271,8 @@ def test_a_batch_goes_out_as_tasks_with_pictures_and_the_campaign_waits(walked):
     assert walked["picture"] == (200, b"\x89PNG\r\n\x1a\n")
     for name in walked["names"]:
         assert f'<Choice value="{name}"/>' in walked["label_config"]
+    assert f"waiting for labels (0 of {len(pending.sample_ids)} imported): Label Studio " \
+        f"project {walked['project']}" in walked["status0"]
     assert walked["state0_again"] == "WaitingForLabels"
     assert walked["tasks0_again"] == len(pending.sample_ids)
 
