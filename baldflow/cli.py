@@ -923,8 +923,8 @@ def _pull_labels(ws_root: Path, handoff: object, pending: object, *, resend: boo
     """`label pull`: fetch the pending batch's annotations from Label Studio; whether the
     batch is complete (its labels then stored in the hand-off folder)."""
     from baldflow.config import ConfigError, validate
+    from baldflow.labeling.label_studio import client_for
     from baldflow.labeling.studio_rounds import pull_annotations, send_batch
-    from baldflow.tasks.label_studio import client_for, project_address
     from baldflow.workspace import Workspace
 
     # The batch's own parameters: where its server is and how disagreements are settled.
@@ -934,7 +934,7 @@ def _pull_labels(ws_root: Path, handoff: object, pending: object, *, resend: boo
             f"campaign {handoff.campaign!r} hands its batches out as files (oracle.kind "
             f"{config.oracle.kind!r}): use `baldflow label import`"
         )
-    client = client_for(config, str(ws_root))
+    client = client_for(config.oracle.label_studio, ws_root)
     if resend:
         with Workspace(ws_root) as ws:
             workspace_id = ws.workspace_id
@@ -948,7 +948,7 @@ def _pull_labels(ws_root: Path, handoff: object, pending: object, *, resend: boo
     print(
         f"round {pulled.round} of {handoff.campaign}: {pulled.annotated} of "
         f"{pulled.batch_size} annotated in Label Studio project {pulled.project_id} "
-        f"({project_address(client, pulled.project_id)})"
+        f"({client.project_address(pulled.project_id)})"
     )
     for decision in pulled.decisions:
         print(f"  {decision}")

@@ -11,25 +11,14 @@ from prefect.cache_policies import NO_CACHE
 
 from baldflow.config import Config
 from baldflow.labeling import HandOff, PendingRound
-from baldflow.labeling.label_studio import LabelStudioClient, connect
-from baldflow.labeling.studio_rounds import PullResult, SendResult, pull_annotations, send_batch
-
-
-def pictures_of(images: Any, sample_ids: list[str]) -> dict[str, bytes] | None:
-    """PNG bytes by sample id for a batch of images (None for data that is not images)."""
-    if images is None:
-        return None
-    from baldflow.figures.thumbnails import image_png
-
-    return {sid: image_png(images[i]) for i, sid in enumerate(sample_ids)}
-
-
-def client_for(config: Config, workspace_root: str) -> LabelStudioClient:
-    return LabelStudioClient(connect(config.oracle.label_studio, workspace_root))
-
-
-def project_address(client: LabelStudioClient, project_id: int) -> str:
-    return f"{client.url}/projects/{project_id}/data"
+from baldflow.labeling.label_studio import client_for
+from baldflow.labeling.studio_rounds import (
+    PullResult,
+    SendResult,
+    pictures_of,
+    pull_annotations,
+    send_batch,
+)
 
 
 @task(
@@ -50,12 +39,12 @@ def send_to_label_studio(
 ) -> tuple[SendResult, str]:
     """Make the batch tasks of the campaign's project (nothing when it was sent already);
     returns what happened and the project's address for people."""
-    client = client_for(config, workspace_root)
+    client = client_for(config.oracle.label_studio, workspace_root)
     sent = send_batch(
         client, handoff, pending, workspace_id=workspace_id,
         pictures=pictures_of(images, pending.sample_ids),
     )  # fmt: skip
-    return sent, project_address(client, sent.project_id)
+    return sent, client.project_address(sent.project_id)
 
 
 @task(
@@ -69,7 +58,7 @@ def pull_from_label_studio(
     config: Config, workspace_root: str, handoff: HandOff, pending: PendingRound, round_index: int
 ) -> PullResult:
     """Check the batch's annotations; store them as the round's labels once all are in."""
-    client = client_for(config, workspace_root)
+    client = client_for(config.oracle.label_studio, workspace_root)
     return pull_annotations(
         client, handoff, pending, conflicts=config.oracle.label_studio.conflicts
     )

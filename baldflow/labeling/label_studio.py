@@ -70,6 +70,11 @@ def connect(settings: Any, workspace_root: str | Path) -> Connection:
     return Connection(url.rstrip("/"), token, Path(document_root))
 
 
+def client_for(settings: Any, workspace_root: str | Path) -> LabelStudioClient:
+    """A client for the server that `oracle.label_studio` names."""
+    return LabelStudioClient(connect(settings, workspace_root))
+
+
 class LabelStudioClient:
     """The calls a round makes, each failing with a LabelStudioError that says what to do."""
 
@@ -193,6 +198,10 @@ class LabelStudioClient:
         if isinstance(users, dict):
             users = users.get("results", [])
         return {int(u["id"]): str(u.get("email") or u.get("username") or u["id"]) for u in users}
+
+    def project_address(self, project_id: int) -> str:
+        """Where people open the project's tasks in a browser."""
+        return f"{self.url}/projects/{int(project_id)}/data"
 
     def invite_url(self) -> str:
         """The sign-up link that gives a person an account in this organisation."""

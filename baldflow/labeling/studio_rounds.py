@@ -124,6 +124,15 @@ class PullResult:
 
 
 # -------------------------------------------------------------------------------- sending
+def pictures_of(images: Any, sample_ids: Sequence[str]) -> dict[str, bytes] | None:
+    """PNG bytes by sample id for a batch of images (None for data that is not images)."""
+    if images is None:
+        return None
+    from baldflow.figures.thumbnails import image_png
+
+    return {sid: image_png(images[i]) for i, sid in enumerate(sample_ids)}
+
+
 def _ensure_project(
     client: LabelStudioClient, link: StudioLink, pending: PendingRound, key: str, images: bool
 ) -> tuple[int, bool]:
