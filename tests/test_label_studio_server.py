@@ -7,6 +7,7 @@ import contextlib
 import io
 import socket
 import stat
+from pathlib import Path
 
 import pytest
 import requests
@@ -106,3 +107,23 @@ def test_up_status_down_through_the_cli(tmp_path):
         assert [p["title"] for p in titles] == ["kept"]
     finally:
         studio.label_studio_down(home)
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                    found.append(int(entry.name))
+    return found
+
+
+def test_an_up_that_does_not_answer_in_time_stops_what_it_started(tmp_path):
+    """The PID is recorded before the wait (a killed `up` leaves a server `down` can stop);
+    a timeout stops the server and says so, with the end of its log."""
+    home = tmp_path / "slow"
+    with pytest.raises(studio.LabelStudioError, match="did not answer .* within 1 s"):
+        studio.label_studio_up(home, startup_timeout=1.0)
+    assert "pid" not in studio._state(home)
+    assert _processes_naming(str(home / "data")) == []
