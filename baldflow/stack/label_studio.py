@@ -5,7 +5,7 @@ Why its own environment: Label Studio 1.23.2 pins python-json-logger, redis and 
 that conflict with Prefect's; it runs as a separate server (`label-studio start`) and baldflow
 talks HTTP to it (baldflow.labeling.label_studio). `ensure_venv()` builds the environment once
 per machine under ~/.cache/baldflow/label-studio-venv ($BALDFLOW_LABEL_STUDIO_VENV): about 1.5
-minutes from PyPI here, ~500 MB.
+minutes from the package index here (40 s with pip's cache warm), ~1 GB on disk.
 
 Everything of one server lives in one folder (by default <workspace>/label-studio, git-ignored):
     data/              Label Studio's database and uploads (LABEL_STUDIO_BASE_DATA_DIR)
