@@ -238,9 +238,18 @@ def walked(tmp_path_factory, prefect_harness, tiny_defaults, label_studio_server
         seen["adopted"] = (adopted, len(studio.our_projects(seen["key"])))
         seen["tasks1_after_adopt"] = len(studio.batch_tasks(project, 1))
         link_path.write_text(saved)
-        # 5. Round 1 annotated; the next run pulls and completes it.
+        # 5. Round 1 annotated; a pull killed right after storing the labels leaves the round
+        #    uncommitted, and the next run completes it.
         for sid, task in seen["tasks1"].items():
             studio.annotate(task["id"], names[truth[sid]])
+        env["BALDFLOW_FAULT"] = "label-studio-pull:stored:1:kill"
+        with log.open("w") as out:
+            proc = subprocess.run(
+                [sys.executable, "-m", "baldflow.cli", "label", "pull", "-w", str(workspace)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+            )  # fmt: skip
+        seen["pull_killed"] = (proc.returncode, log.read_text(errors="replace")[-3000:])
+        seen["after_pull_kill"] = (labels_stored(handoff, 1), ws.completed_rounds(CAMPAIGN))
         state = campaign_flow(workspace=str(workspace), params=params, return_state=True)
         seen["state_done"] = state.name
         seen["tags_done"] = ws.completed_rounds(CAMPAIGN)
@@ -354,6 +363,14 @@ def test_round_1_tasks_carry_the_model_guess(walked):
     for sid, task in walked["tasks1"].items():
         assert task["predictions"], sid
     assert walked["project_info"]["model_version"] == f"{CAMPAIGN} round 1"
+
+
+def test_a_pull_killed_after_storing_is_completed_by_the_next_run(walked):
+    code, log = walked["pull_killed"]
+    assert code == -9, log
+    assert walked["after_pull_kill"] == (True, [0])
+    assert walked["state_done"] == "Completed"
+    assert walked["tags_done"] == [0, 1]
 
 
 def test_the_next_run_pulls_and_completes_round_1(walked):
