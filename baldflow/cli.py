@@ -1351,7 +1351,8 @@ def _add_label_studio_parser(sub) -> None:
     ):
         q = actions.add_parser(name, help=text, description=text)
         _workspace_arg(q)
-        q.add_argument("--dir", metavar="DIR", help="the server's folder (overrides --workspace)")
+        q.add_argument("--dir", metavar="DIR", help="the server's folder (default: "
+                       "<workspace>/label-studio)")  # fmt: skip
         if name == "up":
             q.add_argument("--port", type=int, metavar="PORT", help="default: the recorded one, "
                            "else a free one")  # fmt: skip
