@@ -15,7 +15,6 @@ from baldflow.labeling.label_studio import client_for
 from baldflow.labeling.studio_rounds import (
     PullResult,
     SendResult,
-    pictures_of,
     pull_annotations,
     send_batch,
 )
@@ -42,7 +41,7 @@ def send_to_label_studio(
     client = client_for(config.oracle.label_studio, workspace_root)
     sent = send_batch(
         client, handoff, pending, workspace_id=workspace_id,
-        pictures=pictures_of(images, pending.sample_ids),
+        images=images,
     )  # fmt: skip
     return sent, client.project_address(sent.project_id)
 

@@ -89,6 +89,12 @@ class HandOff:
     def model_path(self, round_index: int) -> Path:
         return self.dir / f"round-{round_index:04d}.model.pt"
 
+    def ensure_dir(self) -> None:
+        """The folder, git-ignored: hand-off files are working files, not audited history,
+        so git (and the round recovery, which discards untracked files) stays away."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / ".gitignore").write_text("*\n")
+
     # ------------------------------------------------------------------ state
     def pending(self) -> PendingRound | None:
         if not self.dir.is_dir():
@@ -112,10 +118,7 @@ class HandOff:
         """
         from baldflow.common import spreadsheet_safe
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Hand-off files are working files, not audited history: keep git (and so the round
-        # recovery, which discards untracked files) away from them.
-        (self.dir / ".gitignore").write_text("*\n")
+        self.ensure_dir()
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(SHEET_FIELDS)

@@ -82,22 +82,26 @@ class StudioLink:
     """What was sent to Label Studio for a campaign, kept in its hand-off folder (git-ignored;
     clearing a round's hand-off files leaves it)."""
 
-    path: Path
+    handoff: HandOff
     project_id: int | None = None
     url: str = ""
     rounds: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
+    @property
+    def path(self) -> Path:
+        return self.handoff.dir / LINK_FILE
+
     @classmethod
     def load(cls, handoff: HandOff) -> StudioLink:
-        path = handoff.dir / LINK_FILE
-        if not path.exists():
-            return cls(path)
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(path, data.get("project_id"), data.get("url", ""), data.get("rounds", {}))
+        link = cls(handoff)
+        if link.path.exists():
+            data = json.loads(link.path.read_text(encoding="utf-8"))
+            link.project_id, link.url = data.get("project_id"), data.get("url", "")
+            link.rounds = data.get("rounds", {})
+        return link
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        (self.path.parent / ".gitignore").write_text("*\n")
+        self.handoff.ensure_dir()
         body = {"project_id": self.project_id, "url": self.url, "rounds": self.rounds}
         atomic_write_text(self.path, json.dumps(body, indent=1, sort_keys=True))
 
@@ -124,13 +128,17 @@ class PullResult:
 
 
 # -------------------------------------------------------------------------------- sending
-def pictures_of(images: Any, sample_ids: Sequence[str]) -> dict[str, bytes] | None:
-    """PNG bytes by sample id for a batch of images (None for data that is not images)."""
+def pictures_of(
+    images: Any, pending: PendingRound, sample_ids: Sequence[str]
+) -> dict[str, bytes] | None:
+    """PNG bytes of some samples of the batch, from the batch's images (rows in the order of
+    its sample ids); None for data that is not images."""
     if images is None:
         return None
     from baldflow.figures.thumbnails import image_png
 
-    return {sid: image_png(images[i]) for i, sid in enumerate(sample_ids)}
+    row = {sid: i for i, sid in enumerate(pending.sample_ids)}
+    return {sid: image_png(images[row[sid]]) for sid in sample_ids}
 
 
 def _ensure_project(
@@ -208,16 +216,17 @@ def send_batch(
     pending: PendingRound,
     *,
     workspace_id: str,
-    pictures: Mapping[str, bytes] | None,
+    images: Any,
     resend: bool = False,
 ) -> SendResult:
     """Make the batch a set of tasks in the campaign's project (created on first use).
 
-    `pictures`: PNG bytes by sample id for an image data set (None: the items are text, or,
-    with `resend`, pictures written by an earlier send). Each picture goes under the server's
-    document root when this machine sees it, else into the task as a data URI. Without
-    `resend` a round already recorded as sent is left as it is; with it, samples whose task
-    was deleted in Label Studio get a new one.
+    `images`: the batch's images, rows in the order of `pending.sample_ids` (None: the items
+    are text, or, with `resend`, pictures written by an earlier send). A picture is made only
+    for a sample that gets a task; it goes under the server's document root when this
+    machine sees it, else into the task as a data URI. Without `resend` a round already
+    recorded as sent is left as it is; with it, samples whose task was deleted in Label
+    Studio get a new one.
     """
     link = StudioLink.load(handoff)
     bkey = batch_key(pending)
@@ -225,12 +234,15 @@ def send_batch(
     if recorded and recorded.get("batch") == bkey and not resend:
         return SendResult(int(recorded["project_id"]), False, 0, len(recorded["tasks"]))
     key = campaign_key(workspace_id, pending.campaign)
-    images = pictures is not None or bool(recorded and recorded.get("images"))
-    project_id, created = _ensure_project(client, link, pending, key, images)
+    has_pictures = images is not None or bool(recorded and recorded.get("images"))
+    project_id, created = _ensure_project(client, link, pending, key, has_pictures)
     existing = _task_ids(client, project_id, bkey)
     missing = [sid for sid in pending.sample_ids if sid not in existing]
     if missing:
-        sources = _picture_sources(client, project_id, key, pending, missing, pictures, images)
+        pictures = pictures_of(images, pending, missing)
+        sources = _picture_sources(
+            client, project_id, key, pending, missing, pictures, has_pictures
+        )
         items = dict(zip(pending.sample_ids, pending.items, strict=True))
         tasks = [
             {
@@ -247,7 +259,7 @@ def send_batch(
     link.rounds[str(pending.round)] = {
         "batch": bkey,
         "project_id": project_id,
-        "images": images,
+        "images": has_pictures,
         "tasks": {sid: existing[sid] for sid in pending.sample_ids if sid in existing},
         "sent_at": utc_now(),
     }
