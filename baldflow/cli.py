@@ -568,6 +568,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     console().print(table)
     from baldflow.labeling import pending_batches
+    from baldflow.labeling.label_studio import project_address
     from baldflow.labeling.studio_rounds import StudioLink
 
     waiting = pending_batches(ws_root)
@@ -578,7 +579,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         sent = link.rounds.get(str(pending.round))
         if sent:  # out in Label Studio: annotations count once `label pull` stores them
             project = sent["project_id"]
-            where = f"Label Studio project {project} ({link.url}/projects/{project}/data)"
+            where = f"Label Studio project {project} ({project_address(link.url, project)})"
         print(
             f"{handoff.campaign}: round {pending.round} waiting for labels "
             f"({done} of {len(pending.sample_ids)} imported): {where}"
@@ -939,7 +940,7 @@ def _pull_labels(ws_root: Path, handoff: object, pending: object, *, resend: boo
         with Workspace(ws_root) as ws:
             workspace_id = ws.workspace_id
         sent = send_batch(
-            client, handoff, pending, workspace_id=workspace_id, pictures=None, resend=True
+            client, handoff, pending, workspace_id=workspace_id, images=None, resend=True
         )
         print(f"sent {sent.imported} task(s) again to Label Studio project {sent.project_id}")
     pulled = pull_annotations(

@@ -70,6 +70,11 @@ def connect(settings: Any, workspace_root: str | Path) -> Connection:
     return Connection(url.rstrip("/"), token, Path(document_root))
 
 
+def project_address(url: str, project_id: int) -> str:
+    """Where people open a project's tasks in a browser."""
+    return f"{url.rstrip('/')}/projects/{int(project_id)}/data"
+
+
 def client_for(settings: Any, workspace_root: str | Path) -> LabelStudioClient:
     """A client for the server that `oracle.label_studio` names."""
     return LabelStudioClient(connect(settings, workspace_root))
@@ -200,8 +205,7 @@ class LabelStudioClient:
         return {int(u["id"]): str(u.get("email") or u.get("username") or u["id"]) for u in users}
 
     def project_address(self, project_id: int) -> str:
-        """Where people open the project's tasks in a browser."""
-        return f"{self.url}/projects/{int(project_id)}/data"
+        return project_address(self.url, project_id)
 
     def invite_url(self) -> str:
         """The sign-up link that gives a person an account in this organisation."""

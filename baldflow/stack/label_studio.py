@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from baldflow.stack import venvs
-from baldflow.stack.loopback import port_is_free, wait_until_answers
+from baldflow.stack.loopback import http_ok, port_is_free, wait_until_answers
+from baldflow.stack.mlflow_server import write_private_text
 from baldflow.stack.process import (
     ManagedProcess,
     ProcessStartError,
@@ -73,15 +74,6 @@ def ensure_venv(venv: str | Path | None = None) -> Path:
     )  # fmt: skip
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def credentials(home: Path) -> dict[str, str]:
     """The admin login, password and API token of the server in `home` (made on first use)."""
     path = home / "credentials.json"
@@ -92,7 +84,8 @@ def credentials(home: Path) -> dict[str, str]:
         "password": secrets.token_urlsafe(24),
         "token": secrets.token_hex(20),
     }
-    _write_private(path, json.dumps(made, indent=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private_text(path, json.dumps(made, indent=1))
     return made
 
 
@@ -244,8 +237,6 @@ def _up_lock(home: Path):
 
 
 def _wait_answers(url: str, pid: int, deadline: float) -> bool:
-    from baldflow.stack.loopback import http_ok
-
     while not http_ok(f"{url}/health", timeout=2)[0]:
         if time.monotonic() > deadline or start_ticks(pid) is None:
             return False
@@ -287,7 +278,7 @@ def label_studio_up(
         process = server.launch()
         # Recorded before the wait: if this command dies meanwhile, `down` still finds it.
         state = {"pid": process.pid, "start_ticks": start_ticks(process.pid), "port": server.port}
-        _write_private(home / "state.json", json.dumps(state, indent=1))
+        write_private_text(home / "state.json", json.dumps(state, indent=1))
         try:
             server.wait_ready(deadline)
         except BaseException:
@@ -305,19 +296,17 @@ def label_studio_down(home: str | Path) -> bool:
     if state:
         state.pop("pid", None)
         state.pop("start_ticks", None)
-        _write_private(home / "state.json", json.dumps(state, indent=1))
+        write_private_text(home / "state.json", json.dumps(state, indent=1))
     return stopped
 
 
 def label_studio_status(home: str | Path) -> tuple[bool, str]:
     """Whether the server of `home` runs and answers, and a line saying so."""
-    from baldflow.stack.loopback import http_ok
-
     home = Path(home).absolute()
     running = _running(home)
     if running is None:
         return False, f"no Label Studio is running for {home}"
-    url = f"http://{HOST}:{running['port']}"
+    url = LabelStudioServer(home, port=int(running["port"])).url
     if not http_ok(f"{url}/health", timeout=5)[0]:
         return False, f"Label Studio (pid {running['pid']}) does not answer at {url}"
     return True, f"Label Studio at {url} (pid {running['pid']}, data in {home})"
@@ -332,8 +321,8 @@ def connection(home: str | Path) -> tuple[str, str, Path]:
             f"no Label Studio is running for {home}: start it with `baldflow label-studio up "
             f"--dir {home}`, or set oracle.label_studio.url to a server the team runs"
         )
-    made = credentials(home)
-    return f"http://{HOST}:{running['port']}", made["token"], home / "files"
+    server = LabelStudioServer(home, port=int(running["port"]))
+    return server.url, server.token, server.document_root
 
 
 def main(argv: list[str] | None = None) -> int:
