@@ -48,7 +48,7 @@ import torch
 from baldflow.acquisition.picks import ShardSummary, merge_summaries, summarise_shard
 from baldflow.acquisition.selection import MODES
 from baldflow.acquisition.sharded import Candidates, select_by_id
-from baldflow.data.ondisk import DiskPool
+from baldflow.data.ondisk import open_pool
 from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
 
 # Rows read from disk at a time: 8192 28x28 float32 rows are 26 MB, a small part of a worker's
@@ -141,8 +141,9 @@ class ShardJob:
     """Everything a worker needs to score a shard and cut its candidates; cheap to pickle.
 
     `model_dir`: a directory with state_dict.pt and spec.json (`save_model_dir`). `pool_dir`: a
-    `DiskPool` directory. `score`: a name of `acquisition.scores.SCORES`. `mask_seed`: the
-    round's scoring seed (masks from `generator_for(mask_seed, STREAM_SCORE)`). `chunk_size`:
+    pool in any format `data.ondisk.open_pool` reads. `score`: a name of
+    `acquisition.scores.SCORES`. `mask_seed`: the round's scoring seed (masks from
+    `generator_for(mask_seed, STREAM_SCORE)`). `chunk_size`:
     inputs per forward pass (None: `inference.auto_chunk_size`). `batch_size`, `mode`,
     `coldness`, `selection_seed`: the selection (`select_by_id`'s arguments). `torch_threads`:
     torch CPU threads while scoring a shard (1: one core per worker process; 0 leaves torch's
@@ -319,7 +320,7 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
     from baldflow.inference import score_pool
     from baldflow.steps import STREAM_SCORE, generator_for
 
-    pool = DiskPool.open(job.pool_dir)
+    pool = open_pool(job.pool_dir)
     with pool:
         sample_ids = pool.ids(start, stop)  # also checks the range
         n = len(sample_ids)
@@ -542,7 +543,7 @@ def score_pool_sharded(
 
 def pool_ranges(job: ShardJob, shards: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The checked (start, stop) row ranges of the job's pool for `shards`."""
-    with DiskPool.open(job.pool_dir) as pool:
+    with open_pool(job.pool_dir) as pool:
         count = len(pool)
     return _checked_ranges(shards, count)
 
@@ -566,7 +567,7 @@ def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
     from baldflow.inference import score_pool
     from baldflow.steps import STREAM_SCORE, generator_for
 
-    with DiskPool.open(job.pool_dir) as pool:
+    with open_pool(job.pool_dir) as pool:
         sample_ids = pool.ids(0, len(pool))
         if not job.needs_model:
             return torch.zeros(len(sample_ids), dtype=torch.float64), sample_ids

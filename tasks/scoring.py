@@ -196,10 +196,10 @@ def _write_shards(writer, shard_files, keys) -> None:
     import numpy as np
     import torch
 
-    from baldflow.data.ondisk import DiskPool
+    from baldflow.data.ondisk import open_pool
 
     pool_dir, scores_dir, ranges = shard_files
-    with DiskPool.open(pool_dir) as pool:
+    with open_pool(pool_dir) as pool:
         for start, stop in ranges:
             if stop == start:
                 continue

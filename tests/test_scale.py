@@ -9,11 +9,13 @@ import copy
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -21,7 +23,7 @@ pytest.importorskip("prefect_dask")
 
 from baldflow import steps  # noqa: E402
 from baldflow.config import validate  # noqa: E402
-from baldflow.data.ondisk import PoolWriter, manifest  # noqa: E402
+from baldflow.data.ondisk import DiskPool, PoolWriter, manifest  # noqa: E402
 from baldflow.stack.dask_cluster import DaskCluster  # noqa: E402
 from baldflow.stack.process import free_port  # noqa: E402
 
@@ -65,6 +67,7 @@ def test_local_cluster_rounds_acquire_what_one_process_acquires(
     assert result["stopped"] == "rounds"
     one, dask = decided(tmp_path / "one", "tiny"), decided(tmp_path / "dask", "tiny")
     assert len(one) == 10 + 2 * 5 and dask == one
+
     # Every shard was a Prefect task run, on a worker process, reported to the server.
     response = httpx.post(
         f"{prefect_harness}/task_runs/filter",
@@ -116,6 +119,21 @@ def test_disk_pool_on_a_standing_cluster(tmp_path, tiny_params, prefect_harness)
     assert result["stopped"] == "rounds"
     one, dask = decided(tmp_path / "one", "tiny"), decided(tmp_path / "dask", "tiny")
     assert len(one) == 10 + 2 * 5 and dask == one
+
+    # The same pool as an uncompressed .npz read in place (baldflow.data.lazy_pools).
+    npz_source = tmp_path / "npz-source"
+    npz_source.mkdir()
+    with DiskPool.open(tmp_path / "source" / "pool") as pool:
+        np.savez(
+            npz_source / "pool.npz", x=pool.raw_rows(0, len(pool)), y=pool.labels(0, len(pool)),
+            ids=np.array(pool.ids(0, len(pool))), class_names=np.array(pool.class_names),
+        )  # fmt: skip
+    for part in ("val", "test"):
+        shutil.copytree(tmp_path / "source" / part, npz_source / part)
+    npz_params = copy.deepcopy(params)
+    npz_params["data"]["root"] = str(npz_source)
+    run_flow(tmp_path / "npz", npz_params)
+    assert decided(tmp_path / "npz", "tiny") == one
 
     # Which pool every round scored: its manifest, versioned with DVC in each round's commit.
     ws = tmp_path / "dask"

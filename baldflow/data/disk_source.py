@@ -12,7 +12,9 @@ The layout of a disk source directory ``<root>``:
   set, refused by the simulated oracle);
 - ``<root>/val/``, ``<root>/test/``: fully labelled, same sample shape and class names.
 
-Each part is a complete DiskPool directory (see `baldflow.data.ondisk`). Build one with
+Each part is a complete DiskPool directory (see `baldflow.data.ondisk`), an image folder
+``<part>/<class>/<image>`` or an uncompressed ``<part>.npz`` (both read in place, see
+`baldflow.data.lazy_pools`). Build a DiskPool source with
 ``python benchmarks/make_pool.py --campaign-source --out DIR``.
 
 `spill_pool` goes the other way: it writes an in-memory pool to a DiskPool directory, so Dask
@@ -43,7 +45,9 @@ from baldflow.data.ondisk import (
     DiskPool,
     DiskPoolError,
     PoolWriter,
+    RowPool,
     _fsync_path,
+    open_pool,
 )
 from baldflow.data.splits import DataNotFoundError, DataSourceError, derived_seed
 
@@ -98,7 +102,7 @@ class DiskSource:
     """
 
     root: Path
-    pool: DiskPool
+    pool: RowPool
     pool_dir: Path
     val_x: torch.Tensor
     val_y: torch.Tensor
@@ -134,11 +138,12 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
             f"disk source {root} {what}; it must hold pool/, val/ and test/ pool directories; "
             f"{BUILD_HINT}"
         )
-    missing = [part for part in PARTS if not (root / part).is_dir()]
+    missing = [part for part in PARTS if _part_path(root, part) is None]
     if missing:
         raise DiskSourceNotFoundError(
             f"disk source {root} lacks {', '.join(f'{p}/' for p in missing)} (it must hold "
-            f"pool/, val/ and test/ pool directories); {BUILD_HINT}"
+            f"pool/, val/ and test/: pool directories, image folders or <part>.npz files); "
+            f"{BUILD_HINT}"
         )
     pools = {part: _open_part(root, part) for part in PARTS}
     pool = pools["pool"]
@@ -169,38 +174,59 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
     )
 
 
-def _open_part(root: Path, part: str) -> DiskPool:
+def _part_path(root: Path, part: str) -> Path | None:
+    """Where a part lives: <root>/<part>/ (a pool directory or an image folder), else
+    <root>/<part>.npz; None when neither is there."""
+    for path in (root / part, root / f"{part}.npz"):
+        if path.is_dir() or (path.suffix == ".npz" and path.is_file()):
+            return path
+    return None
+
+
+def _open_part(root: Path, part: str) -> RowPool:
+    path = _part_path(root, part)
     try:
-        return DiskPool.open(root / part)
+        pool = open_pool(path)
+        if not isinstance(pool, DiskPool):  # read in place: its ids were never checked
+            pool.check_ids()
+        return pool
     except DiskPoolError as error:
         raise DiskSourceError(
-            f"disk source {root}: {part}/ is not a usable pool: {error}; {BUILD_HINT}"
+            f"disk source {root}: {path.name}{'/' if path.is_dir() else ''} is not a usable "
+            f"pool: {error}; {BUILD_HINT}"
         ) from error
 
 
-def _check_parts(root: Path, pools: dict[str, DiskPool]) -> list[str]:
+def _check_parts(root: Path, pools: dict[str, RowPool]) -> list[str]:
     """The shared class names; refuses parts whose sample shapes or class names differ."""
     pool = pools["pool"]
     for part in ("val", "test"):
         if pools[part].sample_shape != pool.sample_shape:
             raise DiskSourceMismatchError(
-                f"disk source {root}: {part}/ has sample shape {pools[part].sample_shape}, "
-                f"pool/ has {pool.sample_shape}; all parts must hold samples of one shape"
+                f"disk source {root}: {_label(pools[part])} has sample shape "
+                f"{pools[part].sample_shape}, {_label(pool)} has {pool.sample_shape}; all parts "
+                f"must hold samples of one shape"
             )
     if not pool.class_names:
         raise DiskSourceMismatchError(
-            f"disk source {root}: pool/ has no class names in its {META_FILE}; a campaign "
-            f"needs them (write the pool with PoolWriter(..., class_names=[...]))"
+            f"disk source {root}: {_label(pool)} has no class names; a campaign needs them (a "
+            f"pool directory: PoolWriter(..., class_names=[...]) writes them to its "
+            f"{META_FILE}; an .npz: a class_names array)"
         )
     for part in ("val", "test"):
         if pools[part].class_names != pool.class_names:
             raise DiskSourceMismatchError(
-                f"disk source {root}: {part}/ has class names "
-                f"{short_repr(str(pools[part].class_names))}, pool/ has "
+                f"disk source {root}: {_label(pools[part])} has class names "
+                f"{short_repr(str(pools[part].class_names))}, {_label(pool)} has "
                 f"{short_repr(str(pool.class_names))}; all parts must use the same classes in "
                 f"the same order"
             )
     return list(pool.class_names)
+
+
+def _label(pool: RowPool) -> str:
+    """How an error names a part: its folder with a slash, or its .npz file."""
+    return pool.directory.name + ("/" if pool.directory.is_dir() else "")
 
 
 def _check_known_labels(directory: Path, y: torch.Tensor, num_classes: int) -> None:
@@ -220,7 +246,7 @@ def _check_known_labels(directory: Path, y: torch.Tensor, num_classes: int) -> N
 
 
 def choose_initial_ids(
-    pool: DiskPool,
+    pool: RowPool,
     per_class: int,
     seed: int,
     *,

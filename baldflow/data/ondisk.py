@@ -420,8 +420,166 @@ def _read_id_rows(path: Path, rows: list[int]) -> list[str]:
 # Reading.
 
 
-class DiskPool:
-    """A complete pool directory, opened for reading by row ranges.
+class RowPool:
+    """What every pool read by row ranges offers, whatever holds its rows.
+
+    A subclass sets `directory` (the path it reopens from: a folder or a file), `count`,
+    `shape`, `sample_shape`, `dtype` (as stored: uint8 or float32), `scale` and `class_names`,
+    and implements `raw_rows`, `labels`, `ids`, `content_files` and `file_stamps`; the float
+    rows, shard ranges and the id index come from here. `DiskPool` (this module's format) is
+    one; `baldflow.data.lazy_pools` has an uncompressed .npz and an image folder read in place.
+    Open any of them with `open_pool`.
+    """
+
+    directory: Path
+    count: int
+    shape: tuple[int, ...]
+    sample_shape: tuple[int, ...]
+    dtype: np.dtype
+    scale: float
+    class_names: list[str] | None
+    _index: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def close(self) -> None:
+        """Release what the reader holds open (nothing, unless a subclass says otherwise)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- what a subclass provides -------------------------------------------------------------
+
+    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as stored (uint8 or float32), a fresh array."""
+        raise NotImplementedError
+
+    def labels(self, start: int, stop: int) -> torch.Tensor:
+        """Labels [start, stop) as int64 (-1: unknown or held back)."""
+        raise NotImplementedError
+
+    def ids(self, start: int, stop: int) -> list[str]:
+        """Sample ids of rows [start, stop)."""
+        raise NotImplementedError
+
+    def content_files(self) -> dict[str, dict]:
+        """{name: {"bytes", "sha256", ...}} of what holds the pool's content, for `manifest`
+        (streamed: never a whole file in memory)."""
+        raise NotImplementedError
+
+    def file_stamps(self) -> dict:
+        """Sizes, mtimes and inodes of the pool's files: `cached_manifest` rehashes when they
+        change."""
+        raise NotImplementedError
+
+    # -- generic -----------------------------------------------------------------------------
+
+    def _check_range(self, start: int, stop: int) -> tuple[int, int]:
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.count:
+            raise PoolRangeError(
+                f"row range [{start}, {stop}) is outside the pool's rows [0, {self.count})"
+            )
+        return start, stop
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as float32 (stored values times the pool's scale)."""
+        raw = self.raw_rows(start, stop)
+        out = raw.astype(np.float32, copy=False)
+        if self.scale != 1.0:
+            out = np.multiply(out, np.float32(self.scale), dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(out))
+
+    def shard_ranges(self, shards: int) -> list[tuple[int, int]]:
+        """`shards` contiguous row ranges covering the pool in order, sizes differing by at most
+        one; with more shards than rows some ranges are empty (a worker gets nothing to do)."""
+        if isinstance(shards, bool) or not isinstance(shards, int | np.integer) or shards < 1:
+            raise PoolRangeError(f"shards must be an integer >= 1, got {shards!r}")
+        return shard_ranges(self.count, int(shards))
+
+    def _id_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted id hashes, their rows), built once by streaming the ids in shards."""
+        if self._index is None:
+            hashes = np.empty(self.count, dtype=np.int64)
+            for start, stop in shard_ranges(self.count, max(1, math.ceil(self.count / 65536))):
+                chunk = self.ids(start, stop)
+                hashes[start:stop] = np.fromiter(
+                    (hash(_id_key(i)) for i in chunk), dtype=np.int64, count=stop - start
+                )
+            order = np.argsort(hashes, kind="stable")
+            self._index = (hashes[order], order)
+        return self._index
+
+    def check_ids(self) -> None:
+        """Refuse ids that are not usable sample ids (`baldflow.common.text_problem`) or that
+        occur twice, naming the rows. One streamed pass plus the id index (16 bytes a row).
+
+        A `DiskPool` was checked when it was written; a pool read in place (an .npz, an image
+        folder) was not, so the flow checks it once when a campaign opens it."""
+        for start, stop in shard_ranges(self.count, max(1, math.ceil(self.count / 65536))):
+            for row, sample_id in enumerate(self.ids(start, stop), start):
+                problem = text_problem(sample_id)
+                if problem:
+                    raise PoolFormatError(
+                        f"{self.directory}: row {row} has the id {short_repr(sample_id)}, "
+                        f"which {problem}"
+                    )
+        sorted_hashes, order = self._id_index()
+        same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
+        for k in same:
+            first, second = sorted(int(r) for r in order[k : k + 2])
+            a, b = self.ids(first, first + 1)[0], self.ids(second, second + 1)[0]
+            if _id_key(a) == _id_key(b):
+                raise PoolFormatError(
+                    f"{self.directory}: rows {first} and {second} have the same id "
+                    f"{short_repr(a)}; sample ids must be unique"
+                )
+
+    def positions(self, ids: Iterable[str]) -> np.ndarray:
+        """Row numbers of sample ids, in the order given (UnknownIdError names the first id not
+        in the pool)."""
+        ids = list(ids)
+        sorted_hashes, order = self._id_index()
+        wanted = np.fromiter((hash(_id_key(i)) for i in ids), dtype=np.int64, count=len(ids))
+        left = np.searchsorted(sorted_hashes, wanted, side="left")
+        right = np.searchsorted(sorted_hashes, wanted, side="right")
+        out = np.empty(len(ids), dtype=np.int64)
+        for k, (sample_id, lo, hi) in enumerate(zip(ids, left, right, strict=True)):
+            row = next(
+                (int(r) for r in order[lo:hi] if self.ids(int(r), int(r) + 1)[0] == sample_id),
+                None,
+            )
+            if row is None:
+                raise UnknownIdError(
+                    f"sample id {short_repr(str(sample_id))} is not in the pool {self.directory}"
+                )
+            out[k] = row
+        return out
+
+    def rows_by_ids(self, ids: Iterable[str]) -> torch.Tensor:
+        """Rows of the given sample ids as float32, in the order given: the labeled set for
+        training. Reads only those rows (ascending, so the disk sees one forward pass)."""
+        rows = self.positions(ids)
+        out = torch.empty((rows.size, *self.sample_shape), dtype=torch.float32)
+        for k in np.argsort(rows, kind="stable"):
+            out[k] = self.rows(int(rows[k]), int(rows[k]) + 1)[0]
+        return out
+
+    def labels_by_ids(self, ids: Iterable[str]) -> torch.Tensor:
+        """Labels of the given sample ids, in the order given (-1: unknown)."""
+        rows = self.positions(ids)
+        out = torch.empty(rows.size, dtype=torch.int64)
+        for k in np.argsort(rows, kind="stable"):
+            out[k] = self.labels(int(rows[k]), int(rows[k]) + 1)[0]
+        return out
+
+
+class DiskPool(RowPool):
+    """A complete pool directory in this module's format, opened for reading by row ranges.
 
     Opening reads pool.json and maps x.npy/y.npy (mmap_mode="r"): O(1) memory. `rows`,
     `labels` and `ids` cost O(stop - start). Two things are built lazily, once, on first need:
@@ -451,7 +609,7 @@ class DiskPool:
         self._y_fd = os.open(directory / Y_FILE, os.O_RDONLY)
         self._ids_fd = os.open(directory / IDS_FILE, os.O_RDONLY)
         self._offsets: np.ndarray | None = None
-        self._index: tuple[np.ndarray, np.ndarray] | None = None
+        self._index = None
 
     @classmethod
     def open(cls, directory: str | Path) -> DiskPool:
@@ -478,9 +636,6 @@ class DiskPool:
         y = _map(directory / Y_FILE, np.dtype(np.int64), (int(meta["count"]),))
         return cls(directory, meta, x, y)
 
-    def __len__(self) -> int:
-        return self.count
-
     def __repr__(self) -> str:
         return f"DiskPool({str(self.directory)!r}, shape={self.shape}, dtype={self.dtype.name})"
 
@@ -494,25 +649,11 @@ class DiskPool:
                 os.close(fd)
         self._x_fd = self._y_fd = self._ids_fd = -1
 
-    def __enter__(self) -> DiskPool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __del__(self) -> None:
         if getattr(self, "_ids_fd", -1) >= 0:
             self.close()
 
     # -- ranges ------------------------------------------------------------------------------
-
-    def _check_range(self, start: int, stop: int) -> tuple[int, int]:
-        start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= self.count:
-            raise PoolRangeError(
-                f"row range [{start}, {stop}) is outside the pool's rows [0, {self.count})"
-            )
-        return start, stop
 
     def raw_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as stored (uint8 or float32), a fresh array."""
@@ -561,15 +702,6 @@ class DiskPool:
         text = buffer.tobytes().decode("utf-8")
         return text.split("\n")[:-1] if text else []
 
-    def shard_ranges(self, shards: int) -> list[tuple[int, int]]:
-        """`shards` contiguous row ranges covering the pool in order, sizes differing by at most
-        one; with more shards than rows some ranges are empty (a worker gets nothing to do)."""
-        if isinstance(shards, bool) or not isinstance(shards, int | np.integer) or shards < 1:
-            raise PoolRangeError(f"shards must be an integer >= 1, got {shards!r}")
-        return shard_ranges(self.count, int(shards))
-
-    # -- ids ---------------------------------------------------------------------------------
-
     def _line_offsets(self) -> np.ndarray:
         """Byte offset of each id's line in ids.txt, plus the file's end: built by one streamed
         pass over the file, checked against the row count."""
@@ -591,53 +723,38 @@ class DiskPool:
             self._offsets = newlines
         return self._offsets
 
-    def _id_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted id hashes, their rows), built once by streaming the ids in shards."""
-        if self._index is None:
-            hashes = np.empty(self.count, dtype=np.int64)
-            for start, stop in shard_ranges(self.count, max(1, math.ceil(self.count / 65536))):
-                chunk = self.ids(start, stop)
-                hashes[start:stop] = np.fromiter(
-                    (hash(_id_key(i)) for i in chunk), dtype=np.int64, count=stop - start
-                )
-            order = np.argsort(hashes, kind="stable")
-            self._index = (hashes[order], order)
-        return self._index
-
-    def positions(self, ids: Iterable[str]) -> np.ndarray:
-        """Row numbers of sample ids, in the order given (UnknownIdError names the first id not
-        in the pool)."""
-        ids = list(ids)
-        sorted_hashes, order = self._id_index()
-        wanted = np.fromiter((hash(_id_key(i)) for i in ids), dtype=np.int64, count=len(ids))
-        left = np.searchsorted(sorted_hashes, wanted, side="left")
-        right = np.searchsorted(sorted_hashes, wanted, side="right")
-        out = np.empty(len(ids), dtype=np.int64)
-        for k, (sample_id, lo, hi) in enumerate(zip(ids, left, right, strict=True)):
-            row = next(
-                (int(r) for r in order[lo:hi] if self.ids(int(r), int(r) + 1)[0] == sample_id),
-                None,
-            )
-            if row is None:
-                raise UnknownIdError(
-                    f"sample id {short_repr(str(sample_id))} is not in the pool {self.directory}"
-                )
-            out[k] = row
-        return out
-
-    def rows_by_ids(self, ids: Iterable[str]) -> torch.Tensor:
-        """Rows of the given sample ids as float32, in the order given: the labeled set for
-        training. Reads only those rows (ascending, so the disk sees one forward pass)."""
-        rows = self.positions(ids)
-        out = torch.empty((rows.size, *self.sample_shape), dtype=torch.float32)
-        for k in np.argsort(rows, kind="stable"):
-            out[k] = self.rows(int(rows[k]), int(rows[k]) + 1)[0]
-        return out
-
     def labels_by_ids(self, ids: Iterable[str]) -> torch.Tensor:
         """Labels of the given sample ids, in the order given (-1: unknown)."""
         rows = self.positions(ids)
         return torch.from_numpy(np.asarray(self.y[rows], dtype=np.int64))
+
+    # -- manifest ------------------------------------------------------------------------------
+
+    def content_files(self) -> dict[str, dict]:
+        files = {}
+        for name in DATA_FILES:
+            path = self.directory / name
+            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        return files
+
+    def file_stamps(self) -> dict[str, list[int]]:
+        stamps = {}
+        for name in (*DATA_FILES, META_FILE):
+            stat = os.stat(self.directory / name)
+            stamps[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        return stamps
+
+
+def open_pool(path: str | Path) -> RowPool:
+    """Open the pool at `path`, whatever its format: a `DiskPool` directory (it has a
+    pool.json, or x.npy: an unfinished one is refused), an uncompressed `.npz` file, or an
+    image folder (path/<class>/<image>) read in place (`baldflow.data.lazy_pools`)."""
+    path = Path(path)
+    if path.is_dir() and ((path / META_FILE).exists() or (path / X_FILE).exists()):
+        return DiskPool.open(path)
+    from baldflow.data.lazy_pools import open_lazy_pool
+
+    return open_lazy_pool(path)
 
 
 def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
@@ -701,21 +818,19 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def manifest(pool: DiskPool | str | Path) -> dict:
+def manifest(pool: RowPool | str | Path) -> dict:
     """A small description of a pool's exact content, for versioning (e.g. with DVC) and for
     checking that every worker scored the same pool: count, shape, dtype, scale, class names,
-    each data file's size and sha256, and one content hash over them (x, y, ids in that order).
-    Costs one streamed read of the files."""
-    if not isinstance(pool, DiskPool):
-        pool = DiskPool.open(pool)
-    files = {}
+    each data file's size and sha256, and one content hash over them (in the order the pool
+    lists its files). A pool read in place also names its `source` format. Costs one streamed
+    read of the files."""
+    if not isinstance(pool, RowPool):
+        pool = open_pool(pool)
+    files = pool.content_files()
     combined = hashlib.sha256()
-    for name in DATA_FILES:
-        path = pool.directory / name
-        sha = file_sha256(path)
-        files[name] = {"bytes": path.stat().st_size, "sha256": sha}
-        combined.update(f"{name}\0{sha}\n".encode())
-    return {
+    for name, entry in files.items():
+        combined.update(f"{name}\0{entry['sha256']}\n".encode())
+    payload = {
         "format_version": FORMAT_VERSION,
         "count": pool.count,
         "shape": list(pool.shape),
@@ -725,24 +840,19 @@ def manifest(pool: DiskPool | str | Path) -> dict:
         "files": files,
         "sha256": combined.hexdigest(),
     }
+    if not isinstance(pool, DiskPool):
+        payload["source"] = type(pool).SOURCE_NAME
+    return payload
 
 
-def write_manifest(pool: DiskPool | str | Path, path: str | Path) -> dict:
+def write_manifest(pool: RowPool | str | Path, path: str | Path) -> dict:
     """Write `manifest(pool)` as JSON (sorted keys, atomically) to `path`; returns it."""
     payload = manifest(pool)
     _write_json_atomically(Path(path), payload)
     return payload
 
 
-def _file_stamps(pool: DiskPool) -> dict[str, list[int]]:
-    stamps = {}
-    for name in (*DATA_FILES, META_FILE):
-        stat = os.stat(pool.directory / name)
-        stamps[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-    return stamps
-
-
-def cached_manifest(pool: DiskPool, cache_dir: str | Path | None = None) -> dict:
+def cached_manifest(pool: RowPool, cache_dir: str | Path | None = None) -> dict:
     """`manifest(pool)`, remembered per pool directory with its files' sizes, mtimes and inodes.
 
     Why: the manifest hashes every byte (about 1.5 s per GB here), and a campaign asks for it
@@ -756,7 +866,7 @@ def cached_manifest(pool: DiskPool, cache_dir: str | Path | None = None) -> dict
         cache_dir = base / "baldflow" / "manifests"
     key = hashlib.sha256(str(pool.directory.resolve()).encode()).hexdigest()[:32]
     path = Path(cache_dir) / f"{key}.json"
-    stamps = _file_stamps(pool)
+    stamps = pool.file_stamps()
     with contextlib.suppress(OSError, ValueError, KeyError):
         cached = json.loads(path.read_text(encoding="utf-8"))
         if cached["stamps"] == stamps and cached["directory"] == str(pool.directory.resolve()):

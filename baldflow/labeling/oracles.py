@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from baldflow.data.ondisk import DiskPool
+    from baldflow.data.ondisk import RowPool
 
 
 class OracleError(RuntimeError):
@@ -52,7 +52,7 @@ class SimulatedOracle:
 
 @dataclass
 class DiskPoolOracle:
-    """The simulated oracle of a pool on disk: answers with the labels stored in its y.npy.
+    """The simulated oracle of a pool on disk: answers with the labels the pool stores.
 
     Why not `SimulatedOracle`: its dict holds every pool id (about 150 MB per million in
     CPython) and is pickled to every worker; this one looks labels up through the pool's id
@@ -60,7 +60,7 @@ class DiskPoolOracle:
     pool's path. A stored label of -1 (unknown) is refused, never passed on as a class.
     """
 
-    pool: DiskPool = field(repr=False)
+    pool: RowPool = field(repr=False)
     kind: str = "simulated"
 
     def label(self, sample_ids: Sequence[str]) -> list[int]:
