@@ -242,19 +242,30 @@ def check_data(config: Config) -> None:
 
 
 def _check_disk_source(root: str | None) -> None:
-    """A pool on disk: DIR/pool, DIR/val and DIR/test, each finished (pool.json written)."""
+    """A pool on disk: DIR/pool, DIR/val and DIR/test, each a finished pool directory
+    (pool.json written), an image folder of class folders, or DIR/<part>.npz."""
     build = "python benchmarks/make_pool.py --campaign-source --out DIR builds one"
     if root is None:
         raise PreflightError(f"data.source disk needs data.root=DIR; {build}")
     base = Path(root).expanduser()
-    missing = [
-        part for part in ("pool", "val", "test") if not (base / part / "pool.json").is_file()
-    ]
+    missing = [part for part in ("pool", "val", "test") if not _disk_part_ready(base, part)]
     if missing:
         raise PreflightError(
             f"data.root {base} lacks a finished pool in {', '.join(f'{m}/' for m in missing)} "
-            f"(each a directory with pool.json, x.npy, y.npy, ids.txt); {build}"
+            f"(each a directory with pool.json, x.npy, y.npy, ids.txt, an image folder "
+            f"<part>/<class>/<image>, or a <part>.npz saved with np.savez); {build}"
         )
+
+
+def _disk_part_ready(base: Path, part: str) -> bool:
+    """A pool directory counts once its pool.json is written; a folder without x.npy is an
+    image folder (its images are checked when the campaign opens it)."""
+    folder = base / part
+    if folder.is_dir():
+        if (folder / "pool.json").is_file():
+            return True
+        return not (folder / "x.npy").exists() and any(p.is_dir() for p in folder.iterdir())
+    return (base / f"{part}.npz").is_file()
 
 
 def _check_options(source: str, loader: Any, options: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from baldflow.config import validate
 from baldflow.data import open_disk_source
 from baldflow.data.disk_source import DiskSourceError
 from baldflow.data.lazy_pools import ImageFolderPool, NpzPool
@@ -26,6 +27,7 @@ from baldflow.data.ondisk import (
     open_pool,
 )
 from baldflow.models import build_model
+from baldflow.preflight import check_data
 from baldflow.sharding import ShardJob, save_model_dir, score_pool_sharded, single_pool_scores
 
 CLASSES = ["cat", "dog", "emu"]
@@ -224,7 +226,7 @@ def test_every_format_scores_to_the_same_bits_shard_by_shard(tmp_path):
         assert batch == reference_batch and stats.rows == n
 
 
-def test_a_disk_source_of_an_npz_pool_and_image_folders(tmp_path):
+def test_a_disk_source_of_an_npz_pool_and_image_folders(tmp_path, tiny_params):
     root = tmp_path / "source"
     root.mkdir()
     _write_npz(root / "pool.npz", n=60)
@@ -232,6 +234,8 @@ def test_a_disk_source_of_an_npz_pool_and_image_folders(tmp_path):
         x, y = _images(9, seed)
         y[:3] = [0, 1, 2]  # every class present, so the folders' class names agree
         _write_folder(root / part, x, y)
+    tiny_params["data"] = {"source": "disk", "root": str(root)}
+    check_data(validate(tiny_params))  # preflight accepts both forms
     source = open_disk_source(root, initial_per_class=2, seed=0)
     assert isinstance(source.pool, NpzPool) and source.count == 60
     assert source.class_names == CLASSES and source.val_x.shape == (9, 1, 6, 5)
