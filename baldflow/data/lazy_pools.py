@@ -36,7 +36,6 @@ from numpy.lib import format as npy_format
 
 from baldflow.common import short_repr, text_problem
 from baldflow.data.ondisk import (
-    DEFAULT_SCALE,
     SUPPORTED_DTYPES,
     PoolFormatError,
     PoolNotFoundError,
@@ -132,19 +131,13 @@ class NpzPool(RowPool):
     SOURCE_NAME = "npz"
 
     def __init__(self, path: Path, members: dict[str, _Member], class_names: list[str] | None):
-        self.directory = path
         x_key = next(key for key in X_KEYS if key in members)
         self._x, self._y, self._ids = members[x_key], members["y"], members.get("ids")
-        self.count = self._x.shape[0]
         stored = self._x.shape[1:]
         # [N, H, W] images get a channel axis, as the in-memory npz source gives them.
-        self.sample_shape = (1, *stored) if len(stored) == 2 else stored
-        self.shape = (self.count, *self.sample_shape)
-        self.dtype = self._x.dtype
-        self.scale = DEFAULT_SCALE[self.dtype.name]
-        self.class_names = class_names
+        sample_shape = (1, *stored) if len(stored) == 2 else stored
+        self._describe(path, self._x.shape[0], sample_shape, self._x.dtype, class_names)
         self._fd = os.open(path, os.O_RDONLY)
-        self._index = None
 
     @classmethod
     def open(cls, path: str | Path) -> NpzPool:
@@ -309,18 +302,14 @@ class ImageFolderPool(RowPool):
     SOURCE_NAME = "image-folder"
 
     def __init__(self, root: Path, listing: _Listing, mode: str, size: tuple[int, int]):
-        self.directory = root
         self._listing = listing
         self._mode = mode
         self._size = size  # (width, height), as PIL gives it
-        self.count = len(listing.ids)
         channels = 1 if mode == "L" else 3
-        self.sample_shape = (channels, size[1], size[0])
-        self.shape = (self.count, *self.sample_shape)
-        self.dtype = np.dtype(np.uint8)
-        self.scale = DEFAULT_SCALE["uint8"]
-        self.class_names = listing.class_names
-        self._index = None
+        sample_shape = (channels, size[1], size[0])
+        self._describe(
+            root, len(listing.ids), sample_shape, np.dtype(np.uint8), listing.class_names
+        )
 
     @classmethod
     def open(cls, root: str | Path) -> ImageFolderPool:

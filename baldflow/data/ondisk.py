@@ -440,6 +440,18 @@ class RowPool:
     class_names: list[str] | None
     _index: tuple[np.ndarray, np.ndarray] | None = None
 
+    def _describe(self, directory, count, sample_shape, dtype, class_names) -> None:
+        """Set the layout attributes; the scale is the stored dtype's default (1/255 for
+        uint8: images)."""
+        self.directory = Path(directory)
+        self.count = int(count)
+        self.sample_shape = tuple(int(s) for s in sample_shape)
+        self.shape = (self.count, *self.sample_shape)
+        self.dtype = np.dtype(dtype)
+        self.scale = DEFAULT_SCALE[self.dtype.name]
+        self.class_names = list(class_names) if class_names else None
+        self._index = None
+
     def __len__(self) -> int:
         return self.count
 
