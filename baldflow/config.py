@@ -90,6 +90,10 @@ class TrainingConfig(_Section):
     eval_mc_samples: int = Field(10, ge=1)
     weight_decay: float = Field(0.0, ge=0.0)
     device: str = "cpu"
+    # bfloat16 autocast for forward passes (training, scoring) on CUDA; log-probabilities stay
+    # float32. Does nothing on the CPU. Strict: a YAML `yes`/`no` is a bool, but 1 or "true"
+    # here is a typo more likely than a wish.
+    mixed_precision: bool = Field(False, strict=True)
     # CPU threads for torch during a campaign (0: torch's default). Small models on a busy
     # machine run several times faster on one thread than fighting for two.
     num_threads: int = Field(1, ge=0)
@@ -222,11 +226,13 @@ class Config(_Section):
         """The parameters that must not change while a campaign is resumed.
 
         Everything that decides which samples get acquired; the number of rounds, the device,
-        the thread count and the tracking destination may change between runs of a campaign.
+        mixed precision (like the device, how the arithmetic runs, not what is computed), the
+        thread count and the tracking destination may change between runs of a campaign.
         """
         data = self.to_dict()
         data["campaign"].pop("rounds")
         data["training"].pop("device")
+        data["training"].pop("mixed_precision")
         data["training"].pop("num_threads")
         data.pop("tracking")
         data.pop("scale")

@@ -33,6 +33,29 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+def autocast_for(
+    device: torch.device | str, mixed_precision: bool
+) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in: bfloat16 autocast on CUDA when `mixed_precision`
+    (training.mixed_precision) asks for it, else a nullcontext.
+
+    bfloat16 has float32's exponent range, so logits cannot overflow and training needs no
+    GradScaler; autocast runs log_softmax and nll_loss in float32 on CUDA. On any other device
+    nothing changes: a CPU pass is the full-precision pass, bit for bit.
+    """
+    if mixed_precision and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as float32 if autocast left it in a half type; otherwise `tensor` itself (no
+    copy), so scores and selection always see float32 log-probabilities."""
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        return tensor.float()
+    return tensor
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode (BatchNorm uses running statistics, dropout uses the consistent masks) for the
@@ -96,13 +119,16 @@ def iter_log_probs(
     indices: torch.Tensor | None = None,
     progress: bool = False,
     description: str = "MC prediction",
+    mixed_precision: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (offset, log_probs_B_K_C) chunk by chunk, on the model's device.
+    """Yield (offset, log_probs_B_K_C) chunk by chunk, float32, on the model's device.
 
     One set of K masks is drawn from `generator` at the start and used for every chunk, so the
     log-probabilities do not depend on `chunk_size` (None: `auto_chunk_size(mc_samples)`).
     `mc_samples = 0` is the deterministic pass (K = 1, dropout off). `indices` restricts the
-    pass to those rows of `x`, in that order.
+    pass to those rows of `x`, in that order. `mixed_precision` runs the forward passes under
+    bfloat16 autocast when the model is on CUDA (`autocast_for`); the consumer of a chunk never
+    runs under autocast, so scores are computed in full precision.
     The model stays in eval and inference mode until the iterator is exhausted or closed: wrap
     it in `contextlib.closing` when the loop may stop early or raise.
     """
@@ -116,7 +142,9 @@ def iter_log_probs(
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
             x_B = x[rows] if indices is None else x[indices[rows]]
-            yield start, model(x_B.to(device, non_blocking=True), mc_samples)
+            with autocast_for(device, mixed_precision):
+                log_probs_B_K_C = model(x_B.to(device, non_blocking=True), mc_samples)
+            yield start, full_precision(log_probs_B_K_C)
             bar.advance(task, x_B.shape[0])
 
 
@@ -128,14 +156,16 @@ def predict_log_probs(
     chunk_size: int | None = None,
     indices: torch.Tensor | None = None,
     progress: bool = False,
+    mixed_precision: bool = False,
 ) -> torch.Tensor:
     """`log_probs_N_K_C` (float32, CPU) of all of `x`, or of the rows `indices` in that order
     (e.g. BatchBALD candidates). Memory is N*K*C; use `score_pool` for a whole large pool."""
     n = x.shape[0] if indices is None else int(torch.as_tensor(indices).numel())
     out: torch.Tensor | None = None
     chunks = iter_log_probs(
-        model, x, mc_samples, generator, chunk_size, indices, progress, "MC log-probs"
-    )
+        model, x, mc_samples, generator, chunk_size, indices, progress, "MC log-probs",
+        mixed_precision,
+    )  # fmt: skip
     with contextlib.closing(chunks):
         for start, log_probs_B_K_C in chunks:
             if out is None:
@@ -166,6 +196,7 @@ def score_pool(
     chunk_size: int | None = None,
     progress: bool = False,
     indices: torch.Tensor | None = None,
+    mixed_precision: bool = False,
 ) -> torch.Tensor:
     """Float64 `scores_N` of every row of `x` (or of `indices`) under acquisition score `score`
     (a name from `baldflow.acquisition.scores.SCORES` or a function of log_probs_N_K_C).
@@ -178,8 +209,9 @@ def score_pool(
     n = x.shape[0] if indices is None else int(torch.as_tensor(indices).numel())
     scores_N = torch.empty(n, dtype=torch.float64)
     chunks = iter_log_probs(
-        model, x, mc_samples, generator, chunk_size, indices, progress, "Scoring pool"
-    )
+        model, x, mc_samples, generator, chunk_size, indices, progress, "Scoring pool",
+        mixed_precision,
+    )  # fmt: skip
     with contextlib.closing(chunks):
         for start, log_probs_B_K_C in chunks:
             chunk_scores = score_fn(log_probs_B_K_C).to("cpu", torch.float64)
@@ -195,6 +227,7 @@ def embed_pool(
     chunk_size: int | None = None,
     indices: torch.Tensor | None = None,
     progress: bool = False,
+    mixed_precision: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(`features_N_D` float32, `probs_N_C` float64) of every row of `x` (or of `indices`).
 
@@ -204,6 +237,7 @@ def embed_pool(
     draws them, so with the same generator state they are the round's scoring masks and BADGE's
     predicted labels agree with the predictive the scores saw. Streams like `score_pool`: the
     prefix runs once per input for both outputs; memory is N*(D+C) plus one chunk.
+    `mixed_precision`: bfloat16 autocast on CUDA, as in `iter_log_probs`.
     """
     chunk_size, indices, n = _checked_pass(x, mc_samples, chunk_size, indices)
     device = model_device(model)
@@ -217,9 +251,11 @@ def embed_pool(
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
             x_B = x[rows] if indices is None else x[indices[rows]]
-            features_B_D, log_probs_B_K_C = model.embed_and_log_probs(
-                x_B.to(device, non_blocking=True), mc_samples
-            )
+            with autocast_for(device, mixed_precision):
+                features_B_D, log_probs_B_K_C = model.embed_and_log_probs(
+                    x_B.to(device, non_blocking=True), mc_samples
+                )
+            log_probs_B_K_C = full_precision(log_probs_B_K_C)
             if features_N_D is None or probs_N_C is None:
                 features_N_D = torch.empty((n, features_B_D.shape[1]), dtype=torch.float32)
                 probs_N_C = torch.empty((n, log_probs_B_K_C.shape[2]), dtype=torch.float64)

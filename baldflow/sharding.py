@@ -172,6 +172,9 @@ class ShardJob:
     sorted_scores_file: str | None = None
     # torch device of the workers' model: cpu, cuda, cuda:N, or auto (CUDA when present).
     device: str = "cpu"
+    # training.mixed_precision: bfloat16 autocast of the forward passes where a worker's model
+    # is on CUDA; nothing on a CPU worker (its scores are the full-precision scores).
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         # Paths as strings: the job pickles small and the same on every machine.
@@ -196,6 +199,10 @@ class ShardJob:
                 raise ShardingError(f"{name} must be an integer >= 0, got {value!r}")
         if self.batch_size < 1:
             raise ShardingError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not isinstance(self.mixed_precision, bool):
+            raise ShardingError(
+                f"mixed_precision must be true or false, got {self.mixed_precision!r}"
+            )
         if self.chunk_size is not None and (
             not isinstance(self.chunk_size, int) or self.chunk_size < 1
         ):
@@ -340,8 +347,9 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
                 x_B = pool.rows(start + offset, min(start + offset + READ_ROWS, stop))
                 generator = generator_for(job.mask_seed, STREAM_SCORE)
                 scores_n[offset : offset + x_B.shape[0]] = score_pool(
-                    entry.model, x_B, job.score, job.mc_samples, generator, job.chunk_size
-                )
+                    entry.model, x_B, job.score, job.mc_samples, generator, job.chunk_size,
+                    mixed_precision=job.mixed_precision,
+                )  # fmt: skip
     return scores_n, sample_ids, loaded
 
 
@@ -576,8 +584,9 @@ def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
     generator = generator_for(job.mask_seed, STREAM_SCORE)
     with entry.lock, _torch_threads(job.torch_threads):
         scores_N = score_pool(
-            entry.model, x_N, job.score, job.mc_samples, generator, job.chunk_size
-        )
+            entry.model, x_N, job.score, job.mc_samples, generator, job.chunk_size,
+            mixed_precision=job.mixed_precision,
+        )  # fmt: skip
     return scores_N, sample_ids
 
 

@@ -39,6 +39,21 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def mixed_precision_note(config: Config) -> str | None:
+    """What a run says once when training.mixed_precision is set but cannot apply (no CUDA
+    device), or None: on the CPU the flag changes nothing, so the batch is the full-precision
+    batch."""
+    from baldflow.training import resolve_device
+
+    if not config.training.mixed_precision:
+        return None
+    device = resolve_device(config.training.device)
+    if device.type == "cuda":
+        return None
+    where = "the CPU" if device.type == "cpu" else str(device)
+    return f"training.mixed_precision applies on CUDA only; this run uses {where}, full precision"
+
+
 def round_seed(campaign_seed: int, round_index: int) -> int:
     """The seed of a round, derived from the campaign seed and the round number only."""
     state = np.random.SeedSequence([int(campaign_seed), int(round_index)]).generate_state(1)
@@ -217,6 +232,7 @@ def train(
         eval_mc_samples=t.eval_mc_samples,
         weight_decay=t.weight_decay,
         device=t.device,
+        mixed_precision=t.mixed_precision,
     )
     val_x, val_y = data.evaluation_set("val")
     result = fit(model, train_x, train_y, val_x, val_y, train_config, generator)
@@ -240,6 +256,7 @@ def evaluate(config: Config, data: CampaignData, model: Any, seed: int) -> dict[
         test_y,
         config.training.eval_mc_samples,
         generator_for(seed, STREAM_EVALUATE),
+        mixed_precision=config.training.mixed_precision,
     )
     return {
         "test_accuracy": float(result["accuracy"]),
@@ -262,6 +279,7 @@ def batch_predictions(
         data.inputs(sample_ids),
         config.training.eval_mc_samples,
         generator_for(seed, STREAM_PREDICT),
+        mixed_precision=config.training.mixed_precision,
     )
     probs = log_probs.exp().mean(dim=1).tolist()
     return {sid: [round(p, 6) for p in row] for sid, row in zip(sample_ids, probs, strict=True)}
@@ -291,6 +309,8 @@ class ScoringPlan:
     joint: bool  # BatchBALD: the candidates go on to the joint (batch) scoring
     kind: str = "scored"  # the strategy's kind (acquisition.strategies.KINDS)
     epig_targets: int = 100
+    # training.mixed_precision: bfloat16 autocast of the model passes on CUDA, none elsewhere.
+    mixed_precision: bool = False
 
     @property
     def whole_pool(self) -> bool:
@@ -308,6 +328,7 @@ def scoring_plan(config: Config, seed: int) -> ScoringPlan:
         "mc_samples": a.mc_samples, "mask_seed": seed, "chunk_size": a.chunk_size,
         "kind": strategy.kind, "epig_targets": a.epig_targets,
         "selection_seed": selection_seed(seed),
+        "mixed_precision": config.training.mixed_precision,
     }  # fmt: skip
     if strategy.needs_log_probs:
         return ScoringPlan(
@@ -383,6 +404,7 @@ def score_pool(
             stream_scores(
                 model, data.splits.pool_x[rows_N], score, plan.mc_samples,
                 generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
+                mixed_precision=plan.mixed_precision,
             )
         )  # fmt: skip
     return pool_scores_from(plan, data, model, ids, scores_N, start)
@@ -422,6 +444,7 @@ def epig_score(plan: ScoringPlan, data: CampaignData, model: Any, unlabeled_ids)
     log_probs_T_K_C = predict_log_probs(
         model, data.inputs(targets), plan.mc_samples,
         generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
+        mixed_precision=plan.mixed_precision,
     )  # fmt: skip
     return epig_score_function(log_probs_T_K_C)
 
@@ -434,12 +457,13 @@ def _embedded_pool(plan, data, model, labeled_ids, rows_N, ids, start) -> PoolSc
     features, probs = embed_pool(
         model, data.splits.pool_x[rows_N], plan.mc_samples,
         generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
+        mixed_precision=plan.mixed_precision,
     )  # fmt: skip
     labeled_features = None
     if plan.kind == "coreset" and labeled_ids:
         labeled_features, _ = embed_pool(
             model, data.inputs(sorted(labeled_ids)), 0, generator_for(plan.mask_seed, 0),
-            chunk_size=plan.chunk_size,
+            chunk_size=plan.chunk_size, mixed_precision=plan.mixed_precision,
         )  # fmt: skip
     return PoolScores(
         len(ids), [], time.perf_counter() - start, sample_ids=ids, features_N_D=features,
@@ -461,8 +485,9 @@ def with_joint_scores(
     ids = sorted(merge_summaries(scored.summaries, plan.batch_size).sample_ids)
     generator = generator_for(plan.mask_seed, STREAM_SCORE)
     log_probs = predict_log_probs(
-        model, data.inputs(ids), plan.mc_samples, generator, chunk_size=plan.chunk_size
-    )
+        model, data.inputs(ids), plan.mc_samples, generator, chunk_size=plan.chunk_size,
+        mixed_precision=plan.mixed_precision,
+    )  # fmt: skip
     return dataclasses.replace(
         scored,
         candidate_ids=ids,
@@ -623,6 +648,7 @@ def shard_job(
         exclude_file=None if exclude_file is None else str(exclude_file),
         scores_dir=None if scores_dir is None else str(scores_dir),
         device=config.training.device,
+        mixed_precision=config.training.mixed_precision,
     )
 
 
@@ -677,6 +703,7 @@ def batch_evidence(
     log_probs = predict_log_probs(
         model, data.inputs(selected.sample_ids), a.mc_samples,
         generator_for(seed, STREAM_SCORE), chunk_size=a.chunk_size,
+        mixed_precision=config.training.mixed_precision,
     )  # fmt: skip
     quality = batch_quality(
         log_probs,
@@ -706,6 +733,7 @@ def batch_evidence(
         shadow_log_probs = predict_log_probs(
             model, data.inputs(shadow.sample_ids), a.mc_samples,
             generator_for(seed, STREAM_SCORE), chunk_size=a.chunk_size,
+            mixed_precision=config.training.mixed_precision,
         )  # fmt: skip
         shadow_quality = batch_quality(
             shadow_log_probs,

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.nn.functional import nll_loss
 
-from baldflow.inference import iter_log_probs, model_device
+from baldflow.inference import autocast_for, full_precision, iter_log_probs, model_device
 from baldflow.models.base import BayesianModule
 
 
@@ -27,6 +27,8 @@ class TrainConfig:
     20 labels a plain epoch would be a single step), or makes one shuffled pass when the labeled
     set is larger than that. Early stopping watches validation accuracy with `eval_mc_samples`
     MC samples and restores the best weights after `patience` epochs without improvement.
+    `mixed_precision` runs the forward passes under bfloat16 autocast when the device is CUDA
+    and does nothing elsewhere (`inference.autocast_for`).
     """
 
     learning_rate: float = 1e-3
@@ -38,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     device: str = "auto"
     eval_batch_size: int = 512
+    mixed_precision: bool = False
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "epoch_samples", "max_epochs", "patience", "eval_batch_size")
@@ -55,6 +58,10 @@ class TrainConfig:
             )
         if not self.weight_decay >= 0:
             raise TrainConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.mixed_precision, bool):
+            raise TrainConfigError(
+                f"training.mixed_precision must be true or false, got {self.mixed_precision!r}"
+            )
         resolve_device(self.device)
 
 
@@ -137,8 +144,11 @@ def fit(
                 batches.pop()
             total_loss = 0.0
             for batch in batches:
-                log_probs_B_C = model(train_x_dev[batch], 1)[:, 0]
-                loss = nll_loss(log_probs_B_C, train_y_dev[batch])
+                # bfloat16 needs no GradScaler: its exponent range is float32's. The backward
+                # pass runs outside autocast, as torch recommends.
+                with autocast_for(device, config.mixed_precision):
+                    log_probs_B_C = full_precision(model(train_x_dev[batch], 1)[:, 0])
+                    loss = nll_loss(log_probs_B_C, train_y_dev[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -152,6 +162,7 @@ def fit(
                     config.eval_mc_samples,
                     generator,
                     batch_size=config.eval_batch_size,
+                    mixed_precision=config.mixed_precision,
                 )
                 row.update(val_accuracy=metrics["accuracy"], val_nll=metrics["nll"])
                 if metrics["accuracy"] > best["accuracy"]:
@@ -188,16 +199,20 @@ def evaluate(
     mc_samples: int,
     generator: torch.Generator,
     batch_size: int = 512,
+    mixed_precision: bool = False,
 ) -> dict:
     """Accuracy and mean negative log-likelihood of the MC predictive distribution
-    (log pbar = logsumexp_k log p_k - log K; mc_samples = 0 is the deterministic pass)."""
+    (log pbar = logsumexp_k log p_k - log K; mc_samples = 0 is the deterministic pass).
+    `mixed_precision`: bfloat16 autocast of the forward passes on CUDA (`iter_log_probs`)."""
     n = x.shape[0]
     if n == 0:
         return {"accuracy": math.nan, "nll": math.nan, "n": 0}
     y = torch.as_tensor(y, dtype=torch.long).to(model_device(model))
     correct = 0
     nll_sum = 0.0
-    chunks = iter_log_probs(model, x, mc_samples, generator, batch_size)
+    chunks = iter_log_probs(
+        model, x, mc_samples, generator, batch_size, mixed_precision=mixed_precision
+    )
     with contextlib.closing(chunks):
         for start, log_probs_B_K_C in chunks:
             K = log_probs_B_K_C.shape[1]

@@ -310,6 +310,9 @@ def run_campaign(
     """
     config = validate(dict(params))
     logger = get_run_logger()
+    precision_note = steps.mixed_precision_note(config)
+    if precision_note is not None:  # once per run, not once per round or batch
+        logger.warning("%s", precision_note)
     name = config.campaign.name
     root = Path(workspace).resolve()
     root.mkdir(parents=True, exist_ok=True)
