@@ -610,6 +610,7 @@ def test_fingerprint_ignores_evidence_and_the_ablation_lists():
         {"coldness_grid": [1, 2]},
         {"strategies": ["random"], "seeds": [9]},
         {"chunk_size": 5},
+        {"training": {"mixed_precision": True}},
     ]
     for change in same:
         assert validate_benchmark(change).fingerprint() == base.fingerprint(), change

@@ -145,9 +145,11 @@ class BenchmarkConfig(AcquisitionSettings):
             "coldness_strategy",
         ):
             data.pop(key)
-        # Where, on how many threads and in what chunks it runs changes no result.
+        # Where, on how many threads, in what precision (bfloat16 applies on CUDA only, as the
+        # device does) and in what chunks it runs is not part of the setting compared.
         data["training"].pop("device")
         data["training"].pop("num_threads", None)
+        data["training"].pop("mixed_precision", None)
         data.pop("chunk_size")
         data.pop("shadow_batchbald")  # evidence only: the batches do not change
         text = json.dumps(data, sort_keys=True)
