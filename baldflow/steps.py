@@ -51,7 +51,11 @@ def mixed_precision_note(config: Config) -> str | None:
     if device.type == "cuda":
         return None
     where = "the CPU" if device.type == "cpu" else str(device)
-    return f"training.mixed_precision applies on CUDA only; this run uses {where}, full precision"
+    note = f"training.mixed_precision applies on CUDA only; this run uses {where}, full precision"
+    if config.scale.runner == "dask" and config.training.device == "auto":
+        # `auto` resolves on each worker: workers that have a GPU still use bfloat16 there.
+        note += " here (Dask workers with a CUDA device use it)"
+    return note
 
 
 def round_seed(campaign_seed: int, round_index: int) -> int:

@@ -136,6 +136,9 @@ def trained(tmp_path_factory, tiny_defaults):
 def test_cpu_says_once_that_the_flag_does_nothing(trained):
     assert steps.mixed_precision_note(trained["off"]) is None
     assert steps.mixed_precision_note(trained["on"]) == CPU_NOTE
+    sharded = trained["on"].model_copy(deep=True)
+    sharded.scale.runner, sharded.training.device = "dask", "auto"
+    assert steps.mixed_precision_note(sharded).endswith("(Dask workers with a CUDA device use it)")
     on_cuda = trained["on"].model_copy(
         update={"training": trained["on"].training.model_copy(update={"device": "cuda"})}
     )
