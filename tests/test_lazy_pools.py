@@ -13,11 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
+from baldflow.cli import main as cli_main
 from baldflow.config import validate
 from baldflow.data import open_disk_source
+from baldflow.data.convert import convert_pool
 from baldflow.data.disk_source import DiskSourceError
 from baldflow.data.lazy_pools import ImageFolderPool, NpzPool
 from baldflow.data.ondisk import (
+    DiskPool,
+    PoolExistsError,
     PoolFormatError,
     PoolNotFoundError,
     PoolWriter,
@@ -248,3 +252,39 @@ def test_a_disk_source_of_an_npz_pool_and_image_folders(tmp_path, tiny_params):
              ids=np.array(["a", "a", "b"]), class_names=np.array(CLASSES))  # fmt: skip
     with pytest.raises(DiskSourceError, match=r"pool.npz is not a usable pool.*same id"):
         open_disk_source(root, initial_per_class=1, seed=0)
+
+
+def test_convert_writes_a_pool_directory_that_reads_the_same(tmp_path, capsys):
+    x, y = _images(25, 13)
+    _write_folder(tmp_path / "tree", x, y)
+    folder = open_pool(tmp_path / "tree")
+    copy = convert_pool(folder, tmp_path / "copy", chunk_rows=7)  # chunks end mid-class
+    assert isinstance(copy, DiskPool) and copy.class_names == CLASSES
+    assert copy.ids(0, 25) == folder.ids(0, 25)
+    assert torch.equal(copy.rows(0, 25), folder.rows(0, 25))
+    assert torch.equal(copy.labels(0, 25), folder.labels(0, 25))
+
+    # Never into a complete pool, a file, or a folder of other files (the source itself).
+    for target, why in ((tmp_path / "copy", "complete pool"), (tmp_path / "tree", "not empty")):
+        with pytest.raises(PoolExistsError, match=why):
+            convert_pool(folder, target)
+    # An unfinished conversion (pool files, no pool.json) is simply done again.
+    (tmp_path / "copy" / "pool.json").unlink()
+    assert len(convert_pool(folder, tmp_path / "copy")) == 25
+    np.savez(tmp_path / "dup.npz", x=x[:2], y=y[:2], ids=np.array(["a", "a"]))
+    with pytest.raises(PoolFormatError, match="same id"):
+        convert_pool(tmp_path / "dup.npz", tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # refused before anything was written
+
+    # The command line: describe, convert with progress, describe the copy.
+    assert cli_main(["pool", "info", str(tmp_path / "tree"), "--manifest"]) == 0
+    shown = capsys.readouterr().out
+    counts = ", ".join(f"{c}: {int((y == i).sum())}" for i, c in enumerate(CLASSES))
+    assert "ImageFolderPool, 25 rows of [1, 6, 5] uint8" in shown
+    assert f"labels: {counts}; unknown (-1): 0" in shown and "content sha256: " in shown
+    assert cli_main(["pool", "convert", str(tmp_path / "tree"), str(tmp_path / "cli")]) == 0
+    assert "25 / 25 rows" in capsys.readouterr().out
+    assert cli_main(["pool", "info", str(tmp_path / "cli")]) == 0
+    assert "DiskPool, 25 rows" in capsys.readouterr().out
+    assert cli_main(["pool", "convert", str(tmp_path / "tree"), str(tmp_path / "cli")]) == 1
+    assert "PoolExistsError" in capsys.readouterr().err
