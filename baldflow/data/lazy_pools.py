@@ -238,34 +238,49 @@ def _text(value, path: Path, key: str, row: int | None = None) -> str:
 
 
 class _Listing:
-    """An image folder's sorted images: relative paths (the ids), class indexes, class names."""
+    """An image folder's sorted images: relative paths (the ids), class indexes, class names,
+    and the folders it read with their mtimes (to tell whether it is still current)."""
 
-    def __init__(self, ids: list[str], labels: np.ndarray, class_names: list[str], stamp):
-        self.ids, self.labels, self.class_names, self.stamp = ids, labels, class_names, stamp
+    def __init__(self, ids, labels, class_names, folders: list[str], mtimes: list[int]):
+        self.ids, self.labels, self.class_names = ids, labels, class_names
+        self.folders, self.mtimes = folders, mtimes
 
 
 _LISTINGS: dict[str, _Listing] = {}
 _LISTINGS_LOCK = threading.Lock()
 
 
-def _folder_stamp(root: Path) -> list[list]:
-    """The mtimes of root and of every folder under it: adding, removing or renaming an image
-    changes its folder's mtime (a rewritten image of the same name does not: the manifest's
-    file stamps cover that)."""
-    stamp = []
-    for folder, dirs, _files in os.walk(root):
-        dirs.sort()
-        stamp.append([os.path.relpath(folder, root), os.stat(folder).st_mtime_ns])
-    return stamp
+def _mtimes(root: Path, folders: list[str]) -> list[int] | None:
+    """The mtimes of the listed folders, None when one is gone. Adding, removing or renaming an
+    image or a sub-folder changes its folder's mtime, so one stat per folder (not one per image)
+    tells whether a listing is current; a rewritten image of the same name changes no folder,
+    and the manifest's per-image stamps cover that."""
+    try:
+        return [os.stat(root / folder).st_mtime_ns for folder in folders]
+    except FileNotFoundError:
+        return None
+
+
+def _walk(root: Path, relative: str):
+    """(folder relative to root, its mtime, its file names) for a folder and every folder under
+    it. The mtime is read before the folder is: a change while listing makes the stamp stale,
+    so the next open lists again rather than trusting a listing that missed it."""
+    mtime = os.stat(root / relative).st_mtime_ns
+    with os.scandir(root / relative) as entries:
+        entries = list(entries)
+    files = [entry.name for entry in entries if entry.is_file()]
+    yield relative, mtime, files
+    for sub in sorted(entry.name for entry in entries if entry.is_dir()):
+        yield from _walk(root, f"{relative}/{sub}")
 
 
 def _list_images(root: Path) -> _Listing:
-    stamp = _folder_stamp(root)
     key = str(root.resolve())
     with _LISTINGS_LOCK:
         cached = _LISTINGS.get(key)
-        if cached is not None and cached.stamp == stamp:
-            return cached
+    if cached is not None and _mtimes(root, cached.folders) == cached.mtimes:
+        return cached
+    folders, mtimes = ["."], [os.stat(root).st_mtime_ns]
     class_names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     ids: list[str] = []
     labels: list[int] = []
@@ -274,9 +289,9 @@ def _list_images(root: Path) -> _Listing:
         if problem:
             raise PoolFormatError(f"{root}: the class folder {short_repr(name)} {problem}")
         found = []
-        for folder, dirs, files in os.walk(root / name):
-            dirs.sort()
-            relative = Path(folder).relative_to(root).as_posix()
+        for relative, mtime, files in _walk(root, name):
+            folders.append(relative)
+            mtimes.append(mtime)
             found.extend(
                 f"{relative}/{file}"
                 for file in files
@@ -290,7 +305,7 @@ def _list_images(root: Path) -> _Listing:
             f"no images found under {root}/<class>/ (a pool directory needs pool.json; an image "
             f"folder holds one folder of images per class)"
         )
-    listing = _Listing(ids, np.asarray(labels, dtype=np.int64), class_names, stamp)
+    listing = _Listing(ids, np.asarray(labels, dtype=np.int64), class_names, folders, mtimes)
     with _LISTINGS_LOCK:
         _LISTINGS[key] = listing
     return listing
