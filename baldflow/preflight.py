@@ -258,14 +258,17 @@ def _check_disk_source(root: str | None) -> None:
 
 
 def _disk_part_ready(base: Path, part: str) -> bool:
-    """A pool directory counts once its pool.json is written; a folder without x.npy is an
-    image folder (its images are checked when the campaign opens it)."""
-    folder = base / part
-    if folder.is_dir():
-        if (folder / "pool.json").is_file():
-            return True
-        return not (folder / "x.npy").exists() and any(p.is_dir() for p in folder.iterdir())
-    return (base / f"{part}.npz").is_file()
+    """Where the disk source finds the part (`part_path`), ready to open: an .npz, a pool
+    directory once its pool.json is written, or a folder of class folders without x.npy (an
+    image folder: its images are checked when the campaign opens it)."""
+    from baldflow.data.disk_source import part_path
+
+    path = part_path(base, part)
+    if path is None:
+        return False
+    if path.is_file() or (path / "pool.json").is_file():
+        return True
+    return not (path / "x.npy").exists() and any(p.is_dir() for p in path.iterdir())
 
 
 def _check_options(source: str, loader: Any, options: Mapping[str, Any]) -> None:

@@ -138,7 +138,7 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
             f"disk source {root} {what}; it must hold pool/, val/ and test/ pool directories; "
             f"{BUILD_HINT}"
         )
-    missing = [part for part in PARTS if _part_path(root, part) is None]
+    missing = [part for part in PARTS if part_path(root, part) is None]
     if missing:
         raise DiskSourceNotFoundError(
             f"disk source {root} lacks {', '.join(f'{p}/' for p in missing)} (it must hold "
@@ -174,7 +174,7 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
     )
 
 
-def _part_path(root: Path, part: str) -> Path | None:
+def part_path(root: Path, part: str) -> Path | None:
     """Where a part lives: <root>/<part>/ (a pool directory or an image folder), else
     <root>/<part>.npz; None when neither is there."""
     for path in (root / part, root / f"{part}.npz"):
@@ -184,7 +184,7 @@ def _part_path(root: Path, part: str) -> Path | None:
 
 
 def _open_part(root: Path, part: str) -> RowPool:
-    path = _part_path(root, part)
+    path = part_path(root, part)
     try:
         pool = open_pool(path)
         if not isinstance(pool, DiskPool):  # read in place: its ids were never checked
@@ -192,41 +192,41 @@ def _open_part(root: Path, part: str) -> RowPool:
         return pool
     except DiskPoolError as error:
         raise DiskSourceError(
-            f"disk source {root}: {path.name}{'/' if path.is_dir() else ''} is not a usable "
-            f"pool: {error}; {BUILD_HINT}"
+            f"disk source {root}: {_label(path)} is not a usable pool: {error}; {BUILD_HINT}"
         ) from error
 
 
 def _check_parts(root: Path, pools: dict[str, RowPool]) -> list[str]:
     """The shared class names; refuses parts whose sample shapes or class names differ."""
     pool = pools["pool"]
+    named = {part: _label(part_pool.directory) for part, part_pool in pools.items()}
     for part in ("val", "test"):
         if pools[part].sample_shape != pool.sample_shape:
             raise DiskSourceMismatchError(
-                f"disk source {root}: {_label(pools[part])} has sample shape "
-                f"{pools[part].sample_shape}, {_label(pool)} has {pool.sample_shape}; all parts "
-                f"must hold samples of one shape"
+                f"disk source {root}: {named[part]} has sample shape "
+                f"{pools[part].sample_shape}, {named['pool']} has {pool.sample_shape}; all "
+                f"parts must hold samples of one shape"
             )
     if not pool.class_names:
         raise DiskSourceMismatchError(
-            f"disk source {root}: {_label(pool)} has no class names; a campaign needs them (a "
+            f"disk source {root}: {named['pool']} has no class names; a campaign needs them (a "
             f"pool directory: PoolWriter(..., class_names=[...]) writes them to its "
             f"{META_FILE}; an .npz: a class_names array)"
         )
     for part in ("val", "test"):
         if pools[part].class_names != pool.class_names:
             raise DiskSourceMismatchError(
-                f"disk source {root}: {_label(pools[part])} has class names "
-                f"{short_repr(str(pools[part].class_names))}, {_label(pool)} has "
+                f"disk source {root}: {named[part]} has class names "
+                f"{short_repr(str(pools[part].class_names))}, {named['pool']} has "
                 f"{short_repr(str(pool.class_names))}; all parts must use the same classes in "
                 f"the same order"
             )
     return list(pool.class_names)
 
 
-def _label(pool: RowPool) -> str:
+def _label(path: Path) -> str:
     """How an error names a part: its folder with a slash, or its .npz file."""
-    return pool.directory.name + ("/" if pool.directory.is_dir() else "")
+    return path.name + ("/" if path.is_dir() else "")
 
 
 def _check_known_labels(directory: Path, y: torch.Tensor, num_classes: int) -> None:

@@ -43,12 +43,11 @@ from baldflow.data.ondisk import (
     _pread_into,
     file_sha256,
 )
-from baldflow.data.sources import IMAGE_SUFFIXES
+from baldflow.data.sources import GRAYSCALE_MODES, IMAGE_SUFFIXES, npz_texts, open_image
 
 X_KEYS = ("x", "X")
 _ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 _ZIP_LOCAL_MAGIC = b"PK\x03\x04"
-GRAYSCALE_MODES = {"L", "1", "I;16", "I"}
 _NPY_HEADER_READERS = {
     (1, 0): npy_format.read_array_header_1_0,
     (2, 0): npy_format.read_array_header_2_0,
@@ -171,7 +170,9 @@ class NpzPool(RowPool):
         class_names = None
         if "class_names" in members:
             with np.load(path, allow_pickle=False) as archive:  # a few names: read whole
-                class_names = [_text(v, path, "class_names") for v in archive["class_names"]]
+                class_names = npz_texts(
+                    archive["class_names"], path, "class_names", error=PoolFormatError
+                )
         return cls(path, members, class_names)
 
     def __repr__(self) -> str:
@@ -205,8 +206,8 @@ class NpzPool(RowPool):
         start, stop = self._check_range(start, stop)
         if self._ids is None:
             return [str(row) for row in range(start, stop)]
-        values = self._read(self._ids, start, stop, ()).tolist()
-        return [_text(v, self.directory, "ids", row) for row, v in enumerate(values, start)]
+        values = self._read(self._ids, start, stop, ())
+        return npz_texts(values, self.directory, "ids", first=start, error=PoolFormatError)
 
     def content_files(self) -> dict[str, dict]:
         return {
@@ -219,18 +220,6 @@ class NpzPool(RowPool):
     def file_stamps(self) -> dict[str, list[int]]:
         stat = os.stat(self.directory)
         return {self.directory.name: [stat.st_size, stat.st_mtime_ns, stat.st_ino]}
-
-
-def _text(value, path: Path, key: str, row: int | None = None) -> str:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as error:
-            where = f" entry {row}" if row is not None else ""
-            raise PoolFormatError(
-                f"{path}: {key}{where} ({value[:40]!r}) is not UTF-8: {error}"
-            ) from error
-    return str(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +322,7 @@ class ImageFolderPool(RowPool):
             raise PoolNotFoundError(f"image folder {root} does not exist")
         listing = _list_images(root)
         first = root / listing.ids[0]
-        with _open_image(first) as image:
+        with open_image(first, PoolFormatError) as image:
             mode = "L" if image.mode in GRAYSCALE_MODES else "RGB"
             size = image.size
         return cls(root, listing, mode, size)
@@ -349,7 +338,7 @@ class ImageFolderPool(RowPool):
         out = np.empty((stop - start, *self.sample_shape), dtype=np.uint8)
         for k, sample_id in enumerate(self._listing.ids[start:stop]):
             path = self.directory / sample_id
-            with _open_image(path) as image:
+            with open_image(path, PoolFormatError) as image:
                 picture = image.convert(self._mode)
             if picture.size != self._size:
                 raise PoolFormatError(
@@ -389,12 +378,3 @@ class ImageFolderPool(RowPool):
                 f"{sample_id}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}\n".encode()
             )
         return {"images": digest.hexdigest()}
-
-
-def _open_image(path: Path):
-    from PIL import Image
-
-    try:
-        return Image.open(path)
-    except (OSError, ValueError) as error:
-        raise PoolFormatError(f"{path} is not a readable image: {error}") from error

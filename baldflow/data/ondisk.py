@@ -321,20 +321,11 @@ class PoolWriter:
         if self.count < 2:
             return
         order = np.argsort(self._hashes, kind="stable")
-        ordered = self._hashes[order]
-        same = np.flatnonzero(ordered[1:] == ordered[:-1])
-        if same.size == 0:
-            return
-        # Equal hashes: compare the texts (a collision is not a duplicate). Few rows, read once.
-        rows = sorted({int(order[i]) for i in same} | {int(order[i + 1]) for i in same})
-        texts = dict(zip(rows, _read_id_rows(self.directory / IDS_FILE, rows), strict=True))
-        pairs = []
-        for i in same:
-            a, b = sorted((int(order[i]), int(order[i + 1])))
-            if _id_key(texts[a]) == _id_key(texts[b]):
-                pairs.append((b, a))
-        if pairs:
-            second, first = min(pairs)
+        found = _duplicate_ids(
+            self._hashes[order], order, lambda rows: _read_id_rows(self.directory / IDS_FILE, rows)
+        )
+        if found is not None:
+            first, second, texts, pairs = found
             how = (
                 "appears twice"
                 if texts[first] == texts[second]
@@ -346,7 +337,7 @@ class PoolWriter:
             raise PoolIdError(
                 f"{self.directory}: sample id {short_repr(texts[second])} {how}: rows {first} "
                 f"and {second}; sample ids must be unique"
-                + (f" ({len(pairs)} duplicate pairs in all)" if len(pairs) > 1 else "")
+                + (f" ({pairs} duplicate pairs in all)" if pairs > 1 else "")
             )
 
     def close(self) -> None:
@@ -398,6 +389,29 @@ class PoolWriter:
             self.close()
         else:
             self.abort()
+
+
+def _duplicate_ids(sorted_hashes: np.ndarray, order: np.ndarray, read_ids) -> tuple | None:
+    """The first pair of rows (in row order) whose ids are the same up to Unicode
+    normalisation, from the rows' id hashes sorted (`order`: their rows), or None.
+
+    Equal hashes are compared by their texts (a collision is not a duplicate); `read_ids(rows)`
+    gives the ids of sorted rows, read once for the few rows concerned. Returns (first row,
+    second row, {row: id}, how many such pairs there are)."""
+    same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
+    if same.size == 0:
+        return None
+    rows = sorted({int(order[i]) for i in same} | {int(order[i + 1]) for i in same})
+    texts = dict(zip(rows, read_ids(rows), strict=True))
+    pairs = []
+    for i in same:
+        a, b = sorted((int(order[i]), int(order[i + 1])))
+        if _id_key(texts[a]) == _id_key(texts[b]):
+            pairs.append((b, a))
+    if not pairs:
+        return None
+    second, first = min(pairs)
+    return first, second, texts, len(pairs)
 
 
 def _read_id_rows(path: Path, rows: list[int]) -> list[str]:
@@ -541,15 +555,15 @@ class RowPool:
                         f"which {problem}"
                     )
         sorted_hashes, order = self._id_index()
-        same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
-        for k in same:
-            first, second = sorted(int(r) for r in order[k : k + 2])
-            a, b = self.ids(first, first + 1)[0], self.ids(second, second + 1)[0]
-            if _id_key(a) == _id_key(b):
-                raise PoolFormatError(
-                    f"{self.directory}: rows {first} and {second} have the same id "
-                    f"{short_repr(a)}; sample ids must be unique"
-                )
+        found = _duplicate_ids(
+            sorted_hashes, order, lambda rows: [self.ids(r, r + 1)[0] for r in rows]
+        )
+        if found is not None:
+            first, second, texts, _ = found
+            raise PoolFormatError(
+                f"{self.directory}: rows {first} and {second} have the same id "
+                f"{short_repr(texts[first])}; sample ids must be unique"
+            )
 
     def positions(self, ids: Iterable[str]) -> np.ndarray:
         """Row numbers of sample ids, in the order given (UnknownIdError names the first id not

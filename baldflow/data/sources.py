@@ -421,18 +421,26 @@ def _encode_labels(y: np.ndarray, class_names: list[str] | None):
     return torch.as_tensor(inverse.reshape(-1), dtype=torch.long), names
 
 
-def _texts(array: np.ndarray, file: Path, key: str) -> list[str]:
+def npz_texts(
+    array: np.ndarray,
+    file: Path,
+    key: str,
+    *,
+    first: int = 0,
+    error: type[DataSourceError] = DataSourceError,
+) -> list[str]:
     """An npz array of ids or names as Python strings; bytes must be UTF-8 (a bytes element's
-    str() would be the literal "b'...'")."""
+    str() would be the literal "b'...'"). `first`: the entry number of the array's first
+    element (a slice of a longer array), for the error; `error`: the exception to raise."""
     out = []
-    for position, value in enumerate(array.reshape(-1).tolist()):
+    for position, value in enumerate(array.reshape(-1).tolist(), first):
         if isinstance(value, bytes):
             try:
                 value = value.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataSourceError(
-                    f"{file}: {key} entry {position} ({value[:40]!r}) is not UTF-8: {error}"
-                ) from error
+            except UnicodeDecodeError as problem:
+                raise error(
+                    f"{file}: {key} entry {position} ({value[:40]!r}) is not UTF-8: {problem}"
+                ) from problem
         out.append(str(value))
     return out
 
@@ -472,7 +480,9 @@ def load_npz(
     if X.shape[0] != y.shape[0]:
         raise DataSourceError(f"{file}: X has {X.shape[0]} rows but y has {y.shape[0]}")
     has_test = "X_test" in arrays and "y_test" in arrays
-    names = _texts(arrays["class_names"], file, "class_names") if "class_names" in arrays else None
+    names = None
+    if "class_names" in arrays:
+        names = npz_texts(arrays["class_names"], file, "class_names")
     all_y = np.concatenate([y, arrays["y_test"].reshape(-1)]) if has_test else y
     labels, class_names = _encode_labels(all_y, names)
 
@@ -483,7 +493,7 @@ def load_npz(
 
     x = features(X)
     if "ids" in arrays:
-        ids = _texts(arrays["ids"], file, "ids")
+        ids = npz_texts(arrays["ids"], file, "ids")
         if len(ids) != x.shape[0]:
             raise DataSourceError(f"{file}: ids has {len(ids)} entries for {x.shape[0]} rows")
     else:
@@ -503,6 +513,21 @@ def load_npz(
         normalize=normalize,
         info={"path": str(file)},
     )
+
+
+# PIL modes read as one channel (anything else is read as RGB).
+GRAYSCALE_MODES = frozenset({"L", "1", "I;16", "I"})
+
+
+def open_image(path: Path, error: type[DataSourceError] = DataSourceError):
+    """`PIL.Image.open(path)` (lazy: reads the header), or `error` naming the file. Use it in
+    a with block so the file is closed before the next one is opened."""
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except (OSError, ValueError) as problem:
+        raise error(f"{path} is not a readable image: {problem}") from problem
 
 
 def _scan_image_tree(directory: Path) -> list[tuple[Path, str]]:
@@ -537,8 +562,6 @@ def load_folder(
     character, a bidi override, leading or trailing whitespace or a leading apostrophe is
     refused with an error naming it; any other name (brackets, `$`, commas, any script,
     emoji) is kept."""
-    from PIL import Image
-
     if root is None:
         raise DataSourceError("source 'folder' needs root=<directory with one folder per class>")
     directory = Path(root).expanduser()
@@ -555,26 +578,19 @@ def load_folder(
 
     paths = [p for p, _ in train_items + test_items]
 
-    def read(path: Path):
-        # One file open at a time: PIL keeps a lazily opened image's file until it is closed.
-        try:
-            return Image.open(path)
-        except (OSError, ValueError) as error:
-            raise DataSourceError(f"{path} is not a readable image: {error}") from error
-
     if grayscale is None:
         # Opening reads only the header: this pass is cheap even for large trees.
         modes = set()
         for path in paths:
-            with read(path) as im:
+            with open_image(path) as im:
                 modes.add(im.mode)
-        grayscale = modes <= {"L", "1", "I;16", "I"}
+        grayscale = modes <= GRAYSCALE_MODES
     mode = "L" if grayscale else "RGB"
     target = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
     arrays = []
     first_size = None
     for path in paths:
-        with read(path) as im:
+        with open_image(path) as im:
             picture = im.convert(mode)
         if target is not None:
             picture = picture.resize((target[1], target[0]))
