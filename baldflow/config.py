@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -123,8 +124,24 @@ class AcquisitionSettings(_Section):
     shadow_batchbald: bool = False
 
 
+def strategy_spelling(name: Any) -> Any:
+    """A strategy name as spelled today: hyphens only (`power-least-confidence`).
+
+    Campaigns started before the names settled on one separator recorded
+    `power-least_confidence` (campaign.yaml, hand-off state, ledger rows): they are read with
+    today's spelling, so they keep resuming and their record compares equal. No strategy name
+    has an underscore any more, so the mapping cannot turn one valid name into another.
+    """
+    return name.replace("_", "-") if isinstance(name, str) else name
+
+
 class _StrategyChoice(_Section):
     strategy: str = "power-bald"
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _today_spelling(cls, value: Any) -> Any:
+        return strategy_spelling(value)
 
 
 # pydantic lists the fields of the last base first: the strategy leads the section, as in
@@ -170,6 +187,18 @@ class TrackingConfig(_Section):
     experiment: str = "baldflow"
     # Each round's model as a version of `baldflow-<campaign>` in the MLflow Model Registry.
     register_model: bool = True
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        # The URI is recorded in the campaign's campaign.yaml, which git keeps and every clone
+        # shares: a password in it would be committed. MLflow reads one from the environment.
+        if value is not None and urllib.parse.urlsplit(value).password is not None:
+            raise ValueError(
+                "must not carry a password (it would be committed with the campaign's record); "
+                "give the URI without it and the password in $MLFLOW_TRACKING_PASSWORD"
+            )
+        return value
 
 
 class ScaleConfig(_Section):
@@ -240,6 +269,22 @@ class Config(_Section):
         # per sample), do not change which samples get acquired.
         data["oracle"].pop("label_studio")
         data["acquisition"].pop("shadow_batchbald")
+        return data
+
+    def record(self) -> dict[str, Any]:
+        """What a campaign records of itself (data/<campaign>/campaign.yaml): its identity, its
+        length and where it is tracked.
+
+        The length and the tracking are not identity (they may change between runs) but they
+        are the campaign's, not the machine's: `run --campaign NAME` resumes with them rather
+        than with whatever params.yaml says, and a run that changes them (`--set
+        campaign.rounds=N`) records the change with the next round it commits. The device,
+        threads, mixed precision, scale, the Label Studio server and the shadow BatchBALD
+        evidence stay this run's choice (README, "What a resume takes from where").
+        """
+        data = self.identity()
+        data["campaign"]["rounds"] = self.campaign.rounds
+        data["tracking"] = self.to_dict()["tracking"]
         return data
 
 
@@ -314,6 +359,17 @@ def _sections_with(key: str, model: type[BaseModel] = Config) -> list[str]:
     return found
 
 
+def _without_password(value: Any) -> Any:
+    """`value` as an error message may show it: a URL's password replaced by ***."""
+    if not isinstance(value, str):
+        return value
+    try:
+        password = urllib.parse.urlsplit(value).password
+    except ValueError:  # not a URL at all
+        return value
+    return value if password is None else value.replace(f":{password}@", ":***@", 1)
+
+
 def _describe(error: Mapping[str, Any], model: type[BaseModel] = Config) -> str:
     """One pydantic error as `<field> must be <what is allowed>, got <value>` (and a guess).
 
@@ -324,7 +380,7 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel] = Config) -> str:
     field = ".".join(str(part) for part in loc)
     kind = error["type"]
     ctx = error.get("ctx") or {}
-    value = error.get("input")
+    value = _without_password(error.get("input"))
     bounds = {
         "greater_than_equal": (">=", "ge"),
         "greater_than": (">", "gt"),
@@ -402,7 +458,7 @@ def check_sharding(config: Config) -> None:
 
 def check_registry_names(config: Config) -> None:
     """Check the names that registries resolve, listing the valid names on a mismatch."""
-    from baldflow.acquisition.strategies import STRATEGY_NAMES
+    from baldflow.acquisition.strategies import STRATEGY_NAMES, suggest
     from baldflow.data import DISK_SOURCE, SOURCES
     from baldflow.models import MODELS
 
@@ -413,8 +469,13 @@ def check_registry_names(config: Config) -> None:
     ):
         names = sorted(valid)
         if value not in names:
-            guess = nearest(value, names)
-            hint = f"; did you mean {guess}?" if guess else ""
+            # A bare score (`bald`) means that score under a selection mode, not the name
+            # spelled most alike (`badge`): the registry knows which strategies those are.
+            guesses = suggest(value) if field == "acquisition.strategy" else []
+            if not guesses:
+                guess = nearest(value, names)
+                guesses = [guess] if guess else []
+            hint = f"; did you mean {' or '.join(guesses)}?" if guesses else ""
             raise ConfigError(
                 f"{field} must be one of {', '.join(names)}, got {value!r}{hint}", fields=(field,)
             )
@@ -527,8 +588,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def with_identity(data: Mapping[str, Any], identity: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of the raw parameters with every identity parameter set as `identity` has it.
 
-    `identity` is what a campaign recorded when it started (Config.identity(), its
-    campaign.yaml); the other parameters (rounds, device, tracking) stay as `data` has them.
+    `identity` is what a campaign recorded (Config.record(), its campaign.yaml: the identity,
+    and in records written since, its length and tracking); what it does not record (device,
+    threads, scale...) stays as `data` has it.
     Recorded keys the schema no longer has are skipped: nothing can use them, and the resume
     check (Workspace.check_campaign_params) compares only the keys of today's identity.
     """
@@ -555,8 +617,9 @@ def load_config(
 ) -> Config:
     """Read a params.yaml (or the defaults when path is None), apply overrides, validate.
 
-    With `identity` (a campaign's recorded identity parameters) those replace the file's
-    before the overrides apply: a campaign resumes as it started, whatever the file says.
+    With `identity` (what a campaign recorded, Config.record()) those replace the file's
+    before the overrides apply: a campaign resumes as recorded, whatever the file says, and
+    only an override changes its length or tracking.
     """
     data = read_yaml(path) if path is not None else {}
     if identity is not None:

@@ -131,10 +131,14 @@ def check_git_remote(workspace_root: Path) -> None:
 
 # ---------------------------------------------------------------------------- campaign
 def recorded_identity(workspace_root: str | Path, campaign: str) -> dict[str, Any]:
-    """The identity parameters campaign `campaign` started with (its campaign.yaml).
+    """What campaign `campaign` recorded of itself (Config.record(): its identity, length and
+    tracking), from its campaign.yaml; for a campaign whose round 0 is still out for labels
+    (nothing committed, so no campaign.yaml yet), from the parameters its batch was handed out
+    with.
 
     LookupError listing the workspace's campaigns when it has no such campaign.
     """
+    from baldflow.labeling import pending_batches
     from baldflow.workspace import Workspace
     from baldflow.workspace.repo import CAMPAIGN_FILE
 
@@ -145,11 +149,22 @@ def recorded_identity(workspace_root: str | Path, campaign: str) -> dict[str, An
     workspace = Workspace(root)
     path = workspace.campaign_dir(campaign) / CAMPAIGN_FILE
     if not path.is_file():
-        names = [
-            name
-            for name in workspace.campaigns()
-            if (workspace.campaign_dir(name) / CAMPAIGN_FILE).is_file()
-        ]
+        out = {handoff.campaign: pending for handoff, pending in pending_batches(root)}
+        if campaign in out:
+            from baldflow.config import validate
+
+            # The run that started the campaign handed round 0 out with its full parameters.
+            return validate(dict(out[campaign].params), check_names=False).record()
+        names = sorted(
+            {
+                *(
+                    name
+                    for name in workspace.campaigns()
+                    if (workspace.campaign_dir(name) / CAMPAIGN_FILE).is_file()
+                ),
+                *out,
+            }
+        )
         guess = nearest(campaign, names)
         hint = f"did you mean --campaign {guess}? or " if guess else ""
         known = ", ".join(names) or "none yet"

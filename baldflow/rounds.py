@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from baldflow.common import utc_now
-from baldflow.config import Config
+from baldflow.config import Config, strategy_spelling
 from baldflow.labeling import HandOff, Oracle, PendingRound, describe_item
 from baldflow.workspace.ledger import LedgerRow, labeled_text, md5_of_text
 from baldflow.workspace.repo import RoundCommit, Workspace, round_tag
@@ -144,6 +144,8 @@ class RoundRecord:
             data.setdefault("seconds_evaluate", evaluation.get("seconds", 0.0))
         data.setdefault("campaign", campaign)
         data.setdefault("strategy", strategy)
+        # A batch handed out before strategy names settled on hyphens: today's spelling.
+        data["strategy"] = strategy_spelling(data["strategy"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -1,8 +1,9 @@
-"""Seconds that `baldflow report` and `baldflow show` take, each in a fresh process as a user runs
-them (imports included).
+"""Seconds that `baldflow report`, `baldflow show` and `baldflow verify` take, each in a fresh
+process as a user runs them (imports included).
 
 Runs the default campaign in a fresh workspace first unless --workspace names one that has
-already run. Targets (issue 10): the default campaign's report under 3 s, show under 1 s.
+already run. Targets: the default campaign's report under 3 s, show under 1 s (issue 10), verify
+under 3 s for the 25-round campaign. `verify` must also find it consistent (exit 0).
 
     python benchmarks/audit.py                        # run the default campaign, then time
     python benchmarks/audit.py --workspace DIR        # time an existing workspace
@@ -57,6 +58,7 @@ def main() -> int:
     commands = {
         "report": [*cli, "report", *where, "--output", str(report)],
         "show": [*cli, "show", *where, "--round", str(args.round)],
+        "verify": [*cli, "verify", *where],
     }
     summary: dict = {"workspace": str(workspace), "load_average": os.getloadavg()[0]}
     print(f"{workspace} (load average {summary['load_average']:.1f}); seconds per run:")

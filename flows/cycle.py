@@ -70,8 +70,9 @@ def cycle_flow(
         result = run_campaign(workspace, params, max_new_rounds=1)
     except WorkspaceLockedError as exc:
         # Another round is running here: this trigger has nothing to add, and waiting for the
-        # lock would only stack rounds up behind it.
-        logger.warning("skipped: %s", exc)
+        # lock would only stack rounds up behind it. Prefect's INFO line on the final state
+        # ("Finished in state Skipped('<why>')") is the one line that says so and who holds it:
+        # a busy workspace is ordinary, not a warning.
         return Completed(
             name="Skipped",
             message=str(exc),

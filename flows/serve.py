@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect.types.entrypoint import EntrypointType
 
 from baldflow.flows.cycle import cycle_flow
-from baldflow.flows.deploy import deployment_name
+from baldflow.flows.deploy import cycle_overrides, deployment_name
 
 __all__ = ["deployment_name", "serve_cycle"]
 
@@ -21,11 +21,18 @@ def serve_cycle(
     interval: float | None = None,
     config: str | None = None,
     overrides: Sequence[str] = (),
+    resume: bool = False,
 ) -> None:
-    """Create or update the deployment, then run its scheduled cycles until interrupted."""
+    """Create or update the deployment, then run its scheduled cycles until interrupted.
+
+    `resume` (`--campaign NAME`): every cycle advances `campaign` with its recorded parameters,
+    as `cycle --campaign` and `deploy` do, whatever params.yaml names or says.
+    """
     if (cron is None) == (interval is None):
         raise ValueError("give exactly one of cron or interval")
     root = str(Path(workspace).resolve())
+    if resume:
+        overrides = cycle_overrides(campaign, overrides)
     cycle_flow.serve(
         name=deployment_name(campaign),
         cron=cron,
@@ -34,6 +41,7 @@ def serve_cycle(
             "workspace": root,
             "config": str(Path(config).resolve()) if config else None,
             "overrides": list(overrides),
+            "campaign": campaign if resume else None,
         },
         description=f"One active-learning round of campaign {campaign} in {root} per trigger.",
         tags=["baldflow", campaign],

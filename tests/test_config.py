@@ -211,8 +211,8 @@ NEED_TWO_SAMPLES = [
     "softmax-bald",
     "softrank-bald",
     "batchbald",
-    "power-variation_ratios",
-    "topk-mean_std",
+    "power-variation-ratios",
+    "topk-mean-std",
 ]
 
 
@@ -334,3 +334,15 @@ def test_a_recorded_identity_wins_over_the_file_and_overrides_win_over_both(tmp_
     assert config.acquisition.batch_size == 3
     assert (config.campaign.rounds, config.training.device) == (9, "auto")
     assert "retired_key" not in with_identity({}, recorded)["model"]
+
+
+def test_a_tracking_uri_with_a_password_is_refused_without_showing_it():
+    """campaign.yaml records tracking.mlflow_uri in git: a password there would be committed."""
+    with pytest.raises(ConfigError) as caught:
+        validate({"tracking": {"mlflow_uri": "http://ann:s3cret-pw@127.0.0.1:5000"}})
+    message = str(caught.value)
+    assert message.startswith("tracking.mlflow_uri must not carry a password")
+    assert "MLFLOW_TRACKING_PASSWORD" in message
+    assert "s3cret-pw" not in message
+    # A user name alone is no secret.
+    assert validate({"tracking": {"mlflow_uri": "http://ann@127.0.0.1:5000"}}).tracking.mlflow_uri

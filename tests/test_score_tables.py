@@ -193,15 +193,17 @@ def test_sample_story_has_every_rounds_score_picked_or_not(scored_workspace, cap
     ]
     print_story(story)
     out = capsys.readouterr().out
-    assert "camp round 1: score 0.4, key 3, rank 1 of 4, not picked" in out
-    assert "camp round 2: score 0.8, key 2, rank 1 of 3, picked" in out
+    assert "camp round 1: score 0.4, key 3, rank by score 1 among 4, not picked" in out
+    assert "camp round 2: score 0.8, key 2, rank by score 1 among 3, picked" in out
 
     # Never picked: still a story (its scores), where there used to be an AuditError.
     story = sample_story(scored_workspace, "=HYPERLINK(1)")
     assert story["acquisitions"] == [] and len(story["scores"]) == 2
     assert [s["rank"] for s in story["scores"]] == [2, 2]
     print_story(story)
-    assert "camp round 2: score 0.6, key 1, rank 2 of 3, not picked" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "camp round 2: score 0.6, key 1, rank by score 2 among 3, not picked" in out
+    assert "is in the pool of camp but was never acquired" in out
 
     story = sample_story(scored_workspace, "\U0001f600")
     print_story(story)
@@ -220,9 +222,9 @@ def test_history_cli_prints_the_per_round_scores(scored_workspace, capsys):
 
     assert main(["history", "-w", str(scored_workspace), "--sample", "p0"]) == 0
     out = capsys.readouterr().out
-    assert "camp round 1: score 0.1, key 0, rank 4 of 4, not picked" in out
+    assert "camp round 1: score 0.1, key 0, rank by score 4 among 4, not picked" in out
     assert main(["history", "-w", str(scored_workspace), "--sample", "nope"]) == 1
-    with pytest.raises(AuditError, match="never acquired"):
+    with pytest.raises(AuditError, match="not in the pool"):
         sample_story(scored_workspace, "nope")
 
 

@@ -12,7 +12,9 @@ from baldflow.acquisition.strategies import (
     Strategy,
     UnknownStrategyError,
     acquire,
+    canonical_name,
     get_strategy,
+    suggest,
 )
 
 __all__ = [
@@ -24,7 +26,9 @@ __all__ = [
     "UnknownStrategyError",
     "acquire",
     "batchbald",
+    "canonical_name",
     "get_score",
     "get_strategy",
     "select",
+    "suggest",
 ]

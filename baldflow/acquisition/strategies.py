@@ -7,6 +7,10 @@ scores.py, or to EPIG: `power-epig`), or one that chooses the batch as a whole:
   the second sampling each next point from its conditional gains: batchbald.py);
 - `annealed-<mode>-bald` (one pick at a time with a coldness schedule: annealed.py);
 - `badge` and `coreset` (diversity in the model's embeddings: badge.py, coreset.py).
+
+Names use hyphens only (`power-least-confidence`); the score it runs keeps its function's name
+(`least_confidence`). Campaigns recorded with the older underscore spelling still resolve
+(canonical_name).
 """
 
 from __future__ import annotations
@@ -66,9 +70,14 @@ class Strategy:
         return 1
 
 
+def _dashed(score: str) -> str:
+    """A score's name as it reads inside a strategy name: one separator style throughout."""
+    return score.replace("_", "-")
+
+
 def _build_registry() -> dict[str, Strategy]:
     registry = {
-        f"{mode}-{score}": Strategy(f"{mode}-{score}", mode, score)
+        f"{mode}-{_dashed(score)}": Strategy(f"{mode}-{_dashed(score)}", mode, score)
         for mode in SCORED_MODES
         for score in (*SCORES, EPIG)
     }
@@ -89,10 +98,40 @@ STRATEGIES: dict[str, Strategy] = _build_registry()
 STRATEGY_NAMES: list[str] = sorted(STRATEGIES)
 
 
+def canonical_name(name: str) -> str:
+    """`name` as the registry spells it today.
+
+    Campaigns recorded before names settled on hyphens say `power-least_confidence`; their
+    campaign.yaml, ledger rows and MLflow tags must keep resolving, so an old spelling maps to
+    today's name. Anything else comes back unchanged (unknown names stay unknown).
+    """
+    if isinstance(name, str) and name not in STRATEGIES:
+        dashed = name.replace("_", "-")
+        if dashed in STRATEGIES:
+            return dashed
+    return name
+
+
+def suggest(name: str) -> list[str]:
+    """The strategies a mistyped or incomplete strategy name most likely meant (maybe none).
+
+    A bare score (`bald`, `least_confidence`) is a strategy without its selection mode: the
+    answer is that score under the paper's stochastic mode and under top-k (`power-bald`,
+    `topk-bald`), not whichever name happens to be spelled alike (`badge`).
+    """
+    import difflib
+
+    text = str(name).strip().lower().replace("_", "-")
+    scores = {_dashed(score) for score in (*SCORES, EPIG)}
+    if text in scores:
+        return [f"{mode}-{text}" for mode in ("power", "topk")]
+    return difflib.get_close_matches(text, STRATEGY_NAMES, n=1, cutoff=0.65)
+
+
 def get_strategy(name: str) -> Strategy:
-    """The strategy called `name`; UnknownStrategyError listing the valid names otherwise."""
+    """The strategy called `name` (or its old spelling); UnknownStrategyError otherwise."""
     try:
-        return STRATEGIES[name]
+        return STRATEGIES[canonical_name(name)]
     except (KeyError, TypeError):
         raise UnknownStrategyError(
             f"unknown acquisition strategy {name!r}; valid strategies: {', '.join(STRATEGY_NAMES)}"

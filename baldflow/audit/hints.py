@@ -65,16 +65,27 @@ def mlflow_ui_url(
 
 
 def mlflow_ui_command(tracking_uri: str) -> str | None:
-    """The command that serves the UI of a local store; None for a tracking server."""
+    """The command that serves the UI of a local store; None for a tracking server.
+
+    A new shell lacks the environment baldflow sets for itself: the command turns MLflow's
+    telemetry off on its own line, so that it keeps everything on the machine as printed.
+    """
     if not is_local_store(tracking_uri):
         return None
-    return f"{shell_command('mlflow')} ui --backend-store-uri {shlex.quote(tracking_uri)}"
+    return (
+        f"MLFLOW_DISABLE_TELEMETRY=true {shell_command('mlflow')} ui "
+        f"--backend-store-uri {shlex.quote(tracking_uri)}"
+    )
 
 
 def prefect_ui_command(workspace: str | Path) -> str:
-    """The command that browses the flow runs the temporary servers kept in the workspace."""
-    home = shlex.quote(f"{workspace}/.prefect")
-    return f"PREFECT_HOME={home} {shell_command('prefect')} server start"
+    """The command that browses the flow runs the temporary servers kept in the workspace.
+
+    `baldflow server`, not `prefect server start`: it binds 127.0.0.1, uses the workspace's
+    Prefect home and turns Prefect's telemetry off, which a bare `prefect server start` in a
+    new shell would leave on.
+    """
+    return f"{shell_command('baldflow')} server --workspace {shlex.quote(str(workspace))}"
 
 
 def where_to_look(result: dict[str, Any], experiment_id: str | int | None = None) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import yaml
 from baldflow.common import from_spreadsheet, short_repr
 from baldflow.labeling import HandOff
 from baldflow.workspace import Workspace, round_tag
-from baldflow.workspace.scores import sample_scores
+from baldflow.workspace.scores import round_tables, sample_scores
 
 
 class AuditError(LookupError):
@@ -163,12 +164,15 @@ def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) 
     acquisitions = []
     pending = []
     scores = []
+    # Campaigns whose pool holds the sample although none of their rounds acquired it.
+    never_acquired = []
     for name in names:
         ledger = ws.ledger(name)
         picked = {row.round for row in ledger if row.sample_id == sample_id}
         # Every round's pool scores (rounds written before score tables existed have none):
         # what the sample scored each round, including the rounds that passed it over.
-        for entry in sample_scores(ws.campaign_dir(name), sample_id):
+        found = sample_scores(ws.campaign_dir(name), sample_id)
+        for entry in found:
             scores.append({"campaign": name, **entry, "picked": entry["round"] in picked})
         for row in ledger:
             if row.sample_id != sample_id:
@@ -180,6 +184,10 @@ def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) 
             record.update(
                 {
                     "batch_size": len(batch),
+                    # The ledger's rank counts from 0; people count the first pick as 1.
+                    "position_in_batch": f"{row.rank + 1} of {len(batch)}"
+                    if row.rank is not None
+                    else None,
                     "git_tag": tag,
                     "git_commit": sha,
                     "committed_at": date,
@@ -193,7 +201,8 @@ def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) 
             )
             acquisitions.append(record)
         waiting = HandOff(ws.campaign_dir(name), name).pending()
-        if waiting is not None and sample_id in waiting.sample_ids:
+        out_for_labels = waiting is not None and sample_id in waiting.sample_ids
+        if out_for_labels:
             pending.append(
                 {
                     "campaign": name,
@@ -203,21 +212,51 @@ def sample_story(root: str | Path, sample_id: str, campaign: str | None = None) 
                     in HandOff(ws.campaign_dir(name), name).imported(waiting.round),
                 }
             )
-    if not acquisitions and not pending and not scores:
+        if not picked and not out_for_labels and (found or _in_pool(ws, name, sample_id)):
+            never_acquired.append(name)
+    if not acquisitions and not pending and not never_acquired:
         # Copied from a sheet baldflow wrote, a formula-like id carries the neutralising
         # apostrophe; ids themselves never start with one.
         if from_spreadsheet(sample_id) != sample_id:
             return sample_story(root, from_spreadsheet(sample_id), campaign)
         where = ", ".join(names) or "no campaign"
         raise AuditError(
-            f"sample_id {short_repr(sample_id)} was never acquired ({where} in {ws.root})"
+            f"sample_id {short_repr(sample_id)} is not in the pool ({where} in {ws.root})"
         )
     return {
         "sample_id": sample_id,
         "acquisitions": acquisitions,
         "pending": pending,
         "scores": scores,
+        "never_acquired": never_acquired,
     }
+
+
+def _in_pool(ws: Workspace, campaign: str, sample_id: str) -> bool:
+    """Whether the campaign's pool holds the sample, for a sample no round acquired.
+
+    Every round's score table lists the whole unlabeled pool, so where tables exist a sample
+    in none of them is not in the pool. Without tables (round 0 only, or rounds written
+    before tables existed) the pool is rebuilt from the campaign's recorded parameters:
+    seconds, but only for this rare question.
+    """
+    if round_tables(ws.campaign_dir(campaign)):
+        return False
+    params_file = ws.campaign_dir(campaign) / "campaign.yaml"
+    if not params_file.exists():
+        return False
+    from baldflow import steps
+    from baldflow.config import validate
+
+    try:
+        config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
+        ids = steps.prepare_data(config).pool_ids
+    except Exception as exc:  # noqa: BLE001 (any failure to rebuild means "cannot tell")
+        raise AuditError(
+            f"sample_id {short_repr(sample_id)} was not acquired by {campaign}, and its pool "
+            f"cannot be rebuilt to tell whether it holds the sample: {type(exc).__name__}: {exc}"
+        ) from exc
+    return sample_id in set(ids)
 
 
 # ---------------------------------------------------------------------------- one round
@@ -298,7 +337,17 @@ def diff_rounds(
         "campaign": name,
         "from": {"round": from_round, "tag": round_tag(name, from_round), "size": len(before)},
         "to": {"round": to_round, "tag": round_tag(name, to_round), "size": len(after)},
-        "added": sorted(added, key=lambda r: (r["round"], r["sample_id"])),
-        "removed": removed,
-        "relabeled": relabeled,
+        "added": sorted(added, key=lambda r: (r["round"], natural_key(r["sample_id"]))),
+        "removed": sorted(removed, key=lambda r: (r["round"], natural_key(r["sample_id"]))),
+        "relabeled": sorted(relabeled, key=lambda r: natural_key(r["sample_id"])),
     }
+
+
+def natural_key(sample_id: str) -> tuple:
+    """Orders ids as people read them: digit runs by value, so 233 comes before 1322 and
+    img9 before img10; text runs as text. Tagged so a number never meets a string."""
+    return tuple(
+        (0, int(part), part) if part.isdecimal() else (1, 0, part)
+        for part in re.split(r"(\d+)", sample_id)
+        if part
+    )

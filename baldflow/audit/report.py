@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import fnmatch
 import html
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,8 +79,7 @@ def print_story(story: dict[str, Any]) -> None:
         ("acquired at (UTC)", "acquired_at"),
         ("strategy", "strategy"),
         ("chosen by", "chosen_by"),
-        ("rank in batch", "rank"),
-        ("batch size", "batch_size"),
+        ("position in batch", "position_in_batch"),
         ("score", "score"),
         ("first-pick probability", "first_pick_probability"),
         ("selection key", "selection_key"),
@@ -106,6 +106,11 @@ def print_story(story: dict[str, Any]) -> None:
             f"{waiting['round']} of {waiting['campaign']} waiting for labels since "
             f"{waiting['handed_off_at']} ({state})"
         )
+    for name in story.get("never_acquired") or []:
+        print(
+            f"sample {printable(story['sample_id'])} is in the pool of {printable(name)} but was "
+            "never acquired"
+        )
     _print_round_scores(story)
 
 
@@ -119,8 +124,12 @@ def _print_round_scores(story: dict[str, Any]) -> None:
         return
     print(f"scores of sample {printable(story['sample_id'])} in every scored round:")
     for entry in scores:
+        # Not the position in a batch (the story's table has that): the sample's place among
+        # all the round's scored samples, 1 = the highest score.
         rank = (
-            "not scored" if entry["rank"] is None else f"rank {entry['rank']} of {entry['scored']}"
+            "not scored"
+            if entry["rank"] is None
+            else f"rank by score {entry['rank']} among {entry['scored']}"
         )
         picked = "picked" if entry["picked"] else "not picked"
         print(
@@ -382,6 +391,16 @@ def rounds_done_text(completed: Sequence[int]) -> str:
     return f"{last} round{'' if last == 1 else 's'} done after the initial labeled set (round 0)"
 
 
+def round_title(round_index: int, strategy: str, counts: dict[Any, int]) -> str:
+    """What a round's batch is: round 0 is the initial labeled set, not a strategy's pick."""
+    size = sum(counts.values())
+    samples = f"{size} sample{'' if size == 1 else 's'}"
+    if round_index == 0:
+        balanced = len(set(counts.values())) == 1
+        return f"initial labeled set, {samples}" + (", balanced by class" if balanced else "")
+    return f"{samples} by {strategy}"
+
+
 def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str, str]:
     """The report's HTML and the campaign it describes."""
     ws = open_workspace(ws_root)
@@ -403,7 +422,9 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>baldflow report: {html.escape(name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>baldflow campaign <code>{html.escape(name)}</code></h1>",
-        f"<p class='note'>workspace {html.escape(str(ws.root))}; "
+        # The workspace's name, not its path: a report is archived and mailed, and the path
+        # of one machine says nothing on another (and may say more than it should).
+        f"<p class='note'>workspace {html.escape(ws.root.name)}; "
         f"{html.escape(rounds_done_text(ws.completed_rounds(name)))}, {len(ledger)} labeled "
         f"samples. Every round is the git tag <code>{html.escape(name)}/round-NNNN</code>.</p>",
         "<h2>Learning curve</h2>",
@@ -423,8 +444,8 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
         batch = by_round[round_index]
         counts = collections.Counter(r["label"] for r in batch)
         parts.append(
-            f"<div class='round'><h3>Round {round_index}: {len(batch)} sample(s) by "
-            f"{html.escape(batch[0]['strategy'])}</h3>"
+            f"<div class='round'><h3>Round {round_index}: "
+            f"{html.escape(round_title(round_index, batch[0]['strategy'], counts))}</h3>"
         )
         parts.append(_histogram_html(dict(counts), names))
         if pool.images is not None:
@@ -458,7 +479,18 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
 def write_report(
     ws_root: str | Path, campaign: str | None = None, output: str | Path | None = None
 ) -> Path:
+    from baldflow.workspace.repo import REPORT_PATTERN, exclude_from_git
+
     text, name = render_report(ws_root, campaign)
-    path = Path(output) if output else Path(ws_root).resolve() / f"report-{name}.html"
+    root = Path(ws_root).resolve()
+    path = Path(output) if output else root / REPORT_PATTERN.replace("*", name)
+    # A report is an output, never a change to the audited history: kept out of git's view
+    # (the rule is in .gitignore of newer workspaces; .git/info/exclude covers older ones and
+    # an --output inside the workspace), so `verify` stays clean.
+    where = path.resolve()
+    if where.is_relative_to(root):
+        rel = where.relative_to(root).as_posix()
+        default = where.parent == root and fnmatch.fnmatchcase(where.name, REPORT_PATTERN)
+        exclude_from_git(root, "/" + (REPORT_PATTERN if default else rel))
     path.write_text(text, encoding="utf-8")
     return path

@@ -29,32 +29,52 @@ from baldflow.workspace.tracking import (
 
 @dataclasses.dataclass(frozen=True)
 class Finished:
-    """A campaign with all its rounds committed and their tracking complete."""
+    """A campaign with nothing to do: all its rounds committed and their tracking complete,
+    or (`waiting`) its next batch still out with people, who have not labeled all of it."""
 
     campaign: str
-    last_round: int
+    last_round: int | None
     rounds: list[dict[str, str]]
     tracking_uri: str
+    # The round whose batch people are labeling; None when every round is done.
+    waiting: int | None = None
+    # A batch out for a round past the campaign's length (a run that asked for more rounds
+    # handed it out), which a run for this length leaves alone: the round, or None.
+    beyond: int | None = None
 
 
-def finished_campaign(workspace: str | Path, config: Any) -> Finished | None:
-    """The finished campaign of `config` in the workspace, or None when a run has work to do.
+def finished_campaign(
+    workspace: str | Path,
+    config: Any,
+    *,
+    batch_round: int | None = None,
+    labels_missing: bool = False,
+) -> Finished | None:
+    """The campaign of `config` when a run would have nothing to do, or None when it has.
 
-    Raises ConfigError, as a run would, when the parameters differ from the campaign's own.
-    The caller holds the workspace lock, so no run changes the workspace meanwhile.
+    `batch_round` is the round of the batch in the campaign's hand-off folder, if any, and
+    `labels_missing` whether people still owe labels for it, such that a run would only say
+    it waits (the caller reads the hand-off: baldflow.labeling). Raises ConfigError, as a run
+    would, when the parameters differ from the campaign's own. The caller holds the workspace
+    lock, so no run changes the workspace meanwhile.
     """
     ws = Workspace(workspace)
     name = config.campaign.name
     if not Workspace.is_workspace(ws.root):
         return None
     last = ws.last_round(name)
-    if last is None or last < config.campaign.rounds:
+    waiting = beyond = None
+    if last is not None and last >= config.campaign.rounds:
+        if batch_round is not None:
+            if batch_round <= last:
+                return None  # hand-off files of a committed round: the flow's recovery clears them
+            beyond = batch_round  # the flow stops before it looks at the batch
+    elif batch_round == (0 if last is None else last + 1) and labels_missing:
+        waiting = batch_round
+    else:
         return None
-    ws.check_campaign_params(name, config.identity())
-    # Files people labeled wait in the hand-off folder, whatever round they belong to.
-    to_label = ws.campaign_dir(name) / TO_LABEL_DIR
-    if any(to_label.glob("round-*.pending.json")):
-        return None
+    if last is not None:
+        ws.check_campaign_params(name, config.identity())
     rel = f"{DATA_DIR}/{name}"
     exclude = f":(exclude){rel}/{TO_LABEL_DIR}"
     dirty = ws.git("status", "--porcelain", "--untracked-files=all", "--", rel, exclude)
@@ -69,19 +89,25 @@ def finished_campaign(workspace: str | Path, config: Any) -> Finished | None:
         row["mlflow_run_id"] for row in rounds if int(row["round"]) > 0 and row.get("mlflow_run_id")
     }
     complete = tracking_complete(
-        tracker.tracking_uri, tracker.experiment, tracker.workspace_id, name, committed
+        tracker.tracking_uri, tracker.experiment, tracker.workspace_id, name, committed, last
     )
     if not complete:
         return None
-    return Finished(name, last, rounds, tracker.tracking_uri)
+    return Finished(name, last, rounds, tracker.tracking_uri, waiting, beyond)
 
 
 def tracking_complete(
-    tracking_uri: str, experiment: str, workspace_id: str, campaign: str, committed: set[str]
+    tracking_uri: str,
+    experiment: str,
+    workspace_id: str,
+    campaign: str,
+    committed: set[str],
+    last_round: int | None = None,
 ) -> bool | None:
     """Whether MLflow holds nothing for Tracker.repair or the campaign's end to do: every
-    committed round's run FINISHED with its metrics, no other round run RUNNING, the campaign
-    run FINISHED. None when it cannot tell cheaply (not a SQLite file, another schema).
+    committed round's run FINISHED with its metrics, no other round run RUNNING, none parked
+    (SCHEDULED) for a round up to `last_round`, the campaign run FINISHED. None when it cannot
+    tell cheaply (not a SQLite file, another schema).
 
     Reads MLflow's SQLite file directly, read-only: importing mlflow alone takes longer than
     the whole answer should.
@@ -112,6 +138,12 @@ def tracking_complete(
                 f"SELECT run_uuid, key FROM latest_metrics WHERE run_uuid IN ({marks})", ids
             ):
                 metrics.setdefault(run_id, set()).add(key)
+            round_of = dict(
+                db.execute(
+                    f"SELECT run_uuid, value FROM tags WHERE key = ? AND run_uuid IN ({marks})",
+                    [TAG_ROUND, *ids],
+                )
+            )
     except sqlite3.Error:
         return None
     parents = [status for _, status, kind in runs if kind == "campaign"]
@@ -126,7 +158,15 @@ def tracking_complete(
                 return False
         elif status == "RUNNING":
             return False
+        elif status == "SCHEDULED" and _at_or_before(round_of.get(run_id), last_round):
+            # Parked for labels of a round that is committed since (another clone committed
+            # it first): the flow's start retires it.
+            return False
     return True
+
+
+def _at_or_before(tagged: str | None, last_round: int | None) -> bool:
+    return last_round is not None and str(tagged or "").isdigit() and int(tagged) <= last_round
 
 
 def recorded_round_metric(

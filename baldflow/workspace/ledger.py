@@ -86,7 +86,8 @@ def _row_from_csv(record: dict[str, str]) -> LedgerRow:
         round=int(record["round"]),
         sample_id=record["sample_id"],
         label=int(record["label"]),
-        strategy=record["strategy"],
+        # Rows written before strategy names settled on hyphens read with today's spelling.
+        strategy=record["strategy"].replace("_", "-"),
         rank=int(record["rank"]),
         score=_optional_float(record["score"]),
         first_pick_probability=_optional_float(
