@@ -689,3 +689,31 @@ def test_run_one_real_tiny_badge_and_power_epig(tmp_path, monkeypatch):
     )
     assert record["coldness"] == 4.0
     assert (tmp_path / "cold" / "power-bald-beta4-seed5.json").exists()
+
+
+def test_campaigns_started_together_on_a_fresh_project_share_one_store(tmp_path):
+    """Two stages at a time on a fresh clone: both create ./mlflow's SQLite store at once; its
+    migrations must run once (they collided: 'table _alembic_tmp_experiments already exists')."""
+    import subprocess
+    import sys
+    import time
+
+    start_at = time.time() + 8  # both processes past their imports, then at the same moment
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from baldflow.comparison.campaigns import _ensure_experiment, default_tracking_uri\n"
+        "root = Path(sys.argv[1])\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "_ensure_experiment(default_tracking_uri(root), 'baldflow-comparison',"
+        " root / 'mlflow' / 'artifacts')\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path), str(start_at)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)

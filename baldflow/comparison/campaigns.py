@@ -87,12 +87,25 @@ def load_campaign_flow(workspace: str | Path):
 
 
 def _ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path | None) -> None:
-    """Create the experiment once, before campaigns run, with artifacts beside the store."""
+    """Create the experiment once, before campaigns run, with artifacts beside the store.
+
+    Campaigns run two at a time on a fresh project: both would create the SQLite store, and its
+    migrations collide ("table _alembic_tmp_experiments already exists"). The first holds a
+    lock beside the store while it creates it; the other waits, then finds it made.
+    """
+    import fcntl
+
     from mlflow.tracking import MlflowClient
 
     from baldflow.workspace.tracking import ensure_experiment
 
-    ensure_experiment(MlflowClient(tracking_uri=tracking_uri), experiment, artifact_root)
+    if artifact_root is None:
+        ensure_experiment(MlflowClient(tracking_uri=tracking_uri), experiment, artifact_root)
+        return
+    artifact_root.parent.mkdir(parents=True, exist_ok=True)
+    with (artifact_root.parent / ".create.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
+        ensure_experiment(MlflowClient(tracking_uri=tracking_uri), experiment, artifact_root)
 
 
 def _parent_run_id(tracking_uri: str, experiment: str, campaign: str) -> str | None:
