@@ -18,6 +18,13 @@ EXIT_LOCKED = 3
 EXIT_LABELS = 4
 EXIT_PREFLIGHT = 5  # this machine lacks what the campaign needs (data files, device, tracking)
 
+# One metavar for --set in every command that takes it.
+SET_METAVAR = "SECTION.KEY=VALUE"
+# Old command names kept working for a release, but no longer listed: `serve` is `schedule`.
+HIDDEN_ALIASES = ("serve",)
+# Commands that leave Ctrl-C and SIGTERM to Prefect's runner, which pauses its schedule on them.
+SCHEDULE_COMMANDS = ("schedule", *HIDDEN_ALIASES)
+
 
 def _default_workspace() -> str:
     env = os.environ.get("BALDFLOW_WORKSPACE")
@@ -150,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="overrides",
         action="append",
         default=[],
-        metavar="SECTION.KEY=VALUE",
+        metavar=SET_METAVAR,
         help="override one parameter, e.g. --set acquisition.batch_size=20 (repeatable; "
         "default: none)",
     )
@@ -167,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The ledger: one row per acquired sample with its campaign, round, rank, "
         "label, strategy, score, first-pick probability and selection key, round seed, time and "
         "the MLflow run of the model that chose it. With --sample (table format), that sample's "
-        "whole story, with its score, key and rank in every round whose pool scores were kept "
-        "(picked or not).",
+        "whole story: its position in the batch of the round that acquired it, and its score, "
+        "key and rank by score in every round whose pool scores were kept (picked or not); a "
+        "pool sample never acquired is said so (exit 0), an id not in the pool is an error.",
     )
     _workspace_arg(p)
     _campaign_arg(p, "every campaign of the workspace")
@@ -214,8 +222,10 @@ def _add_verify_parser(sub) -> None:
         help="check that git tags, DVC versions, the ledger and MLflow runs agree",
         description="Check a workspace at rest: round tags contiguous from 0, the labeled set "
         "read through DVC at every tag equal to the ledger up to that round, no sample twice, "
-        "one FINISHED MLflow run per committed round and none RUNNING, git clean, no pending "
-        "batch for a committed round. Prints each problem. Exit status: 0 consistent, "
+        "one FINISHED MLflow run per committed round and none RUNNING, git clean (but for what "
+        "baldflow writes outside the history, such as reports), no pending batch for a "
+        "committed round. Prints each problem with the run, tag or file and the command that "
+        "repairs it. Exit status: 0 consistent, "
         f"{EXIT_ERROR} problems found (or no such workspace or campaign), {EXIT_LOCKED} the "
         "workspace is in use by a run.",
     )
@@ -331,20 +341,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             params_text = Path(args.config).read_text() if args.config else dump_yaml(config)
             Workspace.init(ws_root, params_text=params_text).close()
         offline_environment(ws_root)
-        from baldflow.workspace.finished import finished_campaign
-
         # Nothing to do is answered from the workspace: no server started, no flow run recorded.
-        finished = finished_campaign(ws_root, config)
+        finished = _nothing_to_do(ws_root, config)
         if finished is not None:
+            name = config.campaign.name
+            if finished.waiting is not None:
+                said = f"waits for labels for round {finished.waiting}"
+            else:
+                said = (
+                    f"is complete: all {config.campaign.rounds} rounds are done (raise "
+                    "campaign.rounds to go on)"
+                )
             print(
-                f"baldflow: campaign {config.campaign.name!r} in {ws_root} is complete: all "
-                f"{config.campaign.rounds} rounds are done (raise campaign.rounds to go on); "
-                "nothing was run or recorded",
+                f"baldflow: campaign {name!r} in {ws_root} {said}; nothing was run or recorded",
                 flush=True,
             )
-            _print_run_summary(
-                _finished_result(ws_root, finished, config.tracking.experiment)
-            )
+            _say_batch_beyond(ws_root, name, finished)
+            _print_run_summary(_finished_result(ws_root, finished, config.tracking.experiment))
             return 0
         # One line per round from the flow is the progress report; the "Finished in state
         # Completed()" line of each task would bury it (task states stay visible in the UI).
@@ -399,6 +412,8 @@ def _print_run_summary(result: dict) -> None:
     from baldflow.audit.report import console as make_console
 
     console = make_console()
+    # A run that stopped for labels leads with what the user must do now.
+    _print_waiting(result)
     bookkeeping = {t["round"]: t["seconds_bookkeeping"] for t in result.get("timings", [])}
     earlier = [int(row["round"]) for row in result["rounds"] if int(row["round"]) > 0]
     if any(r not in bookkeeping for r in earlier):
@@ -427,13 +442,13 @@ def _print_run_summary(result: dict) -> None:
             f"{float(row['seconds_acquisition']):.2f}" if row.get("seconds_acquisition") else "-",
             f"{seconds:.2f}" if seconds is not None else "-",
         )
-    console.print(table)
+    if result["rounds"]:  # none before round 0 is labeled: no empty table
+        console.print(table)
     if result.get("stopped") == "pool-empty":
         console.print("The pool is empty: every sample is labeled, so the campaign ended.")
     # Plain print: rich would wrap the long commands mid-word on narrow terminals.
     for line in where_to_look(result):
         print(line)
-    _print_waiting(result)
 
 
 def _ledger_rows(ws_root: Path, campaign: str | None):
@@ -536,6 +551,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "campaign": name,
                 "strategy": (params.get("acquisition") or {}).get("strategy"),
                 "rounds_done": done[-1] if done else None,
+                # The campaign's length as it records it (None in records older than that).
+                "rounds_asked": (params.get("campaign") or {}).get("rounds"),
                 "labeled": len(ws.labeled(name)),
                 "latest_test_accuracy": accuracy,
                 "latest_tag": f"{name}/round-{done[-1]:04d}" if done else None,
@@ -585,6 +602,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{handoff.campaign}: round {pending.round} waiting for labels "
             f"({done} of {len(pending.sample_ids)} imported): {where}"
         )
+        length = next(
+            (r["rounds_asked"] for r in records if r["campaign"] == handoff.campaign), None
+        )
+        if length is not None and pending.round > length:
+            print(
+                f"  (past the {length} round(s) campaign {handoff.campaign} records: importing "
+                f"its labels extends the campaign to {pending.round} rounds)"
+            )
     if not records and not waiting:
         from baldflow.audit.hints import shell_command
 
@@ -724,7 +749,7 @@ def _add_cycle_parsers(sub) -> None:
     _workspace_arg(p)
     p.add_argument("--config", "-c", metavar="FILE", help=config_help)
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="K=V", help=set_help
+        "--set", dest="overrides", action="append", default=[], metavar=SET_METAVAR, help=set_help
     )
     p.add_argument(
         "--campaign",
@@ -733,28 +758,47 @@ def _add_cycle_parsers(sub) -> None:
         "campaign.name names)",
     )
 
-    p = sub.add_parser(
-        "serve",
-        help="serve the cycle on a schedule (needs `baldflow server`)",
-        description="Run a cycle on a schedule through a persistent Prefect server (start one "
-        "with `baldflow server` and export PREFECT_API_URL). Keeps running; Ctrl-C stops it "
-        "and pauses the schedule.",
-    )
-    _workspace_arg(p)
-    when = p.add_mutually_exclusive_group(required=True)
-    when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 * * * *' (hourly)")
-    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
-    p.add_argument("--config", "-c", metavar="FILE", help=config_help)
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="K=V", help=set_help
-    )
+    # `schedule` was `serve`, one letter from `server`: the old name stays for a release as a
+    # hidden alias (a parser without `help` is not listed in `baldflow --help`).
+    for name in ("schedule", *HIDDEN_ALIASES):
+        described = (
+            {"help": "run a cycle on a schedule, in this process (needs `baldflow server`)"}
+            if name not in HIDDEN_ALIASES
+            else {}
+        )
+        p = sub.add_parser(
+            name,
+            description="Run a cycle of the campaign on a schedule through a persistent "
+            "Prefect server (start one with `baldflow server` and export PREFECT_API_URL). "
+            "Keeps running; Ctrl-C stops it and pauses the schedule.",
+            **described,
+        )
+        _workspace_arg(p)
+        when = p.add_mutually_exclusive_group(required=True)
+        when.add_argument("--cron", metavar="EXPR", help="cron schedule, e.g. '0 * * * *' (hourly)")
+        when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
+        p.add_argument("--config", "-c", metavar="FILE", help=config_help)
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar=SET_METAVAR,
+            help=set_help,
+        )
+        p.add_argument(
+            "--campaign",
+            metavar="NAME",
+            help="cycle NAME with its recorded parameters (default: the campaign that "
+            "campaign.name names)",
+        )
 
     p = sub.add_parser(
         "deploy",
         help="register the cycle on a shared Prefect server's work pool, for workers to run",
         description="Create or update a deployment of the cycle (one round per run) on the "
         "Prefect server of PREFECT_API_URL, in work pool POOL (created as a process pool if "
-        "missing), with a schedule. Unlike `serve`, nothing keeps running here: `prefect "
+        "missing), with a schedule. Unlike `schedule`, nothing keeps running here: `prefect "
         "worker start --pool POOL`, on any machine with baldflow installed and the workspace "
         "at the same path, runs the cycles. One cycle runs at a time: a run triggered while "
         "another runs is cancelled.",
@@ -767,7 +811,7 @@ def _add_cycle_parsers(sub) -> None:
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
     p.add_argument("--config", "-c", metavar="FILE", help=config_help)
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="K=V", help=set_help
+        "--set", dest="overrides", action="append", default=[], metavar=SET_METAVAR, help=set_help
     )
     p.add_argument(
         "--work-queue", metavar="QUEUE", help="queue of the pool (default: the pool's default)"
@@ -778,8 +822,8 @@ def _add_cycle_parsers(sub) -> None:
         "server",
         help="start a persistent Prefect server on 127.0.0.1",
         description="Start `prefect server start` on 127.0.0.1 with its database in the "
-        "workspace's .prefect/, so its UI also lists the runs of temporary servers. `baldflow "
-        "serve` needs it. Keeps running until Ctrl-C.",
+        "workspace's .prefect/, so its UI also lists the runs of temporary servers, and "
+        "telemetry off. `baldflow schedule` needs it. Keeps running until Ctrl-C.",
     )
     _workspace_arg(p)
     p.add_argument("--port", type=int, default=4200, help="port to listen on")
@@ -849,9 +893,60 @@ def _where_campaign_stands(ws_root: Path, campaign: str, rounds: int) -> str:
     )
 
 
+def _nothing_to_do(ws_root: Path, config):
+    """The campaign of `config` when a run or cycle would have nothing to do (a Finished of
+    baldflow.workspace.finished), else None: every round done, or its next batch out with
+    people who have not labeled all of it yet. Read from the workspace in about a second."""
+    from baldflow.config import ConfigError, validate
+    from baldflow.labeling import HandOff, OracleError
+    from baldflow.workspace import Workspace
+    from baldflow.workspace.finished import finished_campaign
+    from baldflow.workspace.remote import remote_url
+
+    if not Workspace.is_workspace(ws_root):
+        return None
+    ws = Workspace(ws_root)
+    name = config.campaign.name
+    handoff = HandOff(ws.campaign_dir(name), name)
+    try:
+        pending = handoff.pending()
+    except OracleError:
+        return None  # more than one batch out: the flow says what is wrong
+    if pending is None:
+        return finished_campaign(ws_root, config)
+    try:
+        same = validate(dict(pending.params), check_names=False).identity() == config.identity()
+    except ConfigError:
+        same = False
+    missing = (
+        same
+        # Label Studio: a run pulls what people annotated, which is work to do.
+        and config.oracle.kind == "file"
+        and not handoff.is_complete(pending)
+        # Shared: another clone may have completed the round; a run syncs first.
+        and remote_url(ws) is None
+    )
+    return finished_campaign(ws_root, config, batch_round=pending.round, labels_missing=missing)
+
+
+def _say_batch_beyond(ws_root: Path, campaign: str, finished) -> None:
+    """A batch out for a round past the campaign's length waits for a run that asks for it."""
+    if finished.beyond is None:
+        return
+    from baldflow.audit.hints import shell_command
+
+    print(
+        f"baldflow: a batch for round {finished.beyond} is out for labels, past the campaign's "
+        f"length; `label import` of its labels extends the campaign to complete it, as does "
+        f"{shell_command('baldflow')} run --workspace {_quoted(ws_root)} --campaign {campaign} "
+        f"--set campaign.rounds={finished.beyond}"
+    )
+
+
 def _finished_result(ws_root: Path, finished, experiment: str) -> dict:
-    """The result record of a finished campaign as the run summary reads it, from the workspace."""
-    return {
+    """The result record of a campaign with nothing to do as the run summary reads it, from
+    the workspace."""
+    result = {
         "campaign": finished.campaign,
         "workspace": str(ws_root),
         "stopped": "rounds",
@@ -861,6 +956,20 @@ def _finished_result(ws_root: Path, finished, experiment: str) -> dict:
         "tracking_uri": finished.tracking_uri,
         "experiment": experiment,
     }
+    if finished.waiting is not None:
+        from baldflow.labeling import HandOff
+        from baldflow.workspace import Workspace
+
+        handoff = HandOff(Workspace(ws_root).campaign_dir(finished.campaign), finished.campaign)
+        pending = handoff.pending()
+        result["stopped"] = "waiting-for-labels"
+        result["waiting_for_labels"] = {
+            "round": pending.round,
+            "sheet": str(handoff.sheet_path(pending.round)),
+            "batch_size": len(pending.sample_ids),
+            "studio": None,
+        }
+    return result
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -918,7 +1027,30 @@ def cmd_label(args: argparse.Namespace) -> int:
         return EXIT_LOCKED
     print(f"round {outcome['last_round']} of {outcome['campaign']} committed")
     _print_waiting(outcome)
+    if outcome.get("waiting_for_labels") is None:
+        _say_what_next(ws_root, outcome)
     return 0
+
+
+def _say_what_next(ws_root: Path, outcome: dict) -> None:
+    """After `label import` or `label pull` completed a round: the command that produces the
+    next batch, or that the campaign is over."""
+    from baldflow.audit.hints import shell_command
+
+    name = outcome["campaign"]
+    if outcome.get("stopped") == "pool-empty":
+        print(f"campaign {name} is complete: the pool is empty")
+    elif outcome.get("stopped") == "rounds":
+        print(
+            f"campaign {name} is complete: all {outcome['last_round']} rounds are done (to go "
+            f"on: {shell_command('baldflow')} run --workspace {_quoted(ws_root)} --campaign "
+            f"{name} --set campaign.rounds=N)"
+        )
+    else:
+        print(
+            f"next batch: {shell_command('baldflow')} run --workspace {_quoted(ws_root)} "
+            f"--campaign {name}"
+        )
 
 
 def _pull_labels(ws_root: Path, handoff: object, pending: object, *, resend: bool) -> bool:
@@ -989,7 +1121,6 @@ def cmd_cycle(args: argparse.Namespace) -> int:
     preflight(config, ws_root)
     from baldflow.config import dump_yaml
     from baldflow.workspace import Workspace, WorkspaceLockedError, workspace_lock
-    from baldflow.workspace.finished import finished_campaign
 
     _say_where_on_interrupt(ws_root, config.campaign.name, config.campaign.rounds)
     ws_root.mkdir(parents=True, exist_ok=True)
@@ -1000,14 +1131,21 @@ def cmd_cycle(args: argparse.Namespace) -> int:
         with workspace_lock(ws_root):
             if not Workspace.is_ready(ws_root):
                 Workspace.init(ws_root, params_text=dump_yaml(config)).close()
-            finished = finished_campaign(ws_root, config)
+            finished = _nothing_to_do(ws_root, config)
     except WorkspaceLockedError:
         pass
     if finished is not None:
-        print(
-            f"campaign {finished.campaign}: last completed round {finished.last_round} (all "
-            f"{finished.last_round} rounds were done already; nothing was run or recorded)"
+        said = (
+            f"all {finished.last_round} rounds were done already"
+            if finished.waiting is None
+            else f"waiting for labels for round {finished.waiting}"
         )
+        print(
+            f"campaign {finished.campaign}: last completed round {finished.last_round} ({said}; "
+            "nothing was run or recorded)"
+        )
+        _say_batch_beyond(ws_root, finished.campaign, finished)
+        _print_waiting(_finished_result(ws_root, finished, config.tracking.experiment))
         return 0
     _start_prefect_api(ws_root)
     from baldflow.flows.cycle import cycle_flow
@@ -1037,12 +1175,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _prepare_prefect(ws_root)
     from baldflow.flows.cycle import load_cycle_config
 
-    config = load_cycle_config(ws_root, args.config, args.overrides)
+    overrides = args.overrides
+    if args.campaign is not None:
+        from baldflow.flows.deploy import cycle_overrides
+
+        overrides = cycle_overrides(args.campaign, overrides)  # refuses a contradicting --set
+    config = load_cycle_config(ws_root, args.config, overrides, args.campaign)
     if not os.environ.get("PREFECT_API_URL"):
         raise LookupError(
-            "baldflow serve needs a persistent Prefect server (a temporary one cannot "
-            "schedule): start one with `baldflow server` (or `prefect server start`) and "
-            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            f"baldflow {args.command} needs a persistent Prefect server (a temporary one cannot "
+            "schedule): start one with `baldflow server` and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     if args.interval is not None and args.interval <= 0:
         from baldflow.config import ConfigError
@@ -1068,6 +1211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         interval=args.interval,
         config=args.config,
         overrides=args.overrides,
+        resume=args.campaign is not None,
     )
     return 0
 
@@ -1500,7 +1644,8 @@ COMMANDS = {
     "diff": cmd_diff,
     "report": cmd_report,
     "cycle": cmd_cycle,
-    "serve": cmd_serve,
+    "schedule": cmd_serve,
+    "serve": cmd_serve,  # the old name of `schedule`, hidden (HIDDEN_ALIASES)
     "deploy": cmd_deploy,
     "server": cmd_server,
     "verify": cmd_verify,
@@ -1558,9 +1703,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     # Ctrl-C, SIGTERM, SIGHUP: one line on where things stand, exit 128+signal, servers stopped
-    # (baldflow.stack.interrupts). `serve` leaves them to Prefect's runner, which pauses its
+    # (baldflow.stack.interrupts). `schedule` leaves them to Prefect's runner, which pauses its
     # schedule on them.
-    handler = InterruptHandler() if args.command != "serve" else None
+    handler = InterruptHandler() if args.command not in SCHEDULE_COMMANDS else None
     try:
         with handler if handler is not None else contextlib.nullcontext():
             try:

@@ -23,7 +23,7 @@ from baldflow import steps, tasks
 from baldflow.config import Config, validate
 from baldflow.flows.outcome import campaign_result, campaign_run_name, final_state
 from baldflow.flows.scoring import score_round_pool
-from baldflow.flows.slots import workspace_slot
+from baldflow.flows.slots import slot_holder, workspace_slot
 from baldflow.labeling import HandOff, WaitingForLabels
 from baldflow.rounds import (
     CampaignRun,
@@ -34,7 +34,7 @@ from baldflow.rounds import (
     recorded_campaign_run,
     training_set_input,
 )
-from baldflow.workspace import Workspace, workspace_lock
+from baldflow.workspace import Workspace, WorkspaceLockedError, workspace_lock
 from baldflow.workspace.remote import remote_url
 from baldflow.workspace.tracking import tracker_for
 
@@ -46,6 +46,29 @@ def _close_run(c: CampaignRun, run_id: str, exc: BaseException) -> None:
         tasks.end_run(quote(c.tracker), run_id, status)
     except Exception as error:  # noqa: BLE001 (never hide the original error)
         c.logger.warning("could not mark MLflow run %s %s: %s", run_id, status, error)
+
+
+def _close_parent(c: CampaignRun, exc: BaseException) -> None:
+    """The campaign's parent run after the run stopped on `exc` (best effort).
+
+    A parent no committed round 0 names holds nothing yet (this clone opened it for a round
+    0 it never committed): it is retired, so that a failed start never leaves a second
+    parent beside the campaign's. The campaign's own parent is closed as FAILED or KILLED,
+    except when another clone holds the round's slot: that clone runs under it right now.
+    """
+    try:
+        anchored = recorded_campaign_run(c.workspace, c.name) == c.parent_run_id
+    except Exception:  # noqa: BLE001 (an unreadable ledger: keep the run, as before)
+        anchored = True
+    if anchored:
+        if not isinstance(exc, WorkspaceLockedError):
+            _close_run(c, c.parent_run_id, exc)
+        return
+    why = f"the run stopped before round 0 was committed ({type(exc).__name__})"
+    try:
+        tasks.retire_campaign_run(quote(c.tracker), c.parent_run_id, why)
+    except Exception as error:  # noqa: BLE001 (never hide the original error)
+        c.logger.warning("could not retire MLflow run %s: %s", c.parent_run_id, error)
 
 
 def _hand_off(c: CampaignRun, record: RoundRecord, trained: Any = None) -> None:
@@ -151,7 +174,7 @@ def _initial_round(c: CampaignRun) -> bool:
         _people_labels(c, pending, 0)
     labels = tasks.label_batch(quote(c.oracle), record.sample_ids, 0)
     commit = tasks.version_round(
-        quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id, 0,
+        quote(c.workspace), quote(record), quote(labels), c.config.record(), c.flow_run_id, 0,
         pool_manifest=c.data.pool_manifest,
     )  # fmt: skip
     if not _claimed(c, commit, None):
@@ -214,7 +237,7 @@ def _complete(
     try:
         labels = tasks.label_batch(quote(c.oracle), record.sample_ids, r)
         commit = tasks.version_round(
-            quote(c.workspace), quote(record), quote(labels), c.config.identity(), c.flow_run_id,
+            quote(c.workspace), quote(record), quote(labels), c.config.record(), c.flow_run_id,
             r, pool_manifest=c.data.pool_manifest, score_table=_staged(record.score_table),
         )  # fmt: skip
         if not _claimed(c, commit, record.run_id):
@@ -333,7 +356,7 @@ def run_campaign(
                     # rounds meanwhile, and holds the round's slot while it computes one.
                     with workspace_slot(
                         ws.workspace_id, shared=c.shared, wait=max_new_rounds is None,
-                        logger=logger,
+                        logger=logger, holder=slot_holder(c),
                     ):  # fmt: skip
                         last = _sync(c, last)
                         if last is not None and last >= config.campaign.rounds:
@@ -356,7 +379,7 @@ def run_campaign(
                 waiting, stopped = exc, "waiting-for-labels"
                 logger.info("%s", exc)
             except BaseException as exc:
-                _close_run(c, c.parent_run_id, exc)
+                _close_parent(c, exc)
                 raise
             if stopped == "rounds" and last is not None and last == opened.last_round:
                 logger.info(

@@ -52,11 +52,29 @@ def start_campaign_tracking(
         notes.append(
             f"marked {len(done['killed'])} MLflow run(s) that a killed run left open as KILLED"
         )
+    if done.get("retired"):
+        notes.append(
+            f"retired {len(done['retired'])} MLflow run(s) parked for labels of a round another "
+            f"clone committed first (now KILLED): {', '.join(done['retired'])}"
+        )
     # Imported here: the registry imports mlflow.pyfunc, seconds a process need not pay unless
     # it tracks.
     from baldflow.workspace import registry
 
     parent_run_id = tracker.campaign_run(campaign, params, anchored)
+    if anchored and parent_run_id == anchored:
+        strays = tracker.retire_stray_campaign_runs(campaign, anchored)
+        if strays["retired"]:
+            notes.append(
+                f"retired {len(strays['retired'])} stray parent run(s) of campaign {campaign} "
+                "that runs stopped before their round 0 left beside the campaign's "
+                f"{anchored}: {', '.join(strays['retired'])}"
+            )
+        if strays["failed"]:
+            notes.append(
+                "could not retire stray parent run(s) (the tracking server refused; an "
+                f"operator with MANAGE on the experiment can): {', '.join(strays['failed'])}"
+            )
     register = bool(params.get("tracking", {}).get("register_model", True))
     registry.record_switch(tracker, parent_run_id, register)
     if register:
@@ -219,6 +237,12 @@ def _register(
 def adopt_campaign_run(tracker: Tracker, orphan: str, anchored: str) -> str:
     """Switch to the parent run another clone's round 0 recorded; retire this clone's own."""
     return tracker.adopt_campaign_run(orphan, anchored)
+
+
+@task(name="retire-campaign-run", cache_policy=NO_CACHE, **_RETRY)
+def retire_campaign_run(tracker: Tracker, run_id: str, why: str) -> bool:
+    """Retire a parent run that no committed round names (its run stopped before round 0)."""
+    return tracker.retire_campaign_run(run_id, why)
 
 
 @task(name="end-run", cache_policy=NO_CACHE, **_RETRY)

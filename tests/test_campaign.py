@@ -437,3 +437,70 @@ def test_resume_with_other_parameters_is_refused(tmp_path, tiny_params):
     tiny_params["acquisition"]["strategy"] = "random"
     with pytest.raises(ConfigError, match="acquisition.strategy: was 'power-bald', now 'random'"):
         run_flow(tmp_path / "ws", tiny_params)
+
+
+def _deleted_parents(client, campaign: str) -> list:
+    from mlflow.entities import ViewType
+
+    experiment = client.get_experiment_by_name("baldflow")
+    return client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TAG_CAMPAIGN}` = '{campaign}' and tags.`{TAG_KIND}` = 'campaign'",
+        run_view_type=ViewType.DELETED_ONLY,
+    )
+
+
+def test_a_run_that_fails_before_round_0_leaves_no_parent_run(tmp_path, tiny_params, monkeypatch):
+    """A parent run no committed round names is retired when its run fails, not left FAILED
+    beside the parent the campaign gets once round 0 is committed."""
+    from baldflow import faults
+    from baldflow.faults import FAULT_ENV, InjectedFault
+    from baldflow.workspace.tracking import TAG_DISCARDED
+
+    tiny_params["campaign"]["rounds"] = 0
+    monkeypatch.setenv(FAULT_ENV, "label:after:0:fail")
+    with pytest.raises(InjectedFault):
+        run_flow(tmp_path / "ws", tiny_params)
+    client, parents, _ = mlflow_runs(tmp_path / "ws", "tiny")
+    assert parents == [], [(r.info.run_id, r.info.status) for r in parents]
+    (retired,) = _deleted_parents(client, "tiny")
+    assert retired.info.status == "KILLED"
+    assert "InjectedFault" in retired.data.tags[TAG_DISCARDED]
+    monkeypatch.delenv(FAULT_ENV)
+    faults._raised.clear()
+    result = run_flow(tmp_path / "ws", tiny_params)
+    _, parents, _ = mlflow_runs(tmp_path / "ws", "tiny")
+    assert [(r.info.run_id, r.info.status) for r in parents] == [
+        (result["parent_run_id"], "FINISHED")
+    ]
+
+
+def test_the_next_run_retires_a_failed_parent_a_race_left(tmp_path, tiny_params):
+    """A clone that lost the race for a shared object before its round 0 left a FAILED parent
+    run beside the campaign's (what releases before the fix did); the next run retires it."""
+    from baldflow.workspace.tracking import TAG_CLONE, TAG_DISCARDED, TAG_WORKSPACE
+
+    tiny_params["campaign"]["rounds"] = 0
+    first = run_flow(tmp_path / "ws", tiny_params)
+    client, (parent,), _ = mlflow_runs(tmp_path / "ws", "tiny")
+    stray = client.create_run(
+        parent.info.experiment_id,
+        run_name="tiny",
+        tags={
+            TAG_WORKSPACE: parent.data.tags[TAG_WORKSPACE],
+            TAG_CAMPAIGN: "tiny",
+            TAG_KIND: "campaign",
+            TAG_CLONE: "another-clone",
+        },
+    ).info.run_id
+    client.set_terminated(stray, status="FAILED")
+    tiny_params["campaign"]["rounds"] = 1
+    second = run_flow(tmp_path / "ws", tiny_params)
+    assert second["parent_run_id"] == first["parent_run_id"]
+    _, parents, _ = mlflow_runs(tmp_path / "ws", "tiny")
+    assert [(r.info.run_id, r.info.status) for r in parents] == [
+        (first["parent_run_id"], "FINISHED")
+    ]
+    (retired,) = _deleted_parents(client, "tiny")
+    assert retired.info.run_id == stray
+    assert first["parent_run_id"] in retired.data.tags[TAG_DISCARDED]

@@ -209,6 +209,41 @@ def test_sigterm_mid_round_stops_the_server_it_started(tmp_path, tiny_params, pr
     assert Workspace(workspace).completed_rounds("tiny") == [0, 1]
 
 
+def test_ctrl_c_mid_round_prints_only_its_line_and_the_ui_keeps_the_crash(tmp_path, tiny_params):
+    """Prefect's "Crash detected!" and "Finished in state Crashed" lines stay off the terminal
+    after a Ctrl-C (stdout and stderr apart, as a terminal shows them); the flow run's logs in
+    the Prefect server still have them."""
+    workspace = tmp_path / "ws"
+    params = write_params(tmp_path, tiny_params, rounds=4)
+    marker, out_path, err_path = tmp_path / "paused", tmp_path / "out", tmp_path / "err"
+    env = cli_env(**{FAULT_ENV: "train:after:2:pause", FAULT_FILE_ENV: str(marker)})
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "baldflow.cli", "run", "-w", str(workspace), "-c", str(params)],
+            env=env, stdout=out, stderr=err, start_new_session=True,
+        )  # fmt: skip
+    home = workspace / ".prefect"
+    try:
+        wait_for(marker, proc, err_path)
+        before = out_path.stat().st_size, err_path.stat().st_size
+        os.killpg(proc.pid, signal.SIGINT)
+        ended_within(proc, INTERRUPT_S, err_path)
+    finally:
+        cleanup(proc, home)
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    assert proc.returncode == 130, stdout + stderr
+    assert stdout[before[0] :] == "", stdout
+    assert stderr[before[1] :] == (
+        "baldflow: campaign 'tiny' stopped during round 2; round 1 is the last completed; "
+        "run again to resume\n"
+    ), stderr
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as conn:
+        kept = conn.execute(
+            "SELECT count(*) FROM log WHERE message LIKE 'Crash detected!%interrupt signal.'"
+        ).fetchone()[0]
+    assert kept >= 1  # the task's and the flow's, as the UI shows them
+
+
 def test_a_second_ctrl_c_exits_at_once_and_a_stuck_way_out_has_a_deadline(tmp_path):
     """The deadline and the second signal, on a command whose cleanup never ends."""
     script = tmp_path / "stuck.py"

@@ -11,6 +11,7 @@ things stand is still printed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -134,6 +135,7 @@ class InterruptHandler:
             self.force_exit()  # a second signal: the user will not wait
         self.signum = signum
         self._start_deadline()
+        quiet_console()
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise Interrupted(signum)
@@ -156,6 +158,35 @@ class InterruptHandler:
         kill_all_now()
         status = self.report()
         os._exit(status)
+
+
+class _Silent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+_SILENT = _Silent()
+
+
+def quiet_console() -> None:
+    """From now on, log records reach no terminal: the user's one line is the whole report.
+
+    What Prefect logs about the stop ("Crash detected! Execution was aborted by an interrupt
+    signal", "Finished in state Crashed") still goes to its API handler, so the Prefect UI
+    shows it, and to any file handler; only the handlers that write to a stream (Prefect's
+    console handler on the root logger, its `prefect._internal` one, DVC's) are muted.
+    """
+    loggers = [logging.getLogger()]
+    # A copy, taken at once: another thread may create a logger meanwhile.
+    loggers += [
+        x for x in list(logging.Logger.manager.loggerDict.values()) if isinstance(x, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                handler.addFilter(_SILENT)
 
 
 def _write_stderr(text: str) -> None:

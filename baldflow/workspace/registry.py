@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import tempfile
@@ -211,6 +212,26 @@ def _no_progress_bars() -> Iterator[None]:
         os.environ.pop(key, None)
 
 
+class _DropValidationNote(logging.Filter):
+    """MLflow says at INFO, once per saved model, that it validates the input example against
+    the signature: a line in every round's output with nothing in it for the user (both are
+    ours, an all-zero example; a mismatch still raises)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Validating input example against model")
+
+
+@contextlib.contextmanager
+def _no_validation_note() -> Iterator[None]:
+    logger = logging.getLogger("mlflow.pyfunc")
+    note = _DropValidationNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 @functools.cache
 def pip_requirements() -> tuple[str, ...]:
     """Pinned to what is installed: no requirement inference (that runs a subprocess), and
@@ -239,7 +260,7 @@ def save_round_model(path: Path, model_dir: Path, scoring: RoundScoring, mlflow_
     code = model_dir / "round_model.py"
     code.write_text(_MODEL_CODE)
     signature, example = _signature_and_example(model_dir, scoring)
-    with _no_progress_bars():
+    with _no_progress_bars(), _no_validation_note():
         mlflow.pyfunc.save_model(
             str(path),
             python_model=str(code),

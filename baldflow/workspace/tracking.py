@@ -217,12 +217,61 @@ class Tracker:
         one parent run. Returns the parent to use from now on."""
         if orphan == anchored or not self._reopen(anchored):
             return orphan
-        run = self.client.get_run(orphan)
-        if self._ours(run) and run.info.lifecycle_stage != "deleted":
-            self.client.set_tag(orphan, TAG_DISCARDED, f"round 0 was committed with {anchored}")
-            self.client.set_terminated(orphan, status="KILLED")
-            self.client.delete_run(orphan)
+        if self._ours(self.client.get_run(orphan)):
+            self.retire_campaign_run(orphan, f"round 0 was committed with {anchored}")
         return anchored
+
+    def retire_campaign_run(self, run_id: str, why: str) -> bool:
+        """Retire a parent run no committed round names: tagged why, KILLED, then deleted, so
+        the campaign shows one parent. False when it was gone already, or is not this
+        workspace's run, or has round runs under it (those must keep their parent)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        if (
+            run.data.tags.get(TAG_WORKSPACE) != self.workspace_id
+            or run.data.tags.get(TAG_KIND) != "campaign"
+            or run.info.lifecycle_stage == "deleted"
+        ):
+            return False
+        children = self.client.search_runs(
+            [run.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{run_id}'",
+            max_results=1,
+        )  # fmt: skip
+        if children:
+            return False
+        self.client.set_tag(run_id, TAG_DISCARDED, why[:4000])
+        if run.info.status != "KILLED":
+            self.client.set_terminated(run_id, status="KILLED")
+        self.client.delete_run(run_id)
+        return True
+
+    def retire_stray_campaign_runs(self, campaign: str, anchored: str) -> dict[str, list[str]]:
+        """Retire the campaign's other parent runs, now that `anchored` is the one git names.
+
+        They are what a clone left when its run stopped before its round 0 was committed (a
+        clone that lost the race to create a shared object, in releases before that was
+        handled). Another clone's RUNNING parent is left alone: that clone may be running
+        right now and adopts the anchored parent at its next sync. Returns the ids "retired"
+        and those that "failed" (a server that refuses to delete another user's run).
+        """
+        from mlflow.exceptions import MlflowException
+
+        done: dict[str, list[str]] = {"retired": [], "failed": []}
+        for run in self._search(campaign, "campaign"):
+            run_id = run.info.run_id
+            if run_id == anchored or (run.info.status == "RUNNING" and not self._ours(run)):
+                continue
+            why = f"a stray parent run: round 0 of {campaign} was committed with {anchored}"
+            try:
+                if self.retire_campaign_run(run_id, why):
+                    done["retired"].append(run_id)
+            except MlflowException as error:
+                done["failed"].append(f"{run_id} ({error.error_code})")
+        return done
 
     def discard(self, run_id: str, why: str) -> None:
         """Close the run of a round another clone committed first, saying so."""
@@ -264,11 +313,15 @@ class Tracker:
         of it: "run_id", "metrics", "tags" and the "acquired" table. A committed round's run
         that is not FINISHED or lacks its metrics gets them and is FINISHED, since the round is
         complete; a round run left RUNNING whose round was not committed is KILLED (the round
-        runs again and reopens it). Parked runs (SCHEDULED, waiting for labels) are left alone.
+        runs again and reopens it). Parked runs (SCHEDULED, waiting for labels) are left alone,
+        unless their round was committed with another run ("retired": KILLED, tagged why).
         """
-        done: dict[str, list[str]] = {"repaired": [], "killed": []}
+        done: dict[str, list[str]] = {"repaired": [], "killed": [], "retired": []}
         by_run = {str(rec["run_id"]): rec for rec in committed.values() if rec.get("run_id")}
         for run in self._search(campaign, "round"):
+            if self._retire_parked(run, committed, by_run):
+                done["retired"].append(run.info.run_id)
+                continue
             if not self._ours(run):
                 continue  # another clone's run: that clone repairs it, maybe right now
             run_id = run.info.run_id
@@ -290,6 +343,30 @@ class Tracker:
             self.end(run_id)
             done["repaired"].append(run_id)
         return done
+
+    def _retire_parked(
+        self, run: Any, committed: Mapping[int, Mapping[str, Any]], by_run: Mapping[str, Any]
+    ) -> bool:
+        """KILL a run parked for people's labels (SCHEDULED) of a round that git committed with
+        another run: another clone committed that round first, so this batch can never
+        complete it. Any clone may do it, since no clone can use the run again; a server that
+        refuses to change another user's run leaves it to that run's clone (False)."""
+        from mlflow.exceptions import MlflowException
+
+        tagged = run.data.tags.get(TAG_ROUND, "")
+        if run.info.status != "SCHEDULED" or run.info.run_id in by_run or not tagged.isdigit():
+            return False
+        record = committed.get(int(tagged))
+        if record is None:
+            return False
+        why = f"round {tagged} was committed with MLflow run {record.get('run_id') or '?'}"
+        try:
+            self.discard(run.info.run_id, why)
+        except MlflowException:
+            if self._ours(run):
+                raise
+            return False
+        return True
 
     def round_run(
         self, parent_run_id: str, campaign: str, round_index: int, params: Mapping[str, Any]
