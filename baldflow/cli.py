@@ -480,12 +480,16 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r.round == args.round]
     if args.sample is not None:
         rows = [r for r in rows if r.sample_id == args.sample]
-        if args.format == "table":
+        if args.format == "table" or not rows:
             from baldflow.audit.queries import sample_story
             from baldflow.audit.report import print_story
 
-            print_story(sample_story(ws_root, args.sample, args.campaign))
-            return 0
+            # Also for csv/json with no rows: an id that is not in the pool is an error
+            # (AuditError, the not-found exit), never an empty answer like "never acquired".
+            story = sample_story(ws_root, args.sample, args.campaign)
+            if args.format == "table":
+                print_story(story)
+                return 0
     if args.format == "csv":
         # For people (spreadsheets): formula-like text cells neutralised; ledger.csv stays exact.
         sys.stdout.write(ledger_text(rows, header=True, for_people=True))
@@ -1141,7 +1145,7 @@ def cmd_cycle(args: argparse.Namespace) -> int:
             else f"waiting for labels for round {finished.waiting}"
         )
         print(
-            f"campaign {finished.campaign}: last completed round {finished.last_round} ({said}; "
+            f"campaign {finished.campaign}: {_last_completed(finished.last_round)} ({said}; "
             "nothing was run or recorded)"
         )
         _say_batch_beyond(ws_root, finished.campaign, finished)
@@ -1164,9 +1168,16 @@ def cmd_cycle(args: argparse.Namespace) -> int:
         "pool-empty": "the pool is empty",
         "waiting-for-labels": "waiting for labels",
     }.get(result["stopped"], result["stopped"])
-    print(f"campaign {result['campaign']}: last completed round {result['last_round']} ({outcome})")
+    print(f"campaign {result['campaign']}: {_last_completed(result['last_round'])} ({outcome})")
     _print_waiting(result)
     return 0
+
+
+def _last_completed(last_round: int | None) -> str:
+    """The campaign's progress in words; before round 0 is committed there is no round yet."""
+    if last_round is None:
+        return "no round completed yet"
+    return f"last completed round {last_round}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -149,6 +149,7 @@ def test_a_campaign_whose_round_0_is_out_resumes_and_answers_without_a_server(pe
     result, took = people["cycle0"]
     assert_no_server(result, took)
     assert "waiting for labels for round 0" in result.stdout
+    assert "no round completed yet" in result.stdout and "round None" not in result.stdout
 
 
 def test_label_import_that_completes_a_round_names_the_next_command(people):

@@ -137,10 +137,11 @@ def test_two_operators_racing_on_two_clones_leave_one_history(tmp_path, shared):
     bare, _, _, params = shared
     rounds = 6
     a, b = make_clones(tmp_path, shared)
-    ann_pause, bob_pause = tmp_path / "ann-paused", tmp_path / "bob-paused"
     # Both stop right before pushing their round 2; Ann goes on first, Bob once Ann's round 2
     # is on the remote: one race is certain, however the processes are scheduled. (With Bob
     # alone paused, Ann could push every round before Bob's first sync, once rounds got fast.)
+    ann_pause, bob_pause = tmp_path / "ann-paused", tmp_path / "bob-paused"
+
     def paused(operator: str, marker: Path) -> dict[str, str]:
         spec = {FAULT_ENV: "claim-round:before:2:pause", FAULT_FILE_ENV: str(marker)}
         return env_for(operator, **spec)

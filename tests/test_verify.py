@@ -193,6 +193,14 @@ def test_history_of_a_sample_says_never_acquired_or_not_in_the_pool(team, capsys
     captured = capsys.readouterr()
     assert "not in the pool" in captured.err and "never acquired" not in captured.err
 
+    # Machine-readable answers tell the two apart the same way: [] and 0, or the error and 1.
+    for fmt in ("json", "csv"):
+        args = ["history", "-w", str(ws.root), "--format", fmt, "--sample"]
+        assert main([*args, passed_over]) == 0
+        assert "not in the pool" not in capsys.readouterr().err
+        assert main([*args, "no-such-sample"]) == 1
+        assert "not in the pool" in capsys.readouterr().err
+
     picked = next(row for row in ledger if row.round == 2 and row.rank == 1)
     assert main(["history", "-w", str(ws.root), "--sample", picked.sample_id]) == 0
     out = capsys.readouterr().out

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from baldflow.workspace import (
     LedgerError,
     LedgerRow,
     Workspace,
+    WorkspaceError,
     WorkspaceLockedError,
     round_tag,
     workspace_lock,
@@ -244,3 +247,98 @@ def test_a_plain_git_dvc_repository_is_not_taken_for_a_workspace(tmp_path, monke
     Workspace.init(project).close()
     assert Workspace.is_workspace(project)
     assert _default_workspace() == "."
+
+
+# Files this process opens while `_OPENED` holds a list. Audit hooks cannot be removed, so one
+# is installed on first use and does nothing between uses.
+_OPENED: list[tuple[Path, str]] | None = None
+_HOOKED = False
+
+
+def _record_open(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED is not None and isinstance(args[0], str | bytes | os.PathLike):
+        # A relative path is opened from the working directory: resolve it the same way.
+        _OPENED.append((Path(os.getcwd(), os.fsdecode(args[0])), str(args[1])))
+
+
+@contextlib.contextmanager
+def files_opened() -> Iterator[list[tuple[Path, str]]]:
+    global _OPENED, _HOOKED
+    if not _HOOKED:
+        sys.addaudithook(_record_open)
+        _HOOKED = True
+    _OPENED = opened = []
+    try:
+        yield opened
+    finally:
+        _OPENED = None
+
+
+def remote_object(ws: Workspace, md5: str) -> Path:
+    return ws.root / "dvc-remote" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def test_versioning_reads_no_pipeline_file_of_the_directory_it_runs_from(ws, tmp_path, monkeypatch):
+    # `baldflow run --workspace DIR` from inside a DVC project (benchmarks/bookkeeping.py run
+    # from the baldflow repository): `dvc push` by output path looked for stages in that
+    # project's dvc.yaml and dvc.lock, once per versioned file, every round.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text("stages:\n  report:\n    cmd: echo\n    outs: [out.txt]\n")
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages:\n  report:\n    cmd: echo\n")
+    monkeypatch.chdir(project)
+    manifest = {"count": 3, "sha256": "0" * 64}
+    for round_index, ids in enumerate([["a", "b"], ["c"]]):
+        scores = tmp_path / f"scores-{round_index}.parquet"
+        scores.write_bytes(f"not parquet, {round_index}".encode())
+        with files_opened() as opened:
+            ws.commit_round(
+                "c",
+                round_index,
+                rows("c", round_index, ids),
+                summary={"round": round_index},
+                pool_manifest=manifest,
+                score_table=scores,
+            )
+        assert [str(path) for path, _ in opened if project in path.parents] == []
+    # Still every version of every file in the remote before its commit.
+    for dvcfile in ws.campaign_dir("c").rglob("*.dvc"):
+        for rev in (round_tag("c", 0), round_tag("c", 1)):
+            rel = dvcfile.relative_to(ws.root).as_posix()
+            shown = ws.git("show", f"{rev}:{rel}", check=False)
+            if shown:
+                assert remote_object(ws, yaml.safe_load(shown)["outs"][0]["md5"]).is_file()
+    assert ws.git("status", "--porcelain").strip() == ""
+
+
+def test_a_file_that_did_not_change_is_not_added_again(ws, tmp_path):
+    manifest = {"count": 3, "sha256": "0" * 64}
+    ws.commit_round("c", 0, rows("c", 0, ["a"]), summary={"round": 0}, pool_manifest=manifest)
+    dvcfile = ws.campaign_dir("c") / "pool-manifest.json.dvc"
+    before = dvcfile.read_text()
+    with files_opened() as opened:
+        ws.commit_round("c", 1, rows("c", 1, ["b"]), summary={"round": 1}, pool_manifest=manifest)
+    written = {path.name for path, mode in opened if set(mode) & set("wax+")}
+    assert "labeled.csv.dvc" in written and "ledger.csv.dvc" in written
+    assert "pool-manifest.json.dvc" not in written
+    assert dvcfile.read_text() == before
+    assert ws.dvc_add([ws.campaign_dir("c") / "pool-manifest.json"]) == []
+    assert ws.git("status", "--porcelain").strip() == ""
+
+
+def test_push_restores_a_lost_remote_object_and_refuses_one_it_cannot_find(ws):
+    ws.commit_round("c", 0, rows("c", 0, ["a"]), summary={"round": 0})
+    target = ws.labeled_path("c")
+    md5 = yaml.safe_load((ws.campaign_dir("c") / "labeled.csv.dvc").read_text())["outs"][0]["md5"]
+    out = {"path": target.name, "md5": md5, "hash": "md5"}
+    lost = remote_object(ws, md5)
+    lost.unlink()
+    ws.dvc_push([target], [out])  # a retry: pushes what the remote lacks, twice is harmless
+    ws.dvc_push([target], [out])
+    assert lost.read_text() == target.read_text()
+    lost.unlink()
+    cached = ws.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    cached.chmod(0o644)
+    cached.unlink()
+    with pytest.raises(WorkspaceError, match=f"did not store {md5}"):
+        ws.dvc_push([target], [out])
