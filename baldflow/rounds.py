@@ -21,6 +21,8 @@ from baldflow.workspace.repo import RoundCommit, Workspace, round_tag
 from baldflow.workspace.tracking import Tracker
 
 INITIAL_STRATEGY = "initial"
+# The evidence's own timings (baldflow.steps.batch_evidence): counted in seconds_compute.
+EVIDENCE_SECONDS = ("seconds_evidence", "seconds_shadow")
 
 
 @dataclasses.dataclass
@@ -158,8 +160,23 @@ class RoundRecord:
         return self.round == 0
 
     @property
+    def seconds_evidence(self) -> float:
+        """Assessing the batch (its joint MI, duplicates; the shadow BatchBALD check when asked
+        for): computation on the round's model, so part of compute, not of bookkeeping. A
+        record kept before the evidence was measured has none."""
+        return sum(self.evidence.get(key, 0.0) for key in EVIDENCE_SECONDS)
+
+    @property
     def seconds_compute(self) -> float:
-        return self.seconds_train + self.seconds_evaluate + self.seconds_score + self.seconds_select
+        """Training, evaluating, scoring, selecting and assessing the batch: everything a round
+        computes. The round's wall time less this and labeling is its bookkeeping."""
+        return (
+            self.seconds_train
+            + self.seconds_evaluate
+            + self.seconds_score
+            + self.seconds_select
+            + self.seconds_evidence
+        )
 
     @property
     def seconds_acquisition(self) -> float:

@@ -239,41 +239,150 @@ def pip_requirements() -> tuple[str, ...]:
     return tuple(f"{name}=={metadata.version(name)}" for name in REQUIREMENTS)
 
 
-def _signature_and_example(model_dir: Path, scoring: RoundScoring) -> tuple[Any, Any]:
-    """An all-zero example (shape and dtype only: the pool's samples stay out of the registry,
-    and the tracking task never sees them) and the signature it and its prediction give."""
+def round_signature(spec: Mapping[str, Any]) -> Any:
+    """The pyfunc's signature, from the network's spec alone: [N, F] float32 features in, the
+    columns prediction_frame gives (prob_0..prob_{C-1} and bald, float64) out. Written
+    directly rather than inferred from a prediction: inferring meant running the network's K
+    dropout passes on an example at every registration, for a signature that is the same for
+    every round of a campaign."""
     import numpy as np
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    features = int(np.prod(spec["input_shape"]))
+    columns = [f"prob_{c}" for c in range(int(spec["num_classes"]))] + ["bald"]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, features))]),
+        outputs=Schema([ColSpec("double", name) for name in columns]),
+    )
+
+
+def _signature_and_example(model_dir: Path) -> tuple[Any, Any]:
+    """An all-zero example (shape and dtype only: the pool's samples stay out of the registry,
+    and the tracking task never sees them) and the signature. The network is rebuilt from the
+    files (a round whose files give no network is refused here, not by whoever loads it
+    later) but not run: MLflow checks the example against the signature, not a prediction."""
+    import numpy as np
 
     network = load_round_network(model_dir / SPEC_FILE, model_dir / WEIGHTS_FILE)
-    features = int(np.prod(network.spec["input_shape"]))
-    example = np.zeros((INPUT_EXAMPLE_ROWS, features), dtype=np.float32)
-    output = prediction_frame(
-        *mc_predict(network, as_inputs(example, network.spec["input_shape"]), scoring)
+    signature = round_signature(network.spec)
+    features = signature.inputs.inputs[0].shape[1]
+    return signature, np.zeros((INPUT_EXAMPLE_ROWS, features), dtype=np.float32)
+
+
+# The files of a round's pyfunc that MLflow writes from the model's artifacts, and the MLmodel
+# fields that name them or the round: all else is the same for every round of a signature.
+ARTIFACT_FILES = {"spec": SPEC_FILE, "state_dict": WEIGHTS_FILE, "scoring": "scoring.json"}
+CODE_FILE = "round_model.py"
+MLMODEL_FILE = "MLmodel"
+# Written by MLflow after it measures the model's size (model_size_bytes leaves them out).
+ENV_FILES = ("conda.yaml", "python_env.yaml", "requirements.txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class PyfuncLayout:
+    """What MLflow wrote for a round's pyfunc that does not change between rounds: the
+    environment files, the input example, the flavor's configuration and the signature.
+
+    Made once a process (per signature and requirements) by mlflow.pyfunc.save_model itself,
+    so each file stays as the installed MLflow writes it; later rounds write these bytes again
+    with their own artifacts and ids, instead of MLflow processing the requirements, checking
+    them against the environment and copying the artifacts by URI every round.
+    """
+
+    files: Mapping[str, bytes]
+    mlmodel: Mapping[str, Any]
+
+
+_LAYOUTS: dict[tuple[str, tuple[str, ...]], PyfuncLayout] = {}
+_LAYOUTS_LOCK = threading.Lock()
+
+
+def _layout_of(path: Path) -> PyfuncLayout:
+    from mlflow.models import Model
+
+    files = {
+        str(f.relative_to(path)): f.read_bytes()
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+        and f.name != MLMODEL_FILE
+        and f.name != CODE_FILE
+        and f.parent.name != "artifacts"
+    }
+    return PyfuncLayout(files=files, mlmodel=Model.load(path / MLMODEL_FILE).to_dict())
+
+
+def _write_from_layout(
+    layout: PyfuncLayout, path: Path, sources: Mapping[str, Path], code: Path, mlflow_model: Any
+) -> None:
+    """The round's pyfunc as MLflow would write it: the layout's files, the round's artifacts
+    and code, and an MLmodel with the round's ids, sources, time and size."""
+    import shutil
+    from datetime import datetime, timezone
+
+    from mlflow.models import Model
+
+    (path / "artifacts").mkdir(parents=True)
+    flavor = json.loads(json.dumps(layout.mlmodel["flavors"]))
+    pyfunc = flavor[mlflow.pyfunc.FLAVOR_NAME]
+    for key, entry in pyfunc["artifacts"].items():
+        shutil.copyfile(sources[key], path / entry["path"])
+        entry["uri"] = str(sources[key])
+    shutil.copyfile(code, path / CODE_FILE)
+    pyfunc["model_code_path"] = str(code)
+    for name, data in layout.files.items():
+        if name not in ENV_FILES:
+            (path / name).write_bytes(data)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    for name in ENV_FILES:
+        (path / name).write_bytes(layout.files[name])
+    model = Model.from_dict(
+        {
+            **layout.mlmodel,
+            "flavors": flavor,
+            "artifact_path": mlflow_model.artifact_path,
+            "run_id": mlflow_model.run_id,
+            "model_uuid": mlflow_model.model_uuid,
+            "model_id": mlflow_model.model_id,
+            "utc_time_created": str(datetime.now(timezone.utc).replace(tzinfo=None)),
+            "model_size_bytes": size,
+        }
     )
-    return infer_signature(example, output), example
+    model.save(str(path / MLMODEL_FILE))
 
 
 def save_round_model(path: Path, model_dir: Path, scoring: RoundScoring, mlflow_model: Any) -> None:
-    """Write the pyfunc of the round whose spec.json and state_dict.pt are in `model_dir`."""
+    """Write the pyfunc of the round whose spec.json and state_dict.pt are in `model_dir`.
+
+    The first round of a process (of each signature) is saved by mlflow.pyfunc.save_model;
+    the rounds after it are written from what that save wrote (PyfuncLayout), which is what
+    MLflow would write again for them but for the artifacts, ids, time and size.
+    """
     (model_dir / "scoring.json").write_text(scoring.to_json())
-    code = model_dir / "round_model.py"
+    code = model_dir / CODE_FILE
     code.write_text(_MODEL_CODE)
-    signature, example = _signature_and_example(model_dir, scoring)
+    signature, example = _signature_and_example(model_dir)
+    sources = {key: model_dir / name for key, name in ARTIFACT_FILES.items()}
+    key = (json.dumps(signature.to_dict(), sort_keys=True), pip_requirements())
+    with _LAYOUTS_LOCK:
+        layout = _LAYOUTS.get(key)
+    if layout is not None:
+        _write_from_layout(layout, path, sources, code, mlflow_model)
+        return
     with _no_progress_bars(), _no_validation_note():
         mlflow.pyfunc.save_model(
             str(path),
             python_model=str(code),
-            artifacts={
-                "spec": str(model_dir / SPEC_FILE),
-                "state_dict": str(model_dir / WEIGHTS_FILE),
-                "scoring": str(model_dir / "scoring.json"),
-            },
+            artifacts={key: str(source) for key, source in sources.items()},
             signature=signature,
             input_example=example,
             pip_requirements=list(pip_requirements()),
             mlflow_model=mlflow_model,
         )
+    layout = _layout_of(path)
+    if set(ENV_FILES) <= set(layout.files):
+        with _LAYOUTS_LOCK:
+            _LAYOUTS[key] = layout
 
 
 # ---------------------------------------------------------------------------- registering
@@ -340,6 +449,22 @@ def ensure_registered_model(client: Any, name: str, campaign: str) -> None:
         # Created by an earlier round, or by another workspace on a shared server.
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+
+
+def create_version(client: Any, name: str, campaign: str, **fields: Any) -> Any:
+    """A new version of `name`, the registered model created first if there is none yet.
+
+    Tried on the registered model first: it exists from the campaign's first round on, and
+    creating it every round was a refused write to the store each time."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_model_version(name, **fields)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    ensure_registered_model(client, name, campaign)
+    return client.create_model_version(name, **fields)
 
 
 def _logged_model_name(campaign: str, round_index: int) -> str:
@@ -439,9 +564,10 @@ def register_round(
     created = version is None
     if created:
         logged = log_round_model(tracker, run_id, campaign, round_index, model_dir)
-        ensure_registered_model(client, name, campaign)
-        version = client.create_model_version(
+        version = create_version(
+            client,
             name,
+            campaign,
             # Where the files are, not `models:/<id>`: MLflow's SQL registry resolves that
             # through the process-wide tracking URI, which is not this tracker's.
             source=logged.artifact_location,
