@@ -280,7 +280,7 @@ class Config(_Section):
         than with whatever params.yaml says, and a run that changes them (`--set
         campaign.rounds=N`) records the change with the next round it commits. The device,
         threads, mixed precision, scale, the Label Studio server and the shadow BatchBALD
-        evidence stay this run's choice (README, "What a resume takes from where").
+        evidence stay this run's choice (docs/pipeline.md, "What a resume takes from where").
         """
         data = self.identity()
         data["campaign"]["rounds"] = self.campaign.rounds

@@ -122,9 +122,120 @@ def prefect_harness():
         yield PREFECT_API_URL.value()
 
 
+@pytest.fixture(scope="session")
+def finished_tiny(tmp_path_factory, prefect_harness, tiny_defaults):
+    """One uninterrupted three-round campaign of TINY_PARAMS (flow run named "test"), run once
+    per session: (workspace, flow result, seconds it took). Read it, or take a copy to change
+    (helpers.copy_workspace): a copy costs a fraction of a second, a campaign many seconds."""
+    import time
+
+    from helpers import run_flow
+
+    workspace = tmp_path_factory.mktemp("finished-tiny") / "ws"
+    started = time.perf_counter()
+    result = run_flow(workspace, tiny_defaults, campaign="test")
+    return workspace, result, time.perf_counter() - started
+
+
 def pytest_configure(config):
     # DVC 3.67 trips a deprecation in its own trie dependency on every add; not ours to fix.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:dvc.*")
+
+
+# -- Tiers (pyproject registers the markers). A test's fixtures say what it needs; the table
+# below adds what a module does without a fixture (a `baldflow run` in a subprocess, a Dask
+# cluster, a killed process). A test with none of the heavy needs is `pure`. --
+
+HEAVY_MARKERS = ("flow", "servers", "crash", "browser", "gpu", "slow", "smoke")
+
+FIXTURE_MARKERS = {
+    "prefect_harness": ("flow",),
+    "finished_tiny": ("flow",),
+    "team_stack": ("servers",),
+    "team_mlflow_auth": ("servers",),
+    "label_studio_server": ("servers",),
+    "cuda_device": ("gpu",),
+    # An MLflow store of its own (creating one runs MLflow's migrations: seconds).
+    "tracker": ("slow",),
+    "audited": ("slow",),
+}
+
+# Markers for every test of a module.
+MODULE_MARKERS = {
+    "test_faults.py": ("crash", "flow"),
+    "test_signals.py": ("crash", "flow"),
+    "test_mlflow_ui.py": ("browser", "flow"),
+    "test_label_studio_browser.py": ("browser",),
+    "test_s3.py": ("servers",),
+    "test_dask_cluster.py": ("servers",),
+    "test_scale.py": ("servers",),  # Dask clusters
+    "test_stack.py": ("servers",),
+    "test_serve.py": ("flow",),
+    "test_smoke.py": ("smoke",),
+}
+
+# Markers for single tests (by name, without parameters), module by module. `slow`: nothing
+# heavy, but seconds each: pip building the package, a fresh interpreter importing torch (the
+# CLI, an import check), an MLflow store, a CNN over 3,000 images.
+TEST_MARKERS = {
+    "test_comparison.py": {
+        "test_campaigns_started_together_on_a_fresh_project_share_one_store": ("flow",),
+        "test_the_flow_is_imported_after_the_offline_environment": ("slow",),
+    },
+    "test_config.py": {"test_validating_a_campaign_imports_nothing_of_the_comparison": ("slow",)},
+    "test_data.py": {
+        "test_folder_of_600_images_loads_under_an_open_file_limit_of_256": ("slow",),
+        "test_digits_are_read_without_importing_scikit_learn_and_equal_its_loader": ("slow",),
+    },
+    "test_deploy.py": {"test_deploy_refuses_without_a_persistent_server": ("slow",)},
+    "test_output.py": {
+        "test_report_draws_without_matplotlib": ("slow",),
+        "test_printed_commands_run_in_a_shell_without_the_environment": ("slow",),
+    },
+    "test_packaging.py": {"test_building_the_package_warns_about_nothing": ("slow",)},
+    "test_preflight.py": {
+        "test_run_with_a_source_that_cannot_load_fails_in_one_line_before_prefect": ("slow",),
+        "test_resuming_with_other_parameters_is_only_the_error": ("slow",),
+    },
+    "test_rounds.py": {
+        "test_a_tracking_store_killed_while_being_created_does_not_break_the_next_start": (
+            "crash",
+        ),
+        "test_flows_and_tasks_install_under_the_baldflow_namespace": ("slow",),
+    },
+    "test_serve.py": {"test_serve_runs_scheduled_cycles_one_round_each": ("servers",)},
+    "test_sharded_selection.py": {"test_noise_is_identical_in_another_process": ("slow",)},
+    "test_sharding.py": {
+        "test_through_a_real_dask_cluster": ("servers",),
+        "test_sharded_batch_equals_single_process": ("slow",),
+    },
+}
+
+
+def _table_markers(item) -> set[str]:
+    module = item.path.name
+    name = getattr(item, "originalname", None) or item.name
+    return {*MODULE_MARKERS.get(module, ()), *TEST_MARKERS.get(module, {}).get(name, ())}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        needs = _table_markers(item)
+        for fixture in item.fixturenames:
+            needs.update(FIXTURE_MARKERS.get(fixture, ()))
+        needs.update(m.name for m in item.iter_markers() if m.name in HEAVY_MARKERS)
+        for name in sorted(needs) or ["pure"]:
+            item.add_marker(name)
+
+
+@pytest.fixture
+def cuda_device():
+    """A CUDA device, or the test is skipped."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    return torch.device("cuda")
 
 
 def pytest_unconfigure(config):

@@ -1,4 +1,4 @@
-"""The application layer (baldflow.app) as the README shows it: the "Python API" example run
+"""The application layer (baldflow.app) as the docs show it: docs/api.md's example run
 as written, on a tiny campaign, with real Prefect, MLflow, git and DVC in a temp dir; its
 results are what the CLI prints, and it raises the errors the CLI maps to exit codes."""
 
@@ -20,13 +20,13 @@ from baldflow.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
-def readme_example() -> str:
-    """The first python block of the README's "Python API" section."""
-    text = README.read_text()
-    section = text[text.index("### Python API") :]
+def docs_example() -> str:
+    """The first python block of the Python API page (docs/api.md)."""
+    text = API_PAGE.read_text()
+    section = text[text.index("# The Python API") :]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match is not None, "the Python API section has no python example"
     return match.group(1)
@@ -34,7 +34,7 @@ def readme_example() -> str:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory, tiny_defaults):
-    """The README's example, run as written from a directory whose params.yaml is tiny."""
+    """The docs' example, run as written from a directory whose params.yaml is tiny."""
     root = tmp_path_factory.mktemp("api")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_defaults))
     out = io.StringIO()
@@ -43,13 +43,13 @@ def example(tmp_path_factory, tiny_defaults):
     os.chdir(root)  # the example names its files relative to where it runs
     try:
         with contextlib.redirect_stdout(out):
-            exec(compile(readme_example(), "README.md (Python API)", "exec"), namespace)
+            exec(compile(docs_example(), "docs/api.md", "exec"), namespace)
     finally:
         os.chdir(before)
     return root, namespace, out.getvalue()
 
 
-def test_the_readme_example_runs_labels_and_verifies_a_campaign(example):
+def test_the_docs_example_runs_labels_and_verifies_a_campaign(example):
     root, namespace, printed = example
     outcome = namespace["outcome"]
     assert isinstance(outcome, app.CampaignOutcome)

@@ -1,21 +1,18 @@
 """BatchBALD against a reference that enumerates every label configuration by brute force."""
 
+import functools
 import itertools
 import math
 
+import helpers
 import pytest
 import torch
 
 from baldflow.acquisition.batchbald import batchbald
 from baldflow.acquisition.scores import bald
 
-
-def random_log_probs(N, K, C, seed, sharpness=2.0):
-    generator = torch.Generator().manual_seed(seed)
-    shared = torch.randn(N, 1, C, generator=generator, dtype=torch.float64) * sharpness
-    per_sample = torch.randn(N, K, C, generator=generator, dtype=torch.float64)
-    spread = torch.rand(N, 1, 1, generator=generator, dtype=torch.float64) * 2
-    return torch.log_softmax(shared + per_sample * spread, -1)
+# Posterior samples that agree more or less from point to point, as a trained model's do.
+random_log_probs = functools.partial(helpers.random_log_probs, sharpness=2.0)
 
 
 def joint_mutual_information(log_probs_N_K_C, indices) -> float:

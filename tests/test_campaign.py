@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import copy_workspace, run_flow
 
 from baldflow.workspace import Workspace
 from baldflow.workspace.ledger import labeled_rows_from_ledger, md5_of_text, read_ledger
@@ -26,17 +27,11 @@ from baldflow.workspace.tracking import TAG_CAMPAIGN, TAG_KIND, local_tracking_u
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def run_flow(workspace: Path, params: dict) -> dict:
-    from baldflow.flows.campaign import campaign_flow
-
-    return campaign_flow(workspace=str(workspace), params=params, campaign="test")
-
-
 @pytest.fixture(scope="module")
-def campaign3(tmp_path_factory, prefect_harness, tiny_defaults):
-    workspace = tmp_path_factory.mktemp("campaign3") / "ws"
-    result = run_flow(workspace, tiny_defaults)
-    return workspace, result
+def campaign3(tmp_path_factory, finished_tiny):
+    """A copy of the session's finished three-round campaign (the same flow, run once)."""
+    source, result, _ = finished_tiny
+    return copy_workspace(source, tmp_path_factory.mktemp("campaign3") / "ws"), result
 
 
 def mlflow_runs(workspace: Path, campaign: str):

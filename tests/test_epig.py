@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import random_log_probs
 
 from baldflow.acquisition import epig as epig_module
 from baldflow.acquisition.epig import epig_score_function, epig_scores, target_ids, target_seed
@@ -19,12 +20,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def random_log_probs(N, K, C, seed, dtype=torch.float64, scale=3.0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(N, K, C, generator=generator, dtype=torch.float64) * scale
-    return torch.log_softmax(logits, -1).to(dtype)
 
 
 def xlogx(p: float) -> float:

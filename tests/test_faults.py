@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from helpers import run_flow
 
 from baldflow import faults
 from baldflow.faults import (
@@ -301,20 +302,14 @@ def write_labels(path: Path, truth: dict[str, int], sample_ids: list[str]) -> Pa
     return path
 
 
-def run_flow(workspace: Path, params: dict, **fault_env: str):
+def run_with_faults(workspace: Path, params: dict, **fault_env: str):
     """The campaign flow in this process, with fault variables set only for this call."""
-    from baldflow.flows.campaign import campaign_flow
-
     faults._raised.clear()
-    with pytest.MonkeyPatch.context() as patch:
-        for key in (FAULT_ENV, FAULT_FILE_ENV, FAULT_TRACE_ENV):
-            patch.delenv(key, raising=False)
-        for key, value in fault_env.items():
-            patch.setenv(key, value)
-        try:
-            return campaign_flow(workspace=str(workspace), params=params, campaign="faults")
-        finally:
-            faults._raised.clear()
+    env = {**dict.fromkeys((FAULT_ENV, FAULT_FILE_ENV, FAULT_TRACE_ENV)), **fault_env}
+    try:
+        return run_flow(workspace, params, campaign="faults", env=env)
+    finally:
+        faults._raised.clear()
 
 
 # ---------------------------------------------------------------------------- reference
@@ -330,7 +325,7 @@ def reference(tmp_path_factory, prefect_harness, tiny_defaults) -> Reference:
     """One uninterrupted campaign, long enough for every chain, run with a fault trace."""
     root = tmp_path_factory.mktemp("reference")
     trace = root / "trace"
-    run_flow(
+    run_with_faults(
         root / "ws",
         params_with(tiny_defaults, REFERENCE_ROUNDS),
         **{FAULT_TRACE_ENV: str(trace)},
@@ -521,7 +516,7 @@ def handoff_kill_chain(tmp_path_factory, prefect_harness, tiny_defaults, cli) ->
     workspace = root / "ws"
     params = params_with(tiny_defaults, 0, oracle={"kind": "file"})
     truth = truth_of(params)
-    run_flow(workspace, params)  # round 0 handed off ...
+    run_with_faults(workspace, params)  # round 0 handed off ...
     assert label_waiting_batch(workspace, truth, complete=True)  # ... and labeled
     return kill_chain_in(root, workspace, params, HANDOFF_POINTS, cli, prefect_harness, truth)
 
@@ -558,7 +553,7 @@ def exception_chain(root: Path, base: dict, action: str) -> Chain:
         trace = root / f"trace-{index:02d}"
         error = None
         try:
-            run_flow(
+            run_with_faults(
                 workspace,
                 params,
                 **{FAULT_ENV: f"{point}:{target}:{action}", FAULT_TRACE_ENV: str(trace)},
@@ -573,7 +568,7 @@ def exception_chain(root: Path, base: dict, action: str) -> Chain:
         if error is not None:
             # The run stopped: run again without the fault, as a user would.
             try:
-                run_flow(workspace, params)
+                run_with_faults(workspace, params)
             except Exception as exc:  # noqa: BLE001
                 stop.rerun_error = f"{type(exc).__name__}: {exc}"
         stop.problems = check_campaign(workspace, CAMPAIGN)
@@ -581,7 +576,7 @@ def exception_chain(root: Path, base: dict, action: str) -> Chain:
     last = max(stop.round for stop in stops.values())
     rerun = None
     try:
-        run_flow(workspace, params_with(base, last))
+        run_with_faults(workspace, params_with(base, last))
     except Exception as exc:  # noqa: BLE001
         rerun = f"{type(exc).__name__}: {exc}"
     return Chain(
@@ -681,7 +676,7 @@ def people(tmp_path_factory, prefect_harness, tiny_defaults) -> Handoff:
     codes, waiting = [], []
     for round_index in (0, 1):
         # The run hands the batch off and stops; the import completes the round.
-        run_flow(workspace, params, **{FAULT_TRACE_ENV: str(trace)})
+        run_with_faults(workspace, params, **{FAULT_TRACE_ENV: str(trace)})
         pending = handoff.pending()
         assert pending is not None and pending.round == round_index
         waiting.append(check_campaign(workspace, CAMPAIGN))
@@ -714,7 +709,7 @@ def test_label_import_killed_mid_import_then_again_loses_and_doubles_no_label(
     workspace = people.workspace
     handoff = HandOff(Workspace(workspace).campaign_dir(CAMPAIGN), CAMPAIGN)
     params = params_with(people.params, 2)
-    run_flow(workspace, params)
+    run_with_faults(workspace, params)
     pending = handoff.pending()
     assert pending is not None and pending.round == 2
     labels = write_labels(people.root / "labels-2.csv", people.truth, pending.sample_ids)

@@ -246,9 +246,8 @@ def test_cpu_shard_scores_and_batch_are_bit_identical(trained):
     assert steps.select_batch(trained["on"], in_process, seed).sample_ids == batch_on
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_passes_run_under_bfloat16_autocast_and_return_float32(trained):
-    model = copy.deepcopy(trained["models"][False].model).to("cuda")
+def test_cuda_passes_run_under_bfloat16_autocast_and_return_float32(trained, cuda_device):
+    model = copy.deepcopy(trained["models"][False].model).to(cuda_device)
     seen: list[bool] = []
     handle = model.register_forward_hook(
         lambda module, inputs, output: seen.append(torch.is_autocast_enabled("cuda"))

@@ -1,8 +1,8 @@
-"""What the README says of the MLflow UI is what MLflow 3.17's UI shows a person.
+"""What the docs say of the MLflow UI (docs/results.md) is what MLflow 3.17's UI shows a person.
 
 A finished campaign's store behind a real MLflow server, the link baldflow prints opened in
 headless Chromium: the page is the experiment's "Training runs" list, the campaign is one
-parent row, and that row expands to the round runs. The README names the same things.
+parent row, and that row expands to the round runs. The docs name the same things.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ def test_the_printed_link_opens_training_runs_with_the_campaign_as_one_expandabl
         assert f"ui-check-round-{r:04d}" in expanded
 
 
-def test_the_readme_uses_the_names_the_ui_shows():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Reading the results"):]
+def test_the_docs_use_the_names_the_ui_shows():
+    page = (ROOT / "docs" / "results.md").read_text()
+    section = page[page.index("# Reading the results"):]
     section = " ".join(section[: section.index("**Prefect**")].split())
     assert "Training runs" in section
     assert "expand" in section

@@ -1,8 +1,10 @@
 """Batch-quality evidence against brute-force enumeration of every label configuration."""
 
+import functools
 import itertools
 import math
 
+import helpers
 import pytest
 import torch
 
@@ -20,12 +22,8 @@ from baldflow.data.repeat import repeat_id, split_repeat_id
 torch.set_num_threads(1)
 
 
-def random_log_probs(B, K, C, seed, sharpness=2.0):
-    generator = torch.Generator().manual_seed(seed)
-    shared = torch.randn(B, 1, C, generator=generator, dtype=torch.float64) * sharpness
-    per_sample = torch.randn(B, K, C, generator=generator, dtype=torch.float64)
-    spread = torch.rand(B, 1, 1, generator=generator, dtype=torch.float64) * 2
-    return torch.log_softmax(shared + per_sample * spread, -1)
+# Posterior samples that agree more or less from point to point, as a trained model's do.
+random_log_probs = functools.partial(helpers.random_log_probs, sharpness=2.0)
 
 
 def brute_force_joint_mi(log_probs_B_K_C) -> float:

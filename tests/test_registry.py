@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import copy_workspace, run_flow
 
 from baldflow.workspace import Workspace
 from baldflow.workspace.ledger import read_ledger
@@ -35,18 +36,11 @@ NAME = registered_model_name("tiny")
 RTOL, ATOL = 1e-6, 1e-9
 
 
-def run_flow(workspace: Path, params: dict) -> dict:
-    from baldflow.flows.campaign import campaign_flow
-
-    return campaign_flow(workspace=str(workspace), params=params, campaign="test")
-
-
 @pytest.fixture(scope="module")
-def campaign3(tmp_path_factory, prefect_harness, tiny_defaults):
-    workspace = tmp_path_factory.mktemp("registry") / "ws"
-    started = time.perf_counter()
-    result = run_flow(workspace, tiny_defaults)
-    return workspace, result, time.perf_counter() - started
+def campaign3(tmp_path_factory, finished_tiny):
+    """A copy of the session's finished three-round campaign (the same flow, run once)."""
+    source, result, seconds = finished_tiny
+    return copy_workspace(source, tmp_path_factory.mktemp("registry") / "ws"), result, seconds
 
 
 def client_of(workspace: Path):
@@ -495,3 +489,73 @@ def test_repair_reports_rounds_it_cannot_register_and_goes_on(tmp_path):
     assert done.without_model == [1]
     assert list(done.failed) == [2] and "cannot rebuild the round's network" in done.failed[2]
     assert sorted(versions(client_of(tmp_path), registered_model_name("c"))) == [3]
+
+
+def test_a_later_round_is_registered_without_running_its_network(tmp_path):
+    """Registering runs none of the network's passes (the signature comes from the spec; the
+    input example is checked against it, not predicted on) and, once the registered model
+    exists, tries no second creation of it; the version still serves the round's numbers."""
+    import mlflow.pyfunc
+    import sqlalchemy
+    from mlflow.models import Model
+
+    from baldflow.models import build_model
+    from baldflow.workspace.registry import (
+        RoundScoring,
+        as_inputs,
+        mc_predict,
+        prediction_frame,
+        register_round_state,
+    )
+    from baldflow.workspace.tracking import TAG_WORKSPACE, Tracker
+
+    uri = local_tracking_uri(tmp_path / "mlflow")
+    tracker = Tracker(uri, "baldflow", tmp_path / "art", "ws-1")
+    models = {r: build_model("mlp", (1, 8, 8), 10, 0.5, seed=r) for r in (1, 2)}
+
+    def register(round_index: int):
+        run = tracker.client.create_run(tracker.experiment_id, tags={TAG_WORKSPACE: "ws-1"})
+        tracker.client.log_param(run.info.run_id, "seed", str(10 + round_index))
+        tracker.client.log_param(run.info.run_id, "acquisition.mc_samples", "4")
+        return register_round_state(
+            tracker,
+            campaign="solo",
+            round_index=round_index,
+            run_id=run.info.run_id,
+            tags={"git.tag": f"solo/round-{round_index:04d}"},
+            model_state=models[round_index].state_dict(),
+            model_spec=models[round_index].spec,
+        )
+
+    register(1)
+    forwards, statements = [], []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: forwards.append(type(module).__name__)
+    )
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", seen)
+    try:
+        second = register(2)
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", seen)
+        hook.remove()
+    assert second.created and forwards == []
+    assert statements and not [s for s in statements if "INSERT INTO registered_models" in s]
+
+    name = registered_model_name("solo")
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    with mlflow_uri(uri):
+        served = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS_LATEST}").predict(x)
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{ALIAS_LATEST}"))
+    expected = prediction_frame(
+        *mc_predict(models[2].eval(), as_inputs(x, (1, 8, 8)), RoundScoring(12, 4))
+    )
+    np.testing.assert_allclose(served.to_numpy(), expected.to_numpy(), rtol=RTOL, atol=ATOL)
+    info = Model.load(local)
+    assert [c["name"] for c in info.signature.outputs.to_dict()][-1] == "bald"
+    assert info.load_input_example(str(local)).shape == (2, 64)
+    assert any(r.startswith("torch==") for r in (local / "requirements.txt").read_text().split())
+    assert info.run_id == client_of(tmp_path).get_model_version(name, second.version).run_id

@@ -13,18 +13,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import run_flow
 
 from baldflow.rounds import Labels, RoundRecord
 from baldflow.workspace import Workspace, WorkspaceError
 from baldflow.workspace.tracking import TAG_WORKSPACE, Tracker, local_tracking_uri
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_flow(workspace: Path, params: dict) -> dict:
-    from baldflow.flows.campaign import campaign_flow
-
-    return campaign_flow(workspace=str(workspace), params=params, campaign="test")
 
 
 def round_runs(tracking_uri: str, campaign: str) -> list:
@@ -74,6 +69,44 @@ def test_round_record_reads_the_untyped_state_of_earlier_releases():
         record.ledger_rows(Labels([1], ["ann"]), flow_run_id="f")
     with pytest.raises(ValueError, match="unknown field"):
         RoundRecord.from_state({**old_state, "surprise": 1}, campaign="c", strategy="s")
+
+
+def test_batch_evidence_counts_as_compute_not_bookkeeping():
+    """Assessing the batch computes on the round's model: its seconds (and the shadow check's)
+    are in seconds_compute wherever the round reports it: the record, its MLflow metrics and
+    its rounds.csv row, so the bookkeeping (wall time less compute) leaves them out."""
+    from baldflow.workspace.repo import RoundCommit
+
+    state = {
+        "round": 2,
+        "run_id": "abc",
+        "seed": 7,
+        "train_size": 20,
+        "remaining": 80,
+        "sample_ids": ["a"],
+        "scores": [0.5],
+        "probabilities": [0.1],
+        "keys": [1.0],
+        "seconds_train": 2.0,
+        "seconds_evaluate": 1.5,
+        "seconds_score": 0.5,
+        "seconds_select": 0.25,
+        "evidence": {"batch_joint_mi": 0.7, "seconds_evidence": 0.125, "seconds_shadow": 0.0625},
+    }
+    record = RoundRecord.from_state(state, campaign="c", strategy="power-bald")
+    compute = 2.0 + 1.5 + 0.5 + 0.25 + 0.125 + 0.0625
+    assert record.seconds_evidence == pytest.approx(0.125 + 0.0625)
+    assert record.seconds_compute == pytest.approx(compute)
+    commit = RoundCommit("c", 2, "0" * 40, "c/round-0002", "md5", 0.0, 0.0)
+    metrics = record.metrics(commit, Labels([1], ["ann"]))
+    assert metrics["seconds_compute"] == pytest.approx(compute)
+    assert metrics["seconds_evidence"] == pytest.approx(0.125)
+    assert record.summary()["seconds_compute"] == pytest.approx(compute)
+    # A record kept before the evidence was timed reads as before.
+    del state["evidence"]
+    older = RoundRecord.from_state(state, campaign="c", strategy="power-bald")
+    assert older.seconds_evidence == 0.0
+    assert older.seconds_compute == pytest.approx(2.0 + 1.5 + 0.5 + 0.25)
 
 
 # ------------------------------------------------------------------ MLflow, idempotent

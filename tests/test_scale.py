@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from helpers import run_flow
 
 pytest.importorskip("prefect_dask")
 
@@ -37,12 +38,6 @@ DECIDED = ("round", "sample_id", "label", "strategy", "rank", "score",
 def _workers_report_to_the_session_server(prefect_harness, monkeypatch):
     # Dask workers are other processes: they find the server through the environment.
     monkeypatch.setenv("PREFECT_API_URL", prefect_harness)
-
-
-def run_flow(workspace: Path, params: dict) -> dict:
-    from baldflow.flows.campaign import campaign_flow
-
-    return campaign_flow(workspace=str(workspace), params=params, campaign="scale")
 
 
 def decided(workspace: Path, campaign: str) -> list[tuple]:

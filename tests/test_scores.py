@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import random_log_probs
 
 from baldflow.acquisition import scores
 from baldflow.acquisition.scores import ScoreInputError, get_score
@@ -11,12 +12,6 @@ from baldflow.acquisition.scores import ScoreInputError, get_score
 
 def log_probs_from(probs) -> torch.Tensor:
     return torch.as_tensor(probs, dtype=torch.float64).log()
-
-
-def random_log_probs(N=64, K=7, C=5, seed=0, dtype=torch.float64) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(N, K, C, generator=generator, dtype=torch.float64) * 3
-    return torch.log_softmax(logits, -1).to(dtype)
 
 
 def test_bald_is_zero_when_all_samples_agree():

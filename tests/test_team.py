@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_flow
 
 from baldflow.faults import FAULT_ENV, FAULT_FILE_ENV, FAULT_TRACE_ENV
 from baldflow.workspace import Workspace, remote
@@ -196,14 +197,9 @@ def test_two_operators_racing_on_two_clones_leave_one_history(tmp_path, shared):
     )
 
 
-def run_flow(workspace: Path, params: dict, rounds: int, operator: str) -> None:
+def run_as(operator: str, workspace: Path, params: dict, rounds: int) -> None:
     """The campaign flow in this process (the session's Prefect server), as `operator`."""
-    from baldflow.flows.campaign import campaign_flow
-
-    params = {**params, "campaign": {**params["campaign"], "rounds": rounds}}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BALDFLOW_OPERATOR", operator)
-        campaign_flow(workspace=str(workspace), params=params)
+    run_flow(workspace, params, rounds=rounds, env={"BALDFLOW_OPERATOR": operator})
 
 
 def test_a_clone_that_died_before_its_push_takes_the_winners_round(
@@ -216,7 +212,7 @@ def test_a_clone_that_died_before_its_push_takes_the_winners_round(
     with Workspace.init(a, params_text=params_path.read_text(), remote=str(dvc_remote)) as ws:
         remote.connect(ws, str(bare))
     remote.clone(str(bare), b).close()
-    run_flow(a, params, 0, "ann")
+    run_as("ann", a, params, 0)
     # Bob's run is a process of its own, killed for real between commit and push.
     killed = start(
         ["run", "--workspace", str(b), "--set", "campaign.rounds=1"], tmp_path / "bob.log",
@@ -225,11 +221,11 @@ def test_a_clone_that_died_before_its_push_takes_the_winners_round(
     assert killed.wait(timeout=300) != 0, (tmp_path / "bob.log").read_text()[-4000:]
     bob_round = git(b, "rev-parse", f"{CAMPAIGN}/round-0001")
     assert f"{CAMPAIGN}/round-0001" not in remote_tags(bare)
-    run_flow(a, params, 1, "ann")
-    run_flow(b, params, 2, "bob")
+    run_as("ann", a, params, 1)
+    run_as("bob", b, params, 2)
     assert git(bare, "rev-parse", f"{CAMPAIGN}/round-0001") != bob_round
     assert git(b, "rev-parse", f"{CAMPAIGN}/round-0001") != bob_round
-    run_flow(a, params, 2, "ann")
+    run_as("ann", a, params, 2)
     check_invariants([a, b], bare, params, 2)
     by_status = {}
     for run_ in round_runs(params):
@@ -473,7 +469,7 @@ def test_labels_imported_on_a_clone_are_pushed_and_name_the_operator(
     with Workspace.init(a, params_text=params_path.read_text(), remote=str(dvc_remote)) as ws:
         remote.connect(ws, str(bare))
     remote.clone(str(bare), b).close()
-    run_flow(b, params, 0, "bob")  # stops: the initial batch waits for labels
+    run_as("bob", b, params, 0)  # stops: the initial batch waits for labels
     pending = HandOff(Workspace(b).campaign_dir(CAMPAIGN), CAMPAIGN).pending()
     assert pending is not None and remote_tags(bare) == []
     data = steps.prepare_data(validate(params))
@@ -498,9 +494,9 @@ def test_labels_imported_on_a_clone_are_pushed_and_name_the_operator(
         assert main(["label", "import", str(sheet), "-w", str(b)]) == 3
     assert remote_tags(bare) == []
     assert HandOff(Workspace(b).campaign_dir(CAMPAIGN), CAMPAIGN).is_complete(pending)
-    run_flow(b, params, 0, "bob")  # the slot is free: the stored labels complete round 0
+    run_as("bob", b, params, 0)  # the slot is free: the stored labels complete round 0
     assert remote_tags(bare) == [f"{CAMPAIGN}/round-0000"]
-    run_flow(a, params, 0, "ann")  # nothing to compute: it only brings Ann's clone up to date
+    run_as("ann", a, params, 0)  # nothing to compute: it only brings Ann's clone up to date
     rows = Workspace(a).ledger(CAMPAIGN)
     assert len(rows) == len(pending.sample_ids)
     assert {r.labeled_by for r in rows} == {"bob via labels.csv"}

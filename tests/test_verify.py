@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from helpers import run_flow
 
 from baldflow.cli import main
 from baldflow.workspace import LedgerRow, Workspace
@@ -33,14 +34,6 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
     ).stdout.strip()
-
-
-def run_flow(workspace: Path, params: dict, rounds: int) -> dict:
-    from baldflow.flows.campaign import campaign_flow
-
-    params = copy.deepcopy(params)
-    params["campaign"]["rounds"] = rounds
-    return campaign_flow(workspace=str(workspace), params=params)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +52,9 @@ def team(tmp_path_factory, prefect_harness, tiny_defaults):
     ann, bob = root / "ann", root / "bob"
     assert main(["init", str(ann), "-c", str(path), "--git-remote", str(bare),
                  "--dvc-remote", str(dvc_remote)]) == 0  # fmt: skip
-    run_flow(ann, params, 1)
+    run_flow(ann, params, rounds=1)
     assert main(["init", str(bob), "--clone", str(bare)]) == 0
-    run_flow(ann, params, 3)
+    run_flow(ann, params, rounds=3)
     return SimpleNamespace(ann=ann, bob=bob, params=params, db=db, uri=f"sqlite:///{db}")
 
 
@@ -143,7 +136,7 @@ def test_a_clone_behind_its_remote_and_a_run_parked_for_a_round_another_clone_co
     assert "(run `baldflow run` to retire it)" in out
 
     # bob's next run takes ann's rounds and retires the parked run.
-    run_flow(team.bob, team.params, 3)
+    run_flow(team.bob, team.params, rounds=3)
     run = MlflowClient(tracking_uri=team.uri).get_run(parked)
     assert run.info.status == "KILLED"
     assert "committed with MLflow run" in run.data.tags[TAG_DISCARDED]

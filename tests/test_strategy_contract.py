@@ -1,0 +1,132 @@
+"""The contract every registered strategy keeps, one template over STRATEGY_NAMES: a round's
+batch (`steps.score_pool` + `steps.select_batch`, as the flow picks it) is the same under the
+same seed, holds distinct unlabeled samples, takes what is left of a short pool, and, where the
+strategy can be scored in shards, equals the batch of the sharded round; where it cannot, a
+sharded configuration is refused naming the strategy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from baldflow import sharding, steps
+from baldflow.acquisition.strategies import EPIG, STRATEGY_NAMES, get_strategy
+from baldflow.config import ConfigError, check_sharding, validate
+from baldflow.data.disk_source import spill_pool
+
+
+def shardable(name: str) -> bool:
+    strategy = get_strategy(name)
+    return not strategy.whole_pool and strategy.score != EPIG
+
+
+@pytest.fixture(scope="module")
+def trained_round(tmp_path_factory, tiny_defaults):
+    """Round 1 of the tiny campaign: its data, its trained model, its seed, and the pool and
+    model on disk for the sharded path."""
+    config = validate(tiny_defaults)
+    data = steps.prepare_data(config)
+    labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
+    seed = steps.round_seed(config.campaign.seed, 1)
+    trained = steps.train(config, data, labeled, seed)
+    root = tmp_path_factory.mktemp("strategy-contract")
+    splits = data.splits
+    spill_pool(
+        splits.pool_x, splits.pool_y, list(splits.pool_ids), splits.class_names, root / "pool"
+    )
+    sharding.save_model_dir(trained.model, root / "model")
+    labeled_ids = {sid for sid, _ in labeled}
+    sharding.write_exclude_file(labeled_ids, root / "labeled.txt")
+    return config, data, trained.model, labeled_ids, seed, root
+
+
+def configured(config, name: str, **acquisition):
+    # BatchBALD on 40 candidates with 500 sampled configurations: the contract, not the maths.
+    return validate({**config.to_dict(), "acquisition": {
+        **config.acquisition.model_dump(), "strategy": name, "batchbald_candidates": 40,
+        "batchbald_num_samples": 500, **acquisition,
+    }})  # fmt: skip
+
+
+def batch(config, data, model, labeled_ids, seed) -> steps.Selected:
+    scored = steps.score_pool(config, data, model, labeled_ids, seed)
+    return steps.select_batch(config, scored, seed)
+
+
+def test_every_strategy_is_covered():
+    assert len(STRATEGY_NAMES) == len(set(STRATEGY_NAMES)) > 0
+    assert all(get_strategy(name).name == name for name in STRATEGY_NAMES)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_same_seed_same_batch_of_distinct_unlabeled_samples(trained_round, name):
+    config, data, model, labeled_ids, seed, _ = trained_round
+    config = configured(config, name)
+    first = batch(config, data, model, labeled_ids, seed)
+    again = batch(config, data, model, labeled_ids, seed)
+    size = config.acquisition.batch_size
+    assert first.sample_ids == again.sample_ids
+    assert first.scores == again.scores and first.keys == again.keys
+    assert first.probabilities == again.probabilities
+    assert len(first.sample_ids) == len(set(first.sample_ids)) == size
+    assert set(first.sample_ids) <= set(data.splits.pool_ids) - labeled_ids
+    assert first.note is None and first.requested == size
+    assert len(first.scores) == len(first.probabilities) == len(first.keys) == size
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_a_pool_shorter_than_the_batch_gives_what_is_left(trained_round, name):
+    config, data, model, labeled_ids, seed, _ = trained_round
+    config = configured(config, name)
+    left = [sid for sid in data.splits.pool_ids if sid not in labeled_ids][:3]
+    taken = set(data.splits.pool_ids) - set(left)
+    short = batch(config, data, model, taken, seed)
+    assert sorted(short.sample_ids) == sorted(left)
+    assert short.requested == config.acquisition.batch_size == 5
+    assert "only 3 unlabeled sample(s) remain; taking 3" in short.note
+    empty = batch(config, data, model, set(data.splits.pool_ids), seed)
+    assert empty.sample_ids == [] and empty.requested == 5
+
+
+@pytest.mark.parametrize("name", [name for name in STRATEGY_NAMES if shardable(name)])
+def test_sharded_round_picks_the_in_process_batch(trained_round, name, tmp_path):
+    config, data, model, labeled_ids, seed, root = trained_round
+    config = configured(config, name)
+    expected = batch(config, data, model, labeled_ids, seed)
+    job = steps.shard_job(
+        config, seed, model_dir=root / "model", pool_dir=root / "pool",
+        exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
+    )  # fmt: skip
+    ranges = sharding.pool_ranges(job, [(0, 0), (0, 111), (111, 111), (111, data.pool_size)])
+    results = sharding.run_pass(job, ranges, sharding.local_submit)
+    sorted_scores = None
+    if job.needs_ranks:
+        sorted_file, _ = sharding.sorted_pool_scores_file(
+            job.scores_dir, ranges, tmp_path / "sorted.npy"
+        )
+        ranked = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
+        results = sharding.run_pass(ranked, ranges, sharding.local_submit)
+        sorted_scores = torch.from_numpy(np.load(sorted_file))
+    sharded = steps.sharded_pool_scores(config, data, model, seed, results, sorted_scores, 0.0)
+    got = steps.select_batch(config, sharded, seed)
+    assert got.sample_ids == expected.sample_ids
+    assert got.scores == expected.scores and got.keys == expected.keys
+    for a, b in zip(got.probabilities, expected.probabilities, strict=True):
+        assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", [name for name in STRATEGY_NAMES if not shardable(name)])
+@pytest.mark.parametrize("where", [{"scale": {"runner": "dask"}}, {"data": {"source": "disk"}}])
+def test_a_strategy_that_needs_the_whole_pool_refuses_shards(trained_round, name, where):
+    config = configured(trained_round[0], name)
+    params = config.to_dict()
+    for section, values in where.items():
+        params[section] = {**params[section], **values}
+    if "data" in where:  # a disk pool names its directory; never read here
+        params["data"]["options"] = {"path": "pool"}
+    with pytest.raises(ConfigError, match=f"acquisition.strategy {name} needs every") as info:
+        check_sharding(validate(params, check_names=False))
+    assert info.value.fields == ("acquisition.strategy",)
