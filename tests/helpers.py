@@ -108,3 +108,29 @@ def random_log_probs(
         spread = torch.rand(N, 1, 1, generator=generator, dtype=torch.float64) * 2
         logits = shared + per_sample * spread
     return torch.log_softmax(logits, -1).to(dtype)
+
+
+def trained_round_one(params: Mapping[str, Any], root: Path, also_labeled: tuple[int, ...] = ()):
+    """Round 1 of a campaign computed in process, and what its sharded path reads from disk.
+
+    Trains round 1's model on the initial labeled set (plus the pool rows `also_labeled`, as if
+    labeled too), spills the pool and the model under `root` and writes the labeled ids there.
+    Returns (config, data, trained, labeled_ids, seed).
+    """
+    from baldflow import sharding, steps
+    from baldflow.config import validate
+    from baldflow.data.disk_source import spill_pool
+
+    config = validate(params)
+    data = steps.prepare_data(config)
+    labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
+    seed = steps.round_seed(config.campaign.seed, 1)
+    trained = steps.train(config, data, labeled, seed)
+    splits = data.splits
+    spill_pool(
+        splits.pool_x, splits.pool_y, list(splits.pool_ids), splits.class_names, root / "pool"
+    )
+    sharding.save_model_dir(trained.model, root / "model")
+    labeled_ids = {sid for sid, _ in labeled} | {splits.pool_ids[row] for row in also_labeled}
+    sharding.write_exclude_file(labeled_ids, root / "labeled.txt")
+    return config, data, trained, labeled_ids, seed

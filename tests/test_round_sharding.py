@@ -10,10 +10,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import trained_round_one
 
 from baldflow import sharding, steps
 from baldflow.config import validate
-from baldflow.data.disk_source import spill_pool
 
 STRATEGIES = (
     "power-bald", "softmax-entropy", "softrank-bald", "topk-bald", "random", "batchbald",
@@ -23,19 +23,10 @@ STRATEGIES = (
 
 @pytest.fixture(scope="module")
 def round_inputs(tmp_path_factory, tiny_defaults):
-    config = validate(tiny_defaults)
-    data = steps.prepare_data(config)
-    labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
-    seed = steps.round_seed(config.campaign.seed, 1)
-    trained = steps.train(config, data, labeled, seed)
     root = tmp_path_factory.mktemp("round-sharding")
-    splits = data.splits
-    spill_pool(
-        splits.pool_x, splits.pool_y, list(splits.pool_ids), splits.class_names, root / "pool"
+    config, data, trained, labeled_ids, seed = trained_round_one(
+        tiny_defaults, root, also_labeled=(7, 150)
     )
-    sharding.save_model_dir(trained.model, root / "model")
-    labeled_ids = {sid for sid, _ in labeled} | {splits.pool_ids[7], splits.pool_ids[150]}
-    sharding.write_exclude_file(labeled_ids, root / "labeled.txt")
     return config, data, trained, labeled_ids, seed, root
 
 

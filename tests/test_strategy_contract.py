@@ -11,11 +11,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import trained_round_one
 
 from baldflow import sharding, steps
 from baldflow.acquisition.strategies import EPIG, STRATEGY_NAMES, get_strategy
 from baldflow.config import ConfigError, check_sharding, validate
-from baldflow.data.disk_source import spill_pool
 
 
 def shardable(name: str) -> bool:
@@ -27,19 +27,8 @@ def shardable(name: str) -> bool:
 def trained_round(tmp_path_factory, tiny_defaults):
     """Round 1 of the tiny campaign: its data, its trained model, its seed, and the pool and
     model on disk for the sharded path."""
-    config = validate(tiny_defaults)
-    data = steps.prepare_data(config)
-    labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
-    seed = steps.round_seed(config.campaign.seed, 1)
-    trained = steps.train(config, data, labeled, seed)
     root = tmp_path_factory.mktemp("strategy-contract")
-    splits = data.splits
-    spill_pool(
-        splits.pool_x, splits.pool_y, list(splits.pool_ids), splits.class_names, root / "pool"
-    )
-    sharding.save_model_dir(trained.model, root / "model")
-    labeled_ids = {sid for sid, _ in labeled}
-    sharding.write_exclude_file(labeled_ids, root / "labeled.txt")
+    config, data, trained, labeled_ids, seed = trained_round_one(tiny_defaults, root)
     return config, data, trained.model, labeled_ids, seed, root
 
 

@@ -18,6 +18,7 @@ from baldflow.common import from_spreadsheet, short_repr
 from baldflow.labeling import HandOff
 from baldflow.workspace import Workspace, round_tag
 from baldflow.workspace.scores import round_tables, sample_scores
+from baldflow.workspace.tracking import read_only_store, sqlite_store_path
 
 
 class AuditError(LookupError):
@@ -85,8 +86,8 @@ def read_mlflow_run(uri: str, run_id: str) -> dict[str, Any]:
     takes 2-5 s, which made `show` slow. Any store this reader does not understand (a
     tracking server, a schema it does not know) goes through MLflow's client.
     """
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
+    path = sqlite_store_path(uri)
+    if path is not None:
         if not path.exists():
             return {"run_id": run_id, "error": f"no MLflow store at {uri}"}
         import sqlite3
@@ -120,10 +121,7 @@ def _read_client_run(uri: str, run_id: str) -> dict[str, Any]:
 
 def _read_sqlite_run(path: Path, uri: str, run_id: str) -> dict[str, Any]:
     """What MlflowClient.get_run gives, from MLflow's own tables (runs, latest_metrics, tags)."""
-    import sqlite3
-
-    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
+    with read_only_store(path) as connection:
         found = connection.execute(
             "SELECT name, status, experiment_id, artifact_uri FROM runs WHERE run_uuid = ?",
             (run_id,),
@@ -137,8 +135,6 @@ def _read_sqlite_run(path: Path, uri: str, run_id: str) -> dict[str, Any]:
             )
         }
         tags = dict(connection.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,)))
-    finally:
-        connection.close()
     name, status, experiment_id, artifact_uri = found
     return {
         "run_id": run_id,

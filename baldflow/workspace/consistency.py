@@ -45,6 +45,8 @@ from baldflow.workspace.tracking import (
     TAG_PARENT,
     TAG_ROUND,
     local_tracking_uri,
+    read_only_store,
+    sqlite_store_path,
 )
 
 try:
@@ -717,8 +719,8 @@ def _campaign_runs(
     opening its store costs seconds, most of what `verify` took. A tracking server (or a
     schema this reader does not know) goes through MLflow's client.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db = sqlite_store_path(tracking_uri)
+    if db is not None:
         if not db.exists():
             return f"the MLflow store {db} does not exist"
         try:
@@ -742,8 +744,7 @@ def _campaign_runs(
 def _sqlite_runs(
     db: Path, tracking_uri: str, experiment: str, workspace_id: str, campaign: str
 ) -> list[_Run] | str:
-    connection = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
+    with read_only_store(db) as connection:
         found = connection.execute(
             "SELECT experiment_id FROM experiments WHERE name = ?", (experiment,)
         ).fetchall()
@@ -770,8 +771,6 @@ def _sqlite_runs(
             f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({selected})", args
         ):
             tags[run_id][key] = value
-    finally:
-        connection.close()
     return [_Run(run_id, run_status, tags[run_id]) for run_id, run_status in status.items()]
 
 

@@ -10,7 +10,6 @@ flow, which repairs it and says so.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sqlite3
 from pathlib import Path
@@ -23,6 +22,8 @@ from baldflow.workspace.tracking import (
     TAG_KIND,
     TAG_ROUND,
     TAG_WORKSPACE,
+    read_only_store,
+    sqlite_store_path,
     tracker_for,
 )
 
@@ -112,9 +113,9 @@ def tracking_complete(
     Reads MLflow's SQLite file directly, read-only: importing mlflow alone takes longer than
     the whole answer should.
     """
-    if not tracking_uri.startswith("sqlite:///"):
+    path = sqlite_store_path(tracking_uri)
+    if path is None:
         return None
-    path = Path(tracking_uri.removeprefix("sqlite:///"))
     if not path.exists():
         return False  # committed rounds but no store: the flow recreates their runs
     query = """
@@ -127,7 +128,7 @@ def tracking_complete(
         WHERE e.name = ? AND w.value = ? AND c.value = ? AND r.lifecycle_stage = 'active'
     """
     try:
-        with _read_only(path) as db:
+        with read_only_store(path) as db:
             runs = db.execute(
                 query, (TAG_WORKSPACE, TAG_CAMPAIGN, TAG_KIND, experiment, workspace_id, campaign)
             ).fetchall()
@@ -174,9 +175,9 @@ def recorded_round_metric(
 ) -> dict[int, float] | None:
     """One metric of each round run of a campaign, by round, read from a local SQLite store
     without importing mlflow; None when that is not possible cheaply."""
-    if not tracking_uri.startswith("sqlite:///"):
+    path = sqlite_store_path(tracking_uri)
+    if path is None:
         return None
-    path = Path(tracking_uri.removeprefix("sqlite:///"))
     if not path.exists():
         return {}
     query = """
@@ -190,7 +191,7 @@ def recorded_round_metric(
         WHERE e.name = ? AND w.value = ? AND c.value = ? AND r.lifecycle_stage = 'active'
     """
     try:
-        with _read_only(path) as db:
+        with read_only_store(path) as db:
             rows = db.execute(
                 query,
                 (TAG_WORKSPACE, TAG_CAMPAIGN, TAG_ROUND, key, experiment, workspace_id, campaign),
@@ -199,7 +200,3 @@ def recorded_round_metric(
         return None
     return {int(round_index): float(value) for round_index, value in rows}
 
-
-def _read_only(path: Path) -> contextlib.closing[sqlite3.Connection]:
-    """MLflow's SQLite file opened read-only: a reader here must never change the store."""
-    return contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True))

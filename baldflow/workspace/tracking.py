@@ -6,8 +6,10 @@ Prefect may run tasks on worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +41,19 @@ def local_tracking_uri(mlflow_dir: str | Path) -> str:
     return f"sqlite:///{Path(mlflow_dir).resolve() / 'mlflow.db'}"
 
 
+def sqlite_store_path(tracking_uri: str) -> Path | None:
+    """The file of a local SQLite tracking store (`sqlite:///PATH`); None for any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///"))
+
+
+def read_only_store(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """MLflow's SQLite file opened read-only, for readers that must be fast (no mlflow import)
+    and must never change the store."""
+    return contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True))
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -60,9 +75,8 @@ def tracker_for(mlflow_uri: str | None, experiment: str, workspace: Any) -> Trac
     if mlflow_uri:
         # A server stores artifacts where it was told to; a SQLite store given by path would
         # otherwise put them in ./mlruns of whatever directory the run started in.
-        artifacts = None
-        if mlflow_uri.startswith("sqlite:///"):
-            artifacts = Path(mlflow_uri.removeprefix("sqlite:///")).parent / "artifacts"
+        store = sqlite_store_path(mlflow_uri)
+        artifacts = store.parent / "artifacts" if store is not None else None
         uri = mlflow_uri
     else:
         uri = local_tracking_uri(workspace.mlflow_dir)
@@ -148,8 +162,9 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            if self.tracking_uri.startswith("sqlite:///"):
-                ensure_sqlite_store(Path(self.tracking_uri.removeprefix("sqlite:///")))
+            store = sqlite_store_path(self.tracking_uri)
+            if store is not None:
+                ensure_sqlite_store(store)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
