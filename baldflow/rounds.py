@@ -21,7 +21,7 @@ from baldflow.workspace.repo import RoundCommit, Workspace, round_tag
 from baldflow.workspace.tracking import Tracker
 
 INITIAL_STRATEGY = "initial"
-# The evidence's own timings (baldflow.steps.batch_evidence): counted in seconds_compute.
+# The evidence's own timings (baldflow.compute.evidence.batch_evidence): counted in seconds_compute.
 EVIDENCE_SECONDS = ("seconds_evidence", "seconds_shadow")
 
 
@@ -106,7 +106,7 @@ class RoundRecord:
         selected: Any,
         evidence: Mapping[str, float] | None = None,
     ) -> RoundRecord:
-        """A round from what its compute steps returned (baldflow.steps: Trained, the
+        """A round from what its compute steps returned (baldflow.compute: Trained, the
         evaluation, PoolScores, Selected, and the batch's evidence)."""
         return cls(
             campaign=campaign,
@@ -338,7 +338,7 @@ class CampaignRun:
     workspace: Workspace
     tracker: Tracker
     handoff: HandOff
-    data: Any  # baldflow.steps.CampaignData
+    data: Any  # baldflow.compute.campaign_data.CampaignData
     oracle: Oracle
     parent_run_id: str
     flow_run_id: str

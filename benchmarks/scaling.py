@@ -1,6 +1,6 @@
 """Scoring an on-disk pool in one process vs on 1 and 2 Dask workers: samples/s, memory, merge.
 
-Why: sharded scoring (baldflow/sharding.py) is only worth its machinery if the workers' speed
+Why: sharded scoring (compute/sharding.py) is only worth its machinery if the workers' speed
 adds up, each worker's memory stays at O(shard) rather than O(pool), the flow process holds only
 candidates, and the batch stays exactly the single-process batch. This prints all four.
 
@@ -31,9 +31,7 @@ import numpy as np
 from make_pool import build, peak_rss_mb, reset_peak_rss
 
 from baldflow.acquisition.sharded import select_by_id
-from baldflow.data.ondisk import DiskPool
-from baldflow.models import build_model
-from baldflow.sharding import (
+from baldflow.compute.sharding import (
     ShardedStats,
     ShardJob,
     dask_submit,
@@ -42,6 +40,8 @@ from baldflow.sharding import (
     score_pool_sharded,
     single_pool_scores,
 )
+from baldflow.data.ondisk import DiskPool
+from baldflow.models import build_model
 from baldflow.stack.dask_cluster import DaskCluster
 
 SHARDS_PER_WORKER = 8
@@ -65,7 +65,7 @@ def on_cluster(job: ShardJob, workers: int, home: Path) -> tuple[list[str], Shar
     try:
         cluster.start()
         with Client(cluster.address, timeout=60, set_as_default=False) as client:
-            from baldflow.sharding import warm_worker
+            from baldflow.compute.sharding import warm_worker
 
             began = time.perf_counter()
             warmed = client.run(warm_worker, job)

@@ -1,5 +1,6 @@
 """Acquisition seconds of one round for every strategy on one pool: scoring plus selection,
-through the same steps a campaign round runs (baldflow.steps.score_pool, select_batch).
+through the same steps a campaign round runs (baldflow.compute's
+scoring.score_pool and selecting.select_batch).
 
 Not part of the test run. Usage:
     python benchmarks/strategy_seconds.py [--repeat 16] [--labeled 100] [--k 20] [--batch 10]
@@ -19,8 +20,8 @@ import time
 
 import torch
 
-from baldflow import steps
 from baldflow.acquisition.strategies import STRATEGIES
+from baldflow.compute import campaign_data, fitting, scoring, selecting
 from baldflow.config import validate
 
 COMPARED = [
@@ -61,13 +62,13 @@ def main() -> None:
     # The comparison's eleven (every registered name would repeat each score in three modes).
     names = args.strategies or COMPARED
     base = config_for("power-bald", args)
-    data = steps.prepare_data(base)
+    data = campaign_data.prepare_data(base)
     pool_ids = data.splits.pool_ids
     truth = data.splits.pool_y.tolist()
     generator = torch.Generator().manual_seed(0)
     chosen = torch.randperm(len(pool_ids), generator=generator)[: args.labeled].tolist()
     labeled = [(pool_ids[i], int(truth[i])) for i in chosen]
-    trained = steps.train(base, data, labeled, seed=0)
+    trained = fitting.train(base, data, labeled, seed=0)
     labeled_ids = {sid for sid, _ in labeled}
     print(f"pool {len(pool_ids):,} samples, {len(labeled_ids)} labeled, K={args.k}, "
           f"batch {args.batch}, {args.threads} torch thread(s)")  # fmt: skip
@@ -77,9 +78,9 @@ def main() -> None:
         best = None
         for repeat in range(args.repeats):
             started = time.perf_counter()
-            scored = steps.score_pool(config, data, trained.model, labeled_ids, seed=repeat)
+            scored = scoring.score_pool(config, data, trained.model, labeled_ids, seed=repeat)
             scored_at = time.perf_counter()
-            steps.select_batch(config, scored, seed=repeat)
+            selecting.select_batch(config, scored, seed=repeat)
             done = time.perf_counter()
             timing = (scored_at - started, done - scored_at, done - started)
             best = timing if best is None or timing[2] < best[2] else best

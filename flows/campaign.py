@@ -19,7 +19,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from baldflow import steps, tasks
+from baldflow import seeds, tasks
+from baldflow.compute import device
 from baldflow.config import Config, validate
 from baldflow.flows.outcome import campaign_result, campaign_run_name, final_state
 from baldflow.flows.scoring import score_round_pool
@@ -75,7 +76,7 @@ def _hand_off(c: CampaignRun, record: RoundRecord, trained: Any = None) -> None:
     """Give the batch to people and stop the campaign until they answer."""
     predictions = None
     if c.label_studio and trained is not None:
-        predictions = steps.batch_predictions(
+        predictions = predictions.batch_predictions(
             c.config, c.data, trained.model, record.sample_ids, record.seed
         )
     labeled_md5 = c.workspace.labeled_md5(c.name)
@@ -165,7 +166,7 @@ def _staged(path: str | None) -> str | None:
 
 
 def _initial_round(c: CampaignRun) -> bool:
-    seed = steps.round_seed(c.config.campaign.seed, 0)
+    seed = seeds.round_seed(c.config.campaign.seed, 0)
     record = RoundRecord.initial(c.name, seed, c.data.initial_ids, c.parent_run_id)
     if c.people_label:
         pending = c.handoff.pending()
@@ -189,7 +190,7 @@ def _initial_round(c: CampaignRun) -> bool:
 def _choose_batch(c: CampaignRun, round_index: int, labeled: list) -> tuple[RoundRecord, Any]:
     """Train on the labeled set, evaluate, score the pool and select the round's batch."""
     config = c.config
-    seed = steps.round_seed(config.campaign.seed, round_index)
+    seed = seeds.round_seed(config.campaign.seed, round_index)
     training_set = training_set_input(c.workspace, c.name, round_index)
     params = {"round": round_index, "seed": seed, "train_size": len(labeled), **config.identity()}
     run_id = tasks.start_round_run(
@@ -333,13 +334,13 @@ def run_campaign(
     """
     config = validate(dict(params))
     logger = get_run_logger()
-    precision_note = steps.mixed_precision_note(config)
+    precision_note = device.mixed_precision_note(config)
     if precision_note is not None:  # once per run, not once per round or batch
         logger.warning("%s", precision_note)
     name = config.campaign.name
     root = Path(workspace).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    with workspace_lock(root), steps.torch_threads(config.training.num_threads):
+    with workspace_lock(root), device.torch_threads(config.training.num_threads):
         opened = tasks.open_workspace(str(root), config)
         for note in opened.notes:
             logger.warning("%s", note)

@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from baldflow import sharding, steps
+from baldflow.compute import fitting, scoring, sharding
 from baldflow.config import Config
 from baldflow.faults import fault_point
 from baldflow.stack.prefect_server import PRIVATE_API_ENV
@@ -116,11 +116,11 @@ def _pass(job: sharding.ShardJob, ranges, round_index: int) -> list[sharding.Sha
 
 def score_round_pool(
     c: Any,
-    trained: steps.Trained,
+    trained: fitting.Trained,
     labeled_ids: set[str],
     seed: int,
     round_index: int,
-) -> steps.PoolScores:
+) -> scoring.PoolScores:
     """Score the round's pool in shards and return what the selection step needs."""
     import torch
 
@@ -149,7 +149,7 @@ def score_round_pool(
         import numpy as np
 
         sorted_scores = torch.from_numpy(np.load(sorted_file))
-    scored = steps.sharded_pool_scores(
+    scored = scoring.sharded_pool_scores(
         config, c.data, trained.model, seed, results, sorted_scores,
         time.perf_counter() - started, (job.pool_dir, job.scores_dir, ranges),
     )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from baldflow import steps
+from baldflow.compute import campaign_data, evidence, fitting, scoring, selecting
 from baldflow.config import Config
 from baldflow.faults import fault_point
 
@@ -13,13 +13,13 @@ from baldflow.faults import fault_point
 @task(name="score-pool", task_run_name="score pool [round {round_index}]", cache_policy=NO_CACHE)
 def score_pool(
     config: Config,
-    data: steps.CampaignData,
-    trained: steps.Trained,
+    data: campaign_data.CampaignData,
+    trained: fitting.Trained,
     labeled_ids: set[str],
     seed: int,
     round_index: int,
-) -> steps.PoolScores:
-    scored = steps.score_pool(config, data, trained.model, labeled_ids, seed)
+) -> scoring.PoolScores:
+    scored = scoring.score_pool(config, data, trained.model, labeled_ids, seed)
     fault_point("score-pool:after", round_index)
     return scored
 
@@ -28,9 +28,9 @@ def score_pool(
     name="select-batch", task_run_name="select batch [round {round_index}]", cache_policy=NO_CACHE
 )
 def select_batch(
-    config: Config, scored: steps.PoolScores, seed: int, round_index: int
-) -> steps.Selected:
-    selected = steps.select_batch(config, scored, seed)
+    config: Config, scored: scoring.PoolScores, seed: int, round_index: int
+) -> selecting.Selected:
+    selected = selecting.select_batch(config, scored, seed)
     fault_point("select-batch:after", round_index)
     return selected
 
@@ -40,15 +40,15 @@ def select_batch(
 )
 def assess_batch(
     config: Config,
-    data: steps.CampaignData,
-    trained: steps.Trained,
+    data: campaign_data.CampaignData,
+    trained: fitting.Trained,
     labeled_ids: set[str],
-    selected: steps.Selected,
+    selected: selecting.Selected,
     seed: int,
     round_index: int,
-    scored: steps.PoolScores | None = None,
+    scored: scoring.PoolScores | None = None,
 ) -> dict[str, float]:
     """The batch's quality as a batch (and the shadow BatchBALD check): evidence, no effect."""
-    return steps.batch_evidence(
+    return evidence.batch_evidence(
         config, data, trained.model, labeled_ids, selected, seed, scored=scored
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from baldflow import steps
+from baldflow.compute import campaign_data
 from baldflow.config import Config
 
 
 @task(name="prepare-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def prepare_data(config: Config) -> steps.CampaignData:
-    return steps.prepare_data(config)
+def prepare_data(config: Config) -> campaign_data.CampaignData:
+    return campaign_data.prepare_data(config)

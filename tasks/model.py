@@ -10,30 +10,35 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from baldflow import steps
+from baldflow.compute import campaign_data, fitting
 from baldflow.config import Config
 from baldflow.faults import fault_point
 from baldflow.labeling import HandOff
+from baldflow.models.weights import load_weights, save_weights
 
 
 @task(name="train", task_run_name="train [round {round_index}]", cache_policy=NO_CACHE)
 def train_model(
     config: Config,
-    data: steps.CampaignData,
+    data: campaign_data.CampaignData,
     labeled: list[tuple[str, int]],
     seed: int,
     round_index: int,
-) -> steps.Trained:
-    trained = steps.train(config, data, labeled, seed)
+) -> fitting.Trained:
+    trained = fitting.train(config, data, labeled, seed)
     fault_point("train:after", round_index)
     return trained
 
 
 @task(name="evaluate", task_run_name="evaluate [round {round_index}]", cache_policy=NO_CACHE)
 def evaluate_model(
-    config: Config, data: steps.CampaignData, trained: steps.Trained, seed: int, round_index: int
+    config: Config,
+    data: campaign_data.CampaignData,
+    trained: fitting.Trained,
+    seed: int,
+    round_index: int,
 ) -> dict[str, float]:
-    evaluation = steps.evaluate(config, data, trained.model, seed)
+    evaluation = fitting.evaluate(config, data, trained.model, seed)
     fault_point("evaluate:after", round_index)
     return evaluation
 
@@ -48,8 +53,8 @@ def evaluate_model(
     retries=1,
     retry_delay_seconds=1,
 )
-def save_handoff_model(handoff: HandOff, trained: steps.Trained, round_index: int) -> str:
-    path = steps.save_state(trained.model.state_dict(), handoff.model_path(round_index))
+def save_handoff_model(handoff: HandOff, trained: fitting.Trained, round_index: int) -> str:
+    path = save_weights(trained.model.state_dict(), handoff.model_path(round_index))
     fault_point("save-handoff-model:after", round_index)
     return str(path)
 
@@ -62,6 +67,6 @@ def save_handoff_model(handoff: HandOff, trained: steps.Trained, round_index: in
     retry_delay_seconds=1,
 )
 def load_handoff_model(handoff: HandOff, round_index: int) -> dict:
-    state = steps.load_state(handoff.model_path(round_index))
+    state = load_weights(handoff.model_path(round_index))
     fault_point("load-handoff-model:after", round_index)
     return state

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from baldflow import steps
+from baldflow.compute import campaign_data
 from baldflow.config import Config
 from baldflow.faults import fault_point
 from baldflow.labeling import HandOff, Oracle, PendingRound, build_oracle
@@ -17,7 +17,7 @@ from baldflow.rounds import Labels
 
 
 @task(name="build-oracle", cache_policy=NO_CACHE)
-def make_oracle(config: Config, data: steps.CampaignData, handoff: HandOff) -> Oracle:
+def make_oracle(config: Config, data: campaign_data.CampaignData, handoff: HandOff) -> Oracle:
     if data.on_disk:
         # Simulated labels of a pool on disk are read by id, never held as a dict of N ids.
         if config.oracle.kind == "simulated":

@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from baldflow import sharding, steps
+from baldflow.compute import campaign_data, fitting, scoring, sharding
 from baldflow.config import Config
 from baldflow.faults import fault_point
 
@@ -34,7 +34,7 @@ def round_scratch(workspace_root: str | Path, campaign: str, round_index: int) -
 
 
 @task(name="spill-pool", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def spill_pool(data: steps.CampaignData, workspace_root: str, campaign: str) -> str:
+def spill_pool(data: campaign_data.CampaignData, workspace_root: str, campaign: str) -> str:
     """The directory of the pool as a DiskPool: the source's own for a pool on disk, else the
     in-memory pool written once (rewritten only when its content changed)."""
     if data.on_disk:
@@ -59,7 +59,7 @@ def spill_pool(data: steps.CampaignData, workspace_root: str, campaign: str) -> 
 )
 def stage_scoring(
     config: Config,
-    trained: steps.Trained,
+    trained: fitting.Trained,
     labeled_ids: set[str],
     pool_dir: str,
     workspace_root: str,
@@ -80,7 +80,7 @@ def stage_scoring(
     scores_dir = scratch / "scores"
     if scores_dir.is_dir():  # a retry: stale score files must not be merged
         shutil.rmtree(scores_dir)
-    job = steps.shard_job(
+    job = sharding.shard_job(
         config, seed, model_dir=model_dir, pool_dir=pool_dir, exclude_file=exclude,
         scores_dir=scores_dir,
     )  # fmt: skip
@@ -148,7 +148,7 @@ def score_pool_here(
 )
 def keep_pool_scores(
     config: Config,
-    scored: steps.PoolScores,
+    scored: scoring.PoolScores,
     workspace_root: str,
     campaign: str,
     seed: int,
@@ -161,7 +161,7 @@ def keep_pool_scores(
     from baldflow.acquisition.picks import keys_by_id
     from baldflow.workspace.scores import ScoreTableWriter
 
-    plan = steps.scoring_plan(config, seed)
+    plan = scoring.scoring_plan(config, seed)
     if scored.remaining == 0 or plan.score is None:
         return None
     if scored.shard_files is None and (scored.scores_N is None or scored.sample_ids is None):

@@ -117,15 +117,16 @@ def trained_round_one(params: Mapping[str, Any], root: Path, also_labeled: tuple
     labeled too), spills the pool and the model under `root` and writes the labeled ids there.
     Returns (config, data, trained, labeled_ids, seed).
     """
-    from baldflow import sharding, steps
+    from baldflow import seeds
+    from baldflow.compute import campaign_data, fitting, sharding
     from baldflow.config import validate
     from baldflow.data.disk_source import spill_pool
 
     config = validate(params)
-    data = steps.prepare_data(config)
+    data = campaign_data.prepare_data(config)
     labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
-    seed = steps.round_seed(config.campaign.seed, 1)
-    trained = steps.train(config, data, labeled, seed)
+    seed = seeds.round_seed(config.campaign.seed, 1)
+    trained = fitting.train(config, data, labeled, seed)
     splits = data.splits
     spill_pool(
         splits.pool_x, splits.pool_y, list(splits.pool_ids), splits.class_names, root / "pool"

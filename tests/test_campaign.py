@@ -102,7 +102,8 @@ def test_three_rounds_are_tracked_in_mlflow(campaign3):
 
 
 def test_round_model_can_be_rebuilt_from_mlflow(campaign3, tiny_defaults):
-    from baldflow import steps
+    from baldflow import seeds
+    from baldflow.compute import campaign_data, fitting
     from baldflow.config import validate
     from baldflow.models import build_model
     from baldflow.models.weights import load_weights
@@ -116,8 +117,8 @@ def test_round_model_can_be_rebuilt_from_mlflow(campaign3, tiny_defaults):
     model.load_state_dict(load_weights(local / "state_dict.pt"))
     # The rebuilt model is the round's model: it scores the test set exactly as the round did.
     config = validate(tiny_defaults)
-    seed = steps.round_seed(config.campaign.seed, int(run.data.tags["baldflow.round"]))
-    metrics = steps.evaluate(config, steps.prepare_data(config), model, seed)
+    seed = seeds.round_seed(config.campaign.seed, int(run.data.tags["baldflow.round"]))
+    metrics = fitting.evaluate(config, campaign_data.prepare_data(config), model, seed)
     assert metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"])
     assert metrics["test_nll"] == pytest.approx(run.data.metrics["test_nll"])
 
@@ -202,12 +203,12 @@ def test_history_and_status_match_the_ledger(campaign3, capsys):
 
 
 def test_short_pool_takes_what_is_left_and_an_empty_pool_ends_cleanly(tmp_path, tiny_params):
-    from baldflow import steps
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
 
     tiny_params["data"]["options"]["pool_size"] = 40
     tiny_params["campaign"].update(rounds=6, name="short")
-    data = steps.prepare_data(validate(tiny_params))
+    data = campaign_data.prepare_data(validate(tiny_params))
     remaining = len(data.splits.pool_ids) - len(data.initial_ids)
     batch = remaining * 2 // 3
     tiny_params["acquisition"]["batch_size"] = batch

@@ -386,10 +386,10 @@ class Chain:
 
 def truth_of(params: dict) -> dict[str, int]:
     """Every pool sample's true label: what people would answer."""
-    from baldflow import steps
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
 
-    data = steps.prepare_data(validate(params))
+    data = campaign_data.prepare_data(validate(params))
     return dict(zip(data.splits.pool_ids, data.splits.pool_y.tolist(), strict=True))
 
 

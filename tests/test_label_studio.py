@@ -93,7 +93,7 @@ def labels_stored(handoff: HandOff, round_index: int) -> bool:
 
 @pytest.fixture(scope="module")
 def walked(tmp_path_factory, prefect_harness, tiny_defaults, label_studio_server):
-    from baldflow import steps
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
     from baldflow.flows.campaign import campaign_flow
 
@@ -108,7 +108,7 @@ def walked(tmp_path_factory, prefect_harness, tiny_defaults, label_studio_server
         },
     }
     params["campaign"] = {**params["campaign"], "name": CAMPAIGN, "rounds": 1}
-    data = steps.prepare_data(validate(params))
+    data = campaign_data.prepare_data(validate(params))
     truth = dict(zip(data.splits.pool_ids, data.splits.pool_y.tolist(), strict=True))
     names = [str(n) for n in data.class_names]
     seen: dict = {"workspace": workspace, "truth": truth, "names": names, "params": params}
@@ -280,8 +280,10 @@ def test_a_batch_goes_out_as_tasks_with_pictures_and_the_campaign_waits(walked):
     assert walked["picture"] == (200, b"\x89PNG\r\n\x1a\n")
     for name in walked["names"]:
         assert f'<Choice value="{name}"/>' in walked["label_config"]
-    assert f"waiting for labels (0 of {len(pending.sample_ids)} imported): Label Studio " \
+    assert (
+        f"waiting for labels (0 of {len(pending.sample_ids)} imported): Label Studio "
         f"project {walked['project']}" in walked["status0"]
+    )
     assert walked["state0_again"] == "WaitingForLabels"
     assert walked["tasks0_again"] == len(pending.sample_ids)
 

@@ -51,7 +51,7 @@ def snapshot(ws: Workspace, campaign: str) -> tuple:
 
 @pytest.fixture(scope="module")
 def labeled(tmp_path_factory, prefect_harness, tiny_defaults):
-    from baldflow import steps
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
     from baldflow.flows.campaign import campaign_flow
 
@@ -59,7 +59,7 @@ def labeled(tmp_path_factory, prefect_harness, tiny_defaults):
     workspace = root / "ws"
     params = {**tiny_defaults, "oracle": {"kind": "file"}}
     params["campaign"] = {**params["campaign"], "name": "people", "rounds": 1}
-    data = steps.prepare_data(validate(params))
+    data = campaign_data.prepare_data(validate(params))
     truth = {
         sid: int(y)
         for sid, y in zip(data.splits.pool_ids, data.splits.pool_y.tolist(), strict=True)

@@ -14,6 +14,12 @@ import torch
 from PIL import Image
 
 from baldflow.cli import main as cli_main
+from baldflow.compute.sharding import (
+    ShardJob,
+    save_model_dir,
+    score_pool_sharded,
+    single_pool_scores,
+)
 from baldflow.config import validate
 from baldflow.data import open_disk_source
 from baldflow.data.convert import convert_pool
@@ -32,7 +38,6 @@ from baldflow.data.ondisk import (
 )
 from baldflow.models import build_model
 from baldflow.preflight import check_data
-from baldflow.sharding import ShardJob, save_model_dir, score_pool_sharded, single_pool_scores
 
 CLASSES = ["cat", "dog", "emu"]
 # Untrusted but acceptable ids: markup, a formula, a quote, another script, an emoji.

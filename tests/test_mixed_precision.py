@@ -18,7 +18,9 @@ import pytest
 import torch
 import yaml
 
-from baldflow import sharding, steps
+from baldflow import seeds
+from baldflow.compute import campaign_data, fitting, scoring, selecting, sharding
+from baldflow.compute.device import mixed_precision_note
 from baldflow.config import Config, ConfigError, load_config, validate, with_identity
 from baldflow.data.disk_source import spill_pool
 from baldflow.inference import (
@@ -116,10 +118,10 @@ def test_full_precision_upcasts_half_types_and_leaves_float32_alone():
 def trained(tmp_path_factory, tiny_defaults):
     """The tiny round trained with the flag off and on (both on the CPU), its pool on disk."""
     off, on = _config(tiny_defaults, False), _config(tiny_defaults, True)
-    data = steps.prepare_data(off)
+    data = campaign_data.prepare_data(off)
     labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
-    seed = steps.round_seed(off.campaign.seed, 1)
-    models = {flag: steps.train(config, data, labeled, seed) for flag, config in
+    seed = seeds.round_seed(off.campaign.seed, 1)
+    models = {flag: fitting.train(config, data, labeled, seed) for flag, config in
               ((False, off), (True, on))}  # fmt: skip
     root = tmp_path_factory.mktemp("mixed-precision")
     splits = data.splits
@@ -134,15 +136,15 @@ def trained(tmp_path_factory, tiny_defaults):
 
 
 def test_cpu_says_once_that_the_flag_does_nothing(trained):
-    assert steps.mixed_precision_note(trained["off"]) is None
-    assert steps.mixed_precision_note(trained["on"]) == CPU_NOTE
+    assert mixed_precision_note(trained["off"]) is None
+    assert mixed_precision_note(trained["on"]) == CPU_NOTE
     sharded = trained["on"].model_copy(deep=True)
     sharded.scale.runner, sharded.training.device = "dask", "auto"
-    assert steps.mixed_precision_note(sharded).endswith("(Dask workers with a CUDA device use it)")
+    assert mixed_precision_note(sharded).endswith("(Dask workers with a CUDA device use it)")
     on_cuda = trained["on"].model_copy(
         update={"training": trained["on"].training.model_copy(update={"device": "cuda"})}
     )
-    assert steps.mixed_precision_note(on_cuda) is None
+    assert mixed_precision_note(on_cuda) is None
 
 
 def test_cpu_training_is_bit_identical(trained):
@@ -152,7 +154,7 @@ def test_cpu_training_is_bit_identical(trained):
     assert state_off.keys() == state_on.keys()
     assert all(torch.equal(state_off[k], state_on[k]) for k in state_off)
     data, seed = trained["data"], trained["seed"]
-    assert steps.evaluate(trained["off"], data, off, seed) | {"seconds": 0} == steps.evaluate(
+    assert fitting.evaluate(trained["off"], data, off, seed) | {"seconds": 0} == fitting.evaluate(
         trained["on"], data, off, seed
     ) | {"seconds": 0}
 
@@ -186,9 +188,9 @@ def test_cpu_in_process_scores_and_batch_are_bit_identical(trained, strategy):
         params["acquisition"].update(strategy=strategy, batchbald_candidates=30,
                                      batchbald_num_samples=200)  # fmt: skip
         config = validate(params)
-        assert steps.scoring_plan(config, seed).mixed_precision is flag
-        scored = steps.score_pool(config, data, model, labeled_ids, seed)
-        results[flag] = (scored, steps.select_batch(config, scored, seed))
+        assert scoring.scoring_plan(config, seed).mixed_precision is flag
+        scored = scoring.score_pool(config, data, model, labeled_ids, seed)
+        results[flag] = (scored, selecting.select_batch(config, scored, seed))
     (scored_off, batch_off), (scored_on, batch_on) = results[False], results[True]
     for name in ("scores_N", "log_probs_M_K_C", "features_N_D", "probs_N_C"):
         a, b = getattr(scored_off, name), getattr(scored_on, name)
@@ -217,7 +219,7 @@ def test_cpu_inference_functions_are_bit_identical(trained):
 def test_cpu_shard_scores_and_batch_are_bit_identical(trained):
     root, seed, data = trained["root"], trained["seed"], trained["data"]
     jobs = {
-        flag: steps.shard_job(
+        flag: sharding.shard_job(
             trained["on" if flag else "off"],
             seed,
             model_dir=root / "model",
@@ -240,10 +242,10 @@ def test_cpu_shard_scores_and_batch_are_bit_identical(trained):
     batch_on, _ = sharding.score_pool_sharded(jobs[True], ranges, sharding.local_submit)
     assert batch_on == batch_off == sharding.score_pool_single(jobs[True])
     # And the in-process round picks the same batch as the shards.
-    in_process = steps.score_pool(
+    in_process = scoring.score_pool(
         trained["on"], data, trained["models"][False].model, trained["labeled_ids"], seed
     )
-    assert steps.select_batch(trained["on"], in_process, seed).sample_ids == batch_on
+    assert selecting.select_batch(trained["on"], in_process, seed).sample_ids == batch_on
 
 
 def test_cuda_passes_run_under_bfloat16_autocast_and_return_float32(trained, cuda_device):

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from baldflow import steps
+from baldflow import seeds
+from baldflow.compute import campaign_data, evidence, fitting, scoring, selecting
 from baldflow.config import ConfigError, validate
 from baldflow.workspace.tracking import local_tracking_uri
 
@@ -20,10 +21,10 @@ NEW = ("power-epig", "topk-epig", "annealed-power-bald", "annealed-softrank-bald
 @pytest.fixture(scope="module")
 def round_inputs(tiny_defaults):
     config = validate(tiny_defaults)
-    data = steps.prepare_data(config)
+    data = campaign_data.prepare_data(config)
     labeled = [(sid, int(data.splits.pool_y[data.row_of[sid]])) for sid in data.initial_ids]
-    seed = steps.round_seed(config.campaign.seed, 1)
-    trained = steps.train(config, data, labeled, seed)
+    seed = seeds.round_seed(config.campaign.seed, 1)
+    trained = fitting.train(config, data, labeled, seed)
     return config, data, trained, {sid for sid, _ in labeled}, seed
 
 
@@ -34,8 +35,8 @@ def _with(config, **acquisition):
 
 
 def _round(config, data, trained, labeled_ids, seed):
-    scored = steps.score_pool(config, data, trained.model, labeled_ids, seed)
-    return scored, steps.select_batch(config, scored, seed)
+    scored = scoring.score_pool(config, data, trained.model, labeled_ids, seed)
+    return scored, selecting.select_batch(config, scored, seed)
 
 
 @pytest.mark.parametrize("strategy", NEW)
@@ -132,9 +133,9 @@ def test_the_shadow_check_reuses_the_rounds_bald_scores_and_gets_the_same_answer
     config, data, trained, labeled_ids, seed = round_inputs
     config = _with(config, strategy="power-bald", shadow_batchbald=True, batchbald_candidates=40)
     scored, selected = _round(config, data, trained, labeled_ids, seed)
-    reused = steps.batch_evidence(
+    reused = evidence.batch_evidence(
         config, data, trained.model, labeled_ids, selected, seed, scored=scored
     )
-    fresh = steps.batch_evidence(config, data, trained.model, labeled_ids, selected, seed)
+    fresh = evidence.batch_evidence(config, data, trained.model, labeled_ids, selected, seed)
     for name in ("shadow_overlap", "shadow_joint_mi", "shadow_mi_gap", "batch_joint_mi"):
         assert reused[name] == fresh[name], name

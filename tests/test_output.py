@@ -49,7 +49,7 @@ def audited(tmp_path_factory):
     a real MLflow store holding round 1's run."""
     from mlflow.tracking import MlflowClient
 
-    from baldflow import steps
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
     from baldflow.workspace.tracking import local_tracking_uri
 
@@ -66,7 +66,7 @@ def audited(tmp_path_factory):
         y_test=np.arange(6) % 3,
     )
     config = _config(npz)
-    data = steps.prepare_data(validate(config))
+    data = campaign_data.prepare_data(validate(config))
     pool_ids, pool_y = data.splits.pool_ids, data.splits.pool_y.tolist()
 
     ws = Workspace.init(root / "ws")

@@ -90,10 +90,10 @@ def dvc_md5(workspace: Path, tag: str, campaign: str = "tiny") -> str:
 
 def pool_rows(params: dict, sample_ids: list[str]):
     """The pool's features of `sample_ids`, flattened as the registered model takes them."""
-    from baldflow import steps
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
 
-    data = steps.prepare_data(validate(params))
+    data = campaign_data.prepare_data(validate(params))
     x = data.splits.pool_x[data.rows(sample_ids)]
     return x.reshape(len(sample_ids), -1).numpy().astype(np.float32)
 
@@ -101,7 +101,7 @@ def pool_rows(params: dict, sample_ids: list[str]):
 def round_reference(client, run, x_flat: np.ndarray):
     """What baldflow itself computes with the round's model, rebuilt from the run's files, and
     the K masks of the round's scoring pass: (probs_N_C, bald_N)."""
-    from baldflow import steps
+    from baldflow import seeds
     from baldflow.acquisition.scores import bald
     from baldflow.inference import predict_log_probs
     from baldflow.models import build_model
@@ -112,7 +112,7 @@ def round_reference(client, run, x_flat: np.ndarray):
     model = build_model(**spec)
     model.load_state_dict(load_weights(local / "state_dict.pt"))
     x = torch.from_numpy(x_flat).reshape(len(x_flat), *spec["input_shape"])
-    generator = steps.generator_for(int(run.data.params["seed"]), steps.STREAM_SCORE)
+    generator = seeds.generator_for(int(run.data.params["seed"]), seeds.STREAM_SCORE)
     log_probs = predict_log_probs(
         model, x, int(run.data.params["acquisition.mc_samples"]), generator
     )

@@ -1,7 +1,7 @@
 """A round scored in shards selects exactly what the in-process round selects, for every
-strategy: `steps.score_pool` + `steps.select_batch` (the pool in memory, one pass) against
-`steps.shard_job` + `sharding.run_pass` on the same pool spilled to disk, with the labeled ids
-left out, in uneven shards (empty ones too), through `steps.sharded_pool_scores`."""
+strategy: `scoring.score_pool` + `selecting.select_batch` (the pool in memory, one pass) against
+`sharding.shard_job` + `sharding.run_pass` on the same pool spilled to disk, with the labeled ids
+left out, in uneven shards (empty ones too), through `scoring.sharded_pool_scores`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import trained_round_one
 
-from baldflow import sharding, steps
+from baldflow import seeds
+from baldflow.compute import scoring, selecting, sharding
 from baldflow.config import validate
 
 STRATEGIES = (
@@ -41,10 +42,10 @@ def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_
         **config.acquisition.model_dump(), "strategy": strategy, "batchbald_candidates": 40,
         "batchbald_num_samples": 500,
     }})  # fmt: skip
-    single = steps.score_pool(config, data, trained.model, labeled_ids, seed)
-    expected = steps.select_batch(config, single, seed)
+    single = scoring.score_pool(config, data, trained.model, labeled_ids, seed)
+    expected = selecting.select_batch(config, single, seed)
 
-    job = steps.shard_job(
+    job = sharding.shard_job(
         config, seed, model_dir=root / "model", pool_dir=root / "pool",
         exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
     )  # fmt: skip
@@ -59,10 +60,10 @@ def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_
         ranked = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
         results = sharding.run_pass(ranked, ranges, sharding.local_submit)
         sorted_scores = torch.from_numpy(np.load(sorted_file))
-    sharded = steps.sharded_pool_scores(
+    sharded = scoring.sharded_pool_scores(
         config, data, trained.model, seed, results, sorted_scores, 0.0
     )
-    got = steps.select_batch(config, sharded, seed)
+    got = selecting.select_batch(config, sharded, seed)
 
     assert sharded.remaining == single.remaining == data.pool_size - len(labeled_ids)
     assert got.sample_ids == expected.sample_ids and len(got.sample_ids) == 5
@@ -74,7 +75,7 @@ def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_
 
 def test_shard_score_files_merge_to_the_in_process_scores(round_inputs, tmp_path):
     config, data, trained, labeled_ids, seed, root = round_inputs
-    job = steps.shard_job(
+    job = sharding.shard_job(
         config, seed, model_dir=root / "model", pool_dir=root / "pool",
         exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
     )  # fmt: skip
@@ -87,7 +88,7 @@ def test_shard_score_files_merge_to_the_in_process_scores(round_inputs, tmp_path
     assert np.isnan(merged[left_out]).all() and not np.isnan(merged[~left_out]).any()
     assert np.array_equal(merged[~left_out], scores_N.numpy()[~left_out])
     # ... and the in-memory pool's one pass gives the same bits.
-    generator = steps.generator_for(seed, steps.STREAM_SCORE)
+    generator = seeds.generator_for(seed, seeds.STREAM_SCORE)
     from baldflow.inference import score_pool
 
     in_memory = score_pool(trained.model, data.splits.pool_x, "bald", 4, generator, 1024)
@@ -97,7 +98,7 @@ def test_shard_score_files_merge_to_the_in_process_scores(round_inputs, tmp_path
 
 def test_a_missing_exclude_file_is_named(round_inputs, tmp_path):
     config, _, _, _, seed, root = round_inputs
-    job = steps.shard_job(
+    job = sharding.shard_job(
         config, seed, model_dir=root / "model", pool_dir=root / "pool",
         exclude_file=tmp_path / "nope.txt", scores_dir=None,
     )  # fmt: skip
@@ -109,7 +110,7 @@ def test_softrank_needs_its_ranking_pass(round_inputs):
     config, _, _, _, seed, root = round_inputs
     config = validate({**config.to_dict(), "acquisition": {"strategy": "softrank-bald"}})
     with pytest.raises(sharding.ShardingError, match="softrank needs the pool's ranks"):
-        steps.shard_job(
+        sharding.shard_job(
             config, seed, model_dir=root / "model", pool_dir=root / "pool", exclude_file=None,
             scores_dir=None,
         )  # fmt: skip

@@ -22,7 +22,7 @@ from helpers import run_flow
 
 pytest.importorskip("prefect_dask")
 
-from baldflow import steps  # noqa: E402
+from baldflow.compute import campaign_data  # noqa: E402
 from baldflow.config import validate  # noqa: E402
 from baldflow.data.ondisk import DiskPool, PoolWriter, manifest  # noqa: E402
 from baldflow.stack.dask_cluster import DaskCluster  # noqa: E402
@@ -81,7 +81,7 @@ def test_local_cluster_rounds_acquire_what_one_process_acquires(
 
 def write_disk_source(root: Path, params: dict) -> None:
     """The tiny digits campaign's data as a disk source: pool/, val/ and test/ DiskPools."""
-    splits = steps.prepare_data(validate(params)).splits
+    splits = campaign_data.prepare_data(validate(params)).splits
     parts = {
         "pool": (splits.pool_x, splits.pool_y, list(splits.pool_ids)),
         "val": (splits.val_x, splits.val_y, [f"val-{i}" for i in range(len(splits.val_y))]),
@@ -139,7 +139,7 @@ def test_disk_pool_on_a_standing_cluster(tmp_path, tiny_params, prefect_harness)
     assert "pool-manifest.json" in tracked
     recorded = json.loads((ws / "data" / "tiny" / "pool-manifest.json").read_text())
     assert recorded["sha256"] == manifest(tmp_path / "source" / "pool")["sha256"]
-    assert recorded["count"] == len(validate(tiny_params) and steps.prepare_data(
+    assert recorded["count"] == len(validate(tiny_params) and campaign_data.prepare_data(
         validate(tiny_params)).splits.pool_ids)  # fmt: skip
 
 
@@ -147,10 +147,10 @@ def test_a_disk_source_with_in_memory_options_is_refused(tmp_path, tiny_params):
     params = copy.deepcopy(tiny_params)
     params["data"] = {"source": "disk", "root": str(tmp_path), "repeat": 2}
     with pytest.raises(Exception, match="data.repeat, data.noise_std and data.options"):
-        steps.prepare_data(validate(params))
+        campaign_data.prepare_data(validate(params))
     params["data"] = {"source": "disk"}
     with pytest.raises(Exception, match="needs data.root"):
-        steps.prepare_data(validate(params))
+        campaign_data.prepare_data(validate(params))
 
 
 def test_preflight_names_a_cluster_that_does_not_answer_and_a_missing_disk_pool(

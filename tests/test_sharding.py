@@ -1,4 +1,4 @@
-"""Sharded scoring of an on-disk pool (baldflow.sharding) picks the batch one process picks.
+"""Sharded scoring of an on-disk pool (baldflow.compute.sharding) picks the batch one process picks.
 
 The pool: 3,000 random 1x28x28 uint8 images written with PoolWriter; the model: the zoo's `cnn`
 with random weights (seed 3), saved in the round-model layout. Every check compares against
@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from baldflow.data.ondisk import DiskPool, PoolWriter
-from baldflow.models import build_model
-from baldflow.sharding import (
+from baldflow.compute.sharding import (
     ShardingError,
     ShardJob,
     dask_submit,
@@ -29,6 +27,8 @@ from baldflow.sharding import (
     shard_scores,
     single_pool_scores,
 )
+from baldflow.data.ondisk import DiskPool, PoolWriter
+from baldflow.models import build_model
 
 COUNT = 3000
 MODES = ("power", "softmax", "topk", "random")

@@ -1,5 +1,5 @@
 """The contract every registered strategy keeps, one template over STRATEGY_NAMES: a round's
-batch (`steps.score_pool` + `steps.select_batch`, as the flow picks it) is the same under the
+batch (`scoring.score_pool` + `selecting.select_batch`, as the flow picks it) is the same under the
 same seed, holds distinct unlabeled samples, takes what is left of a short pool, and, where the
 strategy can be scored in shards, equals the batch of the sharded round; where it cannot, a
 sharded configuration is refused naming the strategy."""
@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers import trained_round_one
 
-from baldflow import sharding, steps
 from baldflow.acquisition.strategies import EPIG, STRATEGY_NAMES, get_strategy
+from baldflow.compute import scoring, selecting, sharding
 from baldflow.config import ConfigError, check_sharding, validate
 
 
@@ -40,9 +40,9 @@ def configured(config, name: str, **acquisition):
     }})  # fmt: skip
 
 
-def batch(config, data, model, labeled_ids, seed) -> steps.Selected:
-    scored = steps.score_pool(config, data, model, labeled_ids, seed)
-    return steps.select_batch(config, scored, seed)
+def batch(config, data, model, labeled_ids, seed) -> selecting.Selected:
+    scored = scoring.score_pool(config, data, model, labeled_ids, seed)
+    return selecting.select_batch(config, scored, seed)
 
 
 def test_every_strategy_is_covered():
@@ -85,7 +85,7 @@ def test_sharded_round_picks_the_in_process_batch(trained_round, name, tmp_path)
     config, data, model, labeled_ids, seed, root = trained_round
     config = configured(config, name)
     expected = batch(config, data, model, labeled_ids, seed)
-    job = steps.shard_job(
+    job = sharding.shard_job(
         config, seed, model_dir=root / "model", pool_dir=root / "pool",
         exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
     )  # fmt: skip
@@ -99,8 +99,8 @@ def test_sharded_round_picks_the_in_process_batch(trained_round, name, tmp_path)
         ranked = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
         results = sharding.run_pass(ranked, ranges, sharding.local_submit)
         sorted_scores = torch.from_numpy(np.load(sorted_file))
-    sharded = steps.sharded_pool_scores(config, data, model, seed, results, sorted_scores, 0.0)
-    got = steps.select_batch(config, sharded, seed)
+    sharded = scoring.sharded_pool_scores(config, data, model, seed, results, sorted_scores, 0.0)
+    got = selecting.select_batch(config, sharded, seed)
     assert got.sample_ids == expected.sample_ids
     assert got.scores == expected.scores and got.keys == expected.keys
     for a, b in zip(got.probabilities, expected.probabilities, strict=True):

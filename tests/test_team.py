@@ -231,7 +231,8 @@ def test_a_clone_that_died_before_its_push_takes_the_winners_round(
     for run_ in round_runs(params):
         by_status.setdefault(run_.info.status, []).append(run_.data.tags[TAG_OPERATOR])
     assert by_status == {"FINISHED": ["ann", "bob"], "KILLED": ["bob"]} or by_status == {
-        "FINISHED": ["bob", "ann"], "KILLED": ["bob"]
+        "FINISHED": ["bob", "ann"],
+        "KILLED": ["bob"],
     }
 
 
@@ -312,8 +313,8 @@ def test_a_shared_prefect_server_runs_one_round_of_a_workspace_at_a_time(
         deadline = time.monotonic() + 240
         while not pause.exists():
             assert time.monotonic() < deadline and ann.poll() is None, (
-                (tmp_path / "ann.log").read_text()[-4000:]
-            )
+                tmp_path / "ann.log"
+            ).read_text()[-4000:]
             time.sleep(0.3)
         cycle = subprocess.run(
             [*BALDFLOW, "cycle", "--workspace", str(b)],
@@ -334,8 +335,8 @@ def test_a_shared_prefect_server_runs_one_round_of_a_workspace_at_a_time(
         deadline = time.monotonic() + 240
         while "waiting for the round" not in (tmp_path / "bob.log").read_text():
             assert time.monotonic() < deadline and waiter.poll() is None, (
-                (tmp_path / "bob.log").read_text()[-4000:]
-            )
+                tmp_path / "bob.log"
+            ).read_text()[-4000:]
             time.sleep(0.3)
         Path(f"{pause}.release").touch()
         finish(ann, tmp_path / "ann.log")
@@ -457,8 +458,8 @@ def test_labels_imported_on_a_clone_are_pushed_and_name_the_operator(
     pushes it, and Ann's clone, on its next run, has the round with labeled_by naming Bob."""
     import csv
 
-    from baldflow import steps
     from baldflow.cli import main
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
     from baldflow.labeling import HandOff
 
@@ -472,7 +473,7 @@ def test_labels_imported_on_a_clone_are_pushed_and_name_the_operator(
     run_as("bob", b, params, 0)  # stops: the initial batch waits for labels
     pending = HandOff(Workspace(b).campaign_dir(CAMPAIGN), CAMPAIGN).pending()
     assert pending is not None and remote_tags(bare) == []
-    data = steps.prepare_data(validate(params))
+    data = campaign_data.prepare_data(validate(params))
     truth = dict(zip(data.splits.pool_ids, data.splits.pool_y.tolist(), strict=True))
     sheet = tmp_path / "labels.csv"
     with sheet.open("w", newline="") as handle:

@@ -28,7 +28,6 @@ generator, this module's from the ids. The law of the batch is the same.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from baldflow import seeds
 from baldflow.acquisition.selection import (
     SelectionError,
     check_selection_args,
@@ -47,29 +47,14 @@ from baldflow.acquisition.selection import (
     weight_order,
 )
 
-_SEED_BYTES = 16  # the hash key: seeds in [0, 2**128)
 _TWO_POW_53 = 2.0**53
 
 
 # ----------------------------------------------------------------------------------- noise
 def id_hashes(seed: int, sample_ids: Sequence[str]) -> np.ndarray:
-    """64-bit keyed BLAKE2b hash of each id (uint64), keyed by the seed.
-
-    Why keyed: a fresh seed gives independent-looking noise for the same ids every round, and
-    the hash of one id never depends on any other id, the order, or the machine.
-    """
-    return _hashes(_seed_key(seed), _checked_ids(sample_ids))
-
-
-def _hashes(key: bytes, sample_ids: list[str]) -> np.ndarray:
-    """id_hashes on checked input: the digest of each id read as a little-endian uint64."""
-    copy = hashlib.blake2b(key=key, digest_size=8).copy
-    digests = []
-    for sample_id in sample_ids:
-        h = copy()  # copying the keyed state is faster than re-keying per id
-        h.update(sample_id.encode("utf-8"))
-        digests.append(h.digest())
-    return np.frombuffer(b"".join(digests), dtype="<u8")
+    """`seeds.id_hashes` (the keyed BLAKE2b hash of each id), refusing bad input with
+    SelectionError like the rest of the selection maths."""
+    return seeds.id_hashes(seed, sample_ids, SelectionError)
 
 
 def hash_to_gumbel(hashes: np.ndarray) -> np.ndarray:
@@ -173,7 +158,7 @@ def order_columns(scores_n, sample_ids, mode, coldness, seed, pool_scores):
     zeros = torch.zeros_like(scores_n)
     if mode == "topk" or (mode != "random" and math.isinf(coldness)):
         return scores_n, zeros, zeros
-    gumbel_n = torch.from_numpy(hash_to_gumbel(_hashes(_seed_key(seed), sample_ids)))
+    gumbel_n = torch.from_numpy(hash_to_gumbel(seeds.keyed_hashes(_seed_key(seed), sample_ids)))
     if mode == "random" or coldness == 0:
         return gumbel_n, zeros, zeros
     log_weights_n = mode_log_weights(scores_n, mode, pool_scores)
@@ -312,31 +297,15 @@ def select_by_id(
 
 # ------------------------------------------------------------------------------- validation
 def _seed_key(seed) -> bytes:
-    return _checked_seed(seed).to_bytes(_SEED_BYTES, "little")
+    return _checked_seed(seed).to_bytes(seeds.SEED_BYTES, "little")
 
 
 def _checked_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise SelectionError(f"seed must be an integer, got {seed!r}")
-    seed = int(seed)
-    if not 0 <= seed < 2 ** (8 * _SEED_BYTES):
-        raise SelectionError(f"seed must be in [0, 2**128), got {seed}")
-    return seed
+    return seeds.checked_seed(seed, SelectionError)
 
 
 def _checked_ids(sample_ids) -> list[str]:
-    if isinstance(sample_ids, str):
-        raise SelectionError("sample_ids must be a sequence of strings, got a single string")
-    sample_ids = list(sample_ids)
-    if all(issubclass(kind, str) for kind in set(map(type, sample_ids))):
-        return sample_ids  # the common case, checked at C speed
-    for i, sample_id in enumerate(sample_ids):
-        if not isinstance(sample_id, str):
-            raise SelectionError(
-                f"sample_ids must be strings, got {type(sample_id).__name__} "
-                f"{sample_id!r} at index {i}"
-            )
-    return sample_ids
+    return seeds.checked_ids(sample_ids, SelectionError)
 
 
 def _duplicates(ids: Sequence[str]) -> set[str]:

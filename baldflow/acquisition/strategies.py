@@ -174,7 +174,7 @@ def acquire(
     if strategy.kind not in ("scored", "batchbald"):
         raise ValueError(
             f"strategy {strategy.name!r} chooses its batch from more than scores or log-probs "
-            "(ids, a schedule or embeddings): a round runs it through baldflow.steps"
+            "(ids, a schedule or embeddings): a round runs it through baldflow.compute"
         )
     if strategy.needs_log_probs:
         if log_probs_N_K_C is None:

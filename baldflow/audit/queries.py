@@ -241,12 +241,12 @@ def _in_pool(ws: Workspace, campaign: str, sample_id: str) -> bool:
     params_file = ws.campaign_dir(campaign) / "campaign.yaml"
     if not params_file.exists():
         return False
-    from baldflow import steps
+    from baldflow.compute import campaign_data
     from baldflow.config import validate
 
     try:
         config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
-        ids = steps.prepare_data(config).pool_ids
+        ids = campaign_data.prepare_data(config).pool_ids
     except Exception as exc:  # noqa: BLE001 (any failure to rebuild means "cannot tell")
         raise AuditError(
             f"sample_id {short_repr(sample_id)} was not acquired by {campaign}, and its pool "

@@ -262,12 +262,12 @@ def _pool(ws_root: Path, campaign: str) -> _Pool:
     if not params_file.exists():
         return _Pool(note="no campaign.yaml to rebuild the pool from")
     try:
-        from baldflow import steps
+        from baldflow.compute import campaign_data
         from baldflow.config import validate
         from baldflow.figures.thumbnails import is_image_batch
 
         config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
-        data = steps.prepare_data(config)
+        data = campaign_data.prepare_data(config)
     except Exception as exc:  # noqa: BLE001 (the report is still useful without thumbnails)
         return _Pool(note=f"thumbnails and class names unavailable: {type(exc).__name__}: {exc}")
     names = [str(name) for name in data.class_names]

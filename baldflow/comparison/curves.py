@@ -12,8 +12,8 @@ from typing import Any
 
 from baldflow.common import format_number
 
-# The batch-quality evidence every round logs to MLflow (baldflow.steps.batch_evidence): how
-# much of the batch's summed BALD is joint information rather than overlap, and how many of
+# The batch-quality evidence every round logs to MLflow (compute.evidence.batch_evidence):
+# how much of the batch's summed BALD is joint information rather than overlap, and how many of
 # its picks are copies of one source sample. The shadow_* ones exist only with
 # acquisition.shadow_batchbald. Kept per point in the curve CSV so the report needs no MLflow.
 BATCH_FIELDS = (

@@ -50,6 +50,7 @@ from baldflow.data.ondisk import (
     open_pool,
 )
 from baldflow.data.splits import DataNotFoundError, DataSourceError, derived_seed
+from baldflow.seeds import id_hashes
 
 PARTS = ("pool", "val", "test")
 BUILD_HINT = "build one with `python benchmarks/make_pool.py --campaign-source --out DIR`"
@@ -254,7 +255,7 @@ def choose_initial_ids(
     chunk_rows: int = INITIAL_CHUNK_ROWS,
 ) -> list[str]:
     """`per_class` labelled pool ids of every class 0..num_classes-1: per class, the ids with the
-    smallest keyed hash (`baldflow.acquisition.sharded.id_hashes`, keyed by a seed derived from
+    smallest keyed hash (`baldflow.seeds.id_hashes`, keyed by a seed derived from
     `seed`), ties broken by the id text. Ordered by class, then (hash, id).
 
     Why hashes: the choice is a uniformly random subset per class, reproducible from the seed,
@@ -263,8 +264,6 @@ def choose_initial_ids(
     Also refuses pool labels outside [-1, num_classes) and a class with fewer than `per_class`
     labelled samples (a silently unbalanced start would bias every round after it).
     """
-    from baldflow.acquisition.sharded import id_hashes
-
     key = derived_seed(seed, INITIAL_PURPOSE)
     counts = np.zeros(num_classes, dtype=np.int64)
     # Per class: the current leaders as (hash, id), sorted, at most per_class of them.

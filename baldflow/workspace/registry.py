@@ -90,8 +90,9 @@ def round_alias(round_index: int) -> str:
 class RoundScoring:
     """The round's scoring pass: its seed (the round seed) and K, the MC dropout samples.
 
-    The masks are drawn from `generator_for(seed, STREAM_SCORE)`, as baldflow.steps.score_pool
-    draws them, so the pyfunc sees the same K posterior samples the round acquired with.
+    The masks are drawn from `generator_for(seed, STREAM_SCORE)`, as
+    baldflow.compute.scoring.score_pool draws them, so the pyfunc sees the same K posterior
+    samples the round acquired with.
     """
 
     seed: int
@@ -138,7 +139,7 @@ def mc_predict(model: Any, x: Any, scoring: RoundScoring) -> tuple[Any, Any]:
     any subset of rows, in any chunking, gives each row the same numbers."""
     from baldflow.acquisition.scores import bald
     from baldflow.inference import predict_log_probs
-    from baldflow.steps import STREAM_SCORE, generator_for
+    from baldflow.seeds import STREAM_SCORE, generator_for
 
     generator = generator_for(scoring.seed, STREAM_SCORE)
     log_probs_N_K_C = predict_log_probs(model, x, scoring.mc_samples, generator)

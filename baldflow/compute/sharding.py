@@ -10,8 +10,8 @@ What makes the sharded scores the single-process scores:
 - the model: the directory format the registry already uses for a round (`state_dict.pt`, a
   `torch.save`d state_dict, and `spec.json`, the keyword arguments of `build_model`);
 - the masks: one set of K consistent dropout masks, drawn from `generator_for(mask_seed,
-  STREAM_SCORE)` as `steps.score_pool` does. A fresh generator with that seed gives the same
-  masks on every worker and for every read block, so a row's K forward passes are the same
+  STREAM_SCORE)` as `compute.scoring.score_pool` does. A fresh generator with that seed gives
+  the same masks on every worker and for every read block, so a row's K forward passes are the same
   whatever shard it falls in;
 - the rows: `DiskPool.rows`, the same float32 values the single process reads.
 Rows are batched differently (a shard starts its chunks at its own first row), so a score can in
@@ -48,8 +48,12 @@ import torch
 from baldflow.acquisition.picks import ShardSummary, merge_summaries, summarise_shard
 from baldflow.acquisition.selection import MODES
 from baldflow.acquisition.sharded import Candidates, select_by_id
+from baldflow.compute.device import torch_threads
+from baldflow.compute.scoring import scoring_plan
+from baldflow.config import Config
 from baldflow.data.ondisk import open_pool
 from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
+from baldflow.seeds import STREAM_SCORE, generator_for
 
 # Rows read from disk at a time: 8192 28x28 float32 rows are 26 MB, a small part of a worker's
 # memory, and large enough that reading is a negligible share of the scoring time.
@@ -217,7 +221,7 @@ class ShardJob:
 
     @property
     def needs_model(self) -> bool:
-        """Random selection uses only the ids' noise: no model pass at all (as steps does)."""
+        """Random selection uses only the ids' noise: no model pass at all (as in one process)."""
         return self.mode != "random"
 
     @property
@@ -259,12 +263,6 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _torch_threads(count: int):
-    from baldflow.steps import torch_threads
-
-    return torch_threads(count)
 
 
 _EXCLUDED: dict[str, tuple[tuple[int, int], frozenset[str]]] = {}
@@ -325,7 +323,6 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
     only the ids). A softrank second pass reads the first pass's score file instead.
     """
     from baldflow.inference import score_pool
-    from baldflow.steps import STREAM_SCORE, generator_for
 
     pool = open_pool(job.pool_dir)
     with pool:
@@ -342,7 +339,7 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
                 raise ShardingError(f"score file of rows [{start}, {stop}) has {saved.numel()}")
             return saved, sample_ids, False
         entry, loaded = cached_model(job.model_dir, job.device)
-        with entry.lock, _torch_threads(job.torch_threads):
+        with entry.lock, torch_threads(job.torch_threads):
             for offset in range(0, n, READ_ROWS):
                 x_B = pool.rows(start + offset, min(start + offset + READ_ROWS, stop))
                 generator = generator_for(job.mask_seed, STREAM_SCORE)
@@ -439,7 +436,6 @@ def warm_worker(job: ShardJob) -> dict[str, Any]:
     """Import what scoring needs and load the job's model into this process's cache, so a
     benchmark can time scoring apart from start-up (e.g. `client.run(warm_worker, job)`)."""
     import baldflow.inference  # noqa: F401
-    import baldflow.steps  # noqa: F401
 
     loaded = False
     if job.needs_model:
@@ -571,9 +567,8 @@ def run_pass(job: ShardJob, ranges: Sequence[tuple[int, int]], submit: Submit) -
 
 def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
     """(`scores_N`, ids) of the whole pool scored in this process in one pass of
-    `inference.score_pool`, as `steps.score_pool` scores a round: the reference."""
+    `inference.score_pool`, as `compute.scoring.score_pool` scores a round: the reference."""
     from baldflow.inference import score_pool
-    from baldflow.steps import STREAM_SCORE, generator_for
 
     with open_pool(job.pool_dir) as pool:
         sample_ids = pool.ids(0, len(pool))
@@ -582,7 +577,7 @@ def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
         x_N = pool.rows(0, len(pool))
     entry, _ = cached_model(job.model_dir, job.device)
     generator = generator_for(job.mask_seed, STREAM_SCORE)
-    with entry.lock, _torch_threads(job.torch_threads):
+    with entry.lock, torch_threads(job.torch_threads):
         scores_N = score_pool(
             entry.model, x_N, job.score, job.mc_samples, generator, job.chunk_size,
             mixed_precision=job.mixed_precision,
@@ -600,4 +595,35 @@ def score_pool_single(job: ShardJob) -> list[str]:
         scores_N, sample_ids = scores_N[keep], [sample_ids[i] for i in keep]
     return select_by_id(
         scores_N, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed
+    )
+
+
+def shard_job(
+    config: Config,
+    seed: int,
+    *,
+    model_dir: str | Path,
+    pool_dir: str | Path,
+    exclude_file: str | Path | None,
+    scores_dir: str | Path | None,
+) -> Any:
+    """The `sharding.ShardJob` that scores a round's pool as `score_pool` would in one process:
+    the same plan (score, K, masks, selection), one torch thread per worker process."""
+    plan = scoring_plan(config, seed)
+    return ShardJob(
+        model_dir=str(model_dir),
+        pool_dir=str(pool_dir),
+        score=plan.score or "bald",  # random: unused, no model pass
+        mc_samples=plan.mc_samples,
+        mask_seed=plan.mask_seed,
+        chunk_size=plan.chunk_size,
+        batch_size=plan.batch_size,
+        mode=plan.mode,
+        coldness=plan.coldness,
+        selection_seed=plan.selection_seed,
+        torch_threads=1,
+        exclude_file=None if exclude_file is None else str(exclude_file),
+        scores_dir=None if scores_dir is None else str(scores_dir),
+        device=config.training.device,
+        mixed_precision=config.training.mixed_precision,
     )
