@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # The torch/torchvision builds that pip takes from this machine's local disk (x86_64, Python 3.11).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: run test test-fast lint bench compare env clean
+.PHONY: run test test-fast lint lint-imports bench compare env clean
 
 env: $(VENV)/.installed
 
@@ -24,10 +24,23 @@ run: env
 	@echo "(make does not activate $(VENV): to type baldflow, mlflow, prefect or dvc by name in this shell, run: source $(BIN)/activate)"
 
 # Ruff, then the manual (docs/, mkdocs.yml) built in strict mode: a broken link or anchor, or a
-# page missing from the nav, fails here.
+# page missing from the nav, fails here; then the import contracts of docs/architecture.md
+# ([tool.importlinter] in pyproject.toml).
 lint: env
 	$(BIN)/ruff check baldflow flows tasks tests benchmarks docs
 	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
+	$(MAKE) --no-print-directory lint-imports
+
+# import-linter finds a package's modules by walking its folder, and baldflow.flows and
+# baldflow.tasks live outside baldflow/ ([tool.setuptools.package-dir]): the contracts are checked
+# on a tree of links in which they sit inside it, imported from there (lint-imports puts its
+# working directory first on sys.path).
+IMPORT_TREE := build/import-tree
+lint-imports: env
+	rm -rf $(IMPORT_TREE)
+	mkdir -p $(IMPORT_TREE)/baldflow
+	ln -s $(CURDIR)/baldflow/* $(CURDIR)/flows $(CURDIR)/tasks $(IMPORT_TREE)/baldflow/
+	cd $(IMPORT_TREE) && $(abspath $(BIN))/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
 # The team tests need Debian's postgresql and the browser checks its chromium (both installed
 # here when missing, as root or with sudo); the Label Studio tests its own virtual environment

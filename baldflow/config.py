@@ -438,22 +438,49 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
     return config
 
 
-def check_sharding(config: Config) -> None:
-    """Strategies that need the whole pool in one process cannot be scored in shards."""
-    from baldflow.acquisition.strategies import EPIG, get_strategy
+def scores_in_shards(config: Config) -> bool:
+    """Whether a campaign's rounds score the pool in shards: on Dask workers, or read from
+    disk shard by shard. The one rule: the checks here and the flow's scoring mode ask it."""
     from baldflow.data import DISK_SOURCE
 
-    sharded = config.scale.runner == "dask" or config.data.source == DISK_SOURCE
-    strategy = get_strategy(config.acquisition.strategy)
-    if sharded and (strategy.whole_pool or strategy.score == EPIG):
-        where = "scale.runner dask" if config.scale.runner == "dask" else "data.source disk"
+    return config.scale.runner == "dask" or config.data.source == DISK_SOURCE
+
+
+def _sharded_by(config: Config) -> str | None:
+    """The setting that makes the rounds score the pool in shards, as a message names it."""
+    if not scores_in_shards(config):
+        return None
+    return "scale.runner dask" if config.scale.runner == "dask" else "data.source disk"
+
+
+def _refuse(problems: list, prefix: str = "acquisition.") -> None:
+    """ConfigError for the first of a strategy's problems (acquisition.strategy.Problem)."""
+    for problem in problems:
+        field = f"{prefix}{problem.field}"
+        # Where the fault is the pair (too few MC samples for this strategy), naming where the
+        # field was set would blame the wrong line of a params file.
         raise ConfigError(
-            f"acquisition.strategy {strategy.name} needs every unlabeled sample's "
-            f"{'EPIG targets' if strategy.score == EPIG else 'score or embedding'} in one "
-            f"process, which {where} does not give (it scores the pool in shards); use a "
-            "<mode>-bald strategy, batchbald or stochastic-batchbald there",
-            fields=("acquisition.strategy",),
+            f"{field} {problem.message}", fields=(field,) if problem.sole_cause else ()
         )
+
+
+def check_strategy(config: Config) -> None:
+    """Ask the campaign's strategy whether it can run with the acquisition parameters, where
+    the pool is scored (in one process or in shards): MC samples, sharding, its own checks."""
+    from baldflow.acquisition.strategies import get_strategy
+
+    strategy = get_strategy(config.acquisition.strategy)
+    _refuse(strategy.check(config.acquisition.model_dump(), sharded_by=_sharded_by(config)))
+
+
+def check_sharding(config: Config) -> None:
+    """Refuse a strategy that needs the whole pool in one process where it is scored in
+    shards (the strategy says whether it can be: Strategy.shardable)."""
+    from baldflow.acquisition.strategies import get_strategy
+
+    sharded_by = _sharded_by(config)
+    if sharded_by is not None:
+        _refuse(get_strategy(config.acquisition.strategy).check({}, sharded_by=sharded_by))
 
 
 def check_registry_names(config: Config) -> None:
@@ -479,8 +506,7 @@ def check_registry_names(config: Config) -> None:
             raise ConfigError(
                 f"{field} must be one of {', '.join(names)}, got {value!r}{hint}", fields=(field,)
             )
-    check_mc_samples(config.acquisition.strategy, config.acquisition.mc_samples)
-    check_sharding(config)
+    check_strategy(config)
     if config.training.device != "auto":
         import torch
 
@@ -501,15 +527,9 @@ def check_mc_samples(strategy: str, mc_samples: int, field: str = "acquisition.m
     """
     from baldflow.acquisition.strategies import get_strategy
 
-    chosen = get_strategy(strategy)
-    needed = chosen.min_mc_samples
-    if mc_samples < needed:
-        measure = chosen.score or "BatchBALD"
-        raise ConfigError(
-            f"{field} must be >= {needed} for strategy {strategy!r}, got {mc_samples!r}: "
-            f"{measure} measures disagreement between MC samples, so with fewer than {needed} it "
-            "is 0 for every point and the batch would not depend on the model"
-        )
+    for problem in get_strategy(strategy).check({"mc_samples": mc_samples}):
+        if problem.field == "mc_samples":
+            raise ConfigError(f"{field} {problem.message}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

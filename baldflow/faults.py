@@ -1,7 +1,10 @@
 """Fault injection at named points of a round, for the crash tests and the soak benchmark.
 
 Every place where a round can stop (between two tasks, inside versioning, tracking and the
-hand-off) calls `fault_point(name, round)`. Unset, it does nothing. With
+hand-off) calls `fault_point(name, round)`. A task's own points, `<task>:before` and
+`<task>:after` at the first and last statement of its run, are declared on its decorator
+(`baldflow.tasks.base.baldflow_task`); the points inside a step are called where they stand.
+Unset, it does nothing. With
 
     BALDFLOW_FAULT=<point>:<round>:<action>     action: kill | raise | fail | pause
 
@@ -67,7 +70,8 @@ REMOTE_POINTS = (
     "claim-round:pushed",
 )
 # Passed only when a round scores its pool in shards (scale.runner dask, or a pool on disk):
-# after the model and labeled ids are staged for the workers, before "score-pool:after".
+# after the model and labeled ids are staged for the workers, before "score-pool:after" (which
+# the merge-shard-scores task passes there, where the in-process score-pool task passes it).
 SHARDED_POINTS = ("stage-scoring:after",)
 # Passed only with the Label Studio oracle: after a batch's tasks are imported (before what
 # was sent is recorded), and after a complete batch's annotations are stored as its labels.

@@ -15,9 +15,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baldflow.config import Config, ConfigError, check_registry_names, nearest, read_yaml
+
+if TYPE_CHECKING:
+    from baldflow.labeling.label_studio import WorkspaceServer
 
 # Seconds to wait for a tracking server: long enough for a server across a LAN, short enough
 # that a wrong address fails the command at once instead of after the first round's training.
@@ -50,11 +53,16 @@ class PreflightError(RuntimeError):
     """This machine cannot run the campaign as configured; one line with the problem and fix."""
 
 
-def check(config: Config, workspace_root: str | Path) -> None:
+def check(
+    config: Config, workspace_root: str | Path, workspace_server: WorkspaceServer | None = None
+) -> None:
     """Raise on the first thing that would make the campaign fail after it started.
 
     Cheapest first, the network last. ConfigError for parameters that contradict the
     workspace's record of the campaign, PreflightError for what this machine lacks.
+    workspace_server: the workspace's own Label Studio server, from the caller that runs servers
+    (baldflow.labeling.label_studio.connect says what it is); the `label-studio` oracle without
+    a url needs it.
     """
     root = Path(workspace_root)
     # Callers may have validated without the registries (check_names=False): names again.
@@ -65,18 +73,24 @@ def check(config: Config, workspace_root: str | Path) -> None:
     check_scale(config)
     check_tracking(config.tracking.mlflow_uri, root)
     check_git_remote(root)
-    check_label_studio(config, root)
+    check_label_studio(config, root, workspace_server)
 
 
-def check_label_studio(config: Config, workspace_root: Path) -> None:
+def check_label_studio(
+    config: Config, workspace_root: Path, workspace_server: WorkspaceServer | None = None
+) -> None:
     """The `label-studio` oracle's server answers and takes the token, before a round is
     computed for it."""
     if config.oracle.kind != "label-studio":
         return
     from baldflow.labeling.label_studio import LabelStudioClient, LabelStudioError, connect
 
+    def not_given() -> tuple[str, str, Path]:
+        raise LookupError(f"no way to find the Label Studio server of {workspace_root} was given")
+
     try:
-        LabelStudioClient(connect(config.oracle.label_studio, workspace_root), 15.0).whoami()
+        connection = connect(config.oracle.label_studio, workspace_server or not_given)
+        LabelStudioClient(connection, 15.0).whoami()
     except LabelStudioError as exc:
         raise PreflightError(f"oracle.kind is label-studio, but {exc}") from None
 

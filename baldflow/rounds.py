@@ -15,6 +15,7 @@ from typing import Any
 
 from baldflow.common import utc_now
 from baldflow.config import Config, strategy_spelling
+from baldflow.data.pool import CampaignPool
 from baldflow.labeling import HandOff, Oracle, PendingRound, describe_item
 from baldflow.workspace.ledger import LedgerRow, labeled_text, md5_of_text
 from baldflow.workspace.repo import RoundCommit, Workspace, round_tag
@@ -338,33 +339,16 @@ class CampaignRun:
     workspace: Workspace
     tracker: Tracker
     handoff: HandOff
-    data: Any  # baldflow.compute.campaign_data.CampaignData
+    data: CampaignPool
     oracle: Oracle
     parent_run_id: str
     flow_run_id: str
     logger: Any
     timings: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    # Team mode: the workspace has a git remote; each round syncs first and its push claims it.
-    shared: bool = False
-    # Sharded scoring: the pool's DiskPool directory, once known (spilled on first need).
-    pool_dir: str | None = None
-
-    @property
-    def sharded(self) -> bool:
-        """Whether rounds score the pool in shards: on Dask, or read from disk shard by shard."""
-        return self.config.scale.runner == "dask" or self.data.on_disk
 
     @property
     def name(self) -> str:
         return self.config.campaign.name
-
-    @property
-    def people_label(self) -> bool:
-        return self.config.oracle.kind in ("file", "label-studio")
-
-    @property
-    def label_studio(self) -> bool:
-        return self.config.oracle.kind == "label-studio"
 
 
 def recorded_campaign_run(workspace: Workspace, campaign: str) -> str | None:

@@ -26,7 +26,8 @@ import torch
 from make_pool import peak_rss_mb, reset_peak_rss
 from PIL import Image
 
-from baldflow.data.ondisk import PoolWriter, open_pool
+from baldflow.data.ondisk import PoolWriter
+from baldflow.data.pool_formats import open_pool
 from baldflow.inference import score_pool
 from baldflow.models import build_model
 

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         job = ShardJob(
             str(tmp / "model"),
             str(pool_dir),
-            "bald",
+            score="bald",
             mc_samples=args.mc_samples,
             mask_seed=7,
             batch_size=args.batch,

@@ -1,7 +1,8 @@
-"""Scoring a round's pool in shards: on Dask workers through prefect-dask, or here on disk.
+"""Where a round scores its pool, chosen once per run: in process, in shards here, or in shards
+on Dask workers through prefect-dask (`scoring_mode`).
 
-`score_round_pool` is what a round calls when the pool is scored in shards (`scale.runner:
-dask`, or a pool on disk). With Dask, a subflow whose task runner is prefect-dask's
+The pool is scored in shards when `config.scores_in_shards` says so (`scale.runner: dask`, or
+a pool on disk). With Dask, a subflow whose task runner is prefect-dask's
 DaskTaskRunner runs one `score-shard` task per shard on the workers: a temporary LocalCluster
 (`scale.workers` single-threaded processes, everything on 127.0.0.1) or the standing cluster at
 `scale.dask_address`. Workers report their task runs to the Prefect API of PREFECT_API_URL: the
@@ -12,17 +13,18 @@ is then exactly the one a single process would have picked (see baldflow.acquisi
 
 from __future__ import annotations
 
+import abc
 import os
 import time
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.utilities.annotations import quote
 
-from baldflow.compute import fitting, scoring, sharding
-from baldflow.config import Config
-from baldflow.faults import fault_point
+from baldflow import tasks
+from baldflow.config import Config, scores_in_shards
+from baldflow.rounds import CampaignRun
 from baldflow.stack.prefect_server import PRIVATE_API_ENV
+from baldflow.tasks import PoolScores, ShardJob, ShardResult, Trained
 from baldflow.tasks import scoring as scoring_tasks
 
 # Rows per shard for the local runner on disk: 262,144 28x28 images are 0.8 GB of float32.
@@ -90,73 +92,101 @@ def prefect_api_warning(config: Config) -> str | None:
     validate_parameters=False,
 )
 def score_shards_flow(
-    job: sharding.ShardJob, ranges: list[tuple[int, int]], round_index: int, shards: int
-) -> tuple[list[sharding.ShardResult], str | None]:
+    job: ShardJob, ranges: list[tuple[int, int]], round_index: int, shards: int
+) -> tuple[list[ShardResult], str | None]:
     """Every shard as a task on the flow's task runner (Dask workers); softrank twice."""
-    results = _pass(job, ranges, round_index)
+    results = scoring_tasks.score_shards_as_tasks(job, ranges, round_index)
     if not job.needs_ranks:
         return results, None
     ranked = scoring_tasks.rank_pool_scores(job, ranges, round_index)
-    return _pass(ranked, ranges, round_index), ranked.sorted_scores_file
+    results = scoring_tasks.score_shards_as_tasks(ranked, ranges, round_index)
+    return results, ranked.sorted_scores_file
 
 
-def _pass(job: sharding.ShardJob, ranges, round_index: int) -> list[sharding.ShardResult]:
-    """One pass, each shard a `score-shard` task on the flow's task runner; run_pass checks
-    that every shard answered and every row was covered."""
+class ScoringHere:
+    """Where a round scores its pool: here, the whole in-memory pool in this process."""
 
-    def submit(_function, ranges) -> list[sharding.ShardResult]:
-        futures = [
-            scoring_tasks.score_shard.submit(job, start, stop, round_index)
-            for start, stop in ranges
-        ]
-        return [future.result() for future in futures]
+    def score(
+        self,
+        c: CampaignRun,
+        trained: Trained,
+        labeled_ids: set[str],
+        seed: int,
+        round_index: int,
+    ) -> PoolScores:
+        return tasks.score_pool(c.config, c.data, trained, labeled_ids, seed, round_index)
 
-    return sharding.run_pass(job, ranges, submit)
+
+class ScoringInShards(abc.ABC):
+    """The pool in shards, read where shard workers read it (a pool on disk's own files, or
+    the in-memory pool spilled once per run); only summaries come back. Subclasses say where
+    the shards run."""
+
+    def __init__(self) -> None:
+        self._pool_dir: str | None = None
+
+    def score(
+        self,
+        c: CampaignRun,
+        trained: Trained,
+        labeled_ids: set[str],
+        seed: int,
+        round_index: int,
+    ) -> PoolScores:
+        config = c.config
+        root = str(c.workspace.root)
+        started = time.perf_counter()
+        if self._pool_dir is None:
+            self._pool_dir = scoring_tasks.spill_pool(c.data, root, c.name)
+        job = scoring_tasks.stage_scoring(
+            config, trained, labeled_ids, self._pool_dir, root, c.name, seed, round_index
+        )
+        ranges = scoring_tasks.shard_ranges(job, shard_count(config, c.data.pool_size))
+        results, sorted_file = self._passes(config, job, ranges, round_index)
+        scored = scoring_tasks.merge_shard_scores(
+            config, c.data, trained, seed, results, sorted_file,
+            time.perf_counter() - started, (job.pool_dir, job.scores_dir, ranges), round_index,
+        )  # fmt: skip
+        get_run_logger().info(
+            "round %d: scored %d samples in %d shards (%s) in %.1f s",
+            round_index, scored.remaining, len(ranges),
+            config.scale.dask_address or f"{config.scale.runner}", scored.seconds,
+        )  # fmt: skip
+        return scored
+
+    @abc.abstractmethod
+    def _passes(
+        self,
+        config: Config,
+        job: ShardJob,
+        ranges: list[tuple[int, int]],
+        round_index: int,
+    ) -> tuple[list[ShardResult], str | None]:
+        """Every shard's summary, and the sorted-scores file of softrank's second pass."""
 
 
-def score_round_pool(
-    c: Any,
-    trained: fitting.Trained,
-    labeled_ids: set[str],
-    seed: int,
-    round_index: int,
-) -> scoring.PoolScores:
-    """Score the round's pool in shards and return what the selection step needs."""
-    import torch
+class ShardsHere(ScoringInShards):
+    """The shards one after another in this process (the local runner on a pool on disk)."""
 
-    config = c.config
-    logger = get_run_logger()
-    started = time.perf_counter()
-    if c.pool_dir is None:
-        c.pool_dir = scoring_tasks.spill_pool(quote(c.data), str(c.workspace.root), c.name)
-    job = scoring_tasks.stage_scoring(
-        config, quote(trained), quote(labeled_ids), c.pool_dir, str(c.workspace.root), c.name,
-        seed, round_index,
-    )  # fmt: skip
-    ranges = sharding.pool_ranges(job, shard_count(config, c.data.pool_size))
-    if config.scale.runner == "dask":
+    def _passes(self, config, job, ranges, round_index):
+        return scoring_tasks.score_pool_here(job, ranges, round_index)
+
+
+class ShardsOnDask(ScoringInShards):
+    """Every shard a task on Dask workers, in a subflow with prefect-dask's task runner."""
+
+    def _passes(self, config, job, ranges, round_index):
         warning = prefect_api_warning(config)
         if warning:
-            logger.warning("%s", warning)
+            get_run_logger().warning("%s", warning)
         runner = dask_task_runner(config)
-        results, sorted_file = score_shards_flow.with_options(task_runner=runner)(
+        return score_shards_flow.with_options(task_runner=runner)(
             job, ranges, round_index, len(ranges)
         )
-    else:
-        results, sorted_file = scoring_tasks.score_pool_here(quote(job), ranges, round_index)
-    sorted_scores = None
-    if sorted_file is not None:
-        import numpy as np
 
-        sorted_scores = torch.from_numpy(np.load(sorted_file))
-    scored = scoring.sharded_pool_scores(
-        config, c.data, trained.model, seed, results, sorted_scores,
-        time.perf_counter() - started, (job.pool_dir, job.scores_dir, ranges),
-    )  # fmt: skip
-    fault_point("score-pool:after", round_index)
-    logger.info(
-        "round %d: scored %d samples in %d shards (%s) in %.1f s",
-        round_index, scored.remaining, len(ranges),
-        config.scale.dask_address or f"{config.scale.runner}", scored.seconds,
-    )  # fmt: skip
-    return scored
+
+def scoring_mode(config: Config) -> ScoringHere | ScoringInShards:
+    """Where this run's rounds score their pool, chosen once at its start."""
+    if not scores_in_shards(config):
+        return ScoringHere()
+    return ShardsOnDask() if config.scale.runner == "dask" else ShardsHere()

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from baldflow.rounds import CampaignRun
 from baldflow.stack.prefect_server import PRIVATE_API_ENV, configured_api_url
 from baldflow.workspace import WorkspaceLockedError
 
@@ -53,8 +54,8 @@ def shared_prefect_api() -> str | None:
     return url
 
 
-def slot_holder(c: Any) -> str:
-    """How a campaign run (baldflow.rounds.CampaignRun) is named to a clone that waits for it."""
+def slot_holder(c: CampaignRun) -> str:
+    """How a campaign run is named to a clone that waits for it."""
     who = c.tracker.operator or "another operator"
     return (
         f"{who} (clone {c.tracker.clone_id or 'unknown'}, campaign {c.name}, "

@@ -3,10 +3,18 @@
 Installed as baldflow.tasks. Every task is safe to run twice; see each module for why.
 """
 
+# The values tasks hand to each other, which the flows pass along and annotate with.
+from baldflow.compute.fitting import Trained
+from baldflow.compute.scoring import PoolScores
+from baldflow.compute.sharding import ShardJob, ShardResult
 from baldflow.tasks.acquisition import assess_batch, score_pool, select_batch
 from baldflow.tasks.data import prepare_data
 from baldflow.tasks.flow_runs import close_stale_flow_runs
-from baldflow.tasks.label_studio import pull_from_label_studio, send_to_label_studio
+from baldflow.tasks.label_studio import (
+    pre_annotate_batch,
+    pull_from_label_studio,
+    send_to_label_studio,
+)
 from baldflow.tasks.model import (
     evaluate_model,
     load_handoff_model,
@@ -15,7 +23,7 @@ from baldflow.tasks.model import (
 )
 from baldflow.tasks.oracle import clear_handoff, hand_off_batch, label_batch, make_oracle
 from baldflow.tasks.remote import claim_round, discard_lost_round, sync_workspace
-from baldflow.tasks.scoring import keep_pool_scores
+from baldflow.tasks.scoring import keep_pool_scores, merge_shard_scores
 from baldflow.tasks.tracking import (
     adopt_campaign_run,
     end_run,
@@ -31,6 +39,10 @@ from baldflow.tasks.tracking import (
 from baldflow.tasks.workspace import OpenedWorkspace, open_workspace, version_round
 
 __all__ = [
+    "PoolScores",
+    "ShardJob",
+    "ShardResult",
+    "Trained",
     "adopt_campaign_run",
     "assess_batch",
     "OpenedWorkspace",
@@ -46,8 +58,10 @@ __all__ = [
     "label_batch",
     "load_handoff_model",
     "make_oracle",
+    "merge_shard_scores",
     "open_workspace",
     "park_round_run",
+    "pre_annotate_batch",
     "prepare_data",
     "publish_batch",
     "pull_from_label_studio",

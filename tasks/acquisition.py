@@ -2,45 +2,35 @@
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from baldflow.compute import campaign_data, evidence, fitting, scoring, selecting
+from baldflow.compute import evidence, fitting, scoring, selecting
 from baldflow.config import Config
-from baldflow.faults import fault_point
+from baldflow.data.pool import CampaignPool
+from baldflow.tasks.base import baldflow_task
 
 
-@task(name="score-pool", task_run_name="score pool [round {round_index}]", cache_policy=NO_CACHE)
+@baldflow_task("score-pool", run_name="score pool [round {round_index}]", fault_after=True)
 def score_pool(
     config: Config,
-    data: campaign_data.CampaignData,
+    data: CampaignPool,
     trained: fitting.Trained,
     labeled_ids: set[str],
     seed: int,
     round_index: int,
 ) -> scoring.PoolScores:
-    scored = scoring.score_pool(config, data, trained.model, labeled_ids, seed)
-    fault_point("score-pool:after", round_index)
-    return scored
+    return scoring.score_pool(config, data, trained.model, labeled_ids, seed)
 
 
-@task(
-    name="select-batch", task_run_name="select batch [round {round_index}]", cache_policy=NO_CACHE
-)
+@baldflow_task("select-batch", run_name="select batch [round {round_index}]", fault_after=True)
 def select_batch(
     config: Config, scored: scoring.PoolScores, seed: int, round_index: int
 ) -> selecting.Selected:
-    selected = selecting.select_batch(config, scored, seed)
-    fault_point("select-batch:after", round_index)
-    return selected
+    return selecting.select_batch(config, scored, seed)
 
 
-@task(
-    name="assess-batch", task_run_name="assess batch [round {round_index}]", cache_policy=NO_CACHE
-)
+@baldflow_task("assess-batch", run_name="assess batch [round {round_index}]")
 def assess_batch(
     config: Config,
-    data: campaign_data.CampaignData,
+    data: CampaignPool,
     trained: fitting.Trained,
     labeled_ids: set[str],
     selected: selecting.Selected,

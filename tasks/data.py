@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from baldflow.compute import campaign_data
 from baldflow.config import Config
+from baldflow.data.pool import CampaignPool
+from baldflow.tasks.base import LOCAL_FILES, baldflow_task
 
 
-@task(name="prepare-data", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def prepare_data(config: Config) -> campaign_data.CampaignData:
+@baldflow_task("prepare-data", retry=LOCAL_FILES)
+def prepare_data(config: Config) -> CampaignPool:
     return campaign_data.prepare_data(config)

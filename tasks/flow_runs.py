@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -18,11 +17,13 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.states import Crashed
 
+from baldflow.tasks.base import baldflow_task
+
 # The flows that write to a workspace: a killed cycle is as stale as a killed campaign.
 WORKSPACE_FLOWS = ("baldflow-campaign", "baldflow-cycle")
 
 
-@task(name="close-stale-flow-runs", cache_policy=NO_CACHE)
+@baldflow_task("close-stale-flow-runs")
 def close_stale_flow_runs(workspace: str, current_flow_run_id: str) -> int:
     """Crash the other live-looking flow runs on this workspace; return how many.
 

@@ -1,15 +1,15 @@
-"""Tasks of the `label-studio` oracle: send a pending batch to the campaign's project, and pull
-people's annotations back into the hand-off folder (baldflow.labeling.studio_rounds says why
-both are safe to run again)."""
+"""Tasks of the `label-studio` oracle: the model's pre-annotations of a batch, send a pending
+batch to the campaign's project, and pull people's annotations back into the hand-off folder
+(baldflow.labeling.studio_rounds says why sending and pulling are safe to run again)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
+from baldflow.compute import fitting, predictions
 from baldflow.config import Config
+from baldflow.data.pool import CampaignPool
 from baldflow.labeling import HandOff, PendingRound
 from baldflow.labeling.label_studio import client_for
 from baldflow.labeling.studio_rounds import (
@@ -18,14 +18,27 @@ from baldflow.labeling.studio_rounds import (
     pull_annotations,
     send_batch,
 )
+from baldflow.stack.label_studio import workspace_connection
+from baldflow.tasks.base import LABEL_STUDIO, baldflow_task
 
 
-@task(
-    name="send-to-label-studio",
-    task_run_name="send the batch to Label Studio [round {round_index}]",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=2,
+@baldflow_task("pre-annotate-batch", run_name="pre-annotate the batch [round {round_index}]")
+def pre_annotate_batch(
+    config: Config,
+    data: CampaignPool,
+    trained: fitting.Trained,
+    sample_ids: list[str],
+    seed: int,
+    round_index: int,
+) -> dict[str, list[float]]:
+    """The model's guesses that people see beside each sample of the batch in Label Studio."""
+    return predictions.batch_predictions(config, data, trained.model, sample_ids, seed)
+
+
+@baldflow_task(
+    "send-to-label-studio",
+    run_name="send the batch to Label Studio [round {round_index}]",
+    retry=LABEL_STUDIO,
 )
 def send_to_label_studio(
     config: Config,
@@ -38,7 +51,7 @@ def send_to_label_studio(
 ) -> tuple[SendResult, str]:
     """Make the batch tasks of the campaign's project (nothing when it was sent already);
     returns what happened and the project's address for people."""
-    client = client_for(config.oracle.label_studio, workspace_root)
+    client = client_for(config.oracle.label_studio, partial(workspace_connection, workspace_root))
     sent = send_batch(
         client, handoff, pending, workspace_id=workspace_id,
         images=images,
@@ -46,18 +59,16 @@ def send_to_label_studio(
     return sent, client.project_address(sent.project_id)
 
 
-@task(
-    name="pull-from-label-studio",
-    task_run_name="pull annotations from Label Studio [round {round_index}]",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=2,
+@baldflow_task(
+    "pull-from-label-studio",
+    run_name="pull annotations from Label Studio [round {round_index}]",
+    retry=LABEL_STUDIO,
 )
 def pull_from_label_studio(
     config: Config, workspace_root: str, handoff: HandOff, pending: PendingRound, round_index: int
 ) -> PullResult:
     """Check the batch's annotations; store them as the round's labels once all are in."""
-    client = client_for(config.oracle.label_studio, workspace_root)
+    client = client_for(config.oracle.label_studio, partial(workspace_connection, workspace_root))
     return pull_annotations(
         client, handoff, pending, conflicts=config.oracle.label_studio.conflicts
     )

@@ -5,20 +5,16 @@ A workspace without a git remote skips them (they return at once), so one machin
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from baldflow.faults import fault_point
+from baldflow.tasks.base import REMOTE, baldflow_task
 from baldflow.workspace import RoundCommit, Workspace
 from baldflow.workspace import remote as remote_mod
 from baldflow.workspace.tracking import Tracker
 
-# A remote that does not answer may be back a second later; a refused push is not retried
-# (the claim task reports it as a lost race instead of raising).
-_RETRY = {"retries": 2, "retry_delay_seconds": 2}
+# A refused push is not retried: the claim task reports it as a lost race instead of raising.
 
 
-@task(name="sync-workspace", cache_policy=NO_CACHE, **_RETRY)
+@baldflow_task("sync-workspace", retry=REMOTE)
 def sync_workspace(workspace: Workspace) -> list[str]:
     """Fetch the remote and fast-forward (or push what an earlier run left unpushed); notes.
 
@@ -29,11 +25,9 @@ def sync_workspace(workspace: Workspace) -> list[str]:
     return remote_mod.sync(workspace).notes
 
 
-@task(
-    name="claim-round",
-    task_run_name="push round to the shared remote [round {round_index}]",
-    cache_policy=NO_CACHE,
-    **_RETRY,
+# Its fault points stay in the body: a workspace without a remote passes neither.
+@baldflow_task(
+    "claim-round", run_name="push round to the shared remote [round {round_index}]", retry=REMOTE
 )
 def claim_round(workspace: Workspace, commit: RoundCommit, round_index: int) -> str | None:
     """Push the committed round (data, then branch + tag atomically); None when it is the
@@ -50,11 +44,10 @@ def claim_round(workspace: Workspace, commit: RoundCommit, round_index: int) -> 
     return None
 
 
-@task(
-    name="discard-lost-round",
-    task_run_name="take the other clone's round [round {round_index}]",
-    cache_policy=NO_CACHE,
-    **_RETRY,
+@baldflow_task(
+    "discard-lost-round",
+    run_name="take the other clone's round [round {round_index}]",
+    retry=REMOTE,
 )
 def discard_lost_round(
     workspace: Workspace,

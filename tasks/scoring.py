@@ -14,12 +14,10 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from baldflow.compute import campaign_data, fitting, scoring, sharding
+from baldflow.compute import fitting, scoring, sharding
 from baldflow.config import Config
-from baldflow.faults import fault_point
+from baldflow.data.pool import CampaignPool
+from baldflow.tasks.base import LOCAL_FILES, baldflow_task
 
 # Scratch space of a workspace's scoring passes: ignored by git without a .gitignore entry.
 SCRATCH = Path(".git") / "baldflow"
@@ -33,29 +31,19 @@ def round_scratch(workspace_root: str | Path, campaign: str, round_index: int) -
     return scratch_dir(workspace_root) / "scoring" / campaign / f"round-{round_index:04d}"
 
 
-@task(name="spill-pool", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
-def spill_pool(data: campaign_data.CampaignData, workspace_root: str, campaign: str) -> str:
-    """The directory of the pool as a DiskPool: the source's own for a pool on disk, else the
-    in-memory pool written once (rewritten only when its content changed)."""
-    if data.on_disk:
-        return str(data.disk.pool_dir)
-    from baldflow.data.disk_source import spill_pool as write_pool
-
-    splits = data.splits
-    directory = scratch_dir(workspace_root) / "pools" / campaign
-    pool = write_pool(
-        splits.pool_x, splits.pool_y, list(splits.pool_ids), list(splits.class_names), directory
-    )
-    pool.close()
-    return str(directory)
+@baldflow_task("spill-pool", retry=LOCAL_FILES)
+def spill_pool(data: CampaignPool, workspace_root: str, campaign: str) -> str:
+    """Where shard workers read the pool: the source's own path for a pool on disk, else the
+    in-memory pool written once to the workspace's scratch (rewritten only when its content
+    changed)."""
+    return str(data.shard_path(scratch_dir(workspace_root) / "pools" / campaign))
 
 
-@task(
-    name="stage-scoring",
-    task_run_name="stage scoring [round {round_index}]",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=1,
+@baldflow_task(
+    "stage-scoring",
+    run_name="stage scoring [round {round_index}]",
+    retry=LOCAL_FILES,
+    fault_after=True,
 )
 def stage_scoring(
     config: Config,
@@ -80,20 +68,16 @@ def stage_scoring(
     scores_dir = scratch / "scores"
     if scores_dir.is_dir():  # a retry: stale score files must not be merged
         shutil.rmtree(scores_dir)
-    job = sharding.shard_job(
+    return sharding.shard_job(
         config, seed, model_dir=model_dir, pool_dir=pool_dir, exclude_file=exclude,
         scores_dir=scores_dir,
     )  # fmt: skip
-    fault_point("stage-scoring:after", round_index)
-    return job
 
 
-@task(
-    name="score-shard",
-    task_run_name="score shard [round {round_index}, rows {start}-{stop}]",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=1,
+@baldflow_task(
+    "score-shard",
+    run_name="score shard [round {round_index}, rows {start}-{stop}]",
+    retry=LOCAL_FILES,
 )
 def score_shard(
     job: sharding.ShardJob, start: int, stop: int, round_index: int
@@ -102,11 +86,25 @@ def score_shard(
     return sharding.score_shard(job, start, stop)
 
 
-@task(
-    name="rank-pool-scores",
-    task_run_name="rank pool scores [round {round_index}]",
-    cache_policy=NO_CACHE,
-)
+def shard_ranges(job: sharding.ShardJob, shards: int) -> list[tuple[int, int]]:
+    """The row ranges of `shards` shards of the job's pool (fewer where the pool is small)."""
+    return sharding.pool_ranges(job, shards)
+
+
+def score_shards_as_tasks(
+    job: sharding.ShardJob, ranges: list[tuple[int, int]], round_index: int
+) -> list[sharding.ShardResult]:
+    """One pass, each shard a `score-shard` task submitted to the running flow's task runner
+    (Dask workers); `run_pass` checks that every shard answered and every row was covered."""
+
+    def submit(_function, ranges) -> list[sharding.ShardResult]:
+        futures = [score_shard.submit(job, start, stop, round_index) for start, stop in ranges]
+        return [future.result() for future in futures]
+
+    return sharding.run_pass(job, ranges, submit)
+
+
+@baldflow_task("rank-pool-scores", run_name="rank pool scores [round {round_index}]")
 def rank_pool_scores(
     job: sharding.ShardJob, ranges: list[tuple[int, int]], round_index: int
 ) -> sharding.ShardJob:
@@ -122,11 +120,7 @@ def _ranked(job: sharding.ShardJob, ranges: list[tuple[int, int]]) -> sharding.S
     return dataclasses.replace(job, sorted_scores_file=str(sorted_file))
 
 
-@task(
-    name="score-pool-here",
-    task_run_name="score pool in shards here [round {round_index}]",
-    cache_policy=NO_CACHE,
-)
+@baldflow_task("score-pool-here", run_name="score pool in shards here [round {round_index}]")
 def score_pool_here(
     job: sharding.ShardJob, ranges: list[tuple[int, int]], round_index: int
 ) -> tuple[list[sharding.ShardResult], str | None]:
@@ -139,12 +133,38 @@ def score_pool_here(
     return sharding.run_pass(ranked, ranges, sharding.local_submit), ranked.sorted_scores_file
 
 
-@task(
-    name="keep-pool-scores",
-    task_run_name="keep pool scores [round {round_index}]",
-    cache_policy=NO_CACHE,
-    retries=1,
-    retry_delay_seconds=1,
+# Its end is where the sharded pass ends, at the point the in-process score-pool task ends.
+@baldflow_task(
+    "merge-shard-scores",
+    run_name="merge shard scores [round {round_index}]",
+    fault_after="score-pool:after",
+)
+def merge_shard_scores(
+    config: Config,
+    data: CampaignPool,
+    trained: fitting.Trained,
+    seed: int,
+    results: list[sharding.ShardResult],
+    sorted_scores_file: str | None,
+    seconds: float,
+    shard_files: tuple[str, str, list[tuple[int, int]]],
+    round_index: int,
+) -> scoring.PoolScores:
+    """The round's PoolScores from the shards' summaries (and BatchBALD's joint scoring of the
+    merged preselection, which runs the model here)."""
+    sorted_scores = None
+    if sorted_scores_file is not None:
+        import numpy as np
+        import torch
+
+        sorted_scores = torch.from_numpy(np.load(sorted_scores_file))
+    return scoring.sharded_pool_scores(
+        config, data, trained.model, seed, results, sorted_scores, seconds, shard_files
+    )
+
+
+@baldflow_task(
+    "keep-pool-scores", run_name="keep pool scores [round {round_index}]", retry=LOCAL_FILES
 )
 def keep_pool_scores(
     config: Config,
@@ -166,7 +186,7 @@ def keep_pool_scores(
         return None
     if scored.shard_files is None and (scored.scores_N is None or scored.sample_ids is None):
         return None
-    keyed = plan.kind == "scored"  # joint and annealed picks have no one key per sample
+    keyed = plan.keys_per_sample  # joint and one-at-a-time picks have no key per sample
     path = round_scratch(workspace_root, campaign, round_index) / "pool-scores.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -196,7 +216,7 @@ def _write_shards(writer, shard_files, keys) -> None:
     import numpy as np
     import torch
 
-    from baldflow.data.ondisk import open_pool
+    from baldflow.data.pool_formats import open_pool
 
     pool_dir, scores_dir, ranges = shard_files
     with open_pool(pool_dir) as pool:

@@ -10,23 +10,21 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
-from baldflow.faults import fault_point
 from baldflow.rounds import Labels, RoundRecord
+from baldflow.tasks.base import STORE, baldflow_task
 from baldflow.workspace import RoundCommit
 from baldflow.workspace.tracking import Tracker
 
 if TYPE_CHECKING:
     from baldflow.workspace.registry import RoundVersion
 
-# SQLite can be briefly locked by MLflow's own background work; a retry gets past that.
-_RETRY = {"retries": 2, "retry_delay_seconds": 1}
+# SQLite can be briefly locked by MLflow's own background work; a retry (STORE) gets past that.
 
 
-@task(name="start-tracking", cache_policy=NO_CACHE, **_RETRY)
+@baldflow_task("start-tracking", retry=STORE)
 def start_campaign_tracking(
     tracker: Tracker,
     campaign: str,
@@ -105,11 +103,12 @@ def _repair_registry(
     return notes
 
 
-@task(
-    name="start-round-run",
-    task_run_name="start MLflow run [round {round_index}]",
-    cache_policy=NO_CACHE,
-    **_RETRY,
+@baldflow_task(
+    "start-round-run",
+    run_name="start MLflow run [round {round_index}]",
+    retry=STORE,
+    fault_before=True,
+    fault_after=True,
 )
 def start_round_run(
     tracker: Tracker,
@@ -120,41 +119,38 @@ def start_round_run(
     training_set: Mapping[str, Any],
 ) -> str:
     """A round's MLflow run, with the DVC version of the labeled set it trains on as input."""
-    fault_point("start-round-run:before", round_index)
     run_id = tracker.round_run(parent_run_id, campaign, round_index, params)
     tracker.log_training_set(run_id, **training_set)
-    fault_point("start-round-run:after", round_index)
     return run_id
 
 
-@task(
-    name="park-round-run",
-    task_run_name="park MLflow run while people label [round {round_index}]",
-    cache_policy=NO_CACHE,
-    **_RETRY,
+@baldflow_task(
+    "park-round-run",
+    run_name="park MLflow run while people label [round {round_index}]",
+    retry=STORE,
+    fault_after=True,
 )
 def park_round_run(tracker: Tracker, record: RoundRecord, round_index: int) -> None:
     metrics = {"test_accuracy": record.test_accuracy, "test_nll": record.test_nll}
     tracker.park(record.run_id, metrics, round_index)
-    fault_point("park-round-run:after", round_index)
 
 
-@task(
-    name="unpark-round-run",
-    task_run_name="resume MLflow run with people's labels [round {round_index}]",
-    cache_policy=NO_CACHE,
-    **_RETRY,
+@baldflow_task(
+    "unpark-round-run",
+    run_name="resume MLflow run with people's labels [round {round_index}]",
+    retry=STORE,
+    fault_after=True,
 )
 def unpark_round_run(tracker: Tracker, run_id: str, round_index: int) -> None:
     tracker.unpark(run_id)
-    fault_point("unpark-round-run:after", round_index)
 
 
-@task(
-    name="track-round",
-    task_run_name="track round [round {round_index}]",
-    cache_policy=NO_CACHE,
-    **_RETRY,
+@baldflow_task(
+    "track-round",
+    run_name="track round [round {round_index}]",
+    retry=STORE,
+    fault_before=True,
+    fault_after=True,
 )
 def track_round(
     tracker: Tracker,
@@ -175,7 +171,6 @@ def track_round(
     the round's wall time that was not training, evaluating, scoring, selecting or labeling
     (`seconds_compute`: the part of the compute done in this process).
     """
-    fault_point("track-round:before", round_index)
     tracker.log_round(
         record.run_id,
         round_index=round_index,
@@ -195,7 +190,6 @@ def track_round(
     }
     extra = {"seconds_register": seconds_register} if registered else {}
     tracker.finish_round(record.run_id, round_index, {**timing, **extra})
-    fault_point("track-round:after", round_index)
     return timing
 
 
@@ -233,29 +227,26 @@ def _register(
         return None
 
 
-@task(name="adopt-campaign-run", cache_policy=NO_CACHE, **_RETRY)
+@baldflow_task("adopt-campaign-run", retry=STORE)
 def adopt_campaign_run(tracker: Tracker, orphan: str, anchored: str) -> str:
     """Switch to the parent run another clone's round 0 recorded; retire this clone's own."""
     return tracker.adopt_campaign_run(orphan, anchored)
 
 
-@task(name="retire-campaign-run", cache_policy=NO_CACHE, **_RETRY)
+@baldflow_task("retire-campaign-run", retry=STORE)
 def retire_campaign_run(tracker: Tracker, run_id: str, why: str) -> bool:
     """Retire a parent run that no committed round names (its run stopped before round 0)."""
     return tracker.retire_campaign_run(run_id, why)
 
 
-@task(name="end-run", cache_policy=NO_CACHE, **_RETRY)
+@baldflow_task("end-run", retry=STORE)
 def end_run(tracker: Tracker, run_id: str, status: str) -> None:
     """Close a run as FAILED or KILLED when its round or campaign stopped on an error."""
     tracker.end(run_id, status)
 
 
-@task(
-    name="publish-batch",
-    task_run_name="publish batch [round {round_index}]",
-    cache_policy=NO_CACHE,
-    **_RETRY,
+@baldflow_task(
+    "publish-batch", run_name="publish batch [round {round_index}]", retry=STORE, fault_after=True
 )
 def publish_batch(
     campaign: str, round_index: int, acquired: Sequence[Mapping[str, Any]], description: str
@@ -267,10 +258,9 @@ def publish_batch(
         table=[dict(row) for row in acquired],
         description=description,
     )
-    fault_point("publish-batch:after", round_index)
 
 
-@task(name="finish-campaign", cache_policy=NO_CACHE, **_RETRY)
+@baldflow_task("finish-campaign", retry=STORE)
 def finish_campaign(
     tracker: Tracker, parent_run_id: str, campaign: str, curve: Sequence[Mapping[str, Any]]
 ) -> None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from baldflow.config import Config, dump_yaml
-from baldflow.faults import fault_point
 from baldflow.labeling import HandOff
 from baldflow.rounds import Labels, RoundRecord
+from baldflow.tasks.base import LOCAL_FILES, STORE, baldflow_task
 from baldflow.workspace import RoundCommit, Workspace, remote
 
 
@@ -24,7 +21,7 @@ class OpenedWorkspace:
 
 
 # Safe to retry: creating completes what exists, recovery of a recovered workspace is a no-op.
-@task(name="open-workspace", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+@baldflow_task("open-workspace", retry=LOCAL_FILES)
 def open_workspace(root: str, config: Config) -> OpenedWorkspace:
     """Create the workspace if needed, then bring the campaign to its last completed round.
 
@@ -69,12 +66,12 @@ def open_workspace(root: str, config: Config) -> OpenedWorkspace:
 
 # A retry first discards what the failed attempt wrote, so it cannot label anything twice; a
 # retry after the commit went through gets that commit back.
-@task(
-    name="version-round",
-    task_run_name="version labeled set [round {round_index}]",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=1,
+@baldflow_task(
+    "version-round",
+    run_name="version labeled set [round {round_index}]",
+    retry=STORE,
+    fault_before=True,
+    fault_after=True,
 )
 def version_round(
     workspace: Workspace,
@@ -86,9 +83,8 @@ def version_round(
     pool_manifest: dict | None = None,
     score_table: str | None = None,
 ) -> RoundCommit:
-    fault_point("version-round:before", round_index)
     workspace.recover(record.campaign)
-    commit = workspace.commit_round(
+    return workspace.commit_round(
         record.campaign,
         record.round,
         record.ledger_rows(labels, flow_run_id=flow_run_id),
@@ -98,6 +94,3 @@ def version_round(
         pool_manifest=pool_manifest,
         score_table=score_table,
     )
-    fault_point("version-round:after", round_index)
-    return commit
-

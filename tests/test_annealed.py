@@ -222,3 +222,16 @@ def test_clear_errors(kwargs, message):
     args.update(kwargs)
     with pytest.raises(SelectionError, match=message):
         annealed_select_by_id(**args)
+
+
+@pytest.mark.parametrize("start, end", [(0.0, 1.0), (1.0, 0.0), (math.inf, 2.0)])
+def test_a_schedule_no_batch_could_follow_is_refused_by_config(start, end):
+    from baldflow.config import ConfigError, validate
+
+    params = {"acquisition": {"strategy": "annealed-power-bald", "coldness": start,
+                              "coldness_end": end}}  # fmt: skip
+    with pytest.raises(ConfigError, match="acquisition.coldness_end must equal") as info:
+        validate(params)
+    assert "cannot leave or reach 0 or inf" in str(info.value)
+    params["acquisition"]["strategy"] = "power-bald"  # no schedule: nothing to refuse
+    assert validate(params).acquisition.coldness == start

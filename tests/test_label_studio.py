@@ -399,14 +399,17 @@ def test_a_server_that_does_not_answer_is_a_clear_error(tmp_path):
 
 
 def test_a_url_without_a_token_is_refused(monkeypatch, tmp_path):
+    from functools import partial
+
     from baldflow.config import validate
     from baldflow.labeling.label_studio import LabelStudioError, connect
+    from baldflow.stack.label_studio import workspace_connection
 
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     config = validate({"oracle": {"kind": "label-studio",
                                   "label_studio": {"url": "http://127.0.0.1:9"}}})  # fmt: skip
     with pytest.raises(LabelStudioError, match=TOKEN_ENV):
-        connect(config.oracle.label_studio, tmp_path)
+        connect(config.oracle.label_studio, partial(workspace_connection, tmp_path))
 
 
 def test_a_wrong_token_is_refused_with_the_fix(label_studio_server):

@@ -61,6 +61,31 @@ def test_no_server_for_a_folder_says_how_to_start_one(tmp_path):
     assert not ok and "no Label Studio is running" in line
 
 
+def test_labeling_is_handed_the_workspace_server_and_says_how_to_start_one(tmp_path):
+    """labeling.label_studio never locates a server: it is handed the workspace's own, and
+    turns "none runs" into its own error, the one preflight and the CLI know."""
+    from functools import partial
+
+    from baldflow.config import LabelStudioSettings
+    from baldflow.labeling.label_studio import LabelStudioError, connect
+
+    with pytest.raises(LabelStudioError, match="baldflow label-studio up") as raised:
+        connect(LabelStudioSettings(), partial(studio.workspace_connection, tmp_path))
+    assert not isinstance(raised.value, studio.LabelStudioError)
+
+
+def test_a_run_without_its_workspace_server_fails_preflight_with_how_to_start_one(tmp_path):
+    """The application layer hands preflight the workspace's own server (preflight, like
+    labeling, never locates one)."""
+    from baldflow.app import preflight
+    from baldflow.config import validate
+    from baldflow.preflight import PreflightError
+
+    config = validate({"oracle": {"kind": "label-studio"}})
+    with pytest.raises(PreflightError, match="no Label Studio is running .*label-studio up"):
+        preflight(config, tmp_path)
+
+
 def run_cli(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -96,10 +121,12 @@ def test_up_status_down_through_the_cli(tmp_path, label_studio_server):
         url, token, document_root = studio.connection(home)
         assert document_root == home / "files"
         # A campaign with oracle.label_studio.url null finds this server by its workspace.
+        from functools import partial
+
         from baldflow.config import LabelStudioSettings
         from baldflow.labeling.label_studio import LabelStudioClient, connect
 
-        found = connect(LabelStudioSettings(), tmp_path)
+        found = connect(LabelStudioSettings(), partial(studio.workspace_connection, tmp_path))
         assert (found.url, found.token, found.document_root) == (url, token, document_root)
         assert LabelStudioClient(found).whoami()["email"] == studio.ADMIN
         headers = {"Authorization": f"Token {token}"}

@@ -25,17 +25,9 @@ from baldflow.data import open_disk_source
 from baldflow.data.convert import convert_pool
 from baldflow.data.disk_source import DiskSourceError
 from baldflow.data.lazy_pools import ImageFolderPool, NpzPool
-from baldflow.data.ondisk import (
-    DiskPool,
-    PoolExistsError,
-    PoolFormatError,
-    PoolNotFoundError,
-    PoolWriter,
-    UnknownIdError,
-    cached_manifest,
-    manifest,
-    open_pool,
-)
+from baldflow.data.ondisk import DiskPool, PoolExistsError, PoolWriter
+from baldflow.data.pool_formats import cached_manifest, manifest, open_pool
+from baldflow.data.row_pool import PoolFormatError, PoolNotFoundError, UnknownIdError
 from baldflow.models import build_model
 from baldflow.preflight import check_data
 
@@ -222,7 +214,7 @@ def test_every_format_scores_to_the_same_bits_shard_by_shard(tmp_path):
     save_model_dir(build_model("cnn", (1, 28, 28), 3, seed=3), tmp_path / "model")
 
     def job(pool: Path) -> ShardJob:
-        return ShardJob(str(tmp_path / "model"), str(pool), "bald", mc_samples=4, mask_seed=2,
+        return ShardJob(str(tmp_path / "model"), str(pool), score="bald", mc_samples=4, mask_seed=2,
                         chunk_size=32, batch_size=8, selection_seed=1)  # fmt: skip
 
     reference_scores, reference_ids = single_pool_scores(job(tmp_path / "disk"))

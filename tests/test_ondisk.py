@@ -20,15 +20,11 @@ from baldflow.data.ondisk import (
     IncompletePoolError,
     PoolExistsError,
     PoolIdError,
-    PoolNotFoundError,
-    PoolRangeError,
     PoolWriteError,
     PoolWriter,
-    UnknownIdError,
-    manifest,
-    shard_ranges,
-    write_manifest,
 )
+from baldflow.data.pool_formats import cached_manifest, manifest, write_manifest
+from baldflow.data.row_pool import PoolNotFoundError, PoolRangeError, UnknownIdError, shard_ranges
 from baldflow.data.splits import DataSourceError
 
 IDS = ["0", "a,b", "$x", "é/ü 🙂", "<b>", "שלום", "x~r2"]
@@ -281,17 +277,17 @@ def test_cached_manifest_hashes_once_and_notices_a_rewritten_file(tmp_path, monk
     directory = _write(tmp_path / "pool", x, y, ids)
     cache = tmp_path / "cache"
     with DiskPool.open(directory) as pool:
-        first = ondisk.cached_manifest(pool, cache)
+        first = cached_manifest(pool, cache)
         assert first == manifest(pool)
 
         def no_hashing(path):
             raise AssertionError(f"hashed {path} again")
 
         monkeypatch.setattr(ondisk, "file_sha256", no_hashing)
-        assert ondisk.cached_manifest(pool, cache) == first
+        assert cached_manifest(pool, cache) == first
         monkeypatch.undo()
     # A rewritten pool (same size, new bytes) gets a new hash, not the cached one.
     _write(tmp_path / "pool", x[::-1].copy(), y, ids, overwrite=True)
     with DiskPool.open(directory) as pool:
-        again = ondisk.cached_manifest(pool, cache)
+        again = cached_manifest(pool, cache)
         assert again["sha256"] != first["sha256"] and again == manifest(pool)

@@ -248,7 +248,7 @@ def test_signature_input_example_and_requirements_are_recorded(campaign3):
 
 
 def test_a_wrongly_shaped_input_names_the_shape_it_needs(campaign3):
-    from baldflow.workspace.registry import RoundModelInputError, as_inputs
+    from baldflow.serving import RoundModelInputError, as_inputs
 
     with pytest.raises(RoundModelInputError, match=r"\[N, 64\] flattened features"):
         as_inputs(np.zeros((2, 63), np.float32), (1, 8, 8))
@@ -500,13 +500,8 @@ def test_a_later_round_is_registered_without_running_its_network(tmp_path):
     from mlflow.models import Model
 
     from baldflow.models import build_model
-    from baldflow.workspace.registry import (
-        RoundScoring,
-        as_inputs,
-        mc_predict,
-        prediction_frame,
-        register_round_state,
-    )
+    from baldflow.serving import as_inputs, mc_predict, prediction_frame
+    from baldflow.workspace.registry import register_round_state
     from baldflow.workspace.tracking import TAG_WORKSPACE, Tracker
 
     uri = local_tracking_uri(tmp_path / "mlflow")
@@ -551,7 +546,7 @@ def test_a_later_round_is_registered_without_running_its_network(tmp_path):
         served = mlflow.pyfunc.load_model(f"models:/{name}@{ALIAS_LATEST}").predict(x)
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{ALIAS_LATEST}"))
     expected = prediction_frame(
-        *mc_predict(models[2].eval(), as_inputs(x, (1, 8, 8)), RoundScoring(12, 4))
+        *mc_predict(models[2].eval(), as_inputs(x, (1, 8, 8)), seed=12, mc_samples=4)
     )
     np.testing.assert_allclose(served.to_numpy(), expected.to_numpy(), rtol=RTOL, atol=ATOL)
     info = Model.load(local)
@@ -559,3 +554,45 @@ def test_a_later_round_is_registered_without_running_its_network(tmp_path):
     assert info.load_input_example(str(local)).shape == (2, 64)
     assert any(r.startswith("torch==") for r in (local / "requirements.txt").read_text().split())
     assert info.run_id == client_of(tmp_path).get_model_version(name, second.version).run_id
+
+
+def test_a_version_registered_before_the_pyfunc_moved_to_serving_still_loads(tmp_path):
+    """Versions registered before baldflow.serving held the pyfunc keep a round_model.py that
+    imports RoundModel from baldflow.workspace.registry: they load, and predict what a version
+    registered now predicts."""
+    import mlflow.pyfunc
+
+    from baldflow import serving
+    from baldflow.models import build_model
+    from baldflow.workspace import registry
+    from baldflow.workspace.tracking import TAG_WORKSPACE, Tracker
+
+    uri = local_tracking_uri(tmp_path / "mlflow")
+    tracker = Tracker(uri, "baldflow", tmp_path / "art", "ws-1")
+    run = tracker.client.create_run(tracker.experiment_id, tags={TAG_WORKSPACE: "ws-1"})
+    tracker.client.log_param(run.info.run_id, "seed", "11")
+    tracker.client.log_param(run.info.run_id, "acquisition.mc_samples", "4")
+    model = build_model("mlp", (1, 8, 8), 10, 0.5, seed=1)
+    registry.register_round_state(
+        tracker,
+        campaign="solo",
+        round_index=1,
+        run_id=run.info.run_id,
+        tags={},
+        model_state=model.state_dict(),
+        model_spec=model.spec,
+    )
+    name = registered_model_name("solo")
+    with mlflow_uri(uri):
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{ALIAS_LATEST}"))
+    code = local / registry.CODE_FILE
+    assert "from baldflow.serving import RoundModel" in code.read_text()
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    served = mlflow.pyfunc.load_model(str(local)).predict(x)
+
+    # The code file of a version registered before the move.
+    code.write_text(code.read_text().replace("baldflow.serving", "baldflow.workspace.registry"))
+    older = mlflow.pyfunc.load_model(str(local))
+    assert type(older.unwrap_python_model()) is serving.RoundModel
+    np.testing.assert_array_equal(older.predict(x).to_numpy(), served.to_numpy())
+    assert registry.RoundModel is serving.RoundModel

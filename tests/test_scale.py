@@ -24,7 +24,8 @@ pytest.importorskip("prefect_dask")
 
 from baldflow.compute import campaign_data  # noqa: E402
 from baldflow.config import validate  # noqa: E402
-from baldflow.data.ondisk import DiskPool, PoolWriter, manifest  # noqa: E402
+from baldflow.data.ondisk import DiskPool, PoolWriter  # noqa: E402
+from baldflow.data.pool_formats import manifest  # noqa: E402
 from baldflow.stack.dask_cluster import DaskCluster  # noqa: E402
 from baldflow.stack.process import free_port  # noqa: E402
 

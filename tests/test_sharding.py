@@ -50,7 +50,7 @@ def job(tmp_path_factory) -> ShardJob:
     return ShardJob(
         str(root / "model"),
         str(root / "pool"),
-        "bald",
+        score="bald",
         mc_samples=8,
         mask_seed=11,
         chunk_size=64,

@@ -13,14 +13,13 @@ import pytest
 import torch
 from helpers import trained_round_one
 
-from baldflow.acquisition.strategies import EPIG, STRATEGY_NAMES, get_strategy
+from baldflow.acquisition.strategies import STRATEGY_NAMES, get_strategy
 from baldflow.compute import scoring, selecting, sharding
 from baldflow.config import ConfigError, check_sharding, validate
 
 
 def shardable(name: str) -> bool:
-    strategy = get_strategy(name)
-    return not strategy.whole_pool and strategy.score != EPIG
+    return get_strategy(name).shardable
 
 
 @pytest.fixture(scope="module")

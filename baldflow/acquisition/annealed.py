@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -39,6 +39,14 @@ from baldflow.acquisition.sharded import (
     _validate,
     id_gumbel,
     mode_log_weights,
+)
+from baldflow.acquisition.strategy import (
+    POOL_SCORES,
+    Noise,
+    Problem,
+    Selection,
+    SelectionInputs,
+    Strategy,
 )
 
 ANNEALED_MODES = ("power", "softmax", "softrank")
@@ -203,3 +211,51 @@ def _checked_schedule(schedule, batch_size: int, count: int) -> list[float]:
             f"{len(schedule)} values"
         )
     return [_checked_coldness(value, f"schedule[{i}]") for i, value in enumerate(schedule)]
+
+
+# ------------------------------------------------------------------------------ strategies
+class Annealed(Strategy):
+    """`annealed-<mode>-bald`: the batch drawn one pick at a time from every unlabeled
+    sample's BALD score, pick i at the i-th coldness of the geometric schedule from
+    `acquisition.coldness` to `acquisition.coldness_end`, noise keyed by id."""
+
+    needs = frozenset({POOL_SCORES})
+    score = "bald"
+    min_mc_samples = 2  # BALD is 0 everywhere when K = 1
+
+    def __init__(self, mode: str):
+        self.name = f"annealed-{mode}-bald"
+        self.mode = mode
+
+    def check(self, params: Mapping[str, Any], *, sharded_by: str | None = None) -> list[Problem]:
+        """Also refuses a schedule that no batch could follow (geometric between 0 or inf and
+        another value), before the campaign starts rather than at its first selection."""
+        problems = super().check(params, sharded_by=sharded_by)
+        if "coldness" in params and "coldness_end" in params:
+            start, end = params["coldness"], params["coldness_end"]
+            try:
+                coldness_schedule(2, start, end)
+            except SelectionError:
+                problems.append(
+                    Problem(
+                        "coldness_end",
+                        f"must equal acquisition.coldness ({start!r}) for strategy "
+                        f"{self.name!r} when either is 0 or inf, got {end!r}: a geometric "
+                        "coldness schedule cannot leave or reach 0 or inf (use e.g. 1e-3 or 1e3)",
+                        sole_cause=False,
+                    )
+                )
+        return problems
+
+    def select(
+        self, inputs: SelectionInputs, batch_size: int, params: Mapping[str, Any], noise: Noise
+    ) -> Selection:
+        ids_N, scores_N = inputs.sample_ids, inputs.scores_N
+        assert ids_N is not None and scores_N is not None
+        schedule = coldness_schedule(batch_size, params["coldness"], params["coldness_end"])
+        chosen = annealed_select_by_id(
+            scores_N, ids_N, batch_size, self.mode, schedule, seed=noise.seed
+        )
+        rows = chosen.indices.tolist()
+        picked = [ids_N[r] for r in rows]
+        return Selection(picked, scores_N[rows], chosen.probabilities, chosen.keys)

@@ -6,7 +6,12 @@ Pure tensor maths: the model side (penultimate features, MC-averaged predictive)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
+
+from baldflow.acquisition.strategy import EMBEDDINGS, Noise, Selection, SelectionInputs, Strategy
 
 # Elements (2 MB of float64) of the temporary difference block when updating the min-distance
 # vector: memory stays O(N) beyond the embeddings whatever N and E are, and a block this size
@@ -167,3 +172,23 @@ def badge(
     if return_probabilities:
         return indices, torch.tensor(probabilities, dtype=torch.float64)
     return indices
+
+
+# ------------------------------------------------------------------------------ strategies
+class Badge(Strategy):
+    """`badge`: k-means++ seeding on the gradient embeddings of every unlabeled sample at its
+    predicted label; each pick's probability at its step is recorded, no score or key."""
+
+    name = "badge"
+    needs = frozenset({EMBEDDINGS})
+
+    def select(
+        self, inputs: SelectionInputs, batch_size: int, params: Mapping[str, Any], noise: Noise
+    ) -> Selection:
+        ids_N = inputs.sample_ids
+        assert ids_N is not None
+        rows, probabilities = badge(
+            gradient_embeddings(inputs.features_N_D, inputs.probs_N_C), batch_size,
+            noise.generator, return_probabilities=True,
+        )  # fmt: skip
+        return Selection([ids_N[int(r)] for r in rows], probabilities=probabilities)

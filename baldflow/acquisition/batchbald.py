@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -40,6 +40,14 @@ from baldflow.acquisition.selection import (
     standard_gumbel,
 )
 from baldflow.acquisition.sharded import _checked_ids, _checked_seed, _duplicates, id_gumbel
+from baldflow.acquisition.strategy import (
+    CANDIDATE_LOG_PROBS,
+    Noise,
+    ScoreCut,
+    Selection,
+    SelectionInputs,
+    Strategy,
+)
 
 STOCHASTIC_MODES = ("power", "softmax")
 
@@ -477,3 +485,41 @@ def _lazy_step(bounds_N, available, gains_of, max_chunk) -> tuple[int, float]:
         start += len(candidates)
         chunk = min(2 * chunk, max_chunk)
     return best_index, best_gain
+
+
+# ------------------------------------------------------------------------------ strategies
+class BatchBALD(Strategy):
+    """`batchbald`: greedy BatchBALD on the top `batchbald_candidates` by BALD (the cut each
+    shard keeps), whose joint log-probs the round predicts once the shards are merged.
+    With a `mode` (`stochastic-batchbald`), each next point is sampled from its conditional
+    gain^coldness, the noise keyed by candidate id."""
+
+    needs = frozenset({CANDIDATE_LOG_PROBS})
+    min_mc_samples = 2  # the gains are 0 everywhere when K = 1
+    measure = "BatchBALD"
+
+    def __init__(self, name: str = "batchbald", mode: str | None = None):
+        self.name = name
+        self.mode = mode
+
+    def cut(self, params: Mapping[str, Any]) -> ScoreCut:
+        return ScoreCut("bald", params["batchbald_candidates"], "topk", 1.0)
+
+    def select(
+        self, inputs: SelectionInputs, batch_size: int, params: Mapping[str, Any], noise: Noise
+    ) -> Selection:
+        assert inputs.candidate_ids is not None and inputs.log_probs_M_K_C is not None
+        size = min(batch_size, len(inputs.candidate_ids))
+        sampled = {}
+        if self.mode is not None:
+            sampled = {
+                "mode": self.mode, "coldness": params["coldness"],
+                "sample_ids": inputs.candidate_ids, "seed": noise.seed,
+            }  # fmt: skip
+        chosen = batchbald(
+            inputs.log_probs_M_K_C, size, num_samples=params["batchbald_num_samples"],
+            generator=noise.generator, return_details=True, **sampled,
+        )  # fmt: skip
+        ids = [inputs.candidate_ids[int(i)] for i in chosen.indices]
+        probabilities = getattr(chosen, "probabilities", None) if sampled else None
+        return Selection(ids, chosen.gains, probabilities)

@@ -5,12 +5,23 @@ Pure tensor maths: the features come from `baldflow.inference.embed_pool` (or `m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from baldflow.acquisition.badge import (
     _check_batch_size,
     _check_matrix,
     squared_distances_to,
+)
+from baldflow.acquisition.strategy import (
+    EMBEDDINGS,
+    LABELED_EMBEDDINGS,
+    Noise,
+    Selection,
+    SelectionInputs,
+    Strategy,
 )
 
 # Elements of the largest temporary difference block against the labeled set.
@@ -90,3 +101,20 @@ def coreset(
         min_d2_N[chosen] = -1.0
         chosen.append(_first_max(min_d2_N))
     return torch.tensor(chosen, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------ strategies
+class CoreSet(Strategy):
+    """`coreset`: greedy k-center on every unlabeled sample's penultimate features, away from
+    the labeled set's; deterministic, so nothing but the picks is recorded."""
+
+    name = "coreset"
+    needs = frozenset({EMBEDDINGS, LABELED_EMBEDDINGS})
+
+    def select(
+        self, inputs: SelectionInputs, batch_size: int, params: Mapping[str, Any], noise: Noise
+    ) -> Selection:
+        ids_N = inputs.sample_ids
+        assert ids_N is not None
+        rows = coreset(inputs.features_N_D, batch_size, inputs.labeled_features_L_D)
+        return Selection([ids_N[int(r)] for r in rows])

@@ -1,10 +1,12 @@
-"""The one registry of acquisition strategies: a name such as `power-bald` -> the code it runs.
+"""The one registry of acquisition strategies: a name such as `power-bald` -> the object that
+runs it (an `acquisition.strategy.Strategy`), and `acquire`, choosing a batch with one.
 
-A strategy is `<mode>-<score>` (a selection mode of selection.py applied to a score of
-scores.py, or to EPIG: `power-epig`), or one that chooses the batch as a whole:
+Built-in strategies (registered below through the same `register_strategy` as any other):
 
-- `random`; `batchbald` and `stochastic-batchbald` (joint scoring of the top BALD candidates,
-  the second sampling each next point from its conditional gains: batchbald.py);
+- `<mode>-<score>`: a selection mode of selection.py applied to a score of scores.py, or to
+  EPIG (`power-epig`), and `random` (scored.py);
+- `batchbald` and `stochastic-batchbald` (joint scoring of the top BALD candidates, the second
+  sampling each next point from its conditional gains: batchbald.py);
 - `annealed-<mode>-bald` (one pick at a time with a coldness schedule: annealed.py);
 - `badge` and `coreset` (diversity in the model's embeddings: badge.py, coreset.py).
 
@@ -15,13 +17,32 @@ Names use hyphens only (`power-least-confidence`); the score it runs keeps its f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from baldflow.acquisition.batchbald import DEFAULT_NUM_SAMPLES, batchbald
-from baldflow.acquisition.scores import DISAGREEMENT_SCORES, SCORES
-from baldflow.acquisition.selection import MODES, select
+from baldflow.acquisition.annealed import ANNEALED_MODES, Annealed
+from baldflow.acquisition.badge import Badge
+from baldflow.acquisition.batchbald import DEFAULT_NUM_SAMPLES, BatchBALD
+from baldflow.acquisition.coreset import CoreSet
+from baldflow.acquisition.picks import summarise_shard
+from baldflow.acquisition.scored import EPIG, ScoredStrategy
+from baldflow.acquisition.scores import SCORES
+from baldflow.acquisition.selection import MODES
+from baldflow.acquisition.strategy import (
+    CANDIDATE_LOG_PROBS,
+    EMBEDDINGS,
+    LABELED_EMBEDDINGS,
+    POOL_SCORES,
+    SAMPLE_SCORES,
+    Noise,
+    SelectionInputs,
+    Strategy,
+    StrategyError,
+    check_strategy,
+)
 
 SCORED_MODES = tuple(mode for mode in MODES if mode != "random")
 
@@ -30,44 +51,36 @@ class UnknownStrategyError(ValueError):
     """A strategy name that the registry does not know."""
 
 
-# EPIG is scored like the scores of scores.py but needs target inputs, built per round.
-EPIG = "epig"
-# Strategies that choose the batch as a whole; "scored" ones cut a batch from per-sample scores.
-KINDS = ("scored", "batchbald", "stochastic-batchbald", "annealed", "badge", "coreset")
-JOINT_KINDS = frozenset({"batchbald", "stochastic-batchbald"})
-# Kinds that need the whole pool's scores or embeddings in one process: no sharded merge.
-WHOLE_POOL_KINDS = frozenset({"annealed", "badge", "coreset"})
+# Both are changed in place by (un)registration: code that imported them sees every strategy.
+STRATEGIES: dict[str, Strategy] = {}
+STRATEGY_NAMES: list[str] = []
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """What a strategy name means: how the batch is chosen (`kind`, `mode`) from which
-    `score`."""
+def register_strategy(strategy: Strategy, *, replace: bool = False) -> Strategy:
+    """Make `strategy` known by its name: to `get_strategy`, to config validation
+    (`acquisition.strategy`), to campaigns and their ledgers. Returns it.
 
-    name: str
-    mode: str | None  # a selection mode; None where the kind decides alone
-    score: str | None  # a score name (or "epig"); None for random, batchbald, badge, coreset
-    kind: str = "scored"
+    A name already registered is refused (StrategyError) unless `replace=True`; so is an
+    object that does not keep the interface (see `acquisition.strategy.check_strategy`).
+    """
+    check_strategy(strategy)
+    name = strategy.name
+    if name in STRATEGIES and not replace:
+        raise StrategyError(
+            f"a strategy named {name!r} is already registered ({STRATEGIES[name]!r}); "
+            "choose another name, or pass replace=True to replace it"
+        )
+    STRATEGIES[name] = strategy
+    STRATEGY_NAMES[:] = sorted(STRATEGIES)
+    return strategy
 
-    @property
-    def needs_log_probs(self) -> bool:
-        """True when the strategy needs the log-probs of its candidates, not just scores."""
-        return self.kind in JOINT_KINDS
 
-    @property
-    def whole_pool(self) -> bool:
-        """True when the batch needs every sample's score or embedding in one process."""
-        return self.kind in WHOLE_POOL_KINDS
-
-    @property
-    def min_mc_samples(self) -> int:
-        """The fewest MC samples K with which the strategy's choice depends on the model.
-
-        BatchBALD, EPIG and the disagreement scores (BALD, ...) are 0 everywhere when K = 1.
-        """
-        if self.needs_log_probs or self.score in DISAGREEMENT_SCORES or self.score == EPIG:
-            return 2
-        return 1
+def unregister_strategy(name: str) -> Strategy:
+    """Forget the strategy called `name` and return it (UnknownStrategyError if none is)."""
+    strategy = get_strategy(name)
+    del STRATEGIES[strategy.name]
+    STRATEGY_NAMES[:] = sorted(STRATEGIES)
+    return strategy
 
 
 def _dashed(score: str) -> str:
@@ -75,27 +88,20 @@ def _dashed(score: str) -> str:
     return score.replace("_", "-")
 
 
-def _build_registry() -> dict[str, Strategy]:
-    registry = {
-        f"{mode}-{_dashed(score)}": Strategy(f"{mode}-{_dashed(score)}", mode, score)
-        for mode in SCORED_MODES
-        for score in (*SCORES, EPIG)
-    }
-    registry["random"] = Strategy("random", "random", None)
-    registry["batchbald"] = Strategy("batchbald", None, None, "batchbald")
-    registry["stochastic-batchbald"] = Strategy(
-        "stochastic-batchbald", "power", None, "stochastic-batchbald"
-    )
-    for mode in ("power", "softmax", "softrank"):
-        name = f"annealed-{mode}-bald"
-        registry[name] = Strategy(name, mode, "bald", "annealed")
-    registry["badge"] = Strategy("badge", None, None, "badge")
-    registry["coreset"] = Strategy("coreset", None, None, "coreset")
-    return registry
+def _register_builtins() -> None:
+    for mode in SCORED_MODES:
+        for score in (*SCORES, EPIG):
+            register_strategy(ScoredStrategy(f"{mode}-{_dashed(score)}", mode, score))
+    register_strategy(ScoredStrategy("random", "random", None))
+    register_strategy(BatchBALD())
+    register_strategy(BatchBALD("stochastic-batchbald", mode="power"))
+    for mode in ANNEALED_MODES:
+        register_strategy(Annealed(mode))
+    register_strategy(Badge())
+    register_strategy(CoreSet())
 
 
-STRATEGIES: dict[str, Strategy] = _build_registry()
-STRATEGY_NAMES: list[str] = sorted(STRATEGIES)
+_register_builtins()
 
 
 def canonical_name(name: str) -> str:
@@ -163,51 +169,114 @@ def acquire(
     num_samples: int = DEFAULT_NUM_SAMPLES,
     generator: torch.Generator | None = None,
     pool_size: int | None = None,
+    coldness_end: float | None = None,
+    features_N_D: torch.Tensor | None = None,
+    probs_N_C: torch.Tensor | None = None,
+    labeled_features_L_D: torch.Tensor | None = None,
+    seed: int | None = None,
 ) -> Acquisition:
-    """Choose a batch with `strategy`.
+    """Choose a batch of pool indices with `strategy`, through the `select` a round calls.
 
-    Give `scores_N` for the scored strategies, `log_probs_N_K_C` for batchbald, and for random
-    either `scores_N` (recorded, not used) or `pool_size`.
+    Give what the strategy needs: `scores_N` for the scored and annealed strategies (random:
+    `scores_N`, recorded, not used, or `pool_size`), `log_probs_N_K_C` for batchbald and
+    stochastic-batchbald (every sample is a candidate), `features_N_D` and `probs_N_C` for
+    badge, `features_N_D` (and `labeled_features_L_D`) for coreset. `coldness_end` is the
+    annealed schedule's last coldness (default: `coldness`). Sequential draws come from
+    `generator`; noise keyed by sample (a pool index here) from `seed`, else from one draw
+    of `generator` (a fresh OS-seeded one when None: pass one for reproducible batches).
     """
     if isinstance(strategy, str):
         strategy = get_strategy(strategy)
-    if strategy.kind not in ("scored", "batchbald"):
-        raise ValueError(
-            f"strategy {strategy.name!r} chooses its batch from more than scores or log-probs "
-            "(ids, a schedule or embeddings): a round runs it through baldflow.compute"
-        )
-    if strategy.needs_log_probs:
+    params = {
+        "batch_size": batch_size, "coldness": coldness,
+        "coldness_end": coldness if coldness_end is None else coldness_end,
+        "batchbald_num_samples": num_samples,
+    }  # fmt: skip
+    given = {
+        "scores_N": scores_N, "log_probs_N_K_C": log_probs_N_K_C, "features_N_D": features_N_D,
+        "pool_size": pool_size,
+    }  # fmt: skip
+    count = _pool_count(strategy, given)
+    ids = _index_ids(count)
+    params["batchbald_candidates"] = max(count, 1)
+    noise = Noise.of_generator(generator, seed)
+    inputs = _inputs_from_arrays(strategy, params, noise, ids, scores_N, log_probs_N_K_C,
+                                 features_N_D, probs_N_C, labeled_features_L_D)  # fmt: skip
+    chosen = strategy.select(inputs, min(batch_size, count), params, noise)
+    indices = torch.tensor([int(sid) for sid in chosen.sample_ids], dtype=torch.long)
+    scores = _as_tensor(chosen.scores)
+    if scores is None and scores_N is not None:  # random: the given scores, as recorded
+        scores = torch.as_tensor(scores_N)[indices].double()
+    return Acquisition(indices, scores, _as_tensor(chosen.probabilities), _as_tensor(chosen.keys))
+
+
+def _pool_count(strategy: Strategy, given: Mapping[str, Any]) -> int:
+    """The pool's size from the first array given for what the strategy needs."""
+    for array in (given["scores_N"], given["log_probs_N_K_C"], given["features_N_D"]):
+        if array is not None:
+            return int(torch.as_tensor(array).shape[0])
+    if given["pool_size"] is not None:
+        return int(given["pool_size"])
+    what = _what_it_needs(strategy)
+    raise ValueError(f"strategy {strategy.name!r} needs {what}")
+
+
+def _what_it_needs(strategy: Strategy) -> str:
+    if CANDIDATE_LOG_PROBS in strategy.needs:
+        return "log_probs_N_K_C"
+    if strategy.needs & {EMBEDDINGS, LABELED_EMBEDDINGS}:
+        return "features_N_D (and probs_N_C)"
+    score = strategy.cut({"batch_size": 1, "coldness": 1.0, "batchbald_candidates": 1}).score
+    if score is None:
+        return "scores_N or pool_size"
+    return f"scores_N ({score})"
+
+
+def _index_ids(count: int) -> list[str]:
+    """Pool positions as sample ids, zero-padded so that the smaller id is the lower index."""
+    width = len(str(max(count - 1, 0)))
+    return [f"{i:0{width}d}" for i in range(count)]
+
+
+def _inputs_from_arrays(
+    strategy, params, noise, ids, scores_N, log_probs_N_K_C, features_N_D, probs_N_C,
+    labeled_features_L_D,
+) -> SelectionInputs:  # fmt: skip
+    """What the strategy's `needs` name, made from the arrays given to `acquire` as the round's
+    pass makes them from the pool (one shard: the whole pool)."""
+    needs = strategy.needs
+    inputs = SelectionInputs()
+    if needs & {SAMPLE_SCORES, POOL_SCORES}:
+        cut = strategy.cut(params)
+        if scores_N is None and cut.score is not None:
+            raise ValueError(f"strategy {strategy.name!r} needs scores_N ({cut.score})")
+        if scores_N is None or cut.score is None:  # random: no scores, the ids' noise only
+            pool_scores_N = torch.zeros(len(ids), dtype=torch.float64)
+        else:
+            pool_scores_N = torch.as_tensor(scores_N)
+        if POOL_SCORES in needs:
+            inputs.sample_ids, inputs.scores_N = ids, pool_scores_N
+        if SAMPLE_SCORES in needs:
+            # Softrank weighs a score by its rank in the whole pool.
+            if cut.mode == "softrank":
+                inputs.sorted_scores = pool_scores_N.double().sort().values
+            inputs.summaries = [
+                summarise_shard(pool_scores_N, ids, cut.size, cut.mode, cut.coldness,
+                                noise.seed, inputs.sorted_scores)
+            ]  # fmt: skip
+    if CANDIDATE_LOG_PROBS in needs:
         if log_probs_N_K_C is None:
             raise ValueError(f"strategy {strategy.name!r} needs log_probs_N_K_C")
-        chosen = batchbald(
-            log_probs_N_K_C,
-            batch_size,
-            num_samples=num_samples,
-            generator=generator,
-            return_details=True,
-        )
-        return Acquisition(chosen.indices, chosen.gains, None, None)
+        inputs.candidate_ids, inputs.log_probs_M_K_C = ids, log_probs_N_K_C
+    if needs & {EMBEDDINGS, LABELED_EMBEDDINGS}:
+        if features_N_D is None:
+            raise ValueError(f"strategy {strategy.name!r} needs features_N_D")
+        inputs.sample_ids, inputs.features_N_D, inputs.probs_N_C = ids, features_N_D, probs_N_C
+        inputs.labeled_features_L_D = labeled_features_L_D
+    return inputs
 
-    if scores_N is None:
-        if strategy.mode != "random":
-            raise ValueError(f"strategy {strategy.name!r} needs scores_N ({strategy.score})")
-        if pool_size is None:
-            raise ValueError("strategy 'random' needs scores_N or pool_size")
-        selection_scores_N = torch.zeros(pool_size, dtype=torch.float64)
-    else:
-        selection_scores_N = scores_N
-    chosen = select(
-        selection_scores_N,
-        batch_size,
-        strategy.mode,
-        coldness=coldness,
-        generator=generator,
-        return_details=True,
-    )
-    indices = chosen.indices
-    picked_scores = None if scores_N is None else torch.as_tensor(scores_N)[indices].double()
-    if strategy.mode == "topk":
-        return Acquisition(indices, picked_scores, None, None)
-    return Acquisition(
-        indices, picked_scores, chosen.probabilities_N[indices], chosen.keys_N[indices]
-    )
+
+def _as_tensor(values) -> torch.Tensor | None:
+    if values is None or isinstance(values, torch.Tensor):
+        return values
+    return torch.tensor(list(values), dtype=torch.float64)

@@ -30,6 +30,7 @@ from baldflow.app.audit import (
 )
 from baldflow.app.campaigns import (
     nothing_to_do,
+    preflight,
     prepare_prefect,
     recorded_bookkeeping,
     run_campaign,
@@ -92,6 +93,7 @@ __all__ = [
     "join_workspace",
     "nothing_to_do",
     "pending_batch",
+    "preflight",
     "prepare_prefect",
     "pull_labels",
     "recorded_bookkeeping",

@@ -61,6 +61,17 @@ def start_prefect_api(ws_root: Path, progress: Progress = say_nothing) -> None:
         )
 
 
+def preflight(config: Config, ws_root: Path) -> None:
+    """baldflow.preflight.check, handed the workspace's own Label Studio server by this layer,
+    which runs servers: preflight, like labeling, never locates one."""
+    from functools import partial
+
+    from baldflow.preflight import check
+    from baldflow.stack.label_studio import workspace_connection
+
+    check(config, ws_root, partial(workspace_connection, ws_root))
+
+
 def say_where_on_interrupt(ws_root: Path, campaign: str, rounds: int) -> None:
     """Make a Ctrl-C, SIGTERM or a dead server end with one line on where the campaign stands
     (when the CLI's interrupt handler is active)."""
@@ -109,7 +120,6 @@ def _campaign_prelude(
     request.config (a run), else the resolved parameters (a cycle).
     """
     from baldflow.config import dump_yaml
-    from baldflow.preflight import check as preflight
     from baldflow.workspace import Workspace, WorkspaceLockedError, workspace_lock
 
     ws_root = workspace_root(request.workspace)

@@ -85,9 +85,12 @@ def pull_labels(
     project (with `resend`, first send deleted tasks again); once every task is annotated the
     labels are stored and, unless `complete` is False, the round completes. Annotations that
     cannot be accepted raise LabelImportError and store nothing."""
+    from functools import partial
+
     from baldflow.config import ConfigError, validate
     from baldflow.labeling.label_studio import client_for
     from baldflow.labeling.studio_rounds import pull_annotations, send_batch
+    from baldflow.stack.label_studio import workspace_connection
     from baldflow.workspace import Workspace, workspace_lock
 
     ws_root = workspace_root(workspace)
@@ -100,7 +103,7 @@ def pull_labels(
                 f"campaign {handoff.campaign!r} hands its batches out as files (oracle.kind "
                 f"{config.oracle.kind!r}): use `baldflow label import`"
             )
-        client = client_for(config.oracle.label_studio, ws_root)
+        client = client_for(config.oracle.label_studio, partial(workspace_connection, ws_root))
         if resend:
             with Workspace(ws_root) as ws:
                 workspace_id = ws.workspace_id

@@ -62,7 +62,7 @@ def schedule_cycle(
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     _check_interval(interval)
-    from baldflow.preflight import check as preflight  # before the schedule, not at its first run
+    from baldflow.app.campaigns import preflight  # before the schedule, not at its first run
 
     preflight(config, ws_root)
     _ensure_workspace(ws_root, config)
@@ -104,8 +104,8 @@ def deploy_cycle(
     # Refusals first, before anything is created.
     api_url = deploy.persistent_api_url()
     deploy.check_name_free(ws_root, name or deploy.deployment_name(request.campaign))
+    from baldflow.app.campaigns import preflight
     from baldflow.flows.cycle import load_cycle_config
-    from baldflow.preflight import check as preflight
 
     # What every run will load (params.yaml or --config, then --set, then the campaign's
     # name), checked now rather than at the first scheduled run, on a worker, unattended.

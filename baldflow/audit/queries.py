@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +19,9 @@ from baldflow.labeling import HandOff
 from baldflow.workspace import Workspace, round_tag
 from baldflow.workspace.scores import round_tables, sample_scores
 from baldflow.workspace.tracking import read_only_store, sqlite_store_path
+
+if TYPE_CHECKING:
+    from baldflow.data.pool import CampaignPool
 
 
 class AuditError(LookupError):
@@ -241,18 +244,26 @@ def _in_pool(ws: Workspace, campaign: str, sample_id: str) -> bool:
     params_file = ws.campaign_dir(campaign) / "campaign.yaml"
     if not params_file.exists():
         return False
-    from baldflow.compute import campaign_data
-    from baldflow.config import validate
-
     try:
-        config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
-        ids = campaign_data.prepare_data(config).pool_ids
+        ids = rebuilt_pool(params_file).pool_ids
     except Exception as exc:  # noqa: BLE001 (any failure to rebuild means "cannot tell")
         raise AuditError(
             f"sample_id {short_repr(sample_id)} was not acquired by {campaign}, and its pool "
             f"cannot be rebuilt to tell whether it holds the sample: {type(exc).__name__}: {exc}"
         ) from exc
     return sample_id in set(ids)
+
+
+def rebuilt_pool(params_file: Path) -> CampaignPool:
+    """A campaign's pool rebuilt from its recorded parameters (its campaign.yaml) by the data
+    layer's opener: the same pool, initial ids and class names its rounds used."""
+    # pydantic and torch load here, not with the module: the history and the round queries
+    # never rebuild a pool, and `baldflow history` should start quickly.
+    from baldflow.config import validate
+    from baldflow.data.campaign import campaign_pool_of
+
+    config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
+    return campaign_pool_of(config.data, config.campaign)
 
 
 # ---------------------------------------------------------------------------- one round

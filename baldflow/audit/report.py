@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from baldflow.audit.queries import open_workspace, pick_campaign
+from baldflow.audit.queries import open_workspace, pick_campaign, rebuilt_pool
 from baldflow.common import format_number, printable
 from baldflow.figures.plots import learning_curve_png
 from baldflow.figures.thumbnails import contact_sheet, png_data_uri
@@ -248,34 +248,31 @@ img { max-width: 100%; }
 class _Pool:
     """What the report draws from the campaign's data: images by sample id and class names."""
 
-    images: Any = None  # the pool's [N, C, H, W] tensor, None unless the data are images
-    row_of: dict[str, int] = dataclasses.field(default_factory=dict)
+    drawn: Any = None  # the campaign's pool (a CampaignPool) when its samples are images
+    ids: frozenset[str] = frozenset()  # the drawn pool's sample ids
     class_names: list[str] = dataclasses.field(default_factory=list)
     note: str = ""
 
 
 def _pool(ws_root: Path, campaign: str) -> _Pool:
     """The campaign's pool rebuilt from its recorded parameters, or why it could not be."""
-    import yaml
-
     params_file = ws_root / "data" / campaign / "campaign.yaml"
     if not params_file.exists():
         return _Pool(note="no campaign.yaml to rebuild the pool from")
     try:
-        from baldflow.compute import campaign_data
-        from baldflow.config import validate
-        from baldflow.figures.thumbnails import is_image_batch
+        from baldflow.data.pool import shows_as_images
 
-        config = validate(yaml.safe_load(params_file.read_text()), check_names=False)
-        data = campaign_data.prepare_data(config)
+        pool = rebuilt_pool(params_file)
     except Exception as exc:  # noqa: BLE001 (the report is still useful without thumbnails)
         return _Pool(note=f"thumbnails and class names unavailable: {type(exc).__name__}: {exc}")
-    names = [str(name) for name in data.class_names]
-    if data.on_disk:
+    names = [str(name) for name in pool.class_names]
+    if pool.streamed:
+        # Reading a streamed pool by id first indexes every id (16 bytes a row): more than a
+        # report should cost.
         return _Pool(class_names=names, note="the pool is on disk: no thumbnails drawn")
-    if not is_image_batch(data.splits.pool_x):
+    if not shows_as_images(pool.input_shape):
         return _Pool(class_names=names, note="the data are not images")
-    return _Pool(data.splits.pool_x, data.row_of, names)
+    return _Pool(pool, frozenset(pool.pool_ids), names)
 
 
 def label_text(label: Any, class_names: Sequence[str] = ()) -> str:
@@ -448,11 +445,11 @@ def render_report(ws_root: str | Path, campaign: str | None = None) -> tuple[str
             f"{html.escape(round_title(round_index, batch[0]['strategy'], counts))}</h3>"
         )
         parts.append(_histogram_html(dict(counts), names))
-        if pool.images is not None:
-            picks = [r for r in batch if r["sample_id"] in pool.row_of]
-            rows = [pool.row_of[r["sample_id"]] for r in picks]
+        if pool.drawn is not None:
+            picks = [r for r in batch if r["sample_id"] in pool.ids]
+            images = pool.drawn.inputs([r["sample_id"] for r in picks])
             captions = [f"{r['sample_id']}: {class_name(r['label'])}" for r in picks]
-            sheet = contact_sheet(pool.images[rows], captions, columns=10)
+            sheet = contact_sheet(images, captions, columns=10)
             parts.append(
                 f"<img alt='round {round_index} acquisitions' src='{png_data_uri(sheet)}'>"
             )

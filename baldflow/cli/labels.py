@@ -145,7 +145,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def _studio_home(args: argparse.Namespace) -> Path:
-    from baldflow.labeling.label_studio import LOCAL_SERVER_DIR
+    from baldflow.stack.label_studio import LOCAL_SERVER_DIR
 
     if args.dir:
         return Path(args.dir).absolute()

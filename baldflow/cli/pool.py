@@ -36,7 +36,8 @@ def add_pool(sub) -> None:
 # ---------------------------------------------------------------------------- handlers
 def cmd_pool(args: argparse.Namespace) -> int:
     from baldflow.common import printable
-    from baldflow.data.ondisk import DiskPoolError, manifest, open_pool
+    from baldflow.data.pool_formats import manifest, open_pool
+    from baldflow.data.row_pool import DiskPoolError
 
     try:
         if args.pool_command == "convert":

@@ -5,16 +5,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from baldflow.compute.campaign_data import CampaignData
 from baldflow.compute.scoring import PoolScores, pool_scores_from, score_pool, scoring_plan
 from baldflow.compute.selecting import Selected, select_batch
 from baldflow.config import Config
+from baldflow.data.pool import CampaignPool
 from baldflow.seeds import STREAM_EVIDENCE, STREAM_SCORE, generator_for
+
+# The strategy whose batch the shadow check compares the round's with (a round of that
+# strategy has nothing to compare).
+SHADOW_STRATEGY = "batchbald"
 
 
 def batch_evidence(
     config: Config,
-    data: CampaignData,
+    data: CampaignPool,
     model: Any,
     labeled_ids: set[str],
     selected: Selected,
@@ -51,10 +55,10 @@ def batch_evidence(
     )
     evidence = {f"batch_{k}" if not k.startswith("batch_") else k: v for k, v in quality.items()}
     evidence["seconds_evidence"] = time.perf_counter() - started
-    if a.shadow_batchbald and a.strategy != "batchbald" and not data.on_disk:
+    if a.shadow_batchbald and a.strategy != SHADOW_STRATEGY and not data.streamed:
         started = time.perf_counter()
         shadow_config = config.model_copy(
-            update={"acquisition": a.model_copy(update={"strategy": "batchbald"})}
+            update={"acquisition": a.model_copy(update={"strategy": SHADOW_STRATEGY})}
         )
         shadow_plan = scoring_plan(shadow_config, seed)
         by_bald = scoring_plan(config, seed).score == "bald"

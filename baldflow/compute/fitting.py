@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from baldflow.compute.campaign_data import CampaignData
 from baldflow.config import Config
+from baldflow.data.pool import CampaignPool
 from baldflow.seeds import STREAM_EVALUATE, STREAM_TRAIN, generator_for
 
 
@@ -24,7 +24,7 @@ class Trained:
 
 
 def train(
-    config: Config, data: CampaignData, labeled: Sequence[tuple[str, int]], seed: int
+    config: Config, data: CampaignPool, labeled: Sequence[tuple[str, int]], seed: int
 ) -> Trained:
     """Fit a fresh model on the labeled set (labels as the oracle gave them)."""
     from baldflow.models import build_model
@@ -65,7 +65,7 @@ def train(
     )
 
 
-def evaluate(config: Config, data: CampaignData, model: Any, seed: int) -> dict[str, float]:
+def evaluate(config: Config, data: CampaignPool, model: Any, seed: int) -> dict[str, float]:
     from baldflow.training import evaluate as evaluate_model
 
     start = time.perf_counter()

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from baldflow.compute.campaign_data import CampaignData
 from baldflow.config import Config
+from baldflow.data.pool import CampaignPool
 from baldflow.seeds import STREAM_PREDICT, generator_for
 
 
 def batch_predictions(
-    config: Config, data: CampaignData, model: Any, sample_ids: Sequence[str], seed: int
+    config: Config, data: CampaignPool, model: Any, sample_ids: Sequence[str], seed: int
 ) -> dict[str, list[float]]:
     """The model's mean predictive distribution (over `eval_mc_samples` dropout masks) for
     each sample of a batch: the guess labelers see in Label Studio."""

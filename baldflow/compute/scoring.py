@@ -9,82 +9,80 @@ from typing import Any
 
 import torch
 
-from baldflow.compute.campaign_data import CampaignData
+from baldflow.acquisition.strategy import (
+    CANDIDATE_LOG_PROBS,
+    EMBEDDING_NEEDS,
+    LABELED_EMBEDDINGS,
+    SAMPLE_SCORES,
+    SCORE_NEEDS,
+    SelectionInputs,
+)
 from baldflow.config import Config
+from baldflow.data.pool import CampaignPool
 from baldflow.seeds import STREAM_SCORE, generator_for, selection_seed
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ScoringPlan:
-    """What a shard (or the whole pool in one process) computes: the score, K, the masks'
-    seed, and the cut of its candidates. BatchBALD's plan is its BALD preselection: the top
+    """What a pass over the unlabeled pool computes, in one process or shard by shard
+    (`sharding.ShardJob` is this plan plus where a worker reads and writes): the `needs` of
+    the round's strategy (acquisition.strategy.NEEDS), the `score` each sample gets, K, the
+    masks' seed, and the cut of its candidates (`batch_size`, `mode`, `coldness`,
+    `selection_seed`). BatchBALD's cut is its BALD preselection: the top
     `batchbald_candidates` by BALD, whose joint scoring happens once they are merged."""
 
-    score: str | None  # None: random, no model pass
-    mc_samples: int
-    mask_seed: int
-    batch_size: int
-    mode: str
-    coldness: float
-    selection_seed: int
-    chunk_size: int
-    joint: bool  # BatchBALD: the candidates go on to the joint (batch) scoring
-    kind: str = "scored"  # the strategy's kind (acquisition.strategies.KINDS)
+    score: str | None = "bald"  # None: no model pass, every score 0 (random)
+    mc_samples: int = 20
+    mask_seed: int = 0
+    batch_size: int = 10
+    mode: str = "power"
+    coldness: float = 1.0
+    selection_seed: int = 0
+    chunk_size: int | None = None  # inputs per forward pass (None: inference.auto_chunk_size)
+    needs: frozenset[str] = frozenset({SAMPLE_SCORES})
     epig_targets: int = 100
     # training.mixed_precision: bfloat16 autocast of the model passes on CUDA, none elsewhere.
     mixed_precision: bool = False
 
     @property
-    def whole_pool(self) -> bool:
-        from baldflow.acquisition.strategies import WHOLE_POOL_KINDS
+    def cuts(self) -> bool:
+        """Whether each shard keeps only its best candidates (else every score goes on)."""
+        return bool(self.needs & {SAMPLE_SCORES, CANDIDATE_LOG_PROBS})
 
-        return self.kind in WHOLE_POOL_KINDS
+    @property
+    def keys_per_sample(self) -> bool:
+        """Whether the batch is cut by each sample's own perturbed key under `mode`, so that a
+        score table can record every sample's key (not for joint or one-at-a-time picks)."""
+        return SAMPLE_SCORES in self.needs
 
 
 def scoring_plan(config: Config, seed: int) -> ScoringPlan:
+    """The round's plan: what its strategy needs, scored and cut as the strategy says."""
     from baldflow.acquisition.strategies import get_strategy
 
     a = config.acquisition
     strategy = get_strategy(a.strategy)
-    common = {
-        "mc_samples": a.mc_samples, "mask_seed": seed, "chunk_size": a.chunk_size,
-        "kind": strategy.kind, "epig_targets": a.epig_targets,
-        "selection_seed": selection_seed(seed),
-        "mixed_precision": config.training.mixed_precision,
-    }  # fmt: skip
-    if strategy.needs_log_probs:
-        return ScoringPlan(
-            "bald", batch_size=a.batchbald_candidates, mode="topk", coldness=1.0, joint=True,
-            **common,
-        )  # fmt: skip
+    cut = strategy.cut(a.model_dump())
     return ScoringPlan(
-        strategy.score, batch_size=a.batch_size, mode=strategy.mode or "topk",
-        coldness=a.coldness, joint=False, **common,
+        score=cut.score, mc_samples=a.mc_samples, mask_seed=seed, batch_size=cut.size,
+        mode=cut.mode, coldness=cut.coldness, selection_seed=selection_seed(seed),
+        chunk_size=a.chunk_size, needs=strategy.needs, epig_targets=a.epig_targets,
+        mixed_precision=config.training.mixed_precision,
     )  # fmt: skip
 
 
-@dataclasses.dataclass
-class PoolScores:
-    """What scoring the unlabeled pool produced for the selection step: one summary per shard
-    (one for a pool scored in this process), never the N scores themselves."""
+@dataclasses.dataclass(kw_only=True)
+class PoolScores(SelectionInputs):
+    """What scoring the unlabeled pool produced for the selection step: what the strategy
+    needs (SelectionInputs: one summary per shard, never the N scores of a sharded pool), and
+    what the pass cost.
+
+    A pool scored in this process also keeps every unlabeled id with its score, for the
+    round's score table (the audit trail)."""
 
     remaining: int  # unlabeled samples that were scored
-    summaries: list  # acquisition.picks.ShardSummary, one per shard
     seconds: float
     shards: int = 1
-    # Softrank only: the pool's sorted scores (a pick's weight is its rank in the pool).
-    sorted_scores: torch.Tensor | None = None
-    # BatchBALD only: the BALD preselection (by id) and their joint log-probs.
-    candidate_ids: list[str] | None = None
-    log_probs_M_K_C: torch.Tensor | None = None  # noqa: N815
-    # A pool scored in this process: every unlabeled id with its score (for the round's score
-    # table, and for annealed batches), or its embedding and predictive (badge), and the
-    # labeled set's embeddings (coreset).
-    sample_ids: list[str] | None = None
-    scores_N: torch.Tensor | None = None  # noqa: N815
-    features_N_D: torch.Tensor | None = None  # noqa: N815
-    probs_N_C: torch.Tensor | None = None  # noqa: N815
-    labeled_features_L_D: torch.Tensor | None = None  # noqa: N815
     # A pool scored in shards: (pool directory, shard score files directory, row ranges), from
     # which the round's score table is written shard by shard.
     shard_files: tuple[str, str, list[tuple[int, int]]] | None = None
@@ -103,19 +101,21 @@ def summarise_scores(
 
 
 def score_pool(
-    config: Config, data: CampaignData, model: Any, labeled_ids: set[str], seed: int
+    config: Config, data: CampaignPool, model: Any, labeled_ids: set[str], seed: int
 ) -> PoolScores:
     """Score every unlabeled point of an in-memory pool in this process (streamed)."""
     from baldflow.inference import score_pool as stream_scores
 
     start = time.perf_counter()
     plan = scoring_plan(config, seed)
-    rows_N = data.unlabeled_rows(labeled_ids)
-    ids = [data.splits.pool_ids[int(r)] for r in rows_N]
+    ids = data.unlabeled_ids(labeled_ids)
     if not ids:
-        return PoolScores(0, [], time.perf_counter() - start)
-    if plan.kind in ("badge", "coreset"):
-        return _embedded_pool(plan, data, model, labeled_ids, rows_N, ids, start)
+        return PoolScores(remaining=0, seconds=time.perf_counter() - start)
+    embedded = None
+    if plan.needs & EMBEDDING_NEEDS:
+        embedded = _embedded_pool(plan, data, model, labeled_ids, ids, start)
+        if not plan.needs & SCORE_NEEDS:
+            return embedded
     if plan.score is None:  # random needs no model output, only the ids
         scores_N = torch.zeros(len(ids), dtype=torch.float64)
     else:
@@ -124,38 +124,48 @@ def score_pool(
             score = epig_score(plan, data, model, ids)
         scores_N = torch.as_tensor(
             stream_scores(
-                model, data.splits.pool_x[rows_N], score, plan.mc_samples,
+                model, data.inputs(ids), score, plan.mc_samples,
                 generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
                 mixed_precision=plan.mixed_precision,
             )
         )  # fmt: skip
-    return pool_scores_from(plan, data, model, ids, scores_N, start)
+    scored = pool_scores_from(plan, data, model, ids, scores_N, start)
+    if embedded is None:
+        return scored
+    return dataclasses.replace(
+        scored, features_N_D=embedded.features_N_D, probs_N_C=embedded.probs_N_C,
+        labeled_features_L_D=embedded.labeled_features_L_D,
+    )  # fmt: skip
 
 
 def pool_scores_from(
     plan: ScoringPlan,
-    data: CampaignData,
+    data: CampaignPool,
     model: Any,
     ids: list[str],
     scores_N: torch.Tensor,
     start: float,
 ) -> PoolScores:
     """What the selection step needs from every unlabeled sample's score under `plan`."""
-    if plan.whole_pool:  # annealed: picks one at a time, from every score
+    if not plan.cuts:  # every score at once (annealed picks one at a time from them all)
         return PoolScores(
-            len(ids), [], time.perf_counter() - start, sample_ids=ids, scores_N=scores_N
-        )
+            remaining=len(ids), seconds=time.perf_counter() - start, sample_ids=ids,
+            scores_N=scores_N,
+        )  # fmt: skip
     sorted_scores = scores_N.sort().values if plan.mode == "softrank" else None
     summary = summarise_scores(plan, scores_N, ids, sorted_scores)
     # Every sample's score stays with the round for its score table (the audit trail).
     scored = PoolScores(
-        len(ids), [summary], time.perf_counter() - start, 1, sorted_scores, sample_ids=ids,
+        remaining=len(ids), summaries=[summary], seconds=time.perf_counter() - start,
+        sorted_scores=sorted_scores, sample_ids=ids,
         scores_N=None if plan.score is None else scores_N,
     )  # fmt: skip
-    return with_joint_scores(scored, plan, data, model) if plan.joint else scored
+    if CANDIDATE_LOG_PROBS in plan.needs:
+        return with_joint_scores(scored, plan, data, model)
+    return scored
 
 
-def epig_score(plan: ScoringPlan, data: CampaignData, model: Any, unlabeled_ids) -> Any:
+def epig_score(plan: ScoringPlan, data: CampaignPool, model: Any, unlabeled_ids) -> Any:
     """EPIG's score function for the round: the information gain about the predictions on
     `epig_targets` unlabeled samples chosen by a keyed hash of their ids (the same targets
     whoever scores which shard), predicted with the round's scoring masks."""
@@ -171,30 +181,30 @@ def epig_score(plan: ScoringPlan, data: CampaignData, model: Any, unlabeled_ids)
     return epig_score_function(log_probs_T_K_C)
 
 
-def _embedded_pool(plan, data, model, labeled_ids, rows_N, ids, start) -> PoolScores:
-    """BADGE and CoreSet: the pool's penultimate features (and predictive) instead of scores,
-    with the round's scoring masks; CoreSet also embeds the labeled set."""
+def _embedded_pool(plan, data, model, labeled_ids, ids, start) -> PoolScores:
+    """EMBEDDINGS: the pool's penultimate features (and predictive), with the round's scoring
+    masks; LABELED_EMBEDDINGS: the labeled set's features too."""
     from baldflow.inference import embed_pool
 
     features, probs = embed_pool(
-        model, data.splits.pool_x[rows_N], plan.mc_samples,
+        model, data.inputs(ids), plan.mc_samples,
         generator_for(plan.mask_seed, STREAM_SCORE), chunk_size=plan.chunk_size,
         mixed_precision=plan.mixed_precision,
     )  # fmt: skip
     labeled_features = None
-    if plan.kind == "coreset" and labeled_ids:
+    if LABELED_EMBEDDINGS in plan.needs and labeled_ids:
         labeled_features, _ = embed_pool(
             model, data.inputs(sorted(labeled_ids)), 0, generator_for(plan.mask_seed, 0),
             chunk_size=plan.chunk_size, mixed_precision=plan.mixed_precision,
         )  # fmt: skip
     return PoolScores(
-        len(ids), [], time.perf_counter() - start, sample_ids=ids, features_N_D=features,
-        probs_N_C=probs, labeled_features_L_D=labeled_features,
+        remaining=len(ids), seconds=time.perf_counter() - start, sample_ids=ids,
+        features_N_D=features, probs_N_C=probs, labeled_features_L_D=labeled_features,
     )  # fmt: skip
 
 
 def with_joint_scores(
-    scored: PoolScores, plan: ScoringPlan, data: CampaignData, model: Any
+    scored: PoolScores, plan: ScoringPlan, data: CampaignPool, model: Any
 ) -> PoolScores:
     """BatchBALD: the log-probs of the BALD preselection, under the masks that scored BALD.
 
@@ -220,7 +230,7 @@ def with_joint_scores(
 
 def sharded_pool_scores(
     config: Config,
-    data: CampaignData,
+    data: CampaignPool,
     model: Any,
     seed: int,
     results: Sequence[Any],
@@ -233,9 +243,12 @@ def sharded_pool_scores(
     plan = scoring_plan(config, seed)
     remaining = sum(result.scored for result in results)
     if remaining == 0:
-        return PoolScores(0, [], seconds, len(results))
+        return PoolScores(remaining=0, seconds=seconds, shards=len(results))
     summaries = [result.summary for result in results]
     scored = PoolScores(
-        remaining, summaries, seconds, len(results), sorted_scores, shard_files=shard_files
-    )
-    return with_joint_scores(scored, plan, data, model) if plan.joint else scored
+        remaining=remaining, summaries=summaries, seconds=seconds, shards=len(results),
+        sorted_scores=sorted_scores, shard_files=shard_files,
+    )  # fmt: skip
+    if CANDIDATE_LOG_PROBS in plan.needs:
+        return with_joint_scores(scored, plan, data, model)
+    return scored

@@ -48,10 +48,12 @@ import torch
 from baldflow.acquisition.picks import ShardSummary, merge_summaries, summarise_shard
 from baldflow.acquisition.selection import MODES
 from baldflow.acquisition.sharded import Candidates, select_by_id
+from baldflow.acquisition.strategy import WHOLE_POOL_NEEDS
 from baldflow.compute.device import torch_threads
-from baldflow.compute.scoring import scoring_plan
+from baldflow.compute.scoring import ScoringPlan, scoring_plan
 from baldflow.config import Config
-from baldflow.data.ondisk import open_pool
+from baldflow.data.pool_formats import open_pool
+from baldflow.data.row_pool import shard_ranges
 from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
 from baldflow.seeds import STREAM_SCORE, generator_for
 
@@ -141,29 +143,21 @@ def cached_model(directory: str | Path, device: str = "cpu") -> tuple[_CachedMod
 
 # -------------------------------------------------------------------------------------- job
 @dataclasses.dataclass(frozen=True)
-class ShardJob:
+class ShardJob(ScoringPlan):
     """Everything a worker needs to score a shard and cut its candidates; cheap to pickle.
 
-    `model_dir`: a directory with state_dict.pt and spec.json (`save_model_dir`). `pool_dir`: a
-    pool in any format `data.ondisk.open_pool` reads. `score`: a name of
-    `acquisition.scores.SCORES`. `mask_seed`: the round's scoring seed (masks from
-    `generator_for(mask_seed, STREAM_SCORE)`). `chunk_size`:
-    inputs per forward pass (None: `inference.auto_chunk_size`). `batch_size`, `mode`,
-    `coldness`, `selection_seed`: the selection (`select_by_id`'s arguments). `torch_threads`:
-    torch CPU threads while scoring a shard (1: one core per worker process; 0 leaves torch's
-    choice).
+    The round's `compute.scoring.ScoringPlan` (its fields, given by keyword: `score` a name of
+    `acquisition.scores.SCORES`, `mask_seed` the masks' seed, `batch_size`, `mode`,
+    `coldness`, `selection_seed` the cut, as `select_by_id` takes them, ...) plus where a
+    worker reads and writes: `model_dir`, a directory with state_dict.pt and spec.json
+    (`save_model_dir`); `pool_dir`, a pool in any format `data.pool_formats.open_pool` reads.
+    `torch_threads`: torch CPU threads while scoring a shard (1: one core per worker process;
+    0 leaves torch's choice).
     """
 
     model_dir: str
     pool_dir: str
-    score: str = "bald"
-    mc_samples: int = 20
-    mask_seed: int = 0
-    chunk_size: int | None = None
-    batch_size: int = 10
-    mode: str = "power"
-    coldness: float = 1.0
-    selection_seed: int = 0
+    _: dataclasses.KW_ONLY
     torch_threads: int = 1
     # A text file of sample ids (one per line) left out of scoring and selection: the labeled.
     exclude_file: str | None = None
@@ -175,10 +169,15 @@ class ShardJob:
     # instead of scoring it again.
     sorted_scores_file: str | None = None
     # torch device of the workers' model: cpu, cuda, cuda:N, or auto (CUDA when present).
+    # (mixed_precision, from the plan: bfloat16 autocast of the forward passes where a worker's
+    # model is on CUDA; nothing on a CPU worker, whose scores are the full-precision scores.)
     device: str = "cpu"
-    # training.mixed_precision: bfloat16 autocast of the forward passes where a worker's model
-    # is on CUDA; nothing on a CPU worker (its scores are the full-precision scores).
-    mixed_precision: bool = False
+
+    @classmethod
+    def of_plan(cls, plan: ScoringPlan, **where: Any) -> ShardJob:
+        """The job that scores `plan` in shards; `where`: model_dir, pool_dir and the rest."""
+        fields = {field.name: getattr(plan, field.name) for field in dataclasses.fields(plan)}
+        return cls(**fields, **where)
 
     def __post_init__(self) -> None:
         # Paths as strings: the job pickles small and the same on every machine.
@@ -211,7 +210,12 @@ class ShardJob:
             not isinstance(self.chunk_size, int) or self.chunk_size < 1
         ):
             raise ShardingError(f"chunk_size must be None or >= 1, got {self.chunk_size!r}")
-        if self.mode != "random":
+        if self.needs & WHOLE_POOL_NEEDS:
+            raise ShardingError(
+                f"a shard cannot give what the plan needs of the whole pool in one process: "
+                f"{', '.join(sorted(self.needs & WHOLE_POOL_NEEDS))}"
+            )
+        if self.needs_model:
             from baldflow.acquisition.scores import get_score
 
             try:
@@ -221,8 +225,9 @@ class ShardJob:
 
     @property
     def needs_model(self) -> bool:
-        """Random selection uses only the ids' noise: no model pass at all (as in one process)."""
-        return self.mode != "random"
+        """Random selection uses only the ids' noise, and a plan without a score scores every
+        sample 0: no model pass at all (as in one process)."""
+        return self.mode != "random" and self.score is not None
 
     @property
     def needs_ranks(self) -> bool:
@@ -496,8 +501,6 @@ def _checked_ranges(shards: int | Sequence[tuple[int, int]], count: int) -> list
     if isinstance(shards, int) and not isinstance(shards, bool):
         if shards < 1:
             raise ShardingError(f"shards must be >= 1, got {shards}")
-        from baldflow.data.ondisk import shard_ranges
-
         return shard_ranges(count, shards)
     ranges = [(int(start), int(stop)) for start, stop in shards]
     if not ranges:
@@ -608,22 +611,13 @@ def shard_job(
     scores_dir: str | Path | None,
 ) -> Any:
     """The `sharding.ShardJob` that scores a round's pool as `score_pool` would in one process:
-    the same plan (score, K, masks, selection), one torch thread per worker process."""
-    plan = scoring_plan(config, seed)
-    return ShardJob(
+    the round's plan itself (score, K, masks, selection), one torch thread per worker process."""
+    return ShardJob.of_plan(
+        scoring_plan(config, seed),
         model_dir=str(model_dir),
         pool_dir=str(pool_dir),
-        score=plan.score or "bald",  # random: unused, no model pass
-        mc_samples=plan.mc_samples,
-        mask_seed=plan.mask_seed,
-        chunk_size=plan.chunk_size,
-        batch_size=plan.batch_size,
-        mode=plan.mode,
-        coldness=plan.coldness,
-        selection_seed=plan.selection_seed,
         torch_threads=1,
         exclude_file=None if exclude_file is None else str(exclude_file),
         scores_dir=None if scores_dir is None else str(scores_dir),
         device=config.training.device,
-        mixed_precision=config.training.mixed_precision,
     )

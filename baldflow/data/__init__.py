@@ -1,5 +1,7 @@
-"""Data sources selectable by name, pool repetition with noise, and stable sample ids."""
+"""Data sources selectable by name, pool repetition with noise, stable sample ids, and a
+campaign's pool (`CampaignPool`) held in memory or streamed from disk."""
 
+from baldflow.data.campaign import open_campaign_pool
 from baldflow.data.disk_source import (
     DISK_SOURCE,
     DiskSource,
@@ -11,6 +13,8 @@ from baldflow.data.disk_source import (
     open_disk_source,
     spill_pool,
 )
+from baldflow.data.memory_pool import MemoryPool
+from baldflow.data.pool import CampaignPool
 from baldflow.data.repeat import (
     REPEAT_SEPARATOR,
     prepare_pool,
@@ -26,8 +30,10 @@ from baldflow.data.splits import (
     balanced_initial_indices,
     derived_seed,
 )
+from baldflow.data.streamed_pool import StreamedPool
 
 __all__ = [
+    "CampaignPool",
     "DEFAULT_SOURCE",
     "REPEAT_SEPARATOR",
     "SOURCES",
@@ -40,10 +46,13 @@ __all__ = [
     "DiskSourceLabelError",
     "DiskSourceMismatchError",
     "DiskSourceNotFoundError",
+    "MemoryPool",
     "SpillError",
+    "StreamedPool",
     "balanced_initial_indices",
     "derived_seed",
     "load_source",
+    "open_campaign_pool",
     "open_disk_source",
     "prepare_pool",
     "read_idx",

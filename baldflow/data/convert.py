@@ -20,9 +20,9 @@ from baldflow.data.ondisk import (
     DiskPool,
     PoolExistsError,
     PoolWriter,
-    RowPool,
-    open_pool,
 )
+from baldflow.data.pool_formats import open_pool
+from baldflow.data.row_pool import RowPool
 
 # Rows read and written at a time: 8,192 28x28 images are 6 MB as uint8.
 CONVERT_CHUNK_ROWS = 8192

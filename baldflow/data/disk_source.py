@@ -14,8 +14,8 @@ The layout of a disk source directory ``<root>``:
 
 Each part is a complete DiskPool directory (see `baldflow.data.ondisk`), an image folder
 ``<part>/<class>/<image>`` or an uncompressed ``<part>.npz`` (both read in place, see
-`baldflow.data.lazy_pools`). Build a DiskPool source with
-``python benchmarks/make_pool.py --campaign-source --out DIR``.
+`baldflow.data.lazy_pools`), opened by `baldflow.data.pool_formats.open_pool`. Build a
+DiskPool source with ``python benchmarks/make_pool.py --campaign-source --out DIR``.
 
 `spill_pool` goes the other way: it writes an in-memory pool to a DiskPool directory, so Dask
 workers can read it by row range too.
@@ -41,14 +41,12 @@ from baldflow.common import short_repr
 from baldflow.data.ondisk import (
     DATA_FILES,
     META_FILE,
-    UNKNOWN_LABEL,
     DiskPool,
-    DiskPoolError,
     PoolWriter,
-    RowPool,
-    _fsync_path,
-    open_pool,
+    fsync_path,
 )
+from baldflow.data.pool_formats import open_pool
+from baldflow.data.row_pool import UNKNOWN_LABEL, DiskPoolError, RowPool
 from baldflow.data.splits import DataNotFoundError, DataSourceError, derived_seed
 from baldflow.seeds import id_hashes
 
@@ -402,7 +400,7 @@ def spill_pool(
             f.write(key + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_path(tmp)
+        fsync_path(tmp)
         _install(tmp, directory, key)
     finally:
         if tmp.exists():
@@ -501,7 +499,7 @@ def _install(tmp: Path, directory: Path, key: str) -> None:
     for _ in range(5):
         try:
             os.rename(tmp, directory)
-            _fsync_path(directory.parent)
+            fsync_path(directory.parent)
             return
         except OSError:
             if not directory.exists():

@@ -35,13 +35,13 @@ import torch
 from numpy.lib import format as npy_format
 
 from baldflow.common import short_repr, text_problem
-from baldflow.data.ondisk import (
+from baldflow.data.row_pool import (
     SUPPORTED_DTYPES,
     PoolFormatError,
     PoolNotFoundError,
     RowPool,
-    _pread_into,
     file_sha256,
+    pread_into,
 )
 from baldflow.data.sources import GRAYSCALE_MODES, IMAGE_SUFFIXES, npz_texts, open_image
 
@@ -191,7 +191,7 @@ class NpzPool(RowPool):
 
     def _read(self, member: _Member, start: int, stop: int, shape) -> np.ndarray:
         out = np.empty((stop - start, *shape), dtype=member.dtype)
-        _pread_into(self._fd, out, member.offset + start * member.row_bytes)
+        pread_into(self._fd, out, member.offset + start * member.row_bytes)
         return out
 
     def raw_rows(self, start: int, stop: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A pool that lives on disk and is read by row ranges, with a small manifest for versioning.
+"""A pool directory on disk, written in batches and read by row ranges (`DiskPool`).
 
 Why: pools grow to millions of samples, scored in shards by Dask workers. Loading the whole pool
 into every worker (as `DataSplits` does) would cost N rows of memory per worker and a full read
@@ -28,11 +28,9 @@ reason (dirty mapped pages count as resident until written back).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
-import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -41,35 +39,32 @@ import torch
 from numpy.lib.format import open_memmap
 
 from baldflow.common import short_repr, text_problem
-from baldflow.data.splits import DataNotFoundError, DataSourceError
+from baldflow.data.row_pool import (
+    CHUNK_BYTES,
+    DEFAULT_SCALE,
+    SUPPORTED_DTYPES,
+    UNKNOWN_LABEL,
+    DiskPoolError,
+    PoolFormatError,
+    PoolNotFoundError,
+    RowPool,
+    file_sha256,
+    find_duplicate_ids,
+    id_key,
+    pread_into,
+)
+from baldflow.data.splits import DataSourceError, check_texts
 
 FORMAT_VERSION = 1
 X_FILE, Y_FILE, IDS_FILE, META_FILE = "x.npy", "y.npy", "ids.txt", "pool.json"
 DATA_FILES = (X_FILE, Y_FILE, IDS_FILE)
-SUPPORTED_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
-DEFAULT_SCALE = {"uint8": 1.0 / 255.0, "float32": 1.0}
-UNKNOWN_LABEL = -1
-# Hashing and id scans stream files in chunks of this size: memory stays bounded for any N.
-CHUNK_BYTES = 4 << 20
 # uint8 rows are scaled to float through a buffer of this size (see `DiskPool.rows`).
 READ_CHUNK_BYTES = 1 << 20
-
-
-class DiskPoolError(DataSourceError):
-    """An on-disk pool cannot be written or read as asked."""
-
-
-class PoolNotFoundError(DiskPoolError, DataNotFoundError):
-    """The pool directory does not exist."""
 
 
 class IncompletePoolError(DiskPoolError):
     """The directory holds a pool whose writing did not finish (no pool.json, or a data file
     missing): reading it would return rows that were never written."""
-
-
-class PoolFormatError(DiskPoolError):
-    """A pool's files contradict pool.json or each other (corrupt, edited or truncated)."""
 
 
 class PoolExistsError(DiskPoolError, FileExistsError):
@@ -84,34 +79,8 @@ class PoolIdError(PoolWriteError):
     """A sample id is not acceptable text, or appears twice."""
 
 
-class PoolRangeError(DiskPoolError, IndexError):
-    """A row range or shard count outside the pool."""
-
-
-class UnknownIdError(DiskPoolError, KeyError):
-    """A sample id asked for is not in the pool."""
-
-    def __str__(self) -> str:  # KeyError would show the message quoted as a repr
-        return str(self.args[0]) if self.args else ""
-
-
 # ---------------------------------------------------------------------------------------------
 # Low-level positioned I/O.
-
-
-def _pread_into(fd: int, buffer: np.ndarray, position: int) -> None:
-    """Fill `buffer` (C-contiguous) from `fd` at byte `position`, looping over short reads."""
-    if buffer.size == 0:
-        return
-    view = memoryview(buffer.reshape(-1)).cast("B")
-    done = 0
-    while done < len(view):
-        got = os.preadv(fd, [view[done:]], position + done)
-        if got == 0:
-            raise PoolFormatError(
-                f"file ended {len(view) - done} bytes early at byte {position + done}"
-            )
-        done += got
 
 
 def _pwrite_all(fd: int, data: np.ndarray, position: int) -> None:
@@ -123,7 +92,7 @@ def _pwrite_all(fd: int, data: np.ndarray, position: int) -> None:
         done += os.pwrite(fd, view[done:], position + done)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -131,7 +100,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
+def write_json_atomically(path: Path, payload: dict) -> None:
     """Write to a temporary name, fsync, rename: a reader sees the old file or the whole new
     one, never a half-written one (pool.json's presence is what marks a pool complete)."""
     path = Path(path)
@@ -142,13 +111,7 @@ def _write_json_atomically(path: Path, payload: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
-def _id_key(sample_id: str) -> str:
-    """Two ids that differ only in Unicode normalisation look identical: compare them as one
-    (the same rule as `check_texts`). ASCII ids, the common case, skip the normalisation."""
-    return sample_id if sample_id.isascii() else unicodedata.normalize("NFC", sample_id)
+    fsync_path(path.parent)
 
 
 def _as_numpy(values, what: str) -> np.ndarray:
@@ -211,8 +174,6 @@ class PoolWriter:
             raise PoolWriteError(f"scale must be a positive finite number, got {scale!r}")
         if class_names is not None:
             class_names = [str(c) for c in class_names]
-            from baldflow.data.splits import check_texts
-
             try:
                 check_texts("class name", class_names, f"pool {self.directory}")
             except DataSourceError as error:
@@ -233,7 +194,7 @@ class PoolWriter:
                     f"replace it"
                 )
             meta.unlink()
-            _fsync_path(self.directory)
+            fsync_path(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
 
         # open_memmap lays out each .npy (header + full size, sparse until written); the rows
@@ -306,7 +267,7 @@ class PoolWriter:
                     f"{self.directory}: sample id {short_repr(str(sample_id))} at row "
                     f"{self.written + i} {problem}"
                 )
-            hashes[i] = hash(_id_key(sample_id))
+            hashes[i] = hash(id_key(sample_id))
         start = self.written
         _pwrite_all(self._x_fd, x, self._x_offset + start * self._x_row_bytes)
         _pwrite_all(self._y_fd, y, self._y_offset + start * 8)
@@ -321,7 +282,7 @@ class PoolWriter:
         if self.count < 2:
             return
         order = np.argsort(self._hashes, kind="stable")
-        found = _duplicate_ids(
+        found = find_duplicate_ids(
             self._hashes[order], order, lambda rows: _read_id_rows(self.directory / IDS_FILE, rows)
         )
         if found is not None:
@@ -366,7 +327,7 @@ class PoolWriter:
             "class_names": self.class_names,
             "files": {"x": X_FILE, "y": Y_FILE, "ids": IDS_FILE},
         }
-        _write_json_atomically(self.directory / META_FILE, meta)
+        write_json_atomically(self.directory / META_FILE, meta)
 
     def abort(self) -> None:
         """Stop without writing pool.json: the directory stays an incomplete pool."""
@@ -391,29 +352,6 @@ class PoolWriter:
             self.abort()
 
 
-def _duplicate_ids(sorted_hashes: np.ndarray, order: np.ndarray, read_ids) -> tuple | None:
-    """The first pair of rows (in row order) whose ids are the same up to Unicode
-    normalisation, from the rows' id hashes sorted (`order`: their rows), or None.
-
-    Equal hashes are compared by their texts (a collision is not a duplicate); `read_ids(rows)`
-    gives the ids of sorted rows, read once for the few rows concerned. Returns (first row,
-    second row, {row: id}, how many such pairs there are)."""
-    same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
-    if same.size == 0:
-        return None
-    rows = sorted({int(order[i]) for i in same} | {int(order[i + 1]) for i in same})
-    texts = dict(zip(rows, read_ids(rows), strict=True))
-    pairs = []
-    for i in same:
-        a, b = sorted((int(order[i]), int(order[i + 1])))
-        if _id_key(texts[a]) == _id_key(texts[b]):
-            pairs.append((b, a))
-    if not pairs:
-        return None
-    second, first = min(pairs)
-    return first, second, texts, len(pairs)
-
-
 def _read_id_rows(path: Path, rows: list[int]) -> list[str]:
     """The ids at sorted `rows` of an ids file, by one streaming pass (for the few rows of a
     duplicate report; `DiskPool.ids` is the indexed way)."""
@@ -432,176 +370,6 @@ def _read_id_rows(path: Path, rows: list[int]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading.
-
-
-class RowPool:
-    """What every pool read by row ranges offers, whatever holds its rows.
-
-    A subclass sets `directory` (the path it reopens from: a folder or a file), `count`,
-    `shape`, `sample_shape`, `dtype` (as stored: uint8 or float32), `scale` and `class_names`,
-    and implements `raw_rows`, `labels`, `ids`, `content_files` and `file_stamps`; the float
-    rows, shard ranges and the id index come from here. `DiskPool` (this module's format) is
-    one; `baldflow.data.lazy_pools` has an uncompressed .npz and an image folder read in place.
-    Open any of them with `open_pool`.
-    """
-
-    directory: Path
-    count: int
-    shape: tuple[int, ...]
-    sample_shape: tuple[int, ...]
-    dtype: np.dtype
-    scale: float
-    class_names: list[str] | None
-    _index: tuple[np.ndarray, np.ndarray] | None = None
-
-    def _describe(self, directory, count, sample_shape, dtype, class_names) -> None:
-        """Set the layout attributes; the scale is the stored dtype's default (1/255 for
-        uint8: images)."""
-        self.directory = Path(directory)
-        self.count = int(count)
-        self.sample_shape = tuple(int(s) for s in sample_shape)
-        self.shape = (self.count, *self.sample_shape)
-        self.dtype = np.dtype(dtype)
-        self.scale = DEFAULT_SCALE[self.dtype.name]
-        self.class_names = list(class_names) if class_names else None
-        self._index = None
-
-    def __len__(self) -> int:
-        return self.count
-
-    def close(self) -> None:
-        """Release what the reader holds open (nothing, unless a subclass says otherwise)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # -- what a subclass provides -------------------------------------------------------------
-
-    def raw_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as stored (uint8 or float32), a fresh array."""
-        raise NotImplementedError
-
-    def labels(self, start: int, stop: int) -> torch.Tensor:
-        """Labels [start, stop) as int64 (-1: unknown or held back)."""
-        raise NotImplementedError
-
-    def ids(self, start: int, stop: int) -> list[str]:
-        """Sample ids of rows [start, stop)."""
-        raise NotImplementedError
-
-    def content_files(self) -> dict[str, dict]:
-        """{name: {"bytes", "sha256", ...}} of what holds the pool's content, for `manifest`
-        (streamed: never a whole file in memory)."""
-        raise NotImplementedError
-
-    def file_stamps(self) -> dict:
-        """Sizes, mtimes and inodes of the pool's files: `cached_manifest` rehashes when they
-        change."""
-        raise NotImplementedError
-
-    # -- generic -----------------------------------------------------------------------------
-
-    def _check_range(self, start: int, stop: int) -> tuple[int, int]:
-        start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= self.count:
-            raise PoolRangeError(
-                f"row range [{start}, {stop}) is outside the pool's rows [0, {self.count})"
-            )
-        return start, stop
-
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) as float32 (stored values times the pool's scale)."""
-        raw = self.raw_rows(start, stop)
-        out = raw.astype(np.float32, copy=False)
-        if self.scale != 1.0:
-            out = np.multiply(out, np.float32(self.scale), dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(out))
-
-    def shard_ranges(self, shards: int) -> list[tuple[int, int]]:
-        """`shards` contiguous row ranges covering the pool in order, sizes differing by at most
-        one; with more shards than rows some ranges are empty (a worker gets nothing to do)."""
-        if isinstance(shards, bool) or not isinstance(shards, int | np.integer) or shards < 1:
-            raise PoolRangeError(f"shards must be an integer >= 1, got {shards!r}")
-        return shard_ranges(self.count, int(shards))
-
-    def _id_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted id hashes, their rows), built once by streaming the ids in shards."""
-        if self._index is None:
-            hashes = np.empty(self.count, dtype=np.int64)
-            for start, stop in shard_ranges(self.count, max(1, math.ceil(self.count / 65536))):
-                chunk = self.ids(start, stop)
-                hashes[start:stop] = np.fromiter(
-                    (hash(_id_key(i)) for i in chunk), dtype=np.int64, count=stop - start
-                )
-            order = np.argsort(hashes, kind="stable")
-            self._index = (hashes[order], order)
-        return self._index
-
-    def check_ids(self) -> None:
-        """Refuse ids that are not usable sample ids (`baldflow.common.text_problem`) or that
-        occur twice, naming the rows. One streamed pass plus the id index (16 bytes a row).
-
-        A `DiskPool` was checked when it was written; a pool read in place (an .npz, an image
-        folder) was not, so the flow checks it once when a campaign opens it."""
-        for start, stop in shard_ranges(self.count, max(1, math.ceil(self.count / 65536))):
-            for row, sample_id in enumerate(self.ids(start, stop), start):
-                problem = text_problem(sample_id)
-                if problem:
-                    raise PoolFormatError(
-                        f"{self.directory}: row {row} has the id {short_repr(sample_id)}, "
-                        f"which {problem}"
-                    )
-        sorted_hashes, order = self._id_index()
-        found = _duplicate_ids(
-            sorted_hashes, order, lambda rows: [self.ids(r, r + 1)[0] for r in rows]
-        )
-        if found is not None:
-            first, second, texts, _ = found
-            raise PoolFormatError(
-                f"{self.directory}: rows {first} and {second} have the same id "
-                f"{short_repr(texts[first])}; sample ids must be unique"
-            )
-
-    def positions(self, ids: Iterable[str]) -> np.ndarray:
-        """Row numbers of sample ids, in the order given (UnknownIdError names the first id not
-        in the pool)."""
-        ids = list(ids)
-        sorted_hashes, order = self._id_index()
-        wanted = np.fromiter((hash(_id_key(i)) for i in ids), dtype=np.int64, count=len(ids))
-        left = np.searchsorted(sorted_hashes, wanted, side="left")
-        right = np.searchsorted(sorted_hashes, wanted, side="right")
-        out = np.empty(len(ids), dtype=np.int64)
-        for k, (sample_id, lo, hi) in enumerate(zip(ids, left, right, strict=True)):
-            row = next(
-                (int(r) for r in order[lo:hi] if self.ids(int(r), int(r) + 1)[0] == sample_id),
-                None,
-            )
-            if row is None:
-                raise UnknownIdError(
-                    f"sample id {short_repr(str(sample_id))} is not in the pool {self.directory}"
-                )
-            out[k] = row
-        return out
-
-    def rows_by_ids(self, ids: Iterable[str]) -> torch.Tensor:
-        """Rows of the given sample ids as float32, in the order given: the labeled set for
-        training. Reads only those rows (ascending, so the disk sees one forward pass)."""
-        rows = self.positions(ids)
-        out = torch.empty((rows.size, *self.sample_shape), dtype=torch.float32)
-        for k in np.argsort(rows, kind="stable"):
-            out[k] = self.rows(int(rows[k]), int(rows[k]) + 1)[0]
-        return out
-
-    def labels_by_ids(self, ids: Iterable[str]) -> torch.Tensor:
-        """Labels of the given sample ids, in the order given (-1: unknown)."""
-        rows = self.positions(ids)
-        out = torch.empty(rows.size, dtype=torch.int64)
-        for k in np.argsort(rows, kind="stable"):
-            out[k] = self.labels(int(rows[k]), int(rows[k]) + 1)[0]
-        return out
 
 
 class DiskPool(RowPool):
@@ -685,7 +453,7 @@ class DiskPool(RowPool):
         """Rows [start, stop) as stored (uint8 or float32), a fresh array."""
         start, stop = self._check_range(start, stop)
         out = np.empty((stop - start, *self.sample_shape), dtype=self.dtype)
-        _pread_into(self._x_fd, out, int(self.x.offset) + start * self._row_bytes)
+        pread_into(self._x_fd, out, int(self.x.offset) + start * self._row_bytes)
         return out
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
@@ -698,7 +466,7 @@ class DiskPool(RowPool):
         out = np.empty((stop - start, *self.sample_shape), dtype=np.float32)
         position = int(self.x.offset) + start * self._row_bytes
         if self.dtype == np.float32:
-            _pread_into(self._x_fd, out, position)
+            pread_into(self._x_fd, out, position)
             if self.scale != 1.0:
                 out *= np.float32(self.scale)
             return torch.from_numpy(out)
@@ -707,7 +475,7 @@ class DiskPool(RowPool):
         scale = np.float32(self.scale)
         for i in range(0, stop - start, step):
             piece = buffer[: min(step, stop - start - i)]
-            _pread_into(self._x_fd, piece, position + i * self._row_bytes)
+            pread_into(self._x_fd, piece, position + i * self._row_bytes)
             np.multiply(piece, scale, out=out[i : i + piece.shape[0]], dtype=np.float32)
         return torch.from_numpy(out)
 
@@ -715,7 +483,7 @@ class DiskPool(RowPool):
         """Labels [start, stop) as int64 (-1: unknown or held back)."""
         start, stop = self._check_range(start, stop)
         out = np.empty(stop - start, dtype=np.int64)
-        _pread_into(self._y_fd, out, int(self.y.offset) + start * 8)
+        pread_into(self._y_fd, out, int(self.y.offset) + start * 8)
         return torch.from_numpy(out)
 
     def ids(self, start: int, stop: int) -> list[str]:
@@ -724,7 +492,7 @@ class DiskPool(RowPool):
         offsets = self._line_offsets()
         begin, end = int(offsets[start]), int(offsets[stop])
         buffer = np.empty(end - begin, dtype=np.uint8)
-        _pread_into(self._ids_fd, buffer, begin)
+        pread_into(self._ids_fd, buffer, begin)
         text = buffer.tobytes().decode("utf-8")
         return text.split("\n")[:-1] if text else []
 
@@ -737,7 +505,7 @@ class DiskPool(RowPool):
             position = 0
             while position < size:
                 chunk = np.empty(min(CHUNK_BYTES, size - position), dtype=np.uint8)
-                _pread_into(self._ids_fd, chunk, position)
+                pread_into(self._ids_fd, chunk, position)
                 ends.append(np.flatnonzero(chunk == 10) + (position + 1))
                 position += chunk.size
             newlines = np.concatenate([np.zeros(1, dtype=np.int64), *ends]).astype(np.int64)
@@ -769,26 +537,6 @@ class DiskPool(RowPool):
             stat = os.stat(self.directory / name)
             stamps[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
         return stamps
-
-
-def open_pool(path: str | Path) -> RowPool:
-    """Open the pool at `path`, whatever its format: a `DiskPool` directory (it has a
-    pool.json, or x.npy: an unfinished one is refused), an uncompressed `.npz` file, or an
-    image folder (path/<class>/<image>) read in place (`baldflow.data.lazy_pools`)."""
-    path = Path(path)
-    if path.is_dir() and ((path / META_FILE).exists() or (path / X_FILE).exists()):
-        return DiskPool.open(path)
-    from baldflow.data.lazy_pools import open_lazy_pool
-
-    return open_lazy_pool(path)
-
-
-def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
-    """Split rows [0, count) into `shards` contiguous near-equal ranges (see
-    `DiskPool.shard_ranges`); shard i is [i*count//shards, (i+1)*count//shards)."""
-    if shards < 1:
-        raise PoolRangeError(f"shards must be >= 1, got {shards}")
-    return [(i * count // shards, (i + 1) * count // shards) for i in range(shards)]
 
 
 def _check_meta(path: Path, meta: dict) -> None:
@@ -829,79 +577,3 @@ def _map(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
     if not array.flags.c_contiguous:
         raise PoolFormatError(f"{path} is stored in Fortran order; pools are row-major")
     return array
-
-
-# ---------------------------------------------------------------------------------------------
-# Manifest.
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, streamed in CHUNK_BYTES pieces (never the whole file in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def manifest(pool: RowPool | str | Path) -> dict:
-    """A small description of a pool's exact content, for versioning (e.g. with DVC) and for
-    checking that every worker scored the same pool: count, shape, dtype, scale, class names,
-    each data file's size and sha256, and one content hash over them (in the order the pool
-    lists its files). A pool read in place also names its `source` format. Costs one streamed
-    read of the files."""
-    if not isinstance(pool, RowPool):
-        pool = open_pool(pool)
-    files = pool.content_files()
-    combined = hashlib.sha256()
-    for name, entry in files.items():
-        combined.update(f"{name}\0{entry['sha256']}\n".encode())
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "count": pool.count,
-        "shape": list(pool.shape),
-        "dtype": pool.dtype.name,
-        "scale": pool.scale,
-        "class_names": pool.class_names,
-        "files": files,
-        "sha256": combined.hexdigest(),
-    }
-    if not isinstance(pool, DiskPool):
-        payload["source"] = type(pool).SOURCE_NAME
-    return payload
-
-
-def write_manifest(pool: RowPool | str | Path, path: str | Path) -> dict:
-    """Write `manifest(pool)` as JSON (sorted keys, atomically) to `path`; returns it."""
-    payload = manifest(pool)
-    _write_json_atomically(Path(path), payload)
-    return payload
-
-
-def cached_manifest(pool: RowPool, cache_dir: str | Path | None = None) -> dict:
-    """`manifest(pool)`, remembered per pool directory with its files' sizes, mtimes and inodes.
-
-    Why: the manifest hashes every byte (about 1.5 s per GB here), and a campaign asks for it
-    at every start; a billion-sample pool would spend half an hour on it each time. A changed,
-    replaced or rewritten file changes its stamp, so the cache cannot serve a stale hash.
-    The cache lives in `cache_dir` (default $XDG_CACHE_HOME/baldflow/manifests), never in the
-    pool's own directory, which may be read-only or shared.
-    """
-    if cache_dir is None:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        cache_dir = base / "baldflow" / "manifests"
-    key = hashlib.sha256(str(pool.directory.resolve()).encode()).hexdigest()[:32]
-    path = Path(cache_dir) / f"{key}.json"
-    stamps = pool.file_stamps()
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        cached = json.loads(path.read_text(encoding="utf-8"))
-        if cached["stamps"] == stamps and cached["directory"] == str(pool.directory.resolve()):
-            return cached["manifest"]
-    payload = manifest(pool)
-    with contextlib.suppress(OSError):  # no cache is only slower
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomically(
-            path,
-            {"directory": str(pool.directory.resolve()), "stamps": stamps, "manifest": payload},
-        )
-    return payload

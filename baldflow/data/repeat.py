@@ -6,6 +6,7 @@ import re
 
 import torch
 
+from baldflow.data.sources import load_source
 from baldflow.data.splits import (
     DataSourceError,
     DataSplits,
@@ -89,8 +90,6 @@ def prepare_pool(
     if isinstance(source, DataSplits):
         splits = source
     else:
-        from baldflow.data.sources import load_source
-
         splits = load_source(source, root=root, seed=seed, **options)
     initial = balanced_initial_indices(
         splits.pool_y,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+
+from baldflow.common import short_repr, text_problem
 
 
 class DataSourceError(ValueError):
@@ -150,10 +153,6 @@ def check_texts(kind: str, values: list[str], where: str) -> None:
     only in Unicode normalisation (e.g. 'é' as one code point or as 'e' plus a combining
     accent) look the same to a person and a spreadsheet may store either: refused as well.
     """
-    import unicodedata
-
-    from baldflow.common import short_repr, text_problem
-
     seen: dict[str, int] = {}
     for position, value in enumerate(values):
         problem = text_problem(value)

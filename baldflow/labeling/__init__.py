@@ -20,6 +20,7 @@ from baldflow.labeling.oracles import (
     LabelsPendingError,
     Oracle,
     OracleError,
+    PoolOracle,
     SimulatedOracle,
 )
 from baldflow.labeling.registry import ORACLE_KINDS, build_oracle
@@ -36,6 +37,7 @@ __all__ = [
     "Oracle",
     "OracleError",
     "PendingRound",
+    "PoolOracle",
     "SimulatedOracle",
     "WaitingForLabels",
     "build_oracle",

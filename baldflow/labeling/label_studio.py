@@ -7,12 +7,15 @@ add about 240 MB for nothing more. Written against Label Studio 1.23.2.
 Where the server is (`connect`): `oracle.label_studio.url` names one a team runs, with its
 API token in the environment (BALDFLOW_LABEL_STUDIO_TOKEN, never in params.yaml); left empty,
 it is the workspace's own server that `baldflow label-studio up` started in
-<workspace>/label-studio, whose token lives in that folder's credentials file.
+<workspace>/label-studio, whose token lives in that folder's credentials file. Labeling never
+starts or locates a server: the layers that run them (the application layer, the CLI, the
+tasks; baldflow.stack.label_studio.workspace_connection) hand `connect` the workspace's own.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,6 @@ from typing import Any
 from baldflow.labeling.oracles import OracleError
 
 TOKEN_ENV = "BALDFLOW_LABEL_STUDIO_TOKEN"
-LOCAL_SERVER_DIR = "label-studio"
 # Pages of the list endpoints; a batch is a few hundred tasks at most.
 PAGE_SIZE = 500
 
@@ -46,7 +48,13 @@ class Connection:
         return f"Connection(url={self.url!r}, document_root={self.document_root!r})"
 
 
-def connect(settings: Any, workspace_root: str | Path) -> Connection:
+# (url, API token, document root) of the workspace's own server, from whoever runs it: called
+# only when `oracle.label_studio.url` names no server, and raises LookupError when none runs
+# (baldflow.stack.label_studio.workspace_connection is one).
+WorkspaceServer = Callable[[], tuple[str, str, Path]]
+
+
+def connect(settings: Any, workspace_server: WorkspaceServer) -> Connection:
     """The connection that `oracle.label_studio` describes (see the module docstring)."""
     if settings.url:
         token = os.environ.get(TOKEN_ENV, "").strip()
@@ -58,12 +66,9 @@ def connect(settings: Any, workspace_root: str | Path) -> Connection:
             )
         root = Path(settings.document_root).expanduser() if settings.document_root else None
         return Connection(settings.url.rstrip("/"), token, root)
-    from baldflow.stack import label_studio as server
-
-    home = Path(workspace_root) / LOCAL_SERVER_DIR
     try:
-        url, token, document_root = server.connection(home)
-    except server.LabelStudioError as exc:
+        url, token, document_root = workspace_server()
+    except LookupError as exc:
         raise LabelStudioError(str(exc)) from None
     if settings.document_root:
         document_root = Path(settings.document_root).expanduser()
@@ -75,9 +80,9 @@ def project_address(url: str, project_id: int) -> str:
     return f"{url.rstrip('/')}/projects/{int(project_id)}/data"
 
 
-def client_for(settings: Any, workspace_root: str | Path) -> LabelStudioClient:
-    """A client for the server that `oracle.label_studio` names."""
-    return LabelStudioClient(connect(settings, workspace_root))
+def client_for(settings: Any, workspace_server: WorkspaceServer) -> LabelStudioClient:
+    """A client for the server that `oracle.label_studio` names (see connect)."""
+    return LabelStudioClient(connect(settings, workspace_server))
 
 
 class LabelStudioClient:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from baldflow.data.ondisk import RowPool
+    from baldflow.data.pool import CampaignPool
+    from baldflow.data.row_pool import RowPool
 
 
 class OracleError(RuntimeError):
@@ -64,7 +65,7 @@ class DiskPoolOracle:
     kind: str = "simulated"
 
     def label(self, sample_ids: Sequence[str]) -> list[int]:
-        from baldflow.data.ondisk import UNKNOWN_LABEL, UnknownIdError
+        from baldflow.data.row_pool import UNKNOWN_LABEL, UnknownIdError
 
         sample_ids = list(sample_ids)
         try:
@@ -90,10 +91,58 @@ class DiskPoolOracle:
         return ["simulated oracle"] * len(sample_ids)
 
     def _has(self, sample_id: str) -> bool:
-        from baldflow.data.ondisk import UnknownIdError
+        from baldflow.data.row_pool import UnknownIdError
 
         try:
             self.pool.positions([sample_id])
         except UnknownIdError:
+            return False
+        return True
+
+
+@dataclass
+class PoolOracle:
+    """The simulated oracle of a campaign's pool: answers with the labels the pool holds back
+    (`CampaignPool.known_labels`), whether the pool is in memory or read from disk by id.
+
+    Why not `SimulatedOracle`: a dict of every pool id costs about 150 MB per million in
+    CPython; the pool already knows how to look labels up. A held-back label of -1 (unknown) is
+    refused, never passed on as a class.
+    """
+
+    pool: CampaignPool = field(repr=False)
+    kind: str = "simulated"
+
+    def label(self, sample_ids: Sequence[str]) -> list[int]:
+        # The data layer (torch) is imported here, not with the module: `baldflow.labeling`
+        # stays quick to import for the commands that only read hand-offs.
+        from baldflow.data.row_pool import UNKNOWN_LABEL
+
+        sample_ids = list(sample_ids)
+        try:
+            labels = self.pool.known_labels(sample_ids).tolist()
+        except KeyError:
+            missing = [sid for sid in sample_ids if not self._has(sid)]
+            shown = ", ".join(str(sid) for sid in missing[:5])
+            raise OracleError(
+                f"the simulated oracle has no label for sample_id {shown} (not in the pool)"
+            ) from None
+        unknown = [sid for sid, y in zip(sample_ids, labels, strict=True) if y == UNKNOWN_LABEL]
+        if unknown:
+            shown = ", ".join(str(sid) for sid in unknown[:5])
+            raise OracleError(
+                f"the simulated oracle has no label for sample_id {shown}: the pool stores it "
+                f"as unknown (-1)"
+            )
+        return [int(y) for y in labels]
+
+    def labeled_by(self, sample_ids: Sequence[str]) -> list[str]:
+        """Who labeled each sample, for the ledger's `labeled_by` column."""
+        return ["simulated oracle"] * len(sample_ids)
+
+    def _has(self, sample_id: str) -> bool:
+        try:
+            self.pool.known_labels([sample_id])
+        except KeyError:
             return False
         return True

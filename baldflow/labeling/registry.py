@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from baldflow.labeling.handoff import FileOracle, HandOff
-from baldflow.labeling.oracles import Oracle, OracleError, SimulatedOracle
+from baldflow.labeling.oracles import Oracle, OracleError, PoolOracle
+
+if TYPE_CHECKING:
+    from baldflow.data.pool import CampaignPool
 
 ORACLE_KINDS = ("simulated", "file", "label-studio")
 
@@ -13,18 +16,17 @@ ORACLE_KINDS = ("simulated", "file", "label-studio")
 def build_oracle(
     kind: str,
     *,
-    pool_ids: Sequence[str],
-    pool_labels: Sequence[int],
+    pool: CampaignPool,
     handoff: HandOff | None = None,
 ) -> Oracle:
-    """The oracle of the configured kind for a prepared pool.
+    """The oracle of the configured kind for a campaign's pool.
 
-    `handoff` is where the `file` and `label-studio` oracles find people's labels (a pull
-    from Label Studio stores them there as a CSV import does).
+    The `simulated` oracle answers with the labels `pool` holds back. `handoff` is where the
+    `file` and `label-studio` oracles find people's labels (a pull from Label Studio stores
+    them there as a CSV import does).
     """
     if kind == "simulated":
-        labels = {sid: int(y) for sid, y in zip(pool_ids, pool_labels, strict=True)}
-        return SimulatedOracle(labels)
+        return PoolOracle(pool)
     if kind in ("file", "label-studio"):
         if not isinstance(handoff, HandOff):
             raise OracleError(f"oracle.kind {kind!r} needs the campaign's hand-off folder")

@@ -53,10 +53,18 @@ ADMIN = "admin@baldflow.local"
 LOG_NAME = "label-studio.log"
 # What a running server's command line contains (a recorded PID must still be one of ours).
 COMMAND_MARK = "label-studio start"
+# The folder of a workspace's own server, in the workspace (`baldflow label-studio up`'s default).
+LOCAL_SERVER_DIR = "label-studio"
 
 
 class LabelStudioError(ProcessStartError):
     """The Label Studio server could not be built, started, found or reached."""
+
+
+class NoLabelStudioServerError(LabelStudioError, LookupError):
+    """No server of ours runs for the folder. A LookupError as well: that is what
+    baldflow.labeling.label_studio.connect, which is handed workspace_connection and never
+    imports this module, turns into its own error."""
 
 
 def default_venv() -> Path:
@@ -317,12 +325,18 @@ def connection(home: str | Path) -> tuple[str, str, Path]:
     home = Path(home).absolute()
     running = _running(home)
     if running is None:
-        raise LabelStudioError(
+        raise NoLabelStudioServerError(
             f"no Label Studio is running for {home}: start it with `baldflow label-studio up "
             f"--dir {home}`, or set oracle.label_studio.url to a server the team runs"
         )
     server = LabelStudioServer(home, port=int(running["port"]))
     return server.url, server.token, server.document_root
+
+
+def workspace_connection(workspace_root: str | Path) -> tuple[str, str, Path]:
+    """connection() of the workspace's own server (<workspace>/label-studio): what the layers
+    that run servers hand labeling (baldflow.labeling.label_studio.connect)."""
+    return connection(Path(workspace_root) / LOCAL_SERVER_DIR)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@ what the round's scoring pass computed (same weights, same K consistent dropout 
 
 One registered model per campaign (`baldflow-<campaign>`), one version per round, found again by
 the round's run id so that a retried task, a resumed campaign or a repair never adds a second.
+This module stores and registers; the pyfunc itself (baldflow.serving.RoundModel) predicts, and
+is named here only in the code file MLflow runs to load it.
 """
 
 from __future__ import annotations
@@ -52,21 +54,30 @@ INPUT_EXAMPLE_ROWS = 2
 REQUIREMENTS = ("baldflow", "torch", "mlflow", "numpy", "pandas")
 
 # The pyfunc's code, loaded by MLflow's models-from-code: the class is imported, never unpickled.
+# Each registered version keeps its own copy (round_model.py), so the address written here is
+# the one that version is loaded by from then on (see __getattr__ for the older address).
 _MODEL_CODE = """\
 from mlflow.models import set_model
 
-from baldflow.workspace.registry import RoundModel
+from baldflow.serving import RoundModel
 
 set_model(RoundModel())
 """
 
 
+def __getattr__(name: str) -> Any:
+    """`RoundModel`, for versions registered before the pyfunc moved to baldflow.serving: their
+    round_model.py imports it from this module. Imported on that first use only, so storing and
+    registering rounds never imports the model's prediction (baldflow.inference)."""
+    if name == "RoundModel":
+        from baldflow.serving import RoundModel
+
+        return RoundModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class RegistryError(RuntimeError):
     """A round's model cannot be registered (its run lacks what rebuilding it needs)."""
-
-
-class RoundModelInputError(ValueError):
-    """Inputs given to a round model do not have the shape its network takes."""
 
 
 # ---------------------------------------------------------------------------- names and params
@@ -90,9 +101,9 @@ def round_alias(round_index: int) -> str:
 class RoundScoring:
     """The round's scoring pass: its seed (the round seed) and K, the MC dropout samples.
 
-    The masks are drawn from `generator_for(seed, STREAM_SCORE)`, as
-    baldflow.compute.scoring.score_pool draws them, so the pyfunc sees the same K posterior
-    samples the round acquired with.
+    Written as the pyfunc's `scoring` artifact (scoring.json), from which baldflow.serving
+    redraws the masks as baldflow.compute.scoring.score_pool draws them, so the pyfunc sees the
+    same K posterior samples the round acquired with.
     """
 
     seed: int
@@ -112,49 +123,7 @@ class RoundScoring:
         return json.dumps(dataclasses.asdict(self))
 
 
-# ---------------------------------------------------------------------------- the pyfunc
-def as_inputs(model_input: Any, input_shape: tuple[int, ...]) -> Any:
-    """A float32 tensor [N, *input_shape] from N rows of flattened features (a DataFrame,
-    array or tensor), or from inputs already in the network's shape."""
-    import numpy as np
-    import torch
-
-    if hasattr(model_input, "to_numpy"):
-        model_input = model_input.to_numpy()
-    x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-    features = int(np.prod(input_shape))
-    if x.ndim == 2 and x.shape[1] == features:
-        return x.reshape(x.shape[0], *input_shape)
-    if tuple(x.shape[1:]) == tuple(input_shape):
-        return x
-    raise RoundModelInputError(
-        f"round model inputs must be [N, {features}] flattened features or "
-        f"[N, {', '.join(map(str, input_shape))}], got shape {tuple(x.shape)}"
-    )
-
-
-def mc_predict(model: Any, x: Any, scoring: RoundScoring) -> tuple[Any, Any]:
-    """(probs_N_C, bald_N) in float64: the MC-averaged predictive and BALD of each row, under
-    the round's K masks. The masks are redrawn from the seed on every call, so any call, on
-    any subset of rows, in any chunking, gives each row the same numbers."""
-    from baldflow.acquisition.scores import bald
-    from baldflow.inference import predict_log_probs
-    from baldflow.seeds import STREAM_SCORE, generator_for
-
-    generator = generator_for(scoring.seed, STREAM_SCORE)
-    log_probs_N_K_C = predict_log_probs(model, x, scoring.mc_samples, generator)
-    probs_N_C = log_probs_N_K_C.double().exp().mean(1)
-    return probs_N_C, bald(log_probs_N_K_C)
-
-
-def prediction_frame(probs_N_C: Any, bald_N: Any) -> Any:
-    """Columns prob_0..prob_{C-1} and bald, one row per input."""
-    import pandas as pd
-
-    columns = {f"prob_{c}": probs_N_C[:, c].numpy() for c in range(probs_N_C.shape[1])}
-    return pd.DataFrame({**columns, "bald": bald_N.numpy()})
-
-
+# ---------------------------------------------------------------------------- the network
 def load_round_network(spec_path: str | Path, weights_path: str | Path) -> Any:
     """The round's network, rebuilt from its spec and weights, in eval mode on the CPU."""
     from baldflow.models.weights import ModelRebuildError, rebuild_model
@@ -166,35 +135,6 @@ def load_round_network(spec_path: str | Path, weights_path: str | Path) -> Any:
             f"cannot rebuild the round's network from {Path(spec_path).name} and "
             f"{Path(weights_path).name}: {error}"
         ) from error
-
-
-class RoundModel(mlflow.pyfunc.PythonModel):
-    """A round's MC dropout network as an MLflow pyfunc.
-
-    Input: N rows of float32 features, flattened (a DataFrame or array of shape [N, F]) or in
-    the network's input shape. Output: a DataFrame with the MC-averaged class probabilities
-    `prob_0..prob_{C-1}` and the `bald` score of each row, computed with the K consistent masks
-    of the round's scoring pass: deterministic, and equal to what the round computed.
-    """
-
-    def load_context(self, context: Any) -> None:
-        artifacts = context.artifacts
-        self.network = load_round_network(artifacts["spec"], artifacts["state_dict"])
-        scoring = json.loads(Path(artifacts["scoring"]).read_text())
-        self.scoring = RoundScoring(**scoring)
-        # Predicting sets the masks on the shared network: one request at a time.
-        self._lock = threading.Lock()
-
-    # MLflow derives checks from predict's type hints and warns (on import and on every save)
-    # when it cannot; the explicit signature already checks the inputs, so that path is off
-    # and predict is unannotated.
-    _skip_type_hint_validation = True
-
-    def predict(self, context, model_input, params=None):
-        x = as_inputs(model_input, tuple(self.network.spec["input_shape"]))
-        with self._lock:
-            probs_N_C, bald_N = mc_predict(self.network, x, self.scoring)
-        return prediction_frame(probs_N_C, bald_N)
 
 
 # ---------------------------------------------------------------------------- saving
@@ -242,10 +182,10 @@ def pip_requirements() -> tuple[str, ...]:
 
 def round_signature(spec: Mapping[str, Any]) -> Any:
     """The pyfunc's signature, from the network's spec alone: [N, F] float32 features in, the
-    columns prediction_frame gives (prob_0..prob_{C-1} and bald, float64) out. Written
-    directly rather than inferred from a prediction: inferring meant running the network's K
-    dropout passes on an example at every registration, for a signature that is the same for
-    every round of a campaign."""
+    columns baldflow.serving.prediction_frame gives (prob_0..prob_{C-1} and bald, float64)
+    out. Written directly rather than inferred from a prediction: inferring meant running the
+    network's K dropout passes on an example at every registration, for a signature that is the
+    same for every round of a campaign."""
     import numpy as np
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
