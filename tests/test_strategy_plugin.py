@@ -155,3 +155,30 @@ def test_what_is_not_a_strategy_is_refused_with_what_is_wrong():
     with pytest.raises(StrategyError, match="instance of baldflow.acquisition.Strategy"):
         register_strategy("power-bald")
     assert NAME not in STRATEGY_NAMES
+
+
+def test_the_docs_example_registers_and_chooses_through_acquire():
+    """docs/acquisition.md's example, run as written: it registers, and `acquire` chooses
+    distinct pool indices with it, the same indices under the same generator."""
+    import re
+    from pathlib import Path
+
+    from baldflow.acquisition import acquire
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "acquisition.md"
+    (example,) = re.findall(r"```py\n(.*?)```", page.read_text(), flags=re.S)
+    before = list(STRATEGY_NAMES)
+    try:
+        exec(compile(example, str(page), "exec"), {"__name__": "docs_example"})
+        assert get_strategy(NAME).needs == frozenset({EMBEDDINGS})
+        features_N_D = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+        picks = [
+            acquire(NAME, 4, features_N_D=features_N_D, generator=torch.Generator().manual_seed(1))
+            for _ in range(2)
+        ]
+        assert len(set(picks[0].indices.tolist())) == 4
+        assert torch.equal(picks[0].indices, picks[1].indices)
+    finally:
+        if NAME in STRATEGY_NAMES:
+            unregister_strategy(NAME)
+    assert list(STRATEGY_NAMES) == before
