@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 # The torch/torchvision builds that pip takes from this machine's local disk (x86_64, Python 3.11).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # pytest-xdist workers of `make test`: two cores, and the suite waits on servers and subprocesses
-# often enough that two workers keep both busy (TEST_WORKERS=0 runs it in one process).
+# often enough that two workers keep both busy (TEST_WORKERS=0 runs it in one process). A test
+# module runs on one worker (--dist loadfile), so its module fixtures are built once.
 TEST_WORKERS ?= 2
 
 .PHONY: run test test-fast lint lint-imports bench compare env clean
@@ -52,7 +53,7 @@ test: lint
 	bash .ci/ensure-postgresql
 	bash .ci/ensure-chromium
 	$(BIN)/python -m baldflow.stack.label_studio ensure-venv
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # Under two minutes on 2 cores, with no PostgreSQL, Chromium or Label Studio: the tests that need
 # nothing heavy (marker `pure`, set by tests/conftest.py) and one real three-round campaign

@@ -223,26 +223,7 @@ def _table_markers(item) -> set[str]:
     return {*MODULE_MARKERS.get(module, ()), *TEST_MARKERS.get(module, {}).get(name, ())}
 
 
-# -- Parallel runs (pytest-xdist, `make test` runs `-n 2 --dist loadgroup`). A module's tests
-# stay together on one worker (its module fixtures are built once), and the modules that share
-# a costly session server go to one worker together, so the session starts each server once. --
-
-SERVER_GROUPS = {
-    "label_studio_server": "label-studio",
-    "team_stack": "team-stack",
-    "team_mlflow_auth": "team-stack",
-}
-
-
-def _worker_group(item) -> str:
-    for fixture in item.fixturenames:
-        if fixture in SERVER_GROUPS:
-            return SERVER_GROUPS[fixture]
-    return item.path.name
-
-
 def pytest_collection_modifyitems(config, items):
-    modules_on_servers = {}
     for item in items:
         needs = _table_markers(item)
         for fixture in item.fixturenames:
@@ -250,12 +231,6 @@ def pytest_collection_modifyitems(config, items):
         needs.update(m.name for m in item.iter_markers() if m.name in HEAVY_MARKERS)
         for name in sorted(needs) or ["pure"]:
             item.add_marker(name)
-        group = _worker_group(item)
-        if group != item.path.name:
-            modules_on_servers[item.path.name] = group
-    for item in items:
-        group = modules_on_servers.get(item.path.name, item.path.name)
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

@@ -156,13 +156,21 @@ def test_git_tags_and_dvc_versions_agree_with_the_ledger(campaign3):
 def test_prefect_publishes_a_table_artifact_per_round(campaign3, prefect_harness):
     import httpx
 
-    workspace, _ = campaign3
+    workspace, result = campaign3
     ledger = read_ledger(Workspace(workspace).ledger_path("tiny"))
     keys = [f"tiny-round-{k:04d}" for k in (1, 2, 3)]
-    # Straight to the REST API: the 3.8 sync client sends nulls the server rejects.
+    # Straight to the REST API: the 3.8 sync client sends nulls the server rejects. Other
+    # tests of the session publish these keys too (their campaigns are named tiny as well):
+    # this campaign's flow run names its own.
     response = httpx.post(
         f"{prefect_harness}/artifacts/filter",
-        json={"artifacts": {"key": {"any_": keys}}, "sort": "KEY_ASC", "limit": 10, "offset": 0},
+        json={
+            "artifacts": {"key": {"any_": keys}},
+            "flow_runs": {"id": {"any_": [result["flow_run_id"]]}},
+            "sort": "KEY_ASC",
+            "limit": 10,
+            "offset": 0,
+        },
     )
     response.raise_for_status()
     found = {a["key"]: a for a in response.json()}
