@@ -33,26 +33,17 @@ def batch_evidence(
     the BatchBALD objective of exactly what was picked. Near-duplicates are copies of one
     source sample (`data.repeat`), the redundancy stochastic acquisition is meant to avoid.
     """
-    from baldflow.acquisition.quality import batch_overlap, batch_quality, mi_gap
+    from baldflow.acquisition.quality import batch_overlap, mi_gap
     from baldflow.data.repeat import split_repeat_id
-    from baldflow.inference import predict_log_probs
 
     if not selected.sample_ids:
         return {}
     started = time.perf_counter()
     a = config.acquisition
-    log_probs = predict_log_probs(
-        model, data.inputs(selected.sample_ids), a.mc_samples,
-        generator_for(seed, STREAM_SCORE), chunk_size=a.chunk_size,
-        mixed_precision=config.training.mixed_precision,
-    )  # fmt: skip
-    quality = batch_quality(
-        log_probs,
+    quality = _quality_of(
+        config, data, model, selected.sample_ids, seed,
         duplicate_key=lambda sid: split_repeat_id(sid)[0],
-        sample_ids=list(selected.sample_ids),
-        num_samples=a.batchbald_num_samples,
-        generator=generator_for(seed, STREAM_EVIDENCE),
-    )
+    )  # fmt: skip
     evidence = {f"batch_{k}" if not k.startswith("batch_") else k: v for k, v in quality.items()}
     evidence["seconds_evidence"] = time.perf_counter() - started
     if a.shadow_batchbald and a.strategy != SHADOW_STRATEGY and not data.streamed:
@@ -71,17 +62,7 @@ def batch_evidence(
         else:
             shadow_scored = score_pool(shadow_config, data, model, labeled_ids, seed)
         shadow = select_batch(shadow_config, shadow_scored, seed)
-        shadow_log_probs = predict_log_probs(
-            model, data.inputs(shadow.sample_ids), a.mc_samples,
-            generator_for(seed, STREAM_SCORE), chunk_size=a.chunk_size,
-            mixed_precision=config.training.mixed_precision,
-        )  # fmt: skip
-        shadow_quality = batch_quality(
-            shadow_log_probs,
-            sample_ids=list(shadow.sample_ids),
-            num_samples=a.batchbald_num_samples,
-            generator=generator_for(seed, STREAM_EVIDENCE),
-        )
+        shadow_quality = _quality_of(config, data, model, shadow.sample_ids, seed)
         evidence["shadow_overlap"] = batch_overlap(selected.sample_ids, shadow.sample_ids)
         evidence["shadow_joint_mi"] = shadow_quality["batch_joint_mi"]
         evidence["shadow_mi_gap"] = mi_gap(
@@ -89,3 +70,31 @@ def batch_evidence(
         )
         evidence["seconds_shadow"] = time.perf_counter() - started
     return {k: float(v) for k, v in evidence.items()}
+
+
+def _quality_of(
+    config: Config,
+    data: CampaignPool,
+    model: Any,
+    sample_ids: list[str],
+    seed: int,
+    duplicate_key: Any = None,
+) -> dict[str, Any]:
+    """`acquisition.quality.batch_quality` of one batch, its log-probs drawn with the round's
+    scoring masks (so its joint MI is the BatchBALD objective of exactly these samples)."""
+    from baldflow.acquisition.quality import batch_quality
+    from baldflow.inference import predict_log_probs
+
+    a = config.acquisition
+    log_probs = predict_log_probs(
+        model, data.inputs(sample_ids), a.mc_samples,
+        generator_for(seed, STREAM_SCORE), chunk_size=a.chunk_size,
+        mixed_precision=config.training.mixed_precision,
+    )  # fmt: skip
+    return batch_quality(
+        log_probs,
+        duplicate_key=duplicate_key,
+        sample_ids=list(sample_ids),
+        num_samples=a.batchbald_num_samples,
+        generator=generator_for(seed, STREAM_EVIDENCE),
+    )
