@@ -27,7 +27,9 @@ SECTIONS = ("campaign", "data", "model", "training", "acquisition", "oracle")
 # Sections of params.yaml that other readers of the file own, such as the `benchmark` section
 # of the strategy comparison (dvc.yaml). A campaign neither reads nor checks them: their owners
 # validate them, and this schema stays independent of theirs.
-FOREIGN_SECTIONS = frozenset({"benchmark"})
+# `plugins` is what a campaign recorded of its plug-ins beside its parameters (campaign.yaml,
+# plugin_record): read back with the record, never a parameter.
+FOREIGN_SECTIONS = frozenset({"benchmark", "plugins"})
 
 # Campaign names become git tags (<name>/round-NNNN), directory names and Prefect artifact keys,
 # which accept only lowercase letters, digits and dashes; one rule that suits all three.
@@ -78,8 +80,25 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
+    # A built-in network (mlp, cnn, batchbald-cnn, resnet18), an installed package's entry
+    # point (baldflow.models), `torchvision:ARCH`, or an import string package.module:callable.
     name: str = "mlp"
+    # The built-in networks' dropout rate; a plug-in model keeps the dropout layers it has.
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    # Keyword options of the model plug-in (the built-ins: hidden, stochastic_convs).
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Pretrained weights: a state_dict in a .pt/.pth or .safetensors file, loaded without
+    # running code. The path is this machine's; the file's sha256 is the campaign's identity.
+    weights: str | None = None
+    # The submodule applied last (e.g. fc, classifier), used to split the network into the
+    # part run once and the part run K times when torch.fx cannot trace it.
+    head: str | None = None
+    # Insert a dropout layer of this rate before the network's last linear layer (a network
+    # without dropout has nothing for MC dropout to sample).
+    head_dropout: float | None = Field(None, gt=0.0, lt=1.0)
+    # backbone: the part before the first dropout is frozen; its outputs for every sample are
+    # computed once and cached, and rounds train and score only the head on them.
+    freeze: Literal["none", "backbone"] = "none"
 
 
 class TrainingConfig(_Section):
@@ -98,6 +117,11 @@ class TrainingConfig(_Section):
     # CPU threads for torch during a campaign (0: torch's default). Small models on a busy
     # machine run several times faster on one thread than fighting for two.
     num_threads: int = Field(1, ge=0)
+    # Who trains the round's model: baldflow's loop (`baldflow`, the fields above), an installed
+    # package's entry point (baldflow.trainers) or an import string package.module:callable.
+    trainer: str = "baldflow"
+    # Keyword options of the trainer (a plug-in trainer's own; baldflow's loop takes none).
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class AcquisitionSettings(_Section):
@@ -132,7 +156,9 @@ def strategy_spelling(name: Any) -> Any:
     today's spelling, so they keep resuming and their record compares equal. No strategy name
     has an underscore any more, so the mapping cannot turn one valid name into another.
     """
-    return name.replace("_", "-") if isinstance(name, str) else name
+    if not isinstance(name, str) or ":" in name:  # an import string is spelled as written
+        return name
+    return name.replace("_", "-")
 
 
 class _StrategyChoice(_Section):
@@ -269,6 +295,9 @@ class Config(_Section):
         # per sample), do not change which samples get acquired.
         data["oracle"].pop("label_studio")
         data["acquisition"].pop("shadow_batchbald")
+        # Where the weights file lies is this machine's; its sha256 is the identity (recorded
+        # with the plug-ins, baldflow.compute.plugin_record).
+        data["model"].pop("weights")
         return data
 
     def record(self) -> dict[str, Any]:
@@ -284,6 +313,9 @@ class Config(_Section):
         """
         data = self.identity()
         data["campaign"]["rounds"] = self.campaign.rounds
+        # Kept so that `run --campaign NAME` finds the weights again; a moved file is fine
+        # as long as its sha256 is the recorded one.
+        data["model"]["weights"] = self.model.weights
         data["tracking"] = self.to_dict()["tracking"]
         return data
 
@@ -441,16 +473,18 @@ def validate(data: Mapping[str, Any] | None, *, check_names: bool = True) -> Con
 def scores_in_shards(config: Config) -> bool:
     """Whether a campaign's rounds score the pool in shards: on Dask workers, or read from
     disk shard by shard. The one rule: the checks here and the flow's scoring mode ask it."""
-    from baldflow.data import DISK_SOURCE
+    from baldflow.data.registry import source_streams
 
-    return config.scale.runner == "dask" or config.data.source == DISK_SOURCE
+    return config.scale.runner == "dask" or source_streams(config.data.source)
 
 
 def _sharded_by(config: Config) -> str | None:
     """The setting that makes the rounds score the pool in shards, as a message names it."""
     if not scores_in_shards(config):
         return None
-    return "scale.runner dask" if config.scale.runner == "dask" else "data.source disk"
+    if config.scale.runner == "dask":
+        return "scale.runner dask"
+    return f"data.source {config.data.source}"
 
 
 def _refuse(problems: list, prefix: str = "acquisition.") -> None:
@@ -484,29 +518,45 @@ def check_sharding(config: Config) -> None:
 
 
 def check_registry_names(config: Config) -> None:
-    """Check the names that registries resolve, listing the valid names on a mismatch."""
-    from baldflow.acquisition.strategies import STRATEGY_NAMES, suggest
-    from baldflow.data import DISK_SOURCE, SOURCES
-    from baldflow.models import MODELS
+    """Check the names that registries resolve, listing the valid names on a mismatch.
 
-    for field, value, valid in (
-        ("acquisition.strategy", config.acquisition.strategy, STRATEGY_NAMES),
-        ("model.name", config.model.name, MODELS),
-        ("data.source", config.data.source, [*SOURCES, DISK_SOURCE]),
+    A name may also be an installed package's entry point or an import string
+    (package.module:callable): those are only checked for their form here; preflight imports
+    them and checks them against their seam's contract (baldflow.compute.plugins).
+    """
+    from baldflow.acquisition.strategies import STRATEGIES, canonical_name, suggest
+    from baldflow.plugins import (
+        MODEL_PLUGINS,
+        SOURCE_PLUGINS,
+        STRATEGY_PLUGINS,
+        TRAINER_PLUGINS,
+    )
+
+    for field, value, registry in (
+        ("acquisition.strategy", config.acquisition.strategy, STRATEGY_PLUGINS),
+        ("model.name", config.model.name, MODEL_PLUGINS),
+        ("data.source", config.data.source, SOURCE_PLUGINS),
+        ("training.trainer", config.training.trainer, TRAINER_PLUGINS),
     ):
-        names = sorted(valid)
-        if value not in names:
-            # A bare score (`bald`) means that score under a selection mode, not the name
-            # spelled most alike (`badge`): the registry knows which strategies those are.
-            guesses = suggest(value) if field == "acquisition.strategy" else []
-            if not guesses:
-                guess = nearest(value, names)
-                guesses = [guess] if guess else []
-            hint = f"; did you mean {' or '.join(guesses)}?" if guesses else ""
-            raise ConfigError(
-                f"{field} must be one of {', '.join(names)}, got {value!r}{hint}", fields=(field,)
-            )
-    check_strategy(config)
+        if registry.knows(value):
+            continue
+        names = registry.names()
+        # A bare score (`bald`) means that score under a selection mode, not the name
+        # spelled most alike (`badge`): the registry knows which strategies those are.
+        guesses = suggest(value) if field == "acquisition.strategy" else []
+        if not guesses:
+            guess = nearest(value, names)
+            guesses = [guess] if guess else []
+        hint = f"; did you mean {' or '.join(guesses)}?" if guesses else ""
+        schemes = "".join(f", {scheme}:NAME" for scheme in sorted(registry.schemes))
+        raise ConfigError(
+            f"{field} must be one of {', '.join(names)}{schemes} or an import string "
+            f"package.module:callable, got {value!r}{hint}",
+            fields=(field,),
+        )
+    if canonical_name(config.acquisition.strategy) in STRATEGIES:
+        # A plug-in strategy's own checks run once preflight has imported it.
+        check_strategy(config)
     if config.training.device != "auto":
         import torch
 
@@ -673,3 +723,44 @@ def _from_overrides(field: str, typed: list[list[str]]) -> bool:
 def dump_yaml(config: Config) -> str:
     """The parameters as params.yaml text, sections in their documented order."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------- plug-ins
+def plugin_record(config: Config) -> dict[str, dict[str, Any]]:
+    """What a campaign records of the plug-ins it uses (campaign.yaml's `plugins`, every
+    round's MLflow run): per seam, the name and the providing package, and for a plug-in from
+    outside baldflow its version and code hash; the model's weights file's sha256.
+
+    Resolving imports the plug-ins: PluginError (one line) for one that does not load,
+    WeightsError for a weights file that is missing. A built-in is recorded by name: it is
+    baldflow's code, and a newer baldflow resumes campaigns its built-ins began.
+    """
+    from baldflow.models.weights import file_sha256
+    from baldflow.plugins import MODEL_PLUGINS, SOURCE_PLUGINS, STRATEGY_PLUGINS, TRAINER_PLUGINS
+
+    record: dict[str, dict[str, Any]] = {}
+    for kind, registry, spec in (
+        ("model", MODEL_PLUGINS, config.model.name),
+        ("source", SOURCE_PLUGINS, config.data.source),
+        ("trainer", TRAINER_PLUGINS, config.training.trainer),
+        ("strategy", STRATEGY_PLUGINS, config.acquisition.strategy),
+    ):
+        plugin = registry.resolve(spec)
+        entry = plugin.record()
+        if plugin.builtin:
+            entry = {"name": entry["name"], "package": entry["package"]}
+        record[kind] = entry
+    if config.model.weights is not None:
+        record["model"]["weights_sha256"] = file_sha256(config.model.weights)
+    return record
+
+
+def campaign_identity(config: Config) -> dict[str, Any]:
+    """The identity a resume is checked against: the parameters (Config.identity()) and the
+    plug-ins they name (plugin_record)."""
+    return {**config.identity(), "plugins": plugin_record(config)}
+
+
+def campaign_record(config: Config) -> dict[str, Any]:
+    """What a campaign's campaign.yaml holds: Config.record() and its plug-ins."""
+    return {**config.record(), "plugins": plugin_record(config)}

@@ -6,10 +6,8 @@ an MLflow run left RUNNING; found here it is one line with the `--set` that fixe
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,7 +15,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from baldflow.config import Config, ConfigError, check_registry_names, nearest, read_yaml
+from baldflow.config import (
+    Config,
+    ConfigError,
+    campaign_identity,
+    check_registry_names,
+    check_strategy,
+    nearest,
+    read_yaml,
+)
+from baldflow.data.source_checks import unwritable
 
 if TYPE_CHECKING:
     from baldflow.labeling.label_studio import WorkspaceServer
@@ -29,17 +36,8 @@ TRACKING_TIMEOUT_S = 3.0
 # Ports of the database URIs MLflow accepts as tracking URIs, when the URI names none.
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
-# The four IDX files of the MNIST family, as the loaders in baldflow.data.sources look for them.
-_IDX_STEMS = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
-
-# Keyword arguments that prepare_pool and load_source pass themselves, from their own fields:
-# the same name in data.options would collide with them at load time.
+# Keyword arguments that a source's open passes itself, from their own fields: the same name
+# in data.options would collide with them at load time.
 _OPTION_OWNERS = {
     "root": "data.root",
     "seed": "campaign.seed",
@@ -67,6 +65,7 @@ def check(
     root = Path(workspace_root)
     # Callers may have validated without the registries (check_names=False): names again.
     check_registry_names(config)
+    check_plugins(config)
     check_campaign(config, root)
     check_device(config.training.device)
     check_data(config)
@@ -74,6 +73,29 @@ def check(
     check_tracking(config.tracking.mlflow_uri, root)
     check_git_remote(root)
     check_label_studio(config, root, workspace_server)
+
+
+def check_plugins(config: Config) -> None:
+    """Every plug-in the campaign names imports and keeps its seam's contract as far as can be
+    told without data (a model's outputs are checked once the data's shape is known, before
+    the first round), and a weights file is there and safe to read."""
+    from baldflow.config import plugin_record
+    from baldflow.models.weights import WeightsError, read_pretrained
+    from baldflow.plugins import PluginError
+
+    try:
+        plugin_record(config)
+    except PluginError as error:
+        raise PreflightError(str(error)) from None
+    except (WeightsError, OSError) as error:
+        raise PreflightError(f"model.weights: {error}") from None
+    # A plug-in strategy's parameter checks (config validation leaves plug-ins unimported).
+    check_strategy(config)
+    if config.model.weights is not None:
+        try:
+            read_pretrained(config.model.weights)
+        except WeightsError as error:
+            raise PreflightError(f"model.weights: {error}") from None
 
 
 def check_label_studio(
@@ -204,7 +226,7 @@ def check_campaign(config: Config, workspace_root: Path) -> None:
     if not workspace.completed_rounds(name):
         return
     try:
-        workspace.check_campaign_params(name, config.identity())
+        workspace.check_campaign_params(name, campaign_identity(config))
     except ConfigError as exc:
         raise ConfigError(
             f"{exc}; to resume it as recorded: baldflow run --workspace {workspace_root} "
@@ -255,57 +277,27 @@ def check_device(device: str) -> None:
 
 # ---------------------------------------------------------------------------- data
 def check_data(config: Config) -> None:
-    """The data source's options exist and its files are where it will look for them."""
-    from baldflow.data import DISK_SOURCE, SOURCES
+    """The data source resolves, its options exist and its files are where it will look for
+    them (`DataSource.preflight`, the source's own check)."""
+    from baldflow.data.registry import data_source
+    from baldflow.data.source import SourceNotReadyError
+    from baldflow.plugins import PluginError
 
-    source = config.data.source
-    if source == DISK_SOURCE:
-        _check_disk_source(config.data.root)
-        return
+    try:
+        source = data_source(config.data.source)
+    except PluginError as error:
+        raise PreflightError(str(error)) from None
     options = dict(config.data.options)
-    _check_options(source, SOURCES[source], options)
+    _check_options(config.data.source, source.accepted_options(), options)
     root = Path(config.data.root).expanduser() if config.data.root else None
-    checker = _DATA_CHECKS.get(source)
-    if checker is not None:
-        checker(root, options)
+    try:
+        source.preflight(root, options)
+    except SourceNotReadyError as error:
+        raise PreflightError(str(error)) from None
 
 
-def _check_disk_source(root: str | None) -> None:
-    """A pool on disk: DIR/pool, DIR/val and DIR/test, each a finished pool directory
-    (pool.json written), an image folder of class folders, or DIR/<part>.npz."""
-    build = "python benchmarks/make_pool.py --campaign-source --out DIR builds one"
-    if root is None:
-        raise PreflightError(f"data.source disk needs data.root=DIR; {build}")
-    base = Path(root).expanduser()
-    missing = [part for part in ("pool", "val", "test") if not _disk_part_ready(base, part)]
-    if missing:
-        raise PreflightError(
-            f"data.root {base} lacks a finished pool in {', '.join(f'{m}/' for m in missing)} "
-            f"(each a directory with pool.json, x.npy, y.npy, ids.txt, an image folder "
-            f"<part>/<class>/<image>, or a <part>.npz saved with np.savez); {build}"
-        )
-
-
-def _disk_part_ready(base: Path, part: str) -> bool:
-    """Where the disk source finds the part (`part_path`), ready to open: an .npz, a pool
-    directory once its pool.json is written, or a folder of class folders without x.npy (an
-    image folder: its images are checked when the campaign opens it)."""
-    from baldflow.data.disk_source import part_path
-
-    path = part_path(base, part)
-    if path is None:
-        return False
-    if path.is_file() or (path / "pool.json").is_file():
-        return True
-    return not (path / "x.npy").exists() and any(p.is_dir() for p in path.iterdir())
-
-
-def _check_options(source: str, loader: Any, options: Mapping[str, Any]) -> None:
-    accepted = [
-        name
-        for name, parameter in inspect.signature(loader).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in _OPTION_OWNERS
-    ]
+def _check_options(source: str, accepted: list[str], options: Mapping[str, Any]) -> None:
+    accepted = [name for name in accepted if name not in _OPTION_OWNERS]
     for key, value in options.items():
         if key in _OPTION_OWNERS:
             owner = _OPTION_OWNERS[key]
@@ -332,163 +324,13 @@ def _cli(value: Any) -> str:
     return text.removesuffix("...").strip()
 
 
-def _idx_file(directory: Path, stem: str) -> bool:
-    return (directory / f"{stem}.gz").is_file() or (directory / stem).is_file()
-
-
-def _missing_idx(directory: Path) -> list[str]:
-    return [stem for stem in _IDX_STEMS if not _idx_file(directory, stem)]
-
-
-def _fetch_fix(name: str, root: Path | str) -> str:
-    return f"--set data.root={root} --set data.options.download=true (torchvision fetches {name})"
-
-
-def _check_download_target(source: str, root: Path) -> None:
-    problem = _unwritable(root)
-    if problem:
-        raise PreflightError(
-            f"data.source {source!r} with data.options.download=true writes to data.root "
-            f"{str(root)!r}, but {problem}; fix: --set data.root=<a writable directory>"
-        )
-
-
-def _check_mnist(root: Path | None, options: Mapping[str, Any]) -> None:
-    layout = (
-        "DIR/MNIST/raw/train-images-idx3-ubyte and the three other IDX files, or the four "
-        "IDX files (gzipped or not) in DIR itself"
-    )
-    if root is None:
-        raise PreflightError(
-            f"data.source 'mnist' reads its files from data.root, which is not set; fix: "
-            f"--set data.root=DIR ({layout}), or to fetch them: {_fetch_fix('MNIST', 'DIR')}"
-        )
-    if options.get("download"):
-        _check_download_target("mnist", root)
-        return
-    # The loader reads IDX files from root itself when the first is there, torchvision's
-    # layout (raw files, or the legacy processed/*.pt) otherwise.
-    if _idx_file(root, _IDX_STEMS[0]):
-        missing = _missing_idx(root)
-        if missing:
-            raise PreflightError(
-                f"MNIST is incomplete in data.root {str(root)!r}: missing "
-                f"{', '.join(s + '[.gz]' for s in missing)}; fix: put them there, or "
-                f"{_fetch_fix('MNIST', '<an empty directory>')}"
-            )
-        return
-    raw = root / "MNIST" / "raw"
-    processed = root / "MNIST" / "processed"
-    if all((raw / stem).is_file() for stem in _IDX_STEMS):
-        return
-    if (processed / "training.pt").is_file() and (processed / "test.pt").is_file():
-        return
-    raise PreflightError(
-        f"MNIST not found in data.root {str(root)!r} (looked for {layout}); fix: "
-        f"{_fetch_fix('MNIST', root)}, or --set data.root=<the directory that holds it>"
-    )
-
-
-def _check_fashion_mnist(root: Path | None, options: Mapping[str, Any]) -> None:
-    from baldflow.data.sources import FASHION_MNIST_ROOT
-
-    directory = root or Path(FASHION_MNIST_ROOT)
-    missing = _missing_idx(directory)
-    if missing:
-        where = "data.root" if root else "data.root unset, so the default"
-        raise PreflightError(
-            f"Fashion-MNIST not found in {str(directory)!r} ({where}; missing "
-            f"{', '.join(s + '[.gz]' for s in missing)}); fix: --set data.root=<directory "
-            f"holding the four IDX files>, or install them at {FASHION_MNIST_ROOT} with "
-            f"apt-get install dataset-fashion-mnist"
-        )
-
-
-def _check_cifar10(root: Path | None, options: Mapping[str, Any]) -> None:
-    layout = "DIR/cifar-10-batches-py/data_batch_1 ... test_batch, batches.meta"
-    if root is None:
-        raise PreflightError(
-            f"data.source 'cifar10' reads its files from data.root, which is not set; fix: "
-            f"--set data.root=DIR ({layout}), or to fetch them: {_fetch_fix('CIFAR-10', 'DIR')}"
-        )
-    if options.get("download"):
-        _check_download_target("cifar10", root)
-        return
-    batches = root / "cifar-10-batches-py"
-    missing = [name for name in _CIFAR_FILES if not (batches / name).is_file()]
-    if missing:
-        raise PreflightError(
-            f"CIFAR-10 not found in data.root {str(root)!r} (missing {', '.join(missing)} in "
-            f"{batches}); fix: {_fetch_fix('CIFAR-10', root)}, or --set data.root=<the "
-            f"directory holding cifar-10-batches-py/>"
-        )
-
-
-def _check_npz(root: Path | None, options: Mapping[str, Any]) -> None:
-    given = options.get("path")
-    file = Path(given).expanduser() if given else root
-    field = "data.options.path" if given else "data.root"
-    if file is None:
-        raise PreflightError(
-            "data.source 'npz' reads one .npz file named by data.root, which is not set; "
-            "fix: --set data.root=FILE.npz"
-        )
-    if not file.is_file():
-        raise PreflightError(
-            f"data.source 'npz' reads {field} {str(file)!r}, which is not a file; fix: "
-            f"--set {field}=FILE.npz (X [N, ...] and y [N] arrays)"
-        )
-
-
-def _check_folder(root: Path | None, options: Mapping[str, Any]) -> None:
-    layout = "DIR/<class>/<image>, or DIR/train/<class>/ and DIR/test/<class>/"
-    if root is None:
-        raise PreflightError(
-            f"data.source 'folder' reads images from data.root, which is not set; fix: "
-            f"--set data.root=DIR ({layout})"
-        )
-    if not root.is_dir():
-        raise PreflightError(
-            f"data.source 'folder' reads images from data.root {str(root)!r}, which is not a "
-            f"directory; fix: --set data.root=DIR ({layout})"
-        )
-    if not _has_an_image(root):
-        from baldflow.data.sources import IMAGE_SUFFIXES
-
-        raise PreflightError(
-            f"data.root {str(root)!r} holds no images in class folders ({layout}; suffixes "
-            f"{', '.join(sorted(IMAGE_SUFFIXES))}); fix: --set data.root=<such a directory>"
-        )
-
-
-def _has_an_image(directory: Path) -> bool:
-    """Whether the tree has one image in a class folder; stops at the first (trees are big)."""
-    from baldflow.data.sources import IMAGE_SUFFIXES
-
-    classes = [p for p in directory.iterdir() if p.is_dir()]
-    for class_dir in classes:
-        for path in class_dir.rglob("*"):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                return True
-    return False
-
-
-_DATA_CHECKS = {
-    "mnist": _check_mnist,
-    "fashion-mnist": _check_fashion_mnist,
-    "cifar10": _check_cifar10,
-    "npz": _check_npz,
-    "folder": _check_folder,
-}
-
-
 # ---------------------------------------------------------------------------- tracking
 def check_tracking(uri: str | None, workspace_root: Path) -> None:
     """The MLflow store can be written (SQLite, files) or answers (a server, a database)."""
     local = "--set tracking.mlflow_uri=null (the workspace's own store)"
     if not uri:
         store = workspace_root / "mlflow"
-        problem = _unwritable(store)
+        problem = unwritable(store)
         if problem:
             raise PreflightError(
                 f"the workspace's MLflow store {str(store)!r} cannot be written: {problem}; "
@@ -504,7 +346,7 @@ def check_tracking(uri: str | None, workspace_root: Path) -> None:
         # sqlite:///relative.db, sqlite:////absolute.db; sqlite:// alone is in memory.
         path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
         if path and path != ":memory:":
-            problem = _unwritable(Path(path).expanduser().parent)
+            problem = unwritable(Path(path).expanduser().parent)
             if problem:
                 raise PreflightError(
                     f"tracking.mlflow_uri {uri!r}: the SQLite database cannot be created "
@@ -513,7 +355,7 @@ def check_tracking(uri: str | None, workspace_root: Path) -> None:
                 )
     elif scheme in ("", "file"):
         path = parts.path if scheme == "file" else uri
-        problem = _unwritable(Path(path).expanduser())
+        problem = unwritable(Path(path).expanduser())
         if problem:
             raise PreflightError(
                 f"tracking.mlflow_uri {uri!r} cannot be written: {problem}; fix: {local}"
@@ -588,23 +430,3 @@ def _check_port(uri: str, host: str, port: int, local: str) -> None:
         ) from None
 
 
-def _unwritable(directory: Path) -> str | None:
-    """Why files cannot be created in `directory` (made if missing), or None if they can.
-
-    The nearest existing ancestor is probed by creating a file in it: permission bits say
-    nothing to root, and a read-only mount only shows on writing.
-    """
-    directory = directory.absolute()
-    existing = directory
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{str(existing)!r} is not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".baldflow-preflight-"):
-            pass
-    except OSError as exc:
-        return f"{str(existing)!r} is not writable ({exc.strerror or exc})"
-    return None

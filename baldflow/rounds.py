@@ -64,6 +64,8 @@ class RoundRecord:
     seconds_select: float = 0.0
     epochs: int | None = None
     model_spec: dict[str, Any] | None = None
+    # What the round's trainer reported (training.trainer), logged as trainer.<name>.
+    trainer_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     # How good the batch is as a batch (baldflow.acquisition.quality) and, when asked for, what
     # BatchBALD would have picked instead: MLflow metrics of the round, named as they are here.
     evidence: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -129,6 +131,11 @@ class RoundRecord:
             seconds_select=selected.seconds,
             epochs=trained.epochs,
             model_spec=getattr(trained.model, "spec", None),
+            trainer_metrics={
+                str(k): float(v)
+                for k, v in (getattr(trained, "metrics", None) or {}).items()
+                if math.isfinite(float(v))
+            },
             # Only finite numbers: a metric that could not be estimated is left out, not NaN.
             evidence={k: float(v) for k, v in (evidence or {}).items() if math.isfinite(v)},
         )
@@ -268,6 +275,7 @@ class RoundRecord:
         if self.epochs is not None:
             metrics["epochs"] = self.epochs
         metrics.update(self.evidence)
+        metrics.update({f"trainer.{k}": v for k, v in self.trainer_metrics.items()})
         return {k: float(v) for k, v in metrics.items() if v is not None}
 
     def tags(self, commit: RoundCommit, flow_run_id: str) -> dict[str, str]:

@@ -24,6 +24,9 @@ STREAM_SCORE = 2
 STREAM_SELECT = 3
 STREAM_EVIDENCE = 4
 STREAM_PREDICT = 5
+# Not a round's: the campaign's frozen backbone (model.freeze: backbone), initialised once from
+# the campaign seed (its layers that a pretrained weights file does not cover).
+STREAM_BACKBONE = 6
 
 
 def round_seed(campaign_seed: int, round_index: int) -> int:

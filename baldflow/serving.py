@@ -77,7 +77,7 @@ class RoundModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
-        from baldflow.models.weights import rebuild_model
+        from baldflow.models.building import rebuild_model
 
         artifacts = context.artifacts
         # Registering refused any round whose files give no network (registry.RegistryError).

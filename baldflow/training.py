@@ -13,6 +13,7 @@ from torch.nn.functional import nll_loss
 
 from baldflow.inference import autocast_for, full_precision, iter_log_probs, model_device
 from baldflow.models.base import BayesianModule
+from baldflow.plugins import TRAINER_PLUGINS, PluginError
 
 
 class TrainConfigError(ValueError):
@@ -221,3 +222,159 @@ def evaluate(
             correct += int((log_pbar_B_C.argmax(-1) == y_B).sum())
             nll_sum += float(-log_pbar_B_C.gather(1, y_B[:, None]).sum())
     return {"accuracy": correct / n, "nll": nll_sum / n, "n": n}
+
+
+# ---------------------------------------------------------------------------- the trainer seam
+@dataclass
+class LabeledPart:
+    """Rows of one part of the data as a trainer gets them: inputs `x` [n, *input_shape],
+    labels `y` (int64 [n]) and the samples' ids (empty for the validation part)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Classifier(torch.nn.Module):
+    """The round's Bayesian model as a trainer sees it: `forward(x) -> logits [B, C]`.
+
+    In training mode every dropout layer draws fresh masks (from the round's seeded generator,
+    which baldflow sets before calling the trainer); in eval mode dropout is off. Its
+    parameters are the Bayesian model's, so training it trains what scoring uses.
+    """
+
+    def __init__(self, bayesian: BayesianModule):
+        super().__init__()
+        self.bayesian = bayesian
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = 1 if self.training else 0
+        logits_B_C = self.bayesian._run_head(self.bayesian.prefix(x), k)
+        return logits_B_C
+
+
+# Options of baldflow's own loop: the training section's fields (a campaign passes them).
+BALDFLOW_LOOP_OPTIONS = (
+    "learning_rate",
+    "batch_size",
+    "epoch_samples",
+    "max_epochs",
+    "patience",
+    "eval_mc_samples",
+    "weight_decay",
+    "mixed_precision",
+)
+
+
+def baldflow_loop(
+    model: Classifier,
+    train: LabeledPart,
+    val: LabeledPart,
+    options: dict,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.nn.Module, dict[str, float]]:
+    """baldflow's trainer: Adam with early stopping on validation accuracy (`fit`), its options
+    the training section's fields (BALDFLOW_LOOP_OPTIONS). Registered as the trainer
+    `baldflow`, through the same seam as a plug-in trainer."""
+    unknown = sorted(set(options) - set(BALDFLOW_LOOP_OPTIONS))
+    if unknown:
+        raise TrainConfigError(
+            f"training.options.{unknown[0]} is not an option of baldflow's trainer (its options "
+            f"are the training section's fields: {', '.join(BALDFLOW_LOOP_OPTIONS)})"
+        )
+    config = TrainConfig(**options, device=str(device))
+    result = fit(model.bayesian, train.x, train.y, val.x, val.y, config, generator)
+    metrics = {
+        "epochs": float(result.epochs),
+        "best_epoch": float(result.best_epoch),
+        "best_val_accuracy": float(result.best_val_accuracy),
+        "best_val_nll": float(result.best_val_nll),
+    }
+    return model, metrics
+
+
+def _as_trainer(obj, spec: str):
+    if not callable(obj):
+        raise PluginError("trainer", spec, f"is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _register_builtins() -> None:
+    TRAINER_PLUGINS.register("baldflow", baldflow_loop, builtin=True)
+    TRAINER_PLUGINS.set_adapter(
+        _as_trainer,
+        "callable(model, train, val, options, generator, device) -> (model, metrics dict)",
+    )
+
+
+_register_builtins()
+
+
+def run_trainer(
+    spec: str,
+    model: BayesianModule,
+    train: LabeledPart,
+    val: LabeledPart,
+    options: dict,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict[str, float]:
+    """Train `model` in place with the trainer `spec` names and return its metrics.
+
+    The trainer gets the model as a `Classifier` on `device`, in training mode, its dropout
+    drawing from the round's generator (no global RNG). What it returns is checked against the
+    contract: a (model, metrics) pair, the model this one or one with the same parameters
+    (copied back), metrics a mapping of names to numbers. PluginError otherwise, in one line.
+    """
+    plugin = TRAINER_PLUGINS.resolve(spec)
+    model.to(device)
+    if device.type == "cpu":
+        dropout_generator = generator
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        dropout_generator = torch.Generator(device).manual_seed(seed)
+    classifier = Classifier(model)
+    classifier.train()
+    model.set_train_generator(dropout_generator)
+    try:
+        returned = plugin.obj(classifier, train, val, dict(options), generator, device)
+    finally:
+        model.set_train_generator(None)
+    problem = _broken_contract(returned, classifier)
+    if problem:
+        raise PluginError("trainer", spec, problem, package=plugin.package or None)
+    trained, metrics = returned
+    if trained is not classifier and trained is not model:
+        model.load_state_dict(trained.state_dict())
+    model.eval()
+    return {str(k): float(v) for k, v in metrics.items()}
+
+
+def _broken_contract(returned, classifier: Classifier) -> str | None:
+    """What is wrong with a trainer's return value, or None when it keeps the contract."""
+    import numbers
+    from collections.abc import Mapping
+
+    if not (isinstance(returned, tuple) and len(returned) == 2):
+        what = type(returned).__name__
+        return f"returned a {what}, not the pair (model, metrics) a trainer returns"
+    trained, metrics = returned
+    if not isinstance(trained, torch.nn.Module):
+        return f"returned a {type(trained).__name__} as its model, not a torch.nn.Module"
+    if trained is not classifier and trained is not classifier.bayesian:
+        mine = {k: tuple(v.shape) for k, v in classifier.bayesian.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in trained.state_dict().items()}
+        if mine != theirs:
+            return "returned another model than the one it was given (other parameters)"
+    if not isinstance(metrics, Mapping):
+        return f"returned a {type(metrics).__name__} as its metrics, not a dict of numbers"
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not key:
+            return f"returned a metric named {key!r}; names must be non-empty text"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return f"returned metric {key!r} = {value!r}, not a number"
+    return None

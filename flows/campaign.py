@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from baldflow import seeds, tasks
 from baldflow.compute import device
-from baldflow.config import Config, validate
+from baldflow.config import Config, campaign_identity, campaign_record, validate
 from baldflow.flows.modes import Modes, choose_modes
 from baldflow.flows.outcome import campaign_result, campaign_run_name, final_state
 from baldflow.labeling import HandOff, WaitingForLabels
@@ -115,7 +115,7 @@ def _initial_round(c: CampaignRun, modes: Modes) -> bool:
     modes.labels.initial_batch(c, record)
     labels = tasks.label_batch(c.oracle, record.sample_ids, 0)
     commit = tasks.version_round(
-        c.workspace, record, labels, c.config.record(), c.flow_run_id, 0,
+        c.workspace, record, labels, campaign_record(c.config), c.flow_run_id, 0,
         pool_manifest=c.data.manifest,
     )  # fmt: skip
     if not modes.sync.claimed(c, commit, None):
@@ -134,7 +134,10 @@ def _choose_batch(
     config = c.config
     seed = seeds.round_seed(config.campaign.seed, round_index)
     training_set = training_set_input(c.workspace, c.name, round_index)
-    params = {"round": round_index, "seed": seed, "train_size": len(labeled), **config.identity()}
+    params = {
+        "round": round_index, "seed": seed, "train_size": len(labeled),
+        **campaign_identity(config),
+    }  # fmt: skip
     run_id = tasks.start_round_run(
         c.tracker, c.parent_run_id, c.name, round_index, params, training_set
     )
@@ -176,7 +179,7 @@ def _complete(
     with ClosedIfStopped(c, record.run_id):
         labels = tasks.label_batch(c.oracle, record.sample_ids, r)
         commit = tasks.version_round(
-            c.workspace, record, labels, c.config.record(), c.flow_run_id, r,
+            c.workspace, record, labels, campaign_record(c.config), c.flow_run_id, r,
             pool_manifest=c.data.manifest, score_table=_staged(record.score_table),
         )  # fmt: skip
         if not modes.sync.claimed(c, commit, record.run_id):
@@ -271,6 +274,9 @@ def _start(config: Config, ws: Workspace, logger: Any) -> tuple[CampaignRun, Mod
         logger.warning("marked %d flow run(s) of a killed process as Crashed", crashed)
     # Data and oracle first: a data source that fails must not leave a parent run RUNNING.
     data = tasks.prepare_data(config)
+    modes = choose_modes(config, shared=remote_url(ws) is not None)
+    if config.model.freeze == "backbone":
+        data = modes.scoring.frozen_features(config, data, str(ws.root))
     handoff = HandOff(ws.campaign_dir(name), name)
     oracle = tasks.make_oracle(config, data, handoff)
     tracker = tracker_for(config.tracking.mlflow_uri, config.tracking.experiment, ws)
@@ -281,7 +287,7 @@ def _start(config: Config, ws: Workspace, logger: Any) -> tuple[CampaignRun, Mod
     for note in notes:
         logger.warning("%s", note)
     c = CampaignRun(config, ws, tracker, handoff, data, oracle, parent_run_id, flow_run_id, logger)
-    return c, choose_modes(config, shared=remote_url(ws) is not None)
+    return c, modes
 
 
 def run_campaign(

@@ -24,7 +24,8 @@ from baldflow import tasks
 from baldflow.config import Config, scores_in_shards
 from baldflow.rounds import CampaignRun
 from baldflow.stack.prefect_server import PRIVATE_API_ENV
-from baldflow.tasks import PoolScores, ShardJob, ShardResult, Trained
+from baldflow.tasks import FeatureJob, PoolScores, ShardJob, ShardResult, Trained
+from baldflow.tasks import features as feature_tasks
 from baldflow.tasks import scoring as scoring_tasks
 
 # Rows per shard for the local runner on disk: 262,144 28x28 images are 0.8 GB of float32.
@@ -103,7 +104,44 @@ def score_shards_flow(
     return results, ranked.sorted_scores_file
 
 
-class ScoringHere:
+@flow(
+    name="baldflow-embed-pool",
+    flow_run_name="embed pool [{shards} shards]",
+    validate_parameters=False,
+)
+def embed_shards_flow(job: FeatureJob, ranges: list[tuple[int, int]], shards: int) -> list[str]:
+    """A frozen backbone's features: every shard as a task on the flow's task runner."""
+    return feature_tasks.embed_shards_as_tasks(job, ranges)
+
+
+class Embedding:
+    """A frozen backbone's features, computed once per pool and backbone where this mode runs
+    its shards (`_embed`), then read as the campaign's pool (model.freeze: backbone)."""
+
+    def frozen_features(self, config: Config, data: Any, root: str) -> Any:
+        """The campaign's pool (`data`, a CampaignPool) with the backbone's cached features as
+        the model's inputs."""
+        started = time.perf_counter()
+        raw_dir = scoring_tasks.spill_pool(data, root, config.campaign.name)
+        job = tasks.plan_features(config, data, raw_dir, root)
+        ranges = tasks.feature_ranges(job, shard_count(config, job.count))
+        if not job.done:
+            self._embed(config, job, ranges)
+            tasks.finish_features(job, data, ranges)
+        pool = tasks.open_features(job, data)
+        get_run_logger().info(
+            "frozen backbone %s: features %s of %d samples %s in %.1f s (cache %s)",
+            job.backbone_hash[:12], list(job.feature_shape), job.count,
+            "reused" if job.done else f"computed in {len(ranges)} shards",
+            time.perf_counter() - started, job.key[:12],
+        )  # fmt: skip
+        return pool
+
+    def _embed(self, config: Config, job: FeatureJob, ranges: list[tuple[int, int]]) -> None:
+        tasks.embed_pool_here(job, ranges)
+
+
+class ScoringHere(Embedding):
     """Where a round scores its pool: here, the whole in-memory pool in this process."""
 
     def score(
@@ -117,7 +155,7 @@ class ScoringHere:
         return tasks.score_pool(c.config, c.data, trained, labeled_ids, seed, round_index)
 
 
-class ScoringInShards(abc.ABC):
+class ScoringInShards(Embedding, abc.ABC):
     """The pool in shards, read where shard workers read it (a pool on disk's own files, or
     the in-memory pool spilled once per run); only summaries come back. Subclasses say where
     the shards run."""
@@ -174,6 +212,14 @@ class ShardsHere(ScoringInShards):
 
 class ShardsOnDask(ScoringInShards):
     """Every shard a task on Dask workers, in a subflow with prefect-dask's task runner."""
+
+    def _embed(self, config, job, ranges):
+        warning = prefect_api_warning(config)
+        if warning:
+            get_run_logger().warning("%s", warning)
+        embed_shards_flow.with_options(task_runner=dask_task_runner(config))(
+            job, ranges, len(ranges)
+        )
 
     def _passes(self, config, job, ranges, round_index):
         warning = prefect_api_warning(config)

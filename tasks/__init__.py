@@ -4,11 +4,19 @@ Installed as baldflow.tasks. Every task is safe to run twice; see each module fo
 """
 
 # The values tasks hand to each other, which the flows pass along and annotate with.
+from baldflow.compute.features import FeatureJob
 from baldflow.compute.fitting import Trained
 from baldflow.compute.scoring import PoolScores
 from baldflow.compute.sharding import ShardJob, ShardResult
 from baldflow.tasks.acquisition import assess_batch, score_pool, select_batch
 from baldflow.tasks.data import prepare_data
+from baldflow.tasks.features import (
+    embed_pool_here,
+    feature_ranges,
+    finish_features,
+    open_features,
+    plan_features,
+)
 from baldflow.tasks.flow_runs import close_stale_flow_runs
 from baldflow.tasks.label_studio import (
     pre_annotate_batch,
@@ -39,6 +47,7 @@ from baldflow.tasks.tracking import (
 from baldflow.tasks.workspace import OpenedWorkspace, open_workspace, version_round
 
 __all__ = [
+    "FeatureJob",
     "PoolScores",
     "ShardJob",
     "ShardResult",
@@ -50,6 +59,9 @@ __all__ = [
     "clear_handoff",
     "close_stale_flow_runs",
     "discard_lost_round",
+    "embed_pool_here",
+    "feature_ranges",
+    "finish_features",
     "end_run",
     "evaluate_model",
     "finish_campaign",
@@ -59,8 +71,10 @@ __all__ = [
     "load_handoff_model",
     "make_oracle",
     "merge_shard_scores",
+    "open_features",
     "open_workspace",
     "park_round_run",
+    "plan_features",
     "pre_annotate_batch",
     "prepare_data",
     "publish_batch",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from baldflow.config import Config, dump_yaml
+from baldflow.config import Config, campaign_identity, dump_yaml
 from baldflow.labeling import HandOff
 from baldflow.rounds import Labels, RoundRecord
 from baldflow.tasks.base import LOCAL_FILES, STORE, baldflow_task
@@ -52,7 +52,7 @@ def open_workspace(root: str, config: Config) -> OpenedWorkspace:
         # clone must be gone from git first, or its run would be completed as committed.
         notes.extend(remote.sync(workspace).notes)
         recovery = dataclasses.replace(recovery, last_round=workspace.last_round(name))
-    workspace.check_campaign_params(name, config.identity())
+    workspace.check_campaign_params(name, campaign_identity(config))
     handoff = HandOff(workspace.campaign_dir(name), name)
     cleared = handoff.clear_committed(recovery.last_round)
     if cleared:

@@ -214,7 +214,7 @@ def test_cnn_is_sized_from_the_input_shape():
 
 
 def test_unknown_model_and_bad_parameters_are_clear_errors():
-    with pytest.raises(ValueError, match="unknown model 'vgg'.*cnn.*mlp.*resnet18"):
+    with pytest.raises(ValueError, match="model plug-in 'vgg'.*cnn.*mlp.*resnet18"):
         build_model("vgg", (1, 8, 8), 10)
     with pytest.raises(ValueError, match="dropout must be in"):
         build_model("mlp", (1, 8, 8), 10, dropout=1.0)

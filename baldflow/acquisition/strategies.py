@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from baldflow import plugins
 from baldflow.acquisition.annealed import ANNEALED_MODES, Annealed
 from baldflow.acquisition.badge import Badge
 from baldflow.acquisition.batchbald import DEFAULT_NUM_SAMPLES, BatchBALD
@@ -56,12 +57,15 @@ STRATEGIES: dict[str, Strategy] = {}
 STRATEGY_NAMES: list[str] = []
 
 
-def register_strategy(strategy: Strategy, *, replace: bool = False) -> Strategy:
+def register_strategy(
+    strategy: Strategy, *, replace: bool = False, builtin: bool = False
+) -> Strategy:
     """Make `strategy` known by its name: to `get_strategy`, to config validation
-    (`acquisition.strategy`), to campaigns and their ledgers. Returns it.
+    (`acquisition.strategy`), to campaigns and their ledgers, to `baldflow plugins`. Returns it.
 
     A name already registered is refused (StrategyError) unless `replace=True`; so is an
     object that does not keep the interface (see `acquisition.strategy.check_strategy`).
+    `builtin` is for baldflow's own strategies (recorded as part of baldflow's version).
     """
     check_strategy(strategy)
     name = strategy.name
@@ -70,6 +74,7 @@ def register_strategy(strategy: Strategy, *, replace: bool = False) -> Strategy:
             f"a strategy named {name!r} is already registered ({STRATEGIES[name]!r}); "
             "choose another name, or pass replace=True to replace it"
         )
+    plugins.STRATEGY_PLUGINS.register(name, strategy, replace=True, builtin=builtin)
     STRATEGIES[name] = strategy
     STRATEGY_NAMES[:] = sorted(STRATEGIES)
     return strategy
@@ -80,7 +85,31 @@ def unregister_strategy(name: str) -> Strategy:
     strategy = get_strategy(name)
     del STRATEGIES[strategy.name]
     STRATEGY_NAMES[:] = sorted(STRATEGIES)
+    plugins.STRATEGY_PLUGINS.unregister(strategy.name)
     return strategy
+
+
+def _as_strategy(obj: Any, spec: str) -> Strategy:
+    """What a strategy plug-in's entry point or import string names, as a Strategy: an
+    instance as it is, a Strategy subclass or a factory called without arguments."""
+    if not isinstance(obj, Strategy) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as error:  # noqa: BLE001 (the plug-in's own constructor)
+            raise plugins.PluginError(
+                "strategy", spec, f"could not be made: {type(error).__name__}: {error}"
+            ) from error
+    try:
+        return check_strategy(obj)
+    except StrategyError as error:
+        raise plugins.PluginError("strategy", spec, str(error)) from error
+
+
+plugins.STRATEGY_PLUGINS.set_adapter(
+    _as_strategy,
+    "a baldflow.acquisition.Strategy (instance, subclass or factory): name, needs, shardable, "
+    "check(params, sharded_by), cut(params), select(inputs, batch_size, params, noise)",
+)
 
 
 def _dashed(score: str) -> str:
@@ -89,16 +118,19 @@ def _dashed(score: str) -> str:
 
 
 def _register_builtins() -> None:
+    def builtin(strategy: Strategy) -> None:
+        register_strategy(strategy, builtin=True)
+
     for mode in SCORED_MODES:
         for score in (*SCORES, EPIG):
-            register_strategy(ScoredStrategy(f"{mode}-{_dashed(score)}", mode, score))
-    register_strategy(ScoredStrategy("random", "random", None))
-    register_strategy(BatchBALD())
-    register_strategy(BatchBALD("stochastic-batchbald", mode="power"))
+            builtin(ScoredStrategy(f"{mode}-{_dashed(score)}", mode, score))
+    builtin(ScoredStrategy("random", "random", None))
+    builtin(BatchBALD())
+    builtin(BatchBALD("stochastic-batchbald", mode="power"))
     for mode in ANNEALED_MODES:
-        register_strategy(Annealed(mode))
-    register_strategy(Badge())
-    register_strategy(CoreSet())
+        builtin(Annealed(mode))
+    builtin(Badge())
+    builtin(CoreSet())
 
 
 _register_builtins()
@@ -135,13 +167,18 @@ def suggest(name: str) -> list[str]:
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy called `name` (or its old spelling); UnknownStrategyError otherwise."""
+    """The strategy called `name` (or its old spelling), an installed package's entry point
+    (`baldflow.strategies`) or an import string `package.module:attr`; UnknownStrategyError
+    for a name none of these knows, PluginError for a plug-in that does not load."""
     try:
         return STRATEGIES[canonical_name(name)]
     except (KeyError, TypeError):
-        raise UnknownStrategyError(
-            f"unknown acquisition strategy {name!r}; valid strategies: {', '.join(STRATEGY_NAMES)}"
-        ) from None
+        pass
+    if plugins.STRATEGY_PLUGINS.knows(name):
+        return plugins.STRATEGY_PLUGINS.resolve(name).obj
+    raise UnknownStrategyError(
+        f"unknown acquisition strategy {name!r}; valid strategies: {', '.join(STRATEGY_NAMES)}"
+    )
 
 
 @dataclass

@@ -59,6 +59,7 @@ from baldflow.app.outcomes import (
     WorkspaceStatus,
     say_nothing,
 )
+from baldflow.app.plugins import PluginRow, PluginSeam, list_plugins
 from baldflow.app.schedules import (
     deploy_cycle,
     schedule_cycle,
@@ -79,6 +80,8 @@ __all__ = [
     "InitOutcome",
     "JoinOutcome",
     "LabelOutcome",
+    "PluginRow",
+    "PluginSeam",
     "Progress",
     "RunRequest",
     "VerifyReport",
@@ -91,6 +94,7 @@ __all__ = [
     "import_labels",
     "init_workspace",
     "join_workspace",
+    "list_plugins",
     "nothing_to_do",
     "pending_batch",
     "preflight",

@@ -15,7 +15,7 @@ import sys
 
 from baldflow.app import DEFAULT_WORKSPACE
 from baldflow.app import default_workspace as _default_workspace
-from baldflow.cli import audit, campaign, labels, pool, schedule, stack
+from baldflow.cli import audit, campaign, labels, plugins, pool, schedule, stack
 from baldflow.cli.common import (
     EXIT_CONFIG,
     EXIT_ERROR,
@@ -46,11 +46,11 @@ __all__ = [
     "report_error",
 ]
 
-_GROUPS = (campaign, labels, audit, schedule, stack, pool)
+_GROUPS = (campaign, labels, audit, schedule, stack, pool, plugins)
 # The order `baldflow --help` lists the commands in.
 _ORDER = (
     "init", "run", "history", "status", "label", "show", "diff", "report", "cycle",
-    "schedule", "deploy", "server", "verify", "stack", "label-studio", "pool",
+    "schedule", "deploy", "server", "verify", "stack", "label-studio", "pool", "plugins",
 )  # fmt: skip
 _PARSERS = {name: add for group in _GROUPS for name, add in group.PARSERS.items()}
 COMMANDS = {name: handler for group in _GROUPS for name, handler in group.COMMANDS.items()}
@@ -98,13 +98,14 @@ def report_error(exc: BaseException) -> int | None:
     from baldflow.config import ConfigError
     from baldflow.labeling import LabelImportError
     from baldflow.labeling.label_studio import LabelStudioError
+    from baldflow.plugins import PluginError
     from baldflow.preflight import PreflightError
     from baldflow.workspace import WorkspaceError
     from baldflow.workspace.lock import WorkspaceLockedError
 
     if isinstance(exc, ConfigError):
         code = EXIT_CONFIG
-    elif isinstance(exc, (PreflightError, LabelStudioError)):
+    elif isinstance(exc, (PreflightError, LabelStudioError, PluginError)):
         # Label Studio unreachable, or refusing the token: what the campaign needs is missing.
         code = EXIT_PREFLIGHT
     elif isinstance(exc, WorkspaceLockedError):
@@ -116,7 +117,7 @@ def report_error(exc: BaseException) -> int | None:
     else:
         return None
     message = str(exc)
-    if isinstance(exc, (ConfigError, PreflightError)):
+    if isinstance(exc, (ConfigError, PreflightError, PluginError)):
         # One line, also when it quotes a multi-line message (YAML's parse errors): scripts
         # and people read the problem and its fix from a single line. Label errors keep their
         # lines, one per refused row.

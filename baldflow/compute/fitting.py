@@ -21,47 +21,79 @@ class Trained:
     epochs: int | None
     best_val_accuracy: float | None
     seconds: float
+    # What the trainer reported (logged to the round's MLflow run as trainer.<name>).
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def model_part(config: Config) -> str:
+    """Which part of the network a round trains: the whole, or the head on a frozen
+    backbone's cached features."""
+    return "head" if config.model.freeze == "backbone" else "whole"
+
+
+def campaign_model(
+    config: Config, input_shape: Sequence[int], num_classes: int, seed: int, *, part: str
+) -> Any:
+    """The campaign's network, initialised from `seed` (pretrained weights from model.weights
+    where given)."""
+    from baldflow.models.building import build_model
+
+    m = config.model
+    return build_model(
+        m.name, input_shape, num_classes, dropout=m.dropout, seed=seed, options=m.options,
+        weights=m.weights, head=m.head, head_dropout=m.head_dropout, part=part,
+    )  # fmt: skip
+
+
+def trainer_options(config: Config) -> dict[str, Any]:
+    """The options the round's trainer gets: the training section's fields (learning_rate,
+    batch_size, ...: baldflow's loop takes these and nothing else) with training.options, a
+    plug-in trainer's own, over them."""
+    from baldflow.training import BALDFLOW_LOOP_OPTIONS
+
+    t = config.training
+    return {**{name: getattr(t, name) for name in BALDFLOW_LOOP_OPTIONS}, **t.options}
 
 
 def train(
     config: Config, data: CampaignPool, labeled: Sequence[tuple[str, int]], seed: int
 ) -> Trained:
-    """Fit a fresh model on the labeled set (labels as the oracle gave them)."""
-    from baldflow.models import build_model
-    from baldflow.training import TrainConfig, fit
+    """Fit a fresh model on the labeled set (labels as the oracle gave them), with the
+    campaign's trainer (baldflow's loop unless training.trainer names another)."""
+    from baldflow.training import LabeledPart, resolve_device, run_trainer
 
     start = time.perf_counter()
     generator = generator_for(seed, STREAM_TRAIN)
-    model = build_model(
-        config.model.name,
-        data.input_shape,
-        data.num_classes,
-        dropout=config.model.dropout,
-        seed=int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item()),
-    )
+    init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+    part = model_part(config)
+    # A frozen backbone's campaign trains the head on cached features: the pool's inputs
+    # are those features, and the network is rebuilt from the raw input shape.
+    input_shape = data.raw_input_shape if part == "head" else data.input_shape
+    model = campaign_model(config, input_shape, data.num_classes, init_seed, part=part)
+    ids = [sid for sid, _ in labeled]
     # Training reads only the labeled samples, by id (on disk: a read of those rows).
-    train_x = data.inputs([sid for sid, _ in labeled])
-    train_y = torch.tensor([int(label) for _, label in labeled], dtype=torch.long)
-    t = config.training
-    train_config = TrainConfig(
-        learning_rate=t.learning_rate,
-        batch_size=t.batch_size,
-        epoch_samples=t.epoch_samples,
-        max_epochs=t.max_epochs,
-        patience=t.patience,
-        eval_mc_samples=t.eval_mc_samples,
-        weight_decay=t.weight_decay,
-        device=t.device,
-        mixed_precision=t.mixed_precision,
+    train_part = LabeledPart(
+        data.inputs(ids), torch.tensor([int(y) for _, y in labeled], dtype=torch.long), ids
     )
     val_x, val_y = data.evaluation_set("val")
-    result = fit(model, train_x, train_y, val_x, val_y, train_config, generator)
+    metrics = run_trainer(
+        config.training.trainer,
+        model,
+        train_part,
+        LabeledPart(val_x, val_y),
+        trainer_options(config),
+        generator,
+        resolve_device(config.training.device),
+    )
+    epochs = metrics.get("epochs")
+    best = metrics.get("best_val_accuracy")
     return Trained(
         model=model,
         train_size=len(labeled),
-        epochs=getattr(result, "epochs", None),
-        best_val_accuracy=getattr(result, "best_val_accuracy", None),
+        epochs=int(epochs) if epochs is not None else None,
+        best_val_accuracy=best,
         seconds=time.perf_counter() - start,
+        metrics=metrics,
     )
 
 

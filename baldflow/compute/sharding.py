@@ -81,7 +81,7 @@ def save_model_dir(model: torch.nn.Module, directory: str | Path) -> Path:
 
 def load_model_dir(directory: str | Path) -> torch.nn.Module:
     """The network saved by `save_model_dir` (or a round's logged model dir), in eval mode."""
-    from baldflow.models.weights import ModelRebuildError, rebuild_model
+    from baldflow.models.building import ModelRebuildError, rebuild_model
 
     directory = Path(directory)
     try:

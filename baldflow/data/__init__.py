@@ -1,7 +1,8 @@
-"""Data sources selectable by name, pool repetition with noise, stable sample ids, and a
-campaign's pool (`CampaignPool`) held in memory or streamed from disk."""
+"""Data sources selectable by name (one registry of `DataSource` objects, plug-ins included),
+pool repetition with noise, stable sample ids, and a campaign's pool (`CampaignPool`) held in
+memory or streamed from disk."""
 
-from baldflow.data.campaign import open_campaign_pool
+from baldflow.data.campaign import campaign_pool_of, open_campaign_pool
 from baldflow.data.disk_source import (
     DISK_SOURCE,
     DiskSource,
@@ -15,14 +16,21 @@ from baldflow.data.disk_source import (
 )
 from baldflow.data.memory_pool import MemoryPool
 from baldflow.data.pool import CampaignPool
+from baldflow.data.registry import (
+    data_source,
+    load_source,
+    prepare_pool,
+    source_names,
+    source_streams,
+)
 from baldflow.data.repeat import (
     REPEAT_SEPARATOR,
-    prepare_pool,
     repeat_id,
     repeat_pool,
     split_repeat_id,
 )
-from baldflow.data.sources import DEFAULT_SOURCE, SOURCES, load_source, read_idx
+from baldflow.data.source import DataSource, SourceNotReadyError, SourceParams, check_splits
+from baldflow.data.sources import DEFAULT_SOURCE, SOURCES, read_idx
 from baldflow.data.splits import (
     DataNotFoundError,
     DataSourceError,
@@ -40,6 +48,7 @@ __all__ = [
     "DISK_SOURCE",
     "DataNotFoundError",
     "DataSourceError",
+    "DataSource",
     "DataSplits",
     "DiskSource",
     "DiskSourceError",
@@ -47,9 +56,14 @@ __all__ = [
     "DiskSourceMismatchError",
     "DiskSourceNotFoundError",
     "MemoryPool",
+    "SourceNotReadyError",
+    "SourceParams",
     "SpillError",
     "StreamedPool",
     "balanced_initial_indices",
+    "campaign_pool_of",
+    "check_splits",
+    "data_source",
     "derived_seed",
     "load_source",
     "open_campaign_pool",
@@ -59,5 +73,7 @@ __all__ = [
     "repeat_id",
     "repeat_pool",
     "spill_pool",
+    "source_names",
+    "source_streams",
     "split_repeat_id",
 ]

@@ -1,4 +1,5 @@
-"""A campaign's pool opened from its data parameters: in memory, or streamed from disk."""
+"""A campaign's pool opened from its data parameters, through the source the registry names:
+in memory, or streamed from disk."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from baldflow.data.disk_source import DISK_SOURCE, open_disk_source
-from baldflow.data.memory_pool import MemoryPool
 from baldflow.data.pool import CampaignPool
-from baldflow.data.pool_formats import cached_manifest
-from baldflow.data.repeat import prepare_pool
-from baldflow.data.splits import DataSourceError
-from baldflow.data.streamed_pool import StreamedPool
+from baldflow.data.registry import data_source
+from baldflow.data.source import DataSource, SourceParams, check_pool
 
 
 def campaign_pool_of(data: Any, campaign: Any) -> CampaignPool:
@@ -45,36 +42,22 @@ def open_campaign_pool(
     """The pool of a campaign with these data parameters (params.yaml's `data` section, and
     `campaign.initial_per_class` and `campaign.seed`), with its initial labeled set.
 
-    `source` names an in-memory source (`baldflow.data.SOURCES`: loaded, repeated `repeat`
-    times with `noise_std` noise, given `options`) or the disk source (`DISK_SOURCE`: the pool,
-    val and test under `root`, read as written). Opening twice with the same parameters gives
-    the same pool and the same initial ids.
+    `source` is a name the source registry resolves (`baldflow.data.registry.data_source`): an
+    in-memory source (loaded, repeated `repeat` times with `noise_std` noise, given `options`),
+    the disk source (`DISK_SOURCE`: the pool, val and test under `root`, read as written), or a
+    plug-in. Opening twice with the same parameters gives the same pool and initial ids.
     """
-    if source == DISK_SOURCE:
-        return _open_streamed(root, repeat, noise_std, options, initial_per_class, seed)
-    splits, initial_ids = prepare_pool(
-        source,
+    opened = data_source(source)
+    params = SourceParams(
+        root=root,
         repeat=repeat,
         noise_std=noise_std,
+        options=dict(options),
         initial_per_class=initial_per_class,
         seed=seed,
-        root=root,
-        **options,
     )
-    return MemoryPool(splits, initial_ids)
-
-
-def _open_streamed(root, repeat, noise_std, options, initial_per_class, seed) -> StreamedPool:
-    """A pool larger than memory: opened, never loaded; ids are looked up on disk."""
-    if root is None:
-        raise DataSourceError(
-            "data.source 'disk' needs data.root: a directory with pool/, val/ and test/ "
-            "(python benchmarks/make_pool.py --campaign-source --out DIR builds one)"
-        )
-    if repeat != 1 or noise_std != 0.0 or options:
-        raise DataSourceError(
-            "data.source 'disk' reads the pool as written: data.repeat, data.noise_std and "
-            "data.options do not apply (write the variant you want as its own pool)"
-        )
-    source = open_disk_source(root, initial_per_class=initial_per_class, seed=seed)
-    return StreamedPool(source, cached_manifest(source.pool))
+    pool = opened.open(params)
+    # The default open checks a plug-in's splits itself; a plug-in's own open is checked here.
+    if not opened.checked_by_loader and type(opened).open is not DataSource.open:
+        check_pool(opened.name, pool)
+    return pool

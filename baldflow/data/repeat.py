@@ -6,7 +6,6 @@ import re
 
 import torch
 
-from baldflow.data.sources import load_source
 from baldflow.data.splits import (
     DataSourceError,
     DataSplits,
@@ -74,23 +73,17 @@ def repeat_pool(splits: DataSplits, repeat: int, noise_std: float, seed: int) ->
     )
 
 
-def prepare_pool(
-    source: str | DataSplits,
+def initial_then_repeat(
+    splits: DataSplits,
     *,
-    repeat: int = 1,
-    noise_std: float = 0.0,
-    initial_per_class: int = 2,
-    seed: int = 0,
-    root: str | None = None,
-    **options,
+    repeat: int,
+    noise_std: float,
+    initial_per_class: int,
+    seed: int,
 ) -> tuple[DataSplits, list[str]]:
-    """Load `source`, choose the balanced initial labeled set (initial_per_class per class)
-    BEFORE repetition, then repeat the pool. Returns the splits and the initial sample ids, all
-    of which are pool ids of copy 0."""
-    if isinstance(source, DataSplits):
-        splits = source
-    else:
-        splits = load_source(source, root=root, seed=seed, **options)
+    """The loaded `splits` made a campaign's pool: the balanced initial labeled set chosen
+    first, then the pool repeated. Every in-memory source goes through here (`prepare_pool`,
+    `DataSource.open`), so a pool and its initial ids depend on the data and the seed alone."""
     initial = balanced_initial_indices(
         splits.pool_y,
         initial_per_class,

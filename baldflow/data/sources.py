@@ -634,21 +634,3 @@ SOURCES: dict[str, Callable[..., DataSplits]] = {
 }
 
 DEFAULT_SOURCE = "digits"
-
-
-def load_source(
-    name: str = DEFAULT_SOURCE, *, root: str | None = None, seed: int = 0, **options
-) -> DataSplits:
-    """Load data source `name` (see SOURCES) with a split fixed by `seed`. Options are the
-    keyword arguments of the source's loader (val_size, pool_size, normalize, download, ...)."""
-    if name not in SOURCES:
-        raise DataSourceError(
-            f"unknown data source {name!r}; valid names: {', '.join(sorted(SOURCES))}"
-        )
-    loader = SOURCES[name]
-    try:
-        return loader(root, seed=seed, **options)
-    except TypeError as error:
-        if "unexpected keyword argument" in str(error):
-            raise DataSourceError(f"invalid option for data source {name!r}: {error}") from error
-        raise

@@ -67,7 +67,9 @@ class DataSplits:
                 f"pool_ids has {len(self.pool_ids)} ids for {self.pool_x.shape[0]} pool rows"
             )
         if len(set(self.pool_ids)) != len(self.pool_ids):
-            raise DataSourceError("pool_ids must be unique")
+            seen: set[str] = set()
+            twice = next(sid for sid in self.pool_ids if sid in seen or seen.add(sid))
+            raise DataSourceError(f"pool_ids must be unique; {short_repr(twice)} appears twice")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -211,17 +211,20 @@ class HandOff:
             )
         return pending
 
-def describe_item(source: str, root: str | None, sample_id: str) -> str:
-    """Where a person finds the item to label, for the sheet's `item` column."""
-    if source == "folder" and root:
-        # Folder ids are paths relative to root; a repeated copy "<id>~r<c>" names its origin.
-        from baldflow.data.repeat import REPEAT_SEPARATOR
 
-        origin = sample_id.split(REPEAT_SEPARATOR, 1)[0]
-        return str(Path(root) / origin)
-    if root:
-        return f"{source} at {root}, sample {sample_id}"
-    return f"{source} sample {sample_id}"
+def describe_item(source: str, root: str | None, sample_id: str) -> str:
+    """Where a person finds the item to label, for the sheet's `item` column: the source
+    says (`DataSource.describe_item`; the folder source gives the image's path)."""
+    from baldflow.data.registry import data_source
+    from baldflow.plugins import PluginError
+
+    try:
+        described = data_source(source)
+    except PluginError:
+        # A plug-in gone from this environment since the batch was chosen: the sheet still
+        # needs a line, and the generic one names the sample.
+        return f"{source} at {root}, sample {sample_id}" if root else f"{source} sample {sample_id}"
+    return described.describe_item(root, sample_id)
 
 
 @dataclasses.dataclass

@@ -3,8 +3,11 @@ from them and its spec."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ class WeightsError(ValueError):
 
 
 # A saved network is two files: these are the names a round's MLflow run (model/), a
-# registered round model and a sharded-scoring job all use, and rebuild_model reads.
+# registered round model and a sharded-scoring job all use, and building.rebuild_model reads.
 WEIGHTS_FILE = "state_dict.pt"
 SPEC_FILE = "spec.json"
 
@@ -71,22 +74,159 @@ def load_weights(
     return state
 
 
-class ModelRebuildError(ValueError):
-    """A spec and weights that do not make a network (bad JSON, unknown model, other shapes)."""
+PRETRAINED_SUFFIXES = (".pt", ".pth", ".safetensors")
+# Checkpoints often wrap the state_dict with training state (optimizer, epoch) under one of these.
+_CHECKPOINT_KEYS = ("state_dict", "model")
 
 
-def rebuild_model(spec_path: str | Path, weights_path: str | Path) -> torch.nn.Module:
-    """The network `spec_path` (build_model's arguments as JSON) describes, with the weights
-    at `weights_path`, in eval mode on the CPU. A missing spec file raises FileNotFoundError;
-    anything else that keeps them from making a network raises ModelRebuildError."""
-    from baldflow.models.zoo import ModelSpecError, build_model
+def _is_state_dict(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
 
+
+def _refused_global(error: BaseException) -> str | None:
+    """The class torch's weights_only unpickler refused, e.g. `__main__.Foo`."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return match.group(1) if match else None
+
+
+def read_pretrained(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(state_dict on the CPU, sha256 hex of the file's bytes) of a pretrained weights file.
+
+    `.pt`/`.pth`: read with `torch.load(weights_only=True)`, which refuses pickled objects that
+    would run code. A checkpoint dict that is not itself a state_dict but holds one under exactly
+    one of the keys "state_dict" or "model" is unwrapped (its other entries, such as optimizer
+    state, are dropped). `.safetensors`: read with safetensors, a format that holds tensors only.
+    The file is read once and the hash taken of the bytes that were loaded, so the hash always
+    names the weights in use. Anything else raises WeightsError.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in PRETRAINED_SUFFIXES:
+        raise WeightsError(
+            f"{path}: unsupported weights file type {suffix or '(no suffix)'!r}; accepted: "
+            f"{', '.join(PRETRAINED_SUFFIXES)}"
+        )
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if suffix == ".safetensors":
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            state: object = load_safetensors(data)
+        except Exception as error:  # noqa: BLE001 (safetensors raises its own error types)
+            first = str(error).splitlines()[0] if str(error) else ""
+            raise WeightsError(
+                f"{path} is not a readable safetensors file: {type(error).__name__}: {first}"
+            ) from error
+    else:
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 (torch raises pickle, runtime and zip errors)
+            refused = _refused_global(error)
+            if refused is not None:
+                raise WeightsError(
+                    f"{path} holds pickled Python objects ({refused}) that could run code when "
+                    "loaded, so it is refused; save a plain state_dict "
+                    "(torch.save(model.state_dict(), path)) or a .safetensors file"
+                ) from error
+            first = str(error).splitlines()[0] if str(error) else ""
+            raise WeightsError(
+                f"{path} is not a weights file torch can read safely: {type(error).__name__}: "
+                f"{first}"
+            ) from error
+    if isinstance(state, Mapping) and not _is_state_dict(state):
+        wrapped = [key for key in _CHECKPOINT_KEYS if key in state]
+        if len(wrapped) == 1 and _is_state_dict(state[wrapped[0]]):
+            state = state[wrapped[0]]
+    if not _is_state_dict(state):
+        what = type(state).__name__
+        if isinstance(state, Mapping):
+            bad = next(
+                (
+                    f"{k!r}: {type(v).__name__}"
+                    for k, v in state.items()
+                    if not (isinstance(k, str) and isinstance(v, torch.Tensor))
+                ),
+                "",
+            )
+            what = f"a {what} with a non-tensor entry ({bad})"
+        else:
+            what = f"a {what}"
+        raise WeightsError(f"{path} holds {what}, not a state_dict of tensors")
+    assert isinstance(state, Mapping)
+    return (state if isinstance(state, dict) else dict(state)), digest
+
+
+def _listed(names: list[str], cap: int = 5) -> str:
+    more = f" (+{len(names) - cap} more)" if len(names) > cap else ""
+    return ", ".join(names[:cap]) + more
+
+
+def load_pretrained(
+    module: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    path: str | Path,
+    allow_missing_prefixes: tuple[str, ...] | list[str] = (),
+) -> None:
+    """Load `state` (read_pretrained's from `path`) into `module`, or raise a one-line
+    WeightsError listing the missing keys, the unexpected keys and the shape mismatches.
+
+    Keys under an entry of `allow_missing_prefixes` (a module name such as "fc", the layer
+    replace_last_linear resized; "fc." works too) may be missing and, where their shape differs
+    (the 1000-class classifier of an ImageNet file), are skipped and keep their fresh values.
+    Nothing is loaded when there is an error.
+    """
+
+    def allowed(key: str) -> bool:
+        return any(
+            key.startswith(prefix if prefix.endswith(".") else prefix + ".") or key == prefix
+            for prefix in allow_missing_prefixes
+            if prefix
+        )
+
+    own = module.state_dict()
+    missing = [key for key in own if key not in state and not allowed(key)]
+    unexpected = [key for key in state if key not in own]
+    mismatched: list[str] = []
+    skipped: set[str] = set()
+    for key, tensor in state.items():
+        if key in own and tuple(tensor.shape) != tuple(own[key].shape):
+            if allowed(key):
+                skipped.add(key)
+            else:
+                mismatched.append(
+                    f"{key} {list(tensor.shape)} in the file vs {list(own[key].shape)} in the model"
+                )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches {_listed(mismatched)}")
+    if problems:
+        raise WeightsError(f"{path}: {'; '.join(problems)}")
     try:
-        spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-        model = build_model(**spec)
-        # WeightsError (missing or unsafe weights) is a ValueError; load_state_dict raises
-        # RuntimeError for weights of another architecture.
-        model.load_state_dict(load_weights(weights_path))
-    except (ValueError, TypeError, RuntimeError, ModelSpecError) as error:
-        raise ModelRebuildError(f"{type(error).__name__}: {error}") from error
-    return model.eval()
+        module.load_state_dict(
+            {key: value for key, value in state.items() if key not in skipped}, strict=False
+        )
+    except RuntimeError as error:
+        first = str(error).splitlines()[0] if str(error) else ""
+        raise WeightsError(f"{path}: the weights do not load: {first}") from error
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex of a file's bytes, read in 1 MiB blocks (weights files can be large)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

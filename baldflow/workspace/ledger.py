@@ -80,14 +80,19 @@ def _optional_float(text: str) -> float | None:
     return float(text) if text != "" else None
 
 
+def _strategy_spelling(name: str) -> str:
+    return name if ":" in name else name.replace("_", "-")
+
+
 def _row_from_csv(record: dict[str, str]) -> LedgerRow:
     return LedgerRow(
         campaign=record["campaign"],
         round=int(record["round"]),
         sample_id=record["sample_id"],
         label=int(record["label"]),
-        # Rows written before strategy names settled on hyphens read with today's spelling.
-        strategy=record["strategy"].replace("_", "-"),
+        # Rows written before strategy names settled on hyphens read with today's spelling; an
+        # import string (package.module:attr) is a Python path and reads as written.
+        strategy=_strategy_spelling(record["strategy"]),
         rank=int(record["rank"]),
         score=_optional_float(record["score"]),
         first_pick_probability=_optional_float(

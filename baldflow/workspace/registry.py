@@ -126,7 +126,7 @@ class RoundScoring:
 # ---------------------------------------------------------------------------- the network
 def load_round_network(spec_path: str | Path, weights_path: str | Path) -> Any:
     """The round's network, rebuilt from its spec and weights, in eval mode on the CPU."""
-    from baldflow.models.weights import ModelRebuildError, rebuild_model
+    from baldflow.models.building import ModelRebuildError, rebuild_model
 
     try:
         return rebuild_model(spec_path, weights_path)

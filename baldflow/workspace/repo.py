@@ -482,15 +482,33 @@ class Workspace:
                 # An old record's `power-least_confidence` is today's `power-least-confidence`.
                 before = {**before, "strategy": strategy_spelling(before["strategy"])}
             for key, value in values.items():
-                if key in before and before[key] != value:
-                    diffs.append(f"{section}.{key}: was {before[key]!r}, now {value!r}")
+                if key not in before or before[key] == value:
+                    continue
+                was = before[key]
+                if isinstance(value, Mapping) and isinstance(was, Mapping):
+                    # A plug-in's record: name the field that changed (its code hash, its
+                    # package's version, the weights file's sha256), not the whole record.
+                    diffs += [
+                        f"{section}.{key}.{field}: was {was.get(field)!r}, now {now!r}"
+                        for field, now in value.items()
+                        if was.get(field) != now
+                    ]
+                else:
+                    diffs.append(f"{section}.{key}: was {was!r}, now {value!r}")
         if diffs:
             from baldflow.config import ConfigError
 
+            plugins = any(diff.startswith("plugins.") for diff in diffs)
+            fix = (
+                "restore them (the plug-in's package and code, the weights file) or pick a "
+                "new campaign.name"
+                if plugins
+                else "restore them or pick a new campaign.name"
+            )
             raise ConfigError(
                 f"campaign {campaign!r} was started with other parameters ("
                 + "; ".join(diffs)
-                + "); restore them or pick a new campaign.name"
+                + f"); {fix}"
             )
 
     # ---------------------------------------------------------------- reading
