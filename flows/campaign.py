@@ -277,6 +277,7 @@ def _start(config: Config, ws: Workspace, logger: Any) -> tuple[CampaignRun, Mod
     modes = choose_modes(config, shared=remote_url(ws) is not None)
     if config.model.freeze == "backbone":
         data = modes.scoring.frozen_features(config, data, str(ws.root))
+    logger.info("model %s", tasks.check_model(config, data))
     handoff = HandOff(ws.campaign_dir(name), name)
     oracle = tasks.make_oracle(config, data, handoff)
     tracker = tracker_for(config.tracking.mlflow_uri, config.tracking.experiment, ws)

@@ -24,6 +24,7 @@ from baldflow.tasks.label_studio import (
     send_to_label_studio,
 )
 from baldflow.tasks.model import (
+    check_model,
     evaluate_model,
     load_handoff_model,
     save_handoff_model,
@@ -55,6 +56,7 @@ __all__ = [
     "adopt_campaign_run",
     "assess_batch",
     "OpenedWorkspace",
+    "check_model",
     "claim_round",
     "clear_handoff",
     "close_stale_flow_runs",

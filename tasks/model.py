@@ -15,6 +15,14 @@ from baldflow.models.weights import load_weights, save_weights
 from baldflow.tasks.base import LOCAL_FILES, baldflow_task
 
 
+@baldflow_task("check-model")
+def check_model(config: Config, data: CampaignPool) -> str:
+    """Build the campaign's network once on the data's shape before any round: a plug-in
+    model that does not build, or gives logits of the wrong shape or not finite, fails the
+    run here, before anything is committed. Returns how the network was split."""
+    return fitting.check_model(config, data)
+
+
 @baldflow_task("train", run_name="train [round {round_index}]", fault_after=True)
 def train_model(
     config: Config,

@@ -55,6 +55,18 @@ def trainer_options(config: Config) -> dict[str, Any]:
     return {**{name: getattr(t, name) for name in BALDFLOW_LOOP_OPTIONS}, **t.options}
 
 
+def check_model(config: Config, data: CampaignPool) -> str:
+    """Build the campaign's network on the pool's shape (the build checks a plug-in's logits:
+    one per class, finite) and say how it was split into the part run once and the part run
+    K times."""
+    part = model_part(config)
+    input_shape = data.raw_input_shape if part == "head" else data.input_shape
+    model = campaign_model(config, input_shape, data.num_classes, 0, part=part)
+    split = getattr(model, "split", "built-in")
+    detail = getattr(model, "split_detail", "")
+    return f"{config.model.name}: {split}" + (f" ({detail})" if detail else "")
+
+
 def train(
     config: Config, data: CampaignPool, labeled: Sequence[tuple[str, int]], seed: int
 ) -> Trained:

@@ -39,6 +39,44 @@ def _as_list(values: Any, n: int) -> list[float | None]:
     return out
 
 
+def offered_ids(inputs: Any) -> set[str]:
+    """Every unlabeled id the round's model pass put before the strategy: the shards'
+    candidates, BatchBALD's preselection, or the whole unlabeled pool."""
+    offered: set[str] = set()
+    for summary in inputs.summaries or []:
+        offered.update(summary.candidates.ids)
+    offered.update(inputs.candidate_ids or [])
+    offered.update(inputs.sample_ids or [])
+    return offered
+
+
+def broken_selection(chosen: Any, inputs: Any, size: int) -> str | None:
+    """What is wrong with a strategy's batch, or None: a Selection of `size` distinct ids,
+    each one the pass offered, its reasons (when given) one per pick. A round never commits
+    a batch that breaks this (the ledger would record samples the pool does not have, or
+    one sample twice)."""
+    ids = getattr(chosen, "sample_ids", None)
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return f"select returned {type(chosen).__name__}, not a Selection of sample ids (text)"
+    if len(ids) != size:
+        return f"select returned {len(ids)} sample(s) for a batch of {size}"
+    if len(set(ids)) != len(ids):
+        twice = next(i for n, i in enumerate(ids) if i in ids[:n])
+        return f"select returned sample {twice!r} twice"
+    offered = offered_ids(inputs)
+    strange = [i for i in ids if i not in offered]
+    if strange:
+        return (
+            f"select returned sample {strange[0]!r}, which is not an unlabeled sample the "
+            "round offered it"
+        )
+    for field in ("scores", "probabilities", "keys"):
+        values = getattr(chosen, field, None)
+        if values is not None and len(values) != size:
+            return f"select returned {len(values)} {field} for {size} picks"
+    return None
+
+
 def select_batch(config: Config, scored: PoolScores, seed: int) -> Selected:
     """Pick the batch with the configured strategy; a short pool gives what is left."""
     from baldflow.acquisition.strategies import get_strategy
@@ -57,6 +95,12 @@ def select_batch(config: Config, scored: PoolScores, seed: int) -> Selected:
     if size == 0:
         return Selected([], [], [], [], a.batch_size, note, time.perf_counter() - start)
     chosen = strategy.select(scored, size, a.model_dump(), Noise.of_round(seed))
+    problem = broken_selection(chosen, scored, size)
+    if problem:
+        from baldflow.plugins import STRATEGY_PLUGINS, PluginError
+
+        plugin = STRATEGY_PLUGINS.resolve(a.strategy)
+        raise PluginError("strategy", a.strategy, problem, package=plugin.package or None)
     n = len(chosen.sample_ids)
     return Selected(
         sample_ids=list(chosen.sample_ids),
