@@ -420,3 +420,23 @@ def test_zero_p_dropout_layers_become_identities():
     assert model.split == "traced"
     assert isinstance(model.prefix.get_submodule("1"), nn.Identity)
     assert [type(m) for m in model.dropout_layers()] == [ConsistentDropout]
+
+
+def test_a_dropout_linear_head_runs_as_one_product_with_the_same_log_probs():
+    """The folded head (K masked weight matrices stacked) gives the K-fold pass's log-probs
+    up to float rounding; the zoo's networks keep the K-fold pass."""
+    from baldflow.models import ResNet18
+
+    module = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Dropout(0.4), nn.Linear(8, 3))
+    model = bayesian_from_module(module).eval()
+    assert model._dropout_then_linear() is not None
+    model.resample_masks(6, torch.Generator().manual_seed(3))
+    x = torch.randn(5, 12, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        folded = model(x, 6)
+        model.fold_dropout_linear = False
+        repeated = model(x, 6)
+    assert folded.shape == (5, 6, 3)
+    assert torch.allclose(folded, repeated, atol=1e-6)
+    assert not torch.equal(folded[:, 0], folded[:, 1])  # the masks differ per sample k
+    assert not ResNet18.fold_dropout_linear

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from baldflow.models.dropout import _ConsistentDropout
 
@@ -119,10 +119,62 @@ class BayesianModule(nn.Module):
         log_probs_BK_C = torch.log_softmax(logits_BK_C, dim=-1)
         return penultimate_B_D, log_probs_BK_C.view(features_B_F.shape[0], max(k, 1), -1)
 
+    # Whether a head of one dropout and one linear layer may be run as one matrix product
+    # (`_folded_log_probs`). Set by the plug-in models (PatchedModel, HeadOnly); the zoo's
+    # networks keep their arithmetic exactly as their committed results were computed.
+    fold_dropout_linear = False
+
+    def _dropout_then_linear(self) -> tuple[_ConsistentDropout, nn.Linear] | None:
+        """The head's (dropout, linear) when the head is exactly that, else None."""
+        head = self.head
+        if isinstance(head, nn.Sequential):
+            layers = list(head)
+        elif isinstance(head, fx.GraphModule):
+            nodes = [n for n in head.graph.nodes if n.op not in ("placeholder", "output")]
+            if not all(n.op == "call_module" for n in nodes):
+                return None
+            if len(nodes) == 2 and nodes[1].args != (nodes[0],):
+                return None
+            layers = [head.get_submodule(str(n.target)) for n in nodes]
+        else:
+            return None
+        if (
+            len(layers) == 2
+            and type(layers[0]).__name__ == "ConsistentDropout"
+            and isinstance(layers[0], _ConsistentDropout)
+            and isinstance(layers[1], nn.Linear)
+        ):
+            return layers[0], layers[1]
+        return None
+
+    def _folded_log_probs(
+        self, features_B_F: torch.Tensor, k: int, layers: tuple[_ConsistentDropout, nn.Linear]
+    ) -> torch.Tensor:
+        """log_probs_B_K_C of a dropout -> linear head without repeating the features K times:
+        mask k scales the linear layer's input columns, so (x * m_k) W^T = x (W * m_k)^T, and
+        the K masked weight matrices stacked are one [K*C, F] product. Equal to the K-fold
+        pass up to float rounding; several times faster, since nothing of size B*K*F is made."""
+        dropout, linear = layers
+        masks_K_F = dropout._consistent_masks(features_B_F, k)
+        weight_KC_F = (linear.weight.unsqueeze(0) * masks_K_F.unsqueeze(1)).reshape(
+            -1, linear.in_features
+        )
+        B = features_B_F.shape[0]
+        if linear.bias is None:
+            logits_B_KC = features_B_F @ weight_KC_F.T
+        else:
+            logits_B_KC = torch.addmm(linear.bias.repeat(k), features_B_F, weight_KC_F.T)
+        logits_B_K_C = logits_B_KC.view(B, k, linear.out_features)
+        return logits_B_K_C - torch.logsumexp(logits_B_K_C, dim=-1, keepdim=True)
+
     def forward(self, x: torch.Tensor, k: int = 0) -> torch.Tensor:
         if k < 0:
             raise ValueError(f"k (MC samples) must be >= 0, got {k}")
         features_B_F = self.prefix(x)
+        if self.fold_dropout_linear and k > 0 and not self.training and features_B_F.ndim == 2:
+            layers = self._dropout_then_linear()
+            if layers is not None:
+                return self._folded_log_probs(features_B_F, k, layers)
         logits_BK_C = self._run_head(features_B_F, k)
         log_probs_BK_C = torch.log_softmax(logits_BK_C, dim=-1)
         return log_probs_BK_C.view(features_B_F.shape[0], max(k, 1), -1)

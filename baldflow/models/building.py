@@ -33,6 +33,8 @@ class HeadOnly(BayesianModule):
     features): what a frozen-backbone campaign trains and scores. `spec` rebuilds it (the
     whole network's spec with part "head")."""
 
+    fold_dropout_linear = True
+
     def __init__(self, model: BayesianModule, spec: Mapping[str, Any]):
         super().__init__()
         self.prefix = nn.Identity()

@@ -35,6 +35,8 @@ class PatchedModel(BayesianModule):
     "whole-module" (no prefix: every layer runs K times). `split_detail` says why, in words.
     """
 
+    fold_dropout_linear = True
+
     def __init__(
         self,
         prefix: nn.Module,
