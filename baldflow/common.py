@@ -111,13 +111,15 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def short_repr(text: str, limit: int = 80) -> str:
-    """repr() of a possibly huge text for an error message, cut in the middle with its length."""
+def short_repr(text: Any, limit: int = 80) -> str:
+    """repr() of a possibly huge value for an error message, cut in the middle (a text's
+    length is added)."""
     shown = repr(text)
     if len(shown) <= limit:
         return shown
     half = (limit - 5) // 2
-    return f"{shown[:half]}...{shown[-half:]} ({len(text)} characters)"
+    cut = f"{shown[:half]}...{shown[-half:]}"
+    return f"{cut} ({len(text)} characters)" if isinstance(text, str) else cut
 
 
 def printable(text: str) -> str:

@@ -92,6 +92,16 @@ class FitResult:
         return asdict(self)
 
 
+def dropout_generator_for(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """The generator training-mode dropout draws its masks from: `generator` itself on the CPU;
+    elsewhere masks are drawn where the activations live, from that device's generator seeded
+    by one draw of ours, so the run still follows from one seed."""
+    if device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device).manual_seed(seed)
+
+
 def _epoch_indices(n: int, epoch_samples: int, generator: torch.Generator) -> torch.Tensor:
     if n >= epoch_samples:
         return torch.randperm(n, generator=generator)
@@ -118,13 +128,7 @@ def fit(
     device = resolve_device(config.device)
     started = time.perf_counter()
     model.to(device)
-    if device.type == "cpu":
-        dropout_generator = generator
-    else:
-        # Dropout masks are drawn where the activations live; seed that device's generator from
-        # ours so the run still follows from one seed.
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        dropout_generator = torch.Generator(device).manual_seed(seed)
+    dropout_generator = dropout_generator_for(generator, device)
     train_x_dev, train_y_dev = train_x.to(device), train_y.to(device=device, dtype=torch.long)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -332,11 +336,7 @@ def run_trainer(
     """
     plugin = TRAINER_PLUGINS.resolve(spec)
     model.to(device)
-    if device.type == "cpu":
-        dropout_generator = generator
-    else:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        dropout_generator = torch.Generator(device).manual_seed(seed)
+    dropout_generator = dropout_generator_for(generator, device)
     classifier = Classifier(model)
     classifier.train()
     model.set_train_generator(dropout_generator)

@@ -135,3 +135,23 @@ def trained_round_one(params: Mapping[str, Any], root: Path, also_labeled: tuple
     labeled_ids = {sid for sid, _ in labeled} | {splits.pool_ids[row] for row in also_labeled}
     sharding.write_exclude_file(labeled_ids, root / "labeled.txt")
     return config, data, trained, labeled_ids, seed
+
+
+def write_disk_source(root: Path, params: dict) -> None:
+    """The tiny digits campaign's data as a disk source: pool/, val/ and test/ DiskPools."""
+    from baldflow.compute import campaign_data
+    from baldflow.config import validate
+    from baldflow.data.ondisk import PoolWriter
+
+    splits = campaign_data.prepare_data(validate(params)).splits
+    parts = {
+        "pool": (splits.pool_x, splits.pool_y, list(splits.pool_ids)),
+        "val": (splits.val_x, splits.val_y, [f"val-{i}" for i in range(len(splits.val_y))]),
+        "test": (splits.test_x, splits.test_y, [f"test-{i}" for i in range(len(splits.test_y))]),
+    }
+    for name, (x, y, ids) in parts.items():
+        with PoolWriter(
+            root / name, tuple(x.shape[1:]), "float32", len(ids),
+            class_names=[str(c) for c in splits.class_names],
+        ) as writer:  # fmt: skip
+            writer.write(x.numpy(), y.numpy(), ids)

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import run_flow
+from helpers import run_flow, write_disk_source
 
 from baldflow.compute import campaign_data, features
 from baldflow.config import validate
 from baldflow.data.feature_pool import FEATURES_FILE, FeaturePool
-from baldflow.data.ondisk import PoolWriter
 
 
 def frozen(params: dict, **model) -> dict:
@@ -74,22 +73,6 @@ def test_a_changed_weights_file_makes_a_new_cache(tmp_path, tiny_params):
     torch.save(state, weights)
     second = features.plan_features(config, data, raw_dir, tmp_path / "features")
     assert first.key != second.key and first.backbone_hash != second.backbone_hash
-
-
-def write_disk_source(root: Path, params: dict) -> None:
-    """The tiny digits campaign's data as a disk source: pool/, val/ and test/ DiskPools."""
-    splits = campaign_data.prepare_data(validate(params)).splits
-    parts = {
-        "pool": (splits.pool_x, splits.pool_y, list(splits.pool_ids)),
-        "val": (splits.val_x, splits.val_y, [f"val-{i}" for i in range(len(splits.val_y))]),
-        "test": (splits.test_x, splits.test_y, [f"test-{i}" for i in range(len(splits.test_y))]),
-    }
-    for name, (x, y, ids) in parts.items():
-        with PoolWriter(
-            root / name, tuple(x.shape[1:]), "float32", len(ids),
-            class_names=[str(c) for c in splits.class_names],
-        ) as writer:  # fmt: skip
-            writer.write(x.numpy(), y.numpy(), ids)
 
 
 def _decided(workspace: Path, campaign: str) -> list[tuple]:

@@ -18,13 +18,13 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from helpers import run_flow
+from helpers import run_flow, write_disk_source
 
 pytest.importorskip("prefect_dask")
 
 from baldflow.compute import campaign_data  # noqa: E402
 from baldflow.config import validate  # noqa: E402
-from baldflow.data.ondisk import DiskPool, PoolWriter  # noqa: E402
+from baldflow.data.ondisk import DiskPool  # noqa: E402
 from baldflow.data.pool_formats import manifest  # noqa: E402
 from baldflow.stack.dask_cluster import DaskCluster  # noqa: E402
 from baldflow.stack.process import free_port  # noqa: E402
@@ -78,22 +78,6 @@ def test_local_cluster_rounds_acquire_what_one_process_acquires(
     ).stdout
     workers = [line for line in children.splitlines() if "spawn_main" in line]
     assert not workers, children
-
-
-def write_disk_source(root: Path, params: dict) -> None:
-    """The tiny digits campaign's data as a disk source: pool/, val/ and test/ DiskPools."""
-    splits = campaign_data.prepare_data(validate(params)).splits
-    parts = {
-        "pool": (splits.pool_x, splits.pool_y, list(splits.pool_ids)),
-        "val": (splits.val_x, splits.val_y, [f"val-{i}" for i in range(len(splits.val_y))]),
-        "test": (splits.test_x, splits.test_y, [f"test-{i}" for i in range(len(splits.test_y))]),
-    }
-    for name, (x, y, ids) in parts.items():
-        with PoolWriter(
-            root / name, tuple(x.shape[1:]), "float32", len(ids),
-            class_names=[str(c) for c in splits.class_names],
-        ) as writer:  # fmt: skip
-            writer.write(x.numpy(), y.numpy(), ids)
 
 
 def test_disk_pool_on_a_standing_cluster(tmp_path, tiny_params, prefect_harness):

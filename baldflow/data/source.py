@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from baldflow.common import short_repr
 from baldflow.data.splits import DataSourceError, DataSplits, check_texts
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def check_ids(spec: str, ids: Any) -> None:
     for position, value in enumerate(ids):
         if not isinstance(value, str):
             raise DataSourceError(
-                f"{where}: pool id {_shown(value)} (entry {position}) is of type "
+                f"{where}: pool id {short_repr(value)} (entry {position}) is of type "
                 f"{type(value).__name__}, not str; sample ids must be text"
             )
     check_texts("sample id", ids, where)
@@ -221,12 +222,12 @@ def check_class_names(spec: str, class_names: Any) -> None:
     where = f"data source {spec!r}"
     if not isinstance(class_names, list | tuple) or not class_names:
         raise DataSourceError(
-            f"{where}: class_names must be a non-empty list of text, got {_shown(class_names)}"
+            f"{where}: class_names must be a non-empty list of text, got {short_repr(class_names)}"
         )
     for position, value in enumerate(class_names):
         if not isinstance(value, str):
             raise DataSourceError(
-                f"{where}: class name {_shown(value)} (entry {position}) is of "
+                f"{where}: class name {short_repr(value)} (entry {position}) is of "
                 f"type {type(value).__name__}, not str"
             )
     check_texts("class name", list(class_names), where)
@@ -249,15 +250,6 @@ def _check_labels(where: str, part: str, labels: Any, num_classes: int) -> None:
         )
 
 
-def _shown(value: Any, limit: int = 80) -> str:
-    """repr() of any value for a one-line message, cut in the middle when long."""
-    shown = repr(value)
-    if len(shown) <= limit:
-        return shown
-    half = (limit - 5) // 2
-    return f"{shown[:half]}...{shown[-half:]}"
-
-
 def check_pool(spec: str, pool: Any) -> None:
     """What a plug-in's own `open` gave: a CampaignPool whose ids are unique text, with
     non-empty text class names and initial ids drawn from the pool."""
@@ -275,4 +267,4 @@ def check_pool(spec: str, pool: Any) -> None:
     known = set(ids)
     stray = next((i for i in pool.initial_ids if i not in known), None)
     if stray is not None:
-        raise DataSourceError(f"{where}: initial id {_shown(stray)} is not a pool id")
+        raise DataSourceError(f"{where}: initial id {short_repr(stray)} is not a pool id")
