@@ -117,3 +117,21 @@ def test_a_frozen_campaign_on_disk_acquires_the_same_on_dask(
     run_flow(tmp_path / "dask", other)
     assert os.stat(caches[0] / "pool" / "x.npy").st_mtime_ns == stamp
     assert len(list(caches[0].parent.iterdir())) == 1
+
+
+def test_a_round_model_of_a_frozen_campaign_rebuilds_from_its_spec(tmp_path, tiny_params):
+    """What a round saves (the head's spec and weights) is what workers and the registry
+    rebuild: the same log-probs on the same features."""
+    from baldflow.compute.fitting import campaign_model
+    from baldflow.models import rebuild_model
+    from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
+
+    config = validate(frozen(tiny_params))
+    head = campaign_model(config, (1, 8, 8), 10, seed=11, part="head")
+    assert isinstance(head.prefix, torch.nn.Identity) and head.spec["part"] == "head"
+    save_model_files(tmp_path / "model", head.state_dict(), head.spec)
+    again = rebuild_model(tmp_path / "model" / SPEC_FILE, tmp_path / "model" / WEIGHTS_FILE)
+    features_B_F = torch.randn(4, 64, 2, 2, generator=torch.Generator().manual_seed(0))
+    for model in (head.eval(), again):
+        model.resample_masks(3, torch.Generator().manual_seed(1))
+    assert torch.equal(head(features_B_F, 3), again(features_B_F, 3))
