@@ -98,8 +98,7 @@ def _first_line(error: BaseException) -> str:
 
 def _module_file(obj: Any) -> Path | None:
     """The source file of the module that defines `obj` (an instance: its class's)."""
-    target = obj if inspect.isclass(obj) or callable(obj) and not _is_instance(obj) else type(obj)
-    module = inspect.getmodule(target)
+    module = inspect.getmodule(type(obj) if _is_instance(obj) else obj)
     path = getattr(module, "__file__", None)
     return Path(path) if path else None
 

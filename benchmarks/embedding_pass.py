@@ -468,10 +468,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-rows", type=int, default=16_384, help="goal 3 (b)")
     parser.add_argument("--skip-rounds", action="store_true", help="no goal 4")
     parser.add_argument("--only-rounds", action="store_true", help="goal 4 only")
+    parser.add_argument("--goals", default="1,2,3,4", help="which goals, e.g. 1,2")
     parser.add_argument("--keep", action="store_true", help="keep the /tmp directory")
     args = parser.parse_args(argv)
     if args.quick:
         args.count = 20_000
+    goals = {int(g) for g in args.goals.split(",") if g.strip()}
+    if args.skip_rounds:
+        goals.discard(4)
+    if args.only_rounds:
+        goals &= {4}
 
     import torch
 
@@ -486,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.cpu_count()} CPUs, torch {torch.__version__}, load average "
             f"{os.getloadavg()[0]:.2f} at the start"
         )
-        if not args.only_rounds:
+        if goals & {1, 2, 3}:
             source = campaign_source(args.source or tmp / "source", args.count)
             config = frozen_config(source)
             data = prepare_data(config)
@@ -497,11 +503,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"plan_features {time.perf_counter() - began:.1f} s; "
                 f"backbone {job.backbone_hash[:12]}, features {list(job.feature_shape)}"
             )
-            one = goal_single(args, source, job, tmp)
-            two = goal_dask(job)
-            three = goal_memory(args, job)
-        if not args.skip_rounds:
-            if args.round_count == args.count and not args.only_rounds:
+            one = goal_single(args, source, job, tmp) if 1 in goals else None
+            two = goal_dask(job) if 2 in goals else None
+            three = goal_memory(args, job) if 3 in goals else None
+        if 4 in goals:
+            if args.round_count == args.count and goals & {1, 2, 3}:
                 round_source = args.source or tmp / "source"
             else:
                 round_source = campaign_source(tmp / "round-source", args.round_count)
