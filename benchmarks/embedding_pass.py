@@ -9,6 +9,7 @@ cheaper. This prints all four, each with pass or fail, and a summary table.
     python benchmarks/embedding_pass.py --count 20000 --skip-rounds   # quick check
     python benchmarks/embedding_pass.py                                # 200,000 rows + rounds
     python benchmarks/embedding_pass.py --source /tmp/src --keep       # reuse a source dir
+    python benchmarks/embedding_pass.py --goals 1,2                    # some goals only
 
 The pool: a campaign disk source (pool/, val/, test/; `make_pool.build_source`) of `--count`
 28x28 uint8 rows, noisy Fashion-MNIST copies where its IDX files are here, else synthetic.

@@ -33,6 +33,8 @@ from baldflow.seeds import STREAM_BACKBONE, generator_for
 
 # Rows per forward pass of the backbone; chunk boundaries are multiples of it (see above).
 EMBED_CHUNK = 256
+# Rows copied at a time from the shards into the features pool.
+ASSEMBLE_ROWS = 16_384
 BACKBONE_DIR = "backbone"
 SHARDS_DIR = "shards"
 PARTS = ("pool", "val", "test")
@@ -180,17 +182,21 @@ def embed_shard(job: FeatureJob, start: int, stop: int) -> str:
     if out.is_file():
         return str(out)
     prefix = load_backbone(job)
-    pool = open_pool(job.raw_dir)
-    try:
-        features = np.empty((stop - start, *job.feature_shape), dtype=np.float32)
-        for a, b in _chunks(start, stop):
-            features[a - start : b - start] = embed_rows(prefix, pool.rows(a, b))
-    finally:
-        pool.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as handle:
-        np.save(handle, features)
+    # Written chunk by chunk into the file's mapping: memory stays one chunk, however large
+    # the shard (a shard of features can be many times the size of its raw rows).
+    features = np.lib.format.open_memmap(
+        tmp, mode="w+", dtype=np.float32, shape=(stop - start, *job.feature_shape)
+    )
+    pool = open_pool(job.raw_dir)
+    try:
+        for a, b in _chunks(start, stop):
+            features[a - start : b - start] = embed_rows(prefix, pool.rows(a, b))
+        features.flush()
+    finally:
+        pool.close()
+        del features
     os.replace(tmp, out)
     return str(out)
 
@@ -209,7 +215,11 @@ def finish_features(job: FeatureJob, data: CampaignPool, ranges: list[tuple[int,
         ) as writer:  # fmt: skip
             for a, b in ranges:
                 block = np.load(_shard_file(job, a, b), mmap_mode="r")
-                writer.write(np.asarray(block), raw.labels(a, b).numpy(), raw.ids(a, b))
+                for c in range(a, b, ASSEMBLE_ROWS):  # a slice at a time: flat memory
+                    d = min(c + ASSEMBLE_ROWS, b)
+                    rows = np.asarray(block[c - a : d - a])
+                    writer.write(rows, raw.labels(c, d).numpy(), raw.ids(c, d))
+                del block
     finally:
         raw.close()
     prefix = load_backbone(job)
