@@ -15,10 +15,11 @@ path (import string `heads:feature_head`, `benchmarks/heads.py`), and scores the
 the function a campaign's shard task uses (`baldflow.compute.sharding.shard_scores`: reads
 READ_ROWS rows at a time with `DiskPool.rows`, `inference.score_pool` with the round's chunk
 size), shard by shard (`flows.scoring.LOCAL_SHARD_ROWS` rows, as `runner: local` does). It then
-times the parts of one chunk's work on in-memory rows (disk read, prefix, head x K, log-softmax,
-BALD) so a missed goal says where the time goes. Part B scores N = 250k and N = 1M rows in
-fresh subprocesses and reports their peak RSS. Part C runs `baldflow run` for one round on the
-pool (a temporary Prefect server is started by baldflow; its start-up is reported apart).
+times the parts of one chunk's work on in-memory rows (disk read, prefix, head, BALD; and the
+head run the K-fold way, for comparison) so a missed goal says where the time goes. Part B
+scores N = 250k and N = 1M rows in fresh subprocesses and reports their peak RSS. Part C runs
+`baldflow run` for one round on the pool (a temporary Prefect server is started by baldflow;
+its start-up is reported apart).
 
     .venv/bin/python benchmarks/frozen_head.py                 # everything, ~2 minutes
     .venv/bin/python benchmarks/frozen_head.py --skip-round    # parts A and B only
@@ -231,10 +232,11 @@ def _stage_seconds(chunks, stages, repeats: int = 3) -> list[float]:
 
 def profile(args, model, pool_dir: Path, job) -> dict:
     """Seconds per 1,000,000 samples of each stage of scoring (rows of `profile_rows` read from
-    the pool, then chunks of the job's chunk size in memory), the same for a what-if pipeline
-    (K masks folded into the last linear layer: one [B, D] x [D, K*C] matmul instead of
-    expanding B rows to B*K; log-softmax as x - logsumexp(x) over a [B, K, C] view), and
-    `shard_scores`'s rate at other chunk sizes."""
+    the pool, then chunks of the job's chunk size in memory): the read, the prefix (once per
+    sample), the head (a dropout -> linear head runs as one product of the K masked weight
+    matrices, `BayesianModule._folded_log_probs`), BALD; the same head run the K-fold way
+    (features repeated to B*K rows, as the zoo's networks run), for comparison; the whole of
+    `inference.score_pool`; and `shard_scores`'s rate at other chunk sizes."""
     from baldflow.acquisition.scores import bald
     from baldflow.compute.sharding import READ_ROWS, shard_scores
     from baldflow.data.pool_formats import open_pool
@@ -257,59 +259,37 @@ def profile(args, model, pool_dir: Path, job) -> dict:
     with torch.inference_mode():
         model.eval()
         model.resample_masks(k, torch.Generator().manual_seed(0))
+        layers = model._dropout_then_linear()
+        if layers is None or not model.fold_dropout_linear:
+            raise SystemExit("the head is not one dropout and one linear layer: nothing to fold")
         stages = {
             "prefix: Linear(D, 256) + ReLU, once per sample": model.prefix,
-            "head x K: expand to B*K rows, dropout mask, Linear(256, C)": (
-                lambda f: model._run_head(f, k)
+            "head: K masked weight matrices, one product, log-softmax": (
+                lambda f: model._folded_log_probs(f, k, layers)
             ),
-            "log_softmax on [B*K, C]": lambda lg: torch.log_softmax(lg, -1).view(-1, k, c),
             "BALD (acquisition.scores.bald)": bald,
         }
         seconds = _stage_seconds(chunks, list(stages.values()))
         out.update({name: t * scale for name, t in zip(stages, seconds, strict=True)})
         out["sum of the stages (in memory)"] = sum(seconds) * scale
-        # What-if: logits_B_K_C = features_B_F @ (mask_k * W)^T + b for all k in one matmul.
-        last = model.last_linear()
+        repeated = {
+            "prefix": model.prefix,
+            "head run K-fold: B*K rows, mask, Linear, log_softmax (for comparison)": (
+                lambda f: torch.log_softmax(model._run_head(f, k), -1).view(-1, k, c)
+            ),
+        }
+        seconds = _stage_seconds(chunks, list(repeated.values()))
+        name = list(repeated)[1]
+        out[name] = seconds[1] * scale
         probe = model.prefix(chunks[0])
-        masks_K_F = model.dropout_layers()[0]._consistent_masks(probe.repeat_interleave(k, 0), k)
-        w_KC_F = (masks_K_F[:, None, :] * last.weight[None]).reshape(k * c, -1)
-        b_KC = last.bias.repeat(k)
-        folded = torch.addmm(b_KC, probe, w_KC_F.T).view(-1, k, c)
-        reference = model._run_head(probe, k).view(-1, k, c)
-        out["what-if max |logit difference| vs the model"] = float((folded - reference).abs().max())
-
-        def log_softmax_bkc(lg):
-            lg = lg.view(-1, k, c)
-            return lg - torch.logsumexp(lg, -1, keepdim=True)
-
-        what_if = {
-            "what-if prefix": model.prefix,
-            "what-if head: one addmm with folded masks": lambda f: torch.addmm(b_KC, f, w_KC_F.T),
-            "what-if log-softmax: x - logsumexp(x)": log_softmax_bkc,
-            "what-if BALD": bald,
-        }
-        seconds = _stage_seconds(chunks, list(what_if.values()))
-        out.update({name: t * scale for name, t in zip(what_if, seconds, strict=True)})
-        out["what-if sum (in memory)"] = sum(seconds) * scale
-
-        def folded_pass():
-            for x_B in chunks:
-                bald(log_softmax_bkc(torch.addmm(b_KC, model.prefix(x_B), w_KC_F.T)))
-
-        def baldflow_pass():
-            score_pool(model, x, "bald", k, torch.Generator().manual_seed(0), chunk)
-
-        ends = {
-            "end to end in memory: inference.score_pool": [],
-            "end to end in memory: what-if": [],
-        }
-        for _ in range(3):  # interleaved, so both see the same load on a shared machine
-            for name, function in zip(ends, (baldflow_pass, folded_pass), strict=True):
-                ends[name].append(_timed(function, 1))
-        out.update({name: min(t) * scale for name, t in ends.items()})
-        same = bald(log_softmax_bkc(torch.addmm(b_KC, probe, w_KC_F.T)))
-        out["what-if max |BALD difference| vs the model"] = float(
-            (same - bald(torch.log_softmax(reference, -1))).abs().max()
+        folded = model._folded_log_probs(probe, k, layers)
+        reference = torch.log_softmax(model._run_head(probe, k), -1).view(-1, k, c)
+        out["max |log-prob difference|, one product vs K-fold"] = float(
+            (folded - reference).abs().max()
+        )
+        out["end to end in memory: inference.score_pool"] = (
+            _timed(lambda: score_pool(model, x, "bald", k, torch.Generator().manual_seed(0), chunk))
+            * scale
         )
     by_chunk = {}
     for size in args.profile_chunks:
@@ -465,15 +445,11 @@ def summary(args, written: dict, a: dict, b: dict, c: dict | None) -> None:
                  f"{a['rate']:,.0f} samples/s/core", f">= {GOAL_RATE:,.0f}",
                  verdict(a["rate"] >= GOAL_RATE)))  # fmt: skip
     profile_ = a.get("profile", {})
-    if "end to end in memory: what-if" in profile_:
+    if "end to end in memory: inference.score_pool" in profile_:
         read = profile_["read (DiskPool.rows)"]
         base = profile_["end to end in memory: inference.score_pool"] + read
-        what_if = profile_["end to end in memory: what-if"] + read
         rows.append(("   same conditions: inference.score_pool in memory + read",
                      f"~{1e6 / base:,.0f} samples/s/core", "-", "-"))  # fmt: skip
-        rows.append(("   what-if: masks folded into the last layer (not baldflow's code)",
-                     f"~{1e6 / what_if:,.0f} samples/s/core (in memory + read)",
-                     f">= {GOAL_RATE:,.0f}", "-"))  # fmt: skip
     peaks = {n: r["peak_scoring_mb"] or r["process_peak_mb"] for n, r in b.items()}
     for n, r in b.items():
         rows.append((f"3. peak RSS scoring N={n:,}", f"{peaks[n]:.0f} MB while scoring "
