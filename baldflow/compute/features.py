@@ -184,19 +184,22 @@ def embed_shard(job: FeatureJob, start: int, stop: int) -> str:
     prefix = load_backbone(job)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    # Written chunk by chunk into the file's mapping: memory stays one chunk, however large
-    # the shard (a shard of features can be many times the size of its raw rows).
-    features = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.float32, shape=(stop - start, *job.feature_shape)
-    )
+    # Appended chunk by chunk after the .npy header: memory stays one chunk however large the
+    # shard (its features can be many times the size of its raw rows), and no written page is
+    # held in a mapping.
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+        "fortran_order": False,
+        "shape": (stop - start, *job.feature_shape),
+    }
     pool = open_pool(job.raw_dir)
     try:
-        for a, b in _chunks(start, stop):
-            features[a - start : b - start] = embed_rows(prefix, pool.rows(a, b))
-        features.flush()
+        with tmp.open("wb") as handle:
+            np.lib.format.write_array_header_2_0(handle, header)
+            for a, b in _chunks(start, stop):
+                handle.write(np.ascontiguousarray(embed_rows(prefix, pool.rows(a, b))).data)
     finally:
         pool.close()
-        del features
     os.replace(tmp, out)
     return str(out)
 
@@ -207,6 +210,7 @@ def finish_features(job: FeatureJob, data: CampaignPool, ranges: list[tuple[int,
     directory = Path(job.directory)
     if features_complete(directory):
         return str(directory)
+    row_size = int(np.prod(job.feature_shape))
     raw = open_pool(job.raw_dir)
     try:
         with PoolWriter(
@@ -214,12 +218,21 @@ def finish_features(job: FeatureJob, data: CampaignPool, ranges: list[tuple[int,
             class_names=list(data.class_names), overwrite=True,
         ) as writer:  # fmt: skip
             for a, b in ranges:
-                block = np.load(_shard_file(job, a, b), mmap_mode="r")
-                for c in range(a, b, ASSEMBLE_ROWS):  # a slice at a time: flat memory
-                    d = min(c + ASSEMBLE_ROWS, b)
-                    rows = np.asarray(block[c - a : d - a])
-                    writer.write(rows, raw.labels(c, d).numpy(), raw.ids(c, d))
-                del block
+                with _shard_file(job, a, b).open("rb") as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(handle)
+                    if shape != (b - a, *job.feature_shape) or dtype != np.float32:
+                        raise ValueError(f"shard file {handle.name} holds {shape} {dtype}")
+                    for c in range(a, b, ASSEMBLE_ROWS):  # a slice at a time: flat memory
+                        d = min(c + ASSEMBLE_ROWS, b)
+                        rows = np.fromfile(handle, dtype=np.float32, count=(d - c) * row_size)
+                        rows = rows.reshape(d - c, *job.feature_shape)
+                        writer.write(rows, raw.labels(c, d).numpy(), raw.ids(c, d))
     finally:
         raw.close()
     prefix = load_backbone(job)
