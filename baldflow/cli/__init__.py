@@ -92,8 +92,8 @@ def report_error(exc: BaseException) -> int | None:
     problems; 2 (EXIT_CONFIG) a parameter is wrong or contradicts the campaign's record;
     3 (EXIT_LOCKED) another run holds the workspace; 4 (EXIT_LABELS) a label file was refused;
     5 (EXIT_PREFLIGHT) this machine lacks what the campaign needs (data files, the device,
-    a reachable tracking server, a plug-in that imports and keeps its contract). None for an error that is not the user's to fix (a bug):
-    the caller re-raises it.
+    a reachable tracking server, a plug-in that imports and keeps its contract). None for an
+    error that is not the user's to fix (a bug): the caller re-raises it.
     """
     from baldflow.config import ConfigError
     from baldflow.labeling import LabelImportError
