@@ -20,7 +20,7 @@ def add_plugins(sub) -> None:
         "each. An import string package.module:callable is accepted too.",
     )
     p.add_argument("--kind", choices=KINDS, action="append", default=[],
-                   help="only this seam (repeatable)")  # fmt: skip
+                   help="only this seam (repeatable; default: all four)")  # fmt: skip
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
