@@ -91,14 +91,21 @@ def import_object(spec: str) -> Any:
     return obj
 
 
-def _first_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """An exception as one line, `Type: first line of its message`: how a plug-in's own
+    failure is quoted in the one-line errors that name the plug-in."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def _definer(obj: Any) -> Any:
+    """What defines `obj`: the object itself, or for an instance its class."""
+    return type(obj) if _is_instance(obj) else obj
+
+
 def _module_file(obj: Any) -> Path | None:
     """The source file of the module that defines `obj` (an instance: its class's)."""
-    module = inspect.getmodule(type(obj) if _is_instance(obj) else obj)
+    module = inspect.getmodule(_definer(obj))
     path = getattr(module, "__file__", None)
     return Path(path) if path else None
 
@@ -146,19 +153,12 @@ class Registry:
     into its instance) and raises PluginError when it does not keep the contract.
     """
 
-    def __init__(
-        self,
-        kind: str,
-        group: str,
-        builtins_module: str,
-        *,
-        adapt: Callable[[Any, str], Any] | None = None,
-    ):
+    def __init__(self, kind: str, group: str, builtins_module: str):
         self.kind = kind
         self.group = group
         self.builtins_module = builtins_module
         self.schemes: dict[str, Callable[[str], Any]] = {}
-        self._adapt = adapt
+        self._adapt: Callable[[Any, str], Any] | None = None
         self.contract = ""
         self._registered: dict[str, tuple[Any, bool]] = {}
         self._resolved: dict[str, Plugin] = {}
@@ -261,7 +261,7 @@ class Registry:
             except PluginError:
                 raise
             except Exception as error:  # noqa: BLE001 (a scheme's own error, shown in one line)
-                raise PluginError(self.kind, spec, _first_line(error)) from error
+                raise PluginError(self.kind, spec, error_line(error)) from error
             package, version = distribution_of(scheme)
             obj = self._adapted(obj, spec, package)
             return Plugin(self.kind, spec, obj, package, version, code_hash(obj), "scheme")
@@ -282,15 +282,13 @@ class Registry:
         )
 
     def _from_entry_point(self, spec: str, ep: importlib.metadata.EntryPoint) -> Plugin:
-        dist = getattr(ep, "dist", None)
-        package = dist.name if dist is not None else ""
-        version = dist.version if dist is not None else ""
+        package, version = _distribution_of_entry_point(ep)
         try:
             obj = ep.load()
         except Exception as error:  # noqa: BLE001 (any import failure of a third-party package)
             raise PluginError(
                 self.kind, spec,
-                f"its entry point {ep.value} ({self.group}) does not load: {_first_line(error)}",
+                f"its entry point {ep.value} ({self.group}) does not load: {error_line(error)}",
                 package=package or None,
             ) from error  # fmt: skip
         obj = self._adapted(obj, spec, package)
@@ -303,7 +301,7 @@ class Registry:
             obj = import_object(spec)
         except Exception as error:  # noqa: BLE001 (whatever the user's module raises on import)
             raise PluginError(
-                self.kind, spec, f"does not import: {_first_line(error)}", package=package or None
+                self.kind, spec, f"does not import: {error_line(error)}", package=package or None
             ) from error
         obj = self._adapted(obj, spec, package)
         return Plugin(self.kind, spec, obj, package, version, code_hash(obj), "import string")
@@ -326,11 +324,9 @@ class Registry:
                 plugin = self.resolve(name)
             except PluginError as error:
                 ep = next((e for e in self.entry_points() if e.name == name), None)
-                dist = getattr(ep, "dist", None)
+                package, version = _distribution_of_entry_point(ep)
                 yield {
-                    "kind": self.kind, "name": name,
-                    "package": dist.name if dist is not None else "",
-                    "version": dist.version if dist is not None else "",
+                    "kind": self.kind, "name": name, "package": package, "version": version,
                     "origin": "entry point", "problem": error.problem,
                 }  # fmt: skip
                 continue
@@ -347,17 +343,19 @@ class Registry:
 
 
 def _defining_module(obj: Any) -> str:
-    target = obj if not _is_instance(obj) else type(obj)
-    return getattr(target, "__module__", "") or ""
+    return getattr(_definer(obj), "__module__", "") or ""
+
+
+def _distribution_of_entry_point(ep: importlib.metadata.EntryPoint | None) -> tuple[str, str]:
+    """(package, version) of the installed distribution that declares `ep`, or ("", "")."""
+    dist = getattr(ep, "dist", None)
+    return (dist.name, dist.version) if dist is not None else ("", "")
 
 
 def forget_entry_point_cache() -> None:
     """Drop importlib's cached view of installed packages (after installing one at run time,
     e.g. in a test); resolutions already made stay."""
     importlib.invalidate_caches()
-    cache = getattr(importlib.metadata, "packages_distributions", None)
-    if cache is not None and hasattr(cache, "cache_clear"):
-        cache.cache_clear()
     sys.path_importer_cache.clear()
 
 

@@ -29,7 +29,7 @@ from baldflow.data.source_checks import (
 from baldflow.data.sources import DEFAULT_SOURCE, SOURCES
 from baldflow.data.splits import DataSourceError, DataSplits
 from baldflow.data.streamed_pool import StreamedPool
-from baldflow.plugins import SOURCE_PLUGINS, PluginError, is_import_string
+from baldflow.plugins import SOURCE_PLUGINS, PluginError, error_line, is_import_string
 
 CONTRACT = (
     "a DataSource (subclass or instance: load(root, *, seed, **options) -> DataSplits, or "
@@ -129,11 +129,6 @@ def _has_seam(obj: Any) -> bool:
     return callable(getattr(obj, "load", None)) or callable(getattr(obj, "open", None))
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
 def adapt(obj: Any, spec: str) -> DataSource:
     """The DataSource that `obj` (what `spec` resolved to) stands for: a DataSource subclass
     (or any class with load/open) instantiated with no arguments, an instance as it is, a
@@ -148,7 +143,7 @@ def adapt(obj: Any, spec: str) -> DataSource:
             obj = obj()
         except Exception as error:  # noqa: BLE001 (whatever a plug-in's constructor raises)
             raise PluginError(
-                "source", spec, f"{obj.__qualname__}() fails: {_first_line(error)} (a source "
+                "source", spec, f"{obj.__qualname__}() fails: {error_line(error)} (a source "
                 f"class is made with no arguments; pass an instance to take any)",
             ) from error  # fmt: skip
     if isinstance(obj, DataSource):

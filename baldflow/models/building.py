@@ -21,9 +21,9 @@ from baldflow.models.patching import (
     torchvision_model,
 )
 from baldflow.models.weights import load_pretrained, load_weights, read_pretrained
-from baldflow.models.zoo import _BUILD_LOCK, MODELS, ModelSpecError
+from baldflow.models.zoo import MODELS, ModelSpecError, seeded_init
 from baldflow.models.zoo import build_model as build_zoo_model
-from baldflow.plugins import MODEL_PLUGINS, PluginError
+from baldflow.plugins import MODEL_PLUGINS, Plugin, PluginError, error_line
 
 WHOLE, HEAD = "whole", "head"
 
@@ -42,16 +42,12 @@ class HeadOnly(BayesianModule):
         self.spec = dict(spec)
 
 
-def plugin_label(name: str) -> str:
+def plugin_label(plugin: Plugin) -> str:
     """How messages name a model: `model plug-in 'NAME' (package P)`, or the built-in's name."""
-    try:
-        plugin = MODEL_PLUGINS.resolve(name)
-    except PluginError:
-        return f"model {name!r}"
     if plugin.builtin:
-        return f"model {name!r}"
+        return f"model {plugin.name!r}"
     package = f" (package {plugin.package})" if plugin.package else ""
-    return f"model plug-in {name!r}{package}"
+    return f"model plug-in {plugin.name!r}{package}"
 
 
 def build_model(
@@ -111,8 +107,8 @@ def _build_bayesian(
     weights: str | None,
     spec: dict[str, Any],
 ) -> BayesianModule:
-    label = plugin_label(name)
     plugin = MODEL_PLUGINS.resolve(name)
+    label = plugin_label(plugin)
     module: nn.Module
     if plugin.builtin:
         module = build_zoo_model(name, input_shape, num_classes, dropout, seed, **options)
@@ -157,21 +153,14 @@ def _call_factory(
     seed: int,
     label: str,
 ) -> nn.Module:
-    """The plug-in's nn.Module, its initialisation drawn from `seed` (torch's global RNG
-    seeded inside fork_rng, so the caller's state is left as it was)."""
-    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))
+    """The plug-in's nn.Module, its initialisation drawn from `seed` alone (`seeded_init`)."""
+    with seeded_init(seed):
         try:
             module = plugin.obj(input_shape, int(num_classes), dict(options))
         except Exception as error:  # noqa: BLE001 (the plug-in's own code)
-            text = str(error).strip().splitlines()
-            raise ModelSpecError(
-                f"{label}: building it failed: {type(error).__name__}: {text[0] if text else ''}"
-            ) from error
+            raise ModelSpecError(f"{label}: building it failed: {error_line(error)}") from error
     if not isinstance(module, nn.Module):
-        raise ModelSpecError(
-            f"{label}: returned a {type(module).__name__}, not a torch.nn.Module"
-        )
+        raise ModelSpecError(f"{label}: returned a {type(module).__name__}, not a torch.nn.Module")
     return module
 
 

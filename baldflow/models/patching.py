@@ -13,7 +13,8 @@ from torch import fx, nn
 
 from baldflow.models.base import BayesianModule
 from baldflow.models.dropout import ConsistentDropout, ConsistentDropout2d, _ConsistentDropout
-from baldflow.models.zoo import _BUILD_LOCK, ModelSpecError
+from baldflow.models.zoo import ModelSpecError, seeded_init
+from baldflow.plugins import error_line
 
 SUPPORTED_DROPOUT = (
     "supported: nn.Dropout (becomes ConsistentDropout) and nn.Dropout1d/2d/3d "
@@ -267,11 +268,6 @@ def _declared_split(module: nn.Module, head: str) -> tuple[nn.Module, nn.Module,
     return module, head_module, f"prefix = the module with {head!r} replaced by nn.Identity"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
 def _eval_output(fn: Callable[[], torch.Tensor], modules: Sequence[nn.Module]) -> torch.Tensor:
     """fn() in eval mode with no autograd graph, restoring each module's mode afterwards."""
     modes = [[m.training for m in module.modules()] for module in modules]
@@ -326,7 +322,7 @@ def bayesian_from_module(
         except Exception as error:  # noqa: BLE001 (any failure of user code)
             raise ModelSpecError(
                 f"{type(module).__name__} failed on the sample input of shape "
-                f"{list(sample_input.shape)}: {_first_line(error)}"
+                f"{list(sample_input.shape)}: {error_line(error)}"
             ) from error
 
     # Traced while in eval mode (see the docstring); every submodule's mode is restored.
@@ -338,7 +334,7 @@ def bayesian_from_module(
         trace_failure = ""
     except Exception as error:  # noqa: BLE001 (fx raises TraceError, TypeError, ... on user code)
         graph = None
-        trace_failure = f"torch.fx cannot trace {type(module).__name__}: {_first_line(error)}"
+        trace_failure = f"torch.fx cannot trace {type(module).__name__}: {error_line(error)}"
     finally:
         for m, mode in zip(module.modules(), modes, strict=True):
             m.training = mode
@@ -366,7 +362,7 @@ def bayesian_from_module(
         try:
             traced = _trace_split(module, graph)
         except Exception as error:  # noqa: BLE001 (building the graph modules from user code)
-            traced = f"the traced graph cannot be split: {_first_line(error)}"
+            traced = f"the traced graph cannot be split: {error_line(error)}"
         if isinstance(traced, str):
             reasons.append(traced)
         else:
@@ -442,7 +438,7 @@ def check_model_outputs(
     except Exception as error:  # noqa: BLE001 (any failure of user code)
         raise ModelSpecError(
             f"{label}: the model fails on input of shape [2, {', '.join(map(str, input_shape))}]"
-            f": {_first_line(error)}"
+            f": {error_line(error)}"
         ) from error
     if not isinstance(logits, torch.Tensor):
         raise ModelSpecError(
@@ -477,15 +473,12 @@ def torchvision_model(arch: str, num_classes: int, *, seed: int = 0, **options: 
         close = difflib.get_close_matches(arch, names, n=5, cutoff=0.5)
         hint = f"close names: {', '.join(close)}" if close else f"e.g. {', '.join(names[:5])}"
         raise ModelSpecError(f"unknown torchvision architecture {arch!r}; {hint}")
-    # Seeded inside fork_rng under the zoo's lock, as build_model does: layer initialisation
-    # draws from the global generator.
-    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))
+    with seeded_init(seed):
         try:
             return tv_models.get_model(arch, weights=None, num_classes=int(num_classes), **options)
         except (TypeError, ValueError) as error:
             raise ModelSpecError(
-                f"invalid options for torchvision architecture {arch!r}: {_first_line(error)}"
+                f"invalid options for torchvision architecture {arch!r}: {error_line(error)}"
             ) from error
 
 

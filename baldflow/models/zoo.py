@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -166,6 +167,16 @@ MODELS: dict[str, Callable[..., BayesianModule]] = {
 _BUILD_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Layers built inside draw their initial weights from `seed` alone; torch's global RNG
+    state is left as it was. Every network baldflow builds (the zoo, plug-ins, torchvision's)
+    is built inside one."""
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        yield
+
+
 def build_model(
     name: str,
     input_shape: Sequence[int],
@@ -185,8 +196,7 @@ def build_model(
         raise ModelSpecError(f"num_classes must be >= 2, got {num_classes}")
     if not 0.0 <= dropout < 1.0:
         raise ModelSpecError(f"dropout must be in [0, 1), got {dropout}")
-    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))
+    with seeded_init(seed):
         try:
             return MODELS[name](input_shape, int(num_classes), float(dropout), **options)
         except TypeError as error:
