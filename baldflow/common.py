@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,16 @@ def from_spreadsheet(text: str) -> str:
     """A cell read back from a sheet people edited: without the neutralising apostrophe, which
     spreadsheets keep or drop when they save. Ids and class names never start with one."""
     return text[1:] if text.startswith(SHEET_QUOTE) else text
+
+
+# Bytes read at a time when a file is hashed: the whole file is never in memory.
+HASH_BLOCK_BYTES = 4 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex of a file's bytes, streamed in HASH_BLOCK_BYTES pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()

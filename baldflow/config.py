@@ -296,7 +296,7 @@ class Config(_Section):
         data["oracle"].pop("label_studio")
         data["acquisition"].pop("shadow_batchbald")
         # Where the weights file lies is this machine's; its sha256 is the identity (recorded
-        # with the plug-ins, baldflow.compute.plugin_record).
+        # with the plug-ins, plugin_record).
         data["model"].pop("weights")
         return data
 
@@ -517,27 +517,28 @@ def check_sharding(config: Config) -> None:
         _refuse(get_strategy(config.acquisition.strategy).check({}, sharded_by=sharded_by))
 
 
+def _named_plugins(config: Config) -> list[tuple[str, str, Any, str]]:
+    """(seam, field, registry, name) of each plug-in the campaign names."""
+    from baldflow.plugins import MODEL_PLUGINS, SOURCE_PLUGINS, STRATEGY_PLUGINS, TRAINER_PLUGINS
+
+    return [
+        ("model", "model.name", MODEL_PLUGINS, config.model.name),
+        ("source", "data.source", SOURCE_PLUGINS, config.data.source),
+        ("trainer", "training.trainer", TRAINER_PLUGINS, config.training.trainer),
+        ("strategy", "acquisition.strategy", STRATEGY_PLUGINS, config.acquisition.strategy),
+    ]
+
+
 def check_registry_names(config: Config) -> None:
     """Check the names that registries resolve, listing the valid names on a mismatch.
 
     A name may also be an installed package's entry point or an import string
     (package.module:callable): those are only checked for their form here; preflight imports
-    them and checks them against their seam's contract (baldflow.compute.plugins).
+    them and checks them against their seam's contract (preflight.check_plugins).
     """
     from baldflow.acquisition.strategies import STRATEGIES, canonical_name, suggest
-    from baldflow.plugins import (
-        MODEL_PLUGINS,
-        SOURCE_PLUGINS,
-        STRATEGY_PLUGINS,
-        TRAINER_PLUGINS,
-    )
 
-    for field, value, registry in (
-        ("acquisition.strategy", config.acquisition.strategy, STRATEGY_PLUGINS),
-        ("model.name", config.model.name, MODEL_PLUGINS),
-        ("data.source", config.data.source, SOURCE_PLUGINS),
-        ("training.trainer", config.training.trainer, TRAINER_PLUGINS),
-    ):
+    for _, field, registry, value in _named_plugins(config):
         if registry.knows(value):
             continue
         names = registry.names()
@@ -728,30 +729,18 @@ def dump_yaml(config: Config) -> str:
 # ---------------------------------------------------------------------------- plug-ins
 def plugin_record(config: Config) -> dict[str, dict[str, Any]]:
     """What a campaign records of the plug-ins it uses (campaign.yaml's `plugins`, every
-    round's MLflow run): per seam, the name and the providing package, and for a plug-in from
-    outside baldflow its version and code hash; the model's weights file's sha256.
+    round's MLflow run): per seam, `Plugin.record()`; the model's weights file's sha256.
 
     Resolving imports the plug-ins: PluginError (one line) for one that does not load,
-    WeightsError for a weights file that is missing. A built-in is recorded by name: it is
-    baldflow's code, and a newer baldflow resumes campaigns its built-ins began.
+    WeightsError for a weights file that is missing.
     """
-    from baldflow.models.weights import file_sha256
-    from baldflow.plugins import MODEL_PLUGINS, SOURCE_PLUGINS, STRATEGY_PLUGINS, TRAINER_PLUGINS
+    from baldflow.models.weights import weights_sha256
 
-    record: dict[str, dict[str, Any]] = {}
-    for kind, registry, spec in (
-        ("model", MODEL_PLUGINS, config.model.name),
-        ("source", SOURCE_PLUGINS, config.data.source),
-        ("trainer", TRAINER_PLUGINS, config.training.trainer),
-        ("strategy", STRATEGY_PLUGINS, config.acquisition.strategy),
-    ):
-        plugin = registry.resolve(spec)
-        entry = plugin.record()
-        if plugin.builtin:
-            entry = {"name": entry["name"], "package": entry["package"]}
-        record[kind] = entry
+    record = {
+        seam: registry.resolve(name).record() for seam, _, registry, name in _named_plugins(config)
+    }
     if config.model.weights is not None:
-        record["model"]["weights_sha256"] = file_sha256(config.model.weights)
+        record["model"]["weights_sha256"] = weights_sha256(config.model.weights)
     return record
 
 

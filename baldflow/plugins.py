@@ -67,7 +67,12 @@ class Plugin:
         return self.origin == "builtin"
 
     def record(self) -> dict[str, Any]:
-        """What a campaign records of the plug-in (campaign.yaml, every round's MLflow run)."""
+        """What a campaign records of the plug-in (campaign.yaml, every round's MLflow run): its
+        name and package, and for a plug-in from outside baldflow its version and code hash. A
+        built-in is recorded by name: it is baldflow's code, and a newer baldflow resumes the
+        campaigns its built-ins began."""
+        if self.builtin:
+            return {"name": self.name, "package": self.package}
         return {
             "name": self.name,
             "package": self.package,

@@ -36,17 +36,6 @@ TRACKING_TIMEOUT_S = 3.0
 # Ports of the database URIs MLflow accepts as tracking URIs, when the URI names none.
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
-# Keyword arguments that a source's open passes itself, from their own fields: the same name
-# in data.options would collide with them at load time.
-_OPTION_OWNERS = {
-    "root": "data.root",
-    "seed": "campaign.seed",
-    "repeat": "data.repeat",
-    "noise_std": "data.noise_std",
-    "initial_per_class": "campaign.initial_per_class",
-}
-
-
 class PreflightError(RuntimeError):
     """This machine cannot run the campaign as configured; one line with the problem and fix."""
 
@@ -297,10 +286,12 @@ def check_data(config: Config) -> None:
 
 
 def _check_options(source: str, accepted: list[str], options: Mapping[str, Any]) -> None:
-    accepted = [name for name in accepted if name not in _OPTION_OWNERS]
+    from baldflow.data.source import OPTION_OWNERS
+
+    accepted = [name for name in accepted if name not in OPTION_OWNERS]
     for key, value in options.items():
-        if key in _OPTION_OWNERS:
-            owner = _OPTION_OWNERS[key]
+        if key in OPTION_OWNERS:
+            owner = OPTION_OWNERS[key]
             raise ConfigError(
                 f"data.options.{key} duplicates the parameter {owner}; fix: drop it from "
                 f"data.options and use --set {owner}={_cli(value)}",

@@ -34,13 +34,12 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from baldflow.common import short_repr, text_problem
+from baldflow.common import file_sha256, short_repr, text_problem
 from baldflow.data.row_pool import (
     SUPPORTED_DTYPES,
     PoolFormatError,
     PoolNotFoundError,
     RowPool,
-    file_sha256,
     pread_into,
 )
 from baldflow.data.sources import GRAYSCALE_MODES, IMAGE_SUFFIXES, npz_texts, open_image

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from baldflow.common import short_repr, text_problem
+from baldflow.common import file_sha256, short_repr, text_problem
 from baldflow.data.row_pool import (
     CHUNK_BYTES,
     DEFAULT_SCALE,
@@ -48,7 +48,6 @@ from baldflow.data.row_pool import (
     PoolFormatError,
     PoolNotFoundError,
     RowPool,
-    file_sha256,
     find_duplicate_ids,
     id_key,
     pread_into,

@@ -2,13 +2,12 @@
 
 Why a module of its own: the pool directory format (`baldflow.data.ondisk`) and the pools read
 in place (`baldflow.data.lazy_pools`: an .npz, an image folder) are siblings. Both build on
-`RowPool` and the positioned reads, id keys, errors and content hashes here, and neither
+`RowPool` and the positioned reads, id keys and errors here, and neither
 imports the other; `baldflow.data.pool_formats.open_pool` picks among them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import unicodedata
@@ -24,7 +23,7 @@ from baldflow.data.splits import DataNotFoundError, DataSourceError
 SUPPORTED_DTYPES = {"uint8": np.dtype(np.uint8), "float32": np.dtype(np.float32)}
 DEFAULT_SCALE = {"uint8": 1.0 / 255.0, "float32": 1.0}
 UNKNOWN_LABEL = -1
-# Hashing and id scans stream files in chunks of this size: memory stays bounded for any N.
+# Id scans stream files in chunks of this size: memory stays bounded for any N.
 CHUNK_BYTES = 4 << 20
 
 
@@ -74,15 +73,6 @@ def id_key(sample_id: str) -> str:
     """Two ids that differ only in Unicode normalisation look identical: compare them as one
     (the same rule as `check_texts`). ASCII ids, the common case, skip the normalisation."""
     return sample_id if sample_id.isascii() else unicodedata.normalize("NFC", sample_id)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, streamed in CHUNK_BYTES pieces (never the whole file in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:

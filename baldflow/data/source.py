@@ -18,9 +18,15 @@ from baldflow.data.splits import DataSourceError, DataSplits, check_texts
 if TYPE_CHECKING:
     from baldflow.data.pool import CampaignPool
 
-# Keyword arguments a campaign passes itself, from its own fields (data.root, campaign.seed,
-# data.repeat, ...): an option of the same name would collide with them.
-OWNED_OPTIONS = frozenset({"root", "seed", "repeat", "noise_std", "initial_per_class"})
+# Keyword arguments a campaign passes a source itself, each from its own field: an option of
+# the same name in data.options would collide with them (preflight names the field to use).
+OPTION_OWNERS = {
+    "root": "data.root",
+    "seed": "campaign.seed",
+    "repeat": "data.repeat",
+    "noise_std": "data.noise_std",
+    "initial_per_class": "campaign.initial_per_class",
+}
 
 
 class SourceNotReadyError(DataSourceError):
@@ -164,7 +170,7 @@ def keyword_options(function: Callable[..., Any]) -> list[str]:
     return [
         name
         for name, parameter in inspect.signature(function).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in OWNED_OPTIONS
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in OPTION_OWNERS
     ]
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from baldflow.common import file_sha256
+
 
 class WeightsError(ValueError):
     """A weights file is missing or is not a plain state_dict of tensors."""
@@ -220,13 +222,19 @@ def load_pretrained(
         raise WeightsError(f"{path}: the weights do not load: {first}") from error
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex of a file's bytes, read in 1 MiB blocks (weights files can be large)."""
+# The sha256 of each weights file read in this process, by what identifies its content on
+# disk: a campaign records it with every round, and a large file is hashed only once.
+_WEIGHTS_DIGESTS: dict[tuple, str] = {}
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 hex of a weights file; WeightsError when there is none. Remembered per file and
+    its size, mtime and inode, so a replaced or rewritten file is hashed again."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _WEIGHTS_DIGESTS:
+        _WEIGHTS_DIGESTS[key] = file_sha256(path)
+    return _WEIGHTS_DIGESTS[key]
