@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -356,9 +358,6 @@ def run_trainer(
 
 def _broken_contract(returned, classifier: Classifier) -> str | None:
     """What is wrong with a trainer's return value, or None when it keeps the contract."""
-    import numbers
-    from collections.abc import Mapping
-
     if not (isinstance(returned, tuple) and len(returned) == 2):
         what = type(returned).__name__
         return f"returned a {what}, not the pair (model, metrics) a trainer returns"

@@ -97,7 +97,7 @@ def _as_strategy(obj: Any, spec: str) -> Strategy:
             obj = obj()
         except Exception as error:  # noqa: BLE001 (the plug-in's own constructor)
             raise plugins.PluginError(
-                "strategy", spec, f"could not be made: {type(error).__name__}: {error}"
+                "strategy", spec, f"could not be made: {plugins.error_line(error)}"
             ) from error
     try:
         return check_strategy(obj)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from baldflow.config import Config
+from baldflow.data.disk_source import spill_key
 from baldflow.data.feature_pool import FEATURES_FILE, FeaturePool, features_complete
 from baldflow.data.ondisk import PoolWriter, write_json_atomically
 from baldflow.data.pool import CampaignPool
@@ -88,15 +89,6 @@ def backbone_hash(model: Any) -> str:
     return digest.hexdigest()
 
 
-def _tensor_digest(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def features_key(config: Config, backbone: str, pool_sha256: str, data: CampaignPool) -> str:
     """The cache key: backbone, pool content, validation and test sets, preprocessing."""
     preprocessing = {
@@ -107,8 +99,8 @@ def features_key(config: Config, backbone: str, pool_sha256: str, data: Campaign
     parts = {
         "backbone": backbone,
         "pool": pool_sha256,
-        "val": _tensor_digest(*data.evaluation_set("val")),
-        "test": _tensor_digest(*data.evaluation_set("test")),
+        "val": spill_key(*data.evaluation_set("val"), (), data.class_names),
+        "test": spill_key(*data.evaluation_set("test"), (), data.class_names),
         "preprocessing": preprocessing,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

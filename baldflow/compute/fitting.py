@@ -18,11 +18,15 @@ from baldflow.seeds import STREAM_EVALUATE, STREAM_TRAIN, generator_for
 class Trained:
     model: Any  # baldflow.models.BayesianModule
     train_size: int
-    epochs: int | None
-    best_val_accuracy: float | None
     seconds: float
     # What the trainer reported (logged to the round's MLflow run as trainer.<name>).
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int | None:
+        """The epochs the trainer says it ran (baldflow's loop does), else None."""
+        epochs = self.metrics.get("epochs")
+        return int(epochs) if epochs is not None else None
 
 
 def model_part(config: Config) -> str:
@@ -55,13 +59,20 @@ def trainer_options(config: Config) -> dict[str, Any]:
     return {**{name: getattr(t, name) for name in BALDFLOW_LOOP_OPTIONS}, **t.options}
 
 
+def round_network(config: Config, data: CampaignPool, seed: int) -> Any:
+    """The network a round trains, initialised from `seed`: the whole campaign network, or for
+    a frozen backbone its head (the pool's inputs are then the cached features, and the
+    network is rebuilt from the raw input shape)."""
+    part = model_part(config)
+    input_shape = data.raw_input_shape if part == "head" else data.input_shape
+    return campaign_model(config, input_shape, data.num_classes, seed, part=part)
+
+
 def check_model(config: Config, data: CampaignPool) -> str:
     """Build the campaign's network on the pool's shape (the build checks a plug-in's logits:
     one per class, finite) and say how it was split into the part run once and the part run
     K times."""
-    part = model_part(config)
-    input_shape = data.raw_input_shape if part == "head" else data.input_shape
-    model = campaign_model(config, input_shape, data.num_classes, 0, part=part)
+    model = round_network(config, data, 0)
     split = getattr(model, "split", "built-in")
     detail = getattr(model, "split_detail", "")
     return f"{config.model.name}: {split}" + (f" ({detail})" if detail else "")
@@ -77,11 +88,7 @@ def train(
     start = time.perf_counter()
     generator = generator_for(seed, STREAM_TRAIN)
     init_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
-    part = model_part(config)
-    # A frozen backbone's campaign trains the head on cached features: the pool's inputs
-    # are those features, and the network is rebuilt from the raw input shape.
-    input_shape = data.raw_input_shape if part == "head" else data.input_shape
-    model = campaign_model(config, input_shape, data.num_classes, init_seed, part=part)
+    model = round_network(config, data, init_seed)
     ids = [sid for sid, _ in labeled]
     # Training reads only the labeled samples, by id (on disk: a read of those rows).
     train_part = LabeledPart(
@@ -97,16 +104,10 @@ def train(
         generator,
         resolve_device(config.training.device),
     )
-    epochs = metrics.get("epochs")
-    best = metrics.get("best_val_accuracy")
     return Trained(
-        model=model,
-        train_size=len(labeled),
-        epochs=int(epochs) if epochs is not None else None,
-        best_val_accuracy=best,
-        seconds=time.perf_counter() - start,
+        model=model, train_size=len(labeled), seconds=time.perf_counter() - start,
         metrics=metrics,
-    )
+    )  # fmt: skip
 
 
 def evaluate(config: Config, data: CampaignPool, model: Any, seed: int) -> dict[str, float]:

@@ -14,6 +14,7 @@ import torch
 from baldflow.acquisition.strategy import Noise
 from baldflow.compute.scoring import PoolScores
 from baldflow.config import Config
+from baldflow.plugins import STRATEGY_PLUGINS, PluginError
 
 
 @dataclasses.dataclass
@@ -97,8 +98,6 @@ def select_batch(config: Config, scored: PoolScores, seed: int) -> Selected:
     chosen = strategy.select(scored, size, a.model_dump(), Noise.of_round(seed))
     problem = broken_selection(chosen, scored, size)
     if problem:
-        from baldflow.plugins import STRATEGY_PLUGINS, PluginError
-
         plugin = STRATEGY_PLUGINS.resolve(a.strategy)
         raise PluginError("strategy", a.strategy, problem, package=plugin.package or None)
     n = len(chosen.sample_ids)

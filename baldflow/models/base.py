@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from baldflow.models.dropout import _ConsistentDropout
+from baldflow.models.dropout import ConsistentDropout, _ConsistentDropout
 
 
 class BayesianModule(nn.Module):
@@ -140,8 +140,8 @@ class BayesianModule(nn.Module):
             return None
         if (
             len(layers) == 2
-            and type(layers[0]).__name__ == "ConsistentDropout"
-            and isinstance(layers[0], _ConsistentDropout)
+            # Element-wise dropout only: a channel mask is not a column scaling of the linear.
+            and type(layers[0]) is ConsistentDropout
             and isinstance(layers[1], nn.Linear)
         ):
             return layers[0], layers[1]

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from baldflow.config import strategy_spelling
+
 
 class LedgerError(RuntimeError):
     """The ledger or labeled set is inconsistent (a duplicate sample, a round out of order)."""
@@ -80,10 +82,6 @@ def _optional_float(text: str) -> float | None:
     return float(text) if text != "" else None
 
 
-def _strategy_spelling(name: str) -> str:
-    return name if ":" in name else name.replace("_", "-")
-
-
 def _row_from_csv(record: dict[str, str]) -> LedgerRow:
     return LedgerRow(
         campaign=record["campaign"],
@@ -92,7 +90,7 @@ def _row_from_csv(record: dict[str, str]) -> LedgerRow:
         label=int(record["label"]),
         # Rows written before strategy names settled on hyphens read with today's spelling; an
         # import string (package.module:attr) is a Python path and reads as written.
-        strategy=_strategy_spelling(record["strategy"]),
+        strategy=strategy_spelling(record["strategy"]),
         rank=int(record["rank"]),
         score=_optional_float(record["score"]),
         first_pick_probability=_optional_float(
