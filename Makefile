@@ -46,12 +46,13 @@ lint-imports: env
 	ln -s $(CURDIR)/baldflow/* $(CURDIR)/flows $(CURDIR)/tasks $(IMPORT_TREE)/baldflow/
 	cd $(IMPORT_TREE) && $(abspath $(BIN))/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
-# The team tests need Debian's postgresql and the browser checks its chromium (both installed
-# here when missing, as root or with sudo); the Label Studio tests its own virtual environment
+# The team tests need Debian's postgresql (and openssh-server's sshd for the ssh remotes) and
+# the browser checks its chromium (all installed here when missing, as root or with sudo); the Label Studio tests its own virtual environment
 # (built once per machine, about a minute).
 test: lint
 	bash .ci/ensure-postgresql
 	bash .ci/ensure-chromium
+	bash .ci/ensure-openssh-server
 	$(BIN)/python -m baldflow.stack.label_studio ensure-venv
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 

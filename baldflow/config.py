@@ -148,6 +148,22 @@ class AcquisitionSettings(_Section):
     shadow_batchbald: bool = False
 
 
+REGISTERED_MODEL_PREFIX = "baldflow-"
+
+
+def registered_model_name(campaign: str) -> str:
+    """`baldflow-<campaign>`: the campaign's registered model in MLflow's registry, with
+    anything the registry or a URI would choke on made a dash.
+
+    Campaign names are already lowercase-dash; this keeps the name valid if that ever loosens
+    (MLflow refuses '/' and ':', and `models:/<name>@alias` URIs need no escaping this way).
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", campaign).strip("-.")
+    if not safe:
+        raise ConfigError(f"campaign name {campaign!r} leaves no usable registered model name")
+    return REGISTERED_MODEL_PREFIX + safe
+
+
 def strategy_spelling(name: Any) -> Any:
     """A strategy name as spelled today: hyphens only (`power-least-confidence`).
 

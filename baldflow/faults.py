@@ -6,14 +6,15 @@ hand-off) calls `fault_point(name, round)`. A task's own points, `<task>:before`
 (`baldflow.tasks.base.baldflow_task`); the points inside a step are called where they stand.
 Unset, it does nothing. With
 
-    BALDFLOW_FAULT=<point>:<round>:<action>     action: kill | raise | fail | pause
+    BALDFLOW_FAULT=<point>:<round>:<action>     action: kill | raise | fail | forbid | pause
 
 the process SIGKILLs itself (`kill`), raises InjectedFault (`raise`: once per process, so a
-task retry gets through; `fail`: every time, so retries fail too) or pauses there (`pause`: it
-writes BALDFLOW_FAULT_FILE and waits until <file>.release exists, so a test can kill it from
-outside or let it go on). BALDFLOW_FAULT_TRACE=<path> appends every point reached as
-"<point>:<round>" to that file, which is how the tests check that FAULT_POINTS lists every
-point a round really passes.
+task retry gets through; `fail`: every time, so retries fail too), raises what MLflow's client
+raises for an HTTP 403 every time (`forbid`: the login lost its permission on the tracking
+server) or pauses there (`pause`: it writes BALDFLOW_FAULT_FILE and waits until <file>.release
+exists, so a test can kill it from outside or let it go on). BALDFLOW_FAULT_TRACE=<path>
+appends every point reached as "<point>:<round>" to that file, which is how the tests check
+that FAULT_POINTS lists every point a round really passes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 FAULT_ENV = "BALDFLOW_FAULT"
 FAULT_FILE_ENV = "BALDFLOW_FAULT_FILE"
 FAULT_TRACE_ENV = "BALDFLOW_FAULT_TRACE"
-ACTIONS = ("kill", "raise", "fail", "pause")
+ACTIONS = ("kill", "raise", "fail", "forbid", "pause")
 
 # Every point, in the order an uninterrupted round with the simulated oracle passes them;
 # HANDOFF_POINTS are passed only with the file oracle. Kept by hand on purpose: a test runs a
@@ -62,6 +63,17 @@ HANDOFF_POINTS = (
     "hand-off-batch:after",
     "unpark-round-run:after",
     "load-handoff-model:after",
+)
+# The points inside MLflow tracking, where a tracking server that stops granting a login its
+# permissions (HTTP 403) stops a round: the `forbid` action's points in the fault tests.
+TRACKING_POINTS = (
+    "start-round-run:before",
+    "start-round-run:after",
+    "track-round:before",
+    "track:metrics-logged",
+    "track:table-logged",
+    "track:model-logged",
+    "track-round:after",
 )
 # Passed only by a workspace with a git remote (team mode): between the round's commit and
 # its push, which is the round's claim across clones.
@@ -110,6 +122,14 @@ def fault_point(point: str, round_index: int) -> None:
             raise InjectedFault(f"fault injected at {point} of round {round_index}")
     elif action == "fail":
         raise InjectedFault(f"fault injected at {point} of round {round_index} (every time)")
+    elif action == "forbid":
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException(
+            f"fault injected at {point} of round {round_index}: API request failed with error "
+            "code 403 != 200. Response body: 'Permission denied'",
+            error_code="PERMISSION_DENIED",
+        )
     elif action == "pause":
         marker = Path(os.environ[FAULT_FILE_ENV])
         marker.write_text(f"{os.getpid()}\n")

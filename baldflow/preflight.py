@@ -23,6 +23,7 @@ from baldflow.config import (
     check_strategy,
     nearest,
     read_yaml,
+    registered_model_name,
 )
 from baldflow.data.source_checks import unwritable
 
@@ -60,6 +61,7 @@ def check(
     check_data(config)
     check_scale(config)
     check_tracking(config.tracking.mlflow_uri, root)
+    check_tracking_permissions(config)
     check_git_remote(root)
     check_label_studio(config, root, workspace_server)
 
@@ -408,6 +410,74 @@ def _check_credentials(uri: str) -> None:
         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (your MLflow user; ask the "
         "team's MLflow admin for one)"
     )
+
+
+# MLflow's permission levels, weakest first (DENY and NO_PERMISSIONS allow nothing).
+_PERMISSION_RANK = {"NO_PERMISSIONS": 0, "DENY": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
+MEMBER_FIX = (
+    "the team's admin runs `baldflow stack user add {user} --dir STACK` (the member role: "
+    "MANAGE on every experiment and registered model), or grants it in MLflow"
+)
+
+
+def check_tracking_permissions(config: Config) -> None:
+    """With a login on a server behind MLflow's basic auth: that login may delete and tag
+    runs in the campaign's experiment (MANAGE: a clone that loses a round deletes its run) and
+    write its registered model (EDIT), when they exist; whoever creates them owns them. A
+    refusal found here is one line before Prefect starts, not an HTTP 403 in round 1."""
+    uri = config.tracking.mlflow_uri or ""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if not uri.startswith(("http://", "https://")) or not (user and password):
+        return
+    needs = []
+    experiment = _mlflow_get(uri, "/api/2.0/mlflow/experiments/get-by-name",
+                             {"experiment_name": config.tracking.experiment})  # fmt: skip
+    if experiment is not None:
+        needs.append(("experiment", experiment["experiment"]["experiment_id"],
+                      f"experiment {config.tracking.experiment!r}", "MANAGE",
+                      "delete and tag runs in"))  # fmt: skip
+    if config.tracking.register_model:
+        name = registered_model_name(config.campaign.name)
+        if _mlflow_get(uri, "/api/2.0/mlflow/registered-models/get", {"name": name}):
+            needs.append(("registered_model", name, f"registered model {name!r}", "EDIT",
+                          "register versions of"))  # fmt: skip
+    for resource_type, resource_id, what, need, doing in needs:
+        answer = _mlflow_get(
+            uri, "/api/3.0/mlflow/users/permissions/get",
+            {"username": user, "resource_type": resource_type, "resource_id": resource_id},
+        )  # fmt: skip
+        if answer is None:
+            return  # no MLflow basic-auth app behind this server: nothing to ask it
+        held = str(answer.get("permission", "NO_PERMISSIONS"))
+        if _PERMISSION_RANK.get(held, 0) < _PERMISSION_RANK[need]:
+            raise PreflightError(
+                f"MLflow user {user!r} may not {doing} {what} on {uri} (it holds {held}, a "
+                f"campaign needs {need}); fix: {MEMBER_FIX.format(user=user)}"
+            )
+
+
+def _mlflow_get(uri: str, path: str, query: Mapping[str, str]) -> dict | None:
+    """GET an MLflow REST path with the client's login: its JSON, or None on 404 (no such
+    object, or no such route). Other failures pass: the run reports them in context."""
+    import base64
+    import json
+
+    url = uri.rstrip("/") + path + "?" + urllib.parse.urlencode(dict(query))
+    request = urllib.request.Request(url)
+    pair = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
+    request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=TRACKING_TIMEOUT_S) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        if exc.code == 403:
+            return {"permission": "NO_PERMISSIONS"}
+        return {}
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
 
 
 def _check_port(uri: str, host: str, port: int, local: str) -> None:

@@ -12,7 +12,10 @@ twice, each in a process of its own:
 Prints the stack's start times and, per setup, the median and mean bookkeeping seconds per round
 (everything but training, scoring, selection and labeling) and the median round wall time.
 
-    python benchmarks/team.py [--rounds 8] [--pool-size 600] [--no-register]
+With --auth the stack runs MLflow behind basic auth (and Prefect with its auth string), and
+the team setup runs as a member made by `baldflow stack user add`, as a team would.
+
+    python benchmarks/team.py [--rounds 8] [--pool-size 600] [--no-register] [--auth]
 """
 
 from __future__ import annotations
@@ -117,8 +120,12 @@ def main() -> None:
     parser.add_argument(
         "--no-register", action="store_true", help="tracking.register_model: false in both"
     )
+    parser.add_argument(
+        "--auth", action="store_true", help="a stack with logins; the team setup as a member"
+    )
     args = parser.parse_args()
 
+    from baldflow.stack.members import add_member, member_environment
     from baldflow.stack.team import stack_down, stack_up
     from baldflow.workspace import Workspace, remote
 
@@ -128,7 +135,7 @@ def main() -> None:
     base_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     base_env["BALDFLOW_OPERATOR"] = "bench"
     try:
-        stack = stack_up(stack_dir)
+        stack = stack_up(stack_dir, auth=args.auth)
         print("team stack start, seconds to healthy:")
         for part, seconds in stack.timings.items():
             print(f"  {part:<12} {seconds:6.1f}")
@@ -147,6 +154,9 @@ def main() -> None:
         ) as ws:
             remote.connect(ws, stack.git_remote)
         team_env = {**base_env, "PREFECT_API_URL": stack.prefect_api_url}
+        if args.auth:
+            member = add_member(stack_dir, "bench")
+            team_env.update(member_environment(stack, member.name, member.password))
         team = run_setup("team", work / "team", shared_params, team_env)
         print(
             "team (MLflow + Prefect on PostgreSQL, git + DVC remotes): "

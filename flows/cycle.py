@@ -14,7 +14,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from baldflow.flows.campaign import run_campaign
-from baldflow.flows.outcome import final_state
+from baldflow.flows.outcome import final_state, run_name, tagged
 from baldflow.workspace import WorkspaceLockedError
 
 
@@ -43,8 +43,13 @@ def load_cycle_config(
 
 
 def _cycle_run_name() -> str:
-    workspace = str(flow_run.parameters.get("workspace") or "workspace")
-    return f"cycle {Path(workspace).name}"
+    """`cycle <campaign> by <operator> in <workspace id>` (run_name); the workspace's folder
+    name stands in for a campaign that no tag or parameter names."""
+    params = flow_run.parameters
+    campaign = params.get("campaign") or tagged("campaign")
+    if not campaign:
+        campaign = Path(str(params.get("workspace") or "workspace")).name
+    return run_name(f"cycle {campaign}")
 
 
 @flow(name="baldflow-cycle", flow_run_name=_cycle_run_name, validate_parameters=False)

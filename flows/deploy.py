@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -237,6 +238,7 @@ def deploy_cycle(
         "campaign": campaign,
     }
     from baldflow.flows.cycle import cycle_flow
+    from baldflow.flows.outcome import identity_tags
 
     if cycle_flow.name != FLOW_NAME:
         raise RuntimeError(f"FLOW_NAME is {FLOW_NAME!r}, the flow is named {cycle_flow.name!r}")
@@ -250,7 +252,8 @@ def deploy_cycle(
         interval=interval,
         parameters=parameters,
         description=f"One active-learning round of campaign {campaign} in {root} per run.",
-        tags=["baldflow", campaign],
+        # Whose schedule it is: a scheduled run's tags name the operator who deployed it.
+        tags=["baldflow", *identity_tags(root, campaign, os.environ.get("MLFLOW_TRACKING_URI"))],
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
         ),

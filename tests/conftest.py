@@ -158,6 +158,7 @@ FIXTURE_MARKERS = {
     "finished_tiny": ("flow",),
     "team_stack": ("servers",),
     "team_mlflow_auth": ("servers",),
+    "team_auth_stack": ("servers",),
     "label_studio_server": ("servers",),
     "cuda_device": ("gpu",),
     # An MLflow store of its own (creating one runs MLflow's migrations: seconds).
@@ -175,6 +176,7 @@ MODULE_MARKERS = {
     "test_dask_cluster.py": ("servers",),
     "test_scale.py": ("servers",),  # Dask clusters
     "test_stack.py": ("servers",),
+    "test_stack_supervision.py": ("servers",),
     "test_serve.py": ("flow",),
     "test_smoke.py": ("smoke",),
 }
@@ -282,16 +284,27 @@ def team_stack():
 
 
 @pytest.fixture(scope="session")
-def team_mlflow_auth(team_stack):
-    """A second MLflow server with basic auth on the team stack's PostgreSQL (databases
-    mlflow_secure and mlflow_secure_auth). Yields (uri, admin_username, admin_password)."""
-    from baldflow.stack.team import extra_mlflow_server
+def team_auth_stack():
+    """A second team stack for the session, its MLflow server behind basic auth: the one
+    members (`baldflow stack user add`) are made on. Yields the TeamStack (admin_password()
+    reads the admin's password). Stopped on every way out."""
+    _postgres_or_skip()
+    from baldflow.stack.team import StackError, stack_down, stack_up
 
-    server = extra_mlflow_server(team_stack, "mlflow_secure", auth=True)
+    root = tempfile.mkdtemp(prefix="baldflow-test-auth-stack-")
     try:
-        yield server.url, server.auth.admin_username, server.auth.admin_password
+        yield stack_up(root, auth=True)
     finally:
-        server.stop()
+        with contextlib.suppress(StackError):
+            stack_down(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def team_mlflow_auth(team_auth_stack):
+    """The authenticated stack's MLflow server: (uri, admin_username, admin_password)."""
+    stack = team_auth_stack
+    return stack.mlflow_uri, stack.admin_username, stack.admin_password()
 
 
 # -- Label Studio (baldflow.stack.label_studio), for the label-studio oracle's tests. ------

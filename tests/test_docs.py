@@ -92,13 +92,18 @@ def test_every_baldflow_command_in_the_docs_is_a_command_of_the_cli():
             problems.append(f"{page}: baldflow {command} is not a command")
             continue
         parser = commands[command]
-        choices = _choices(parser)
-        if choices and words and re.fullmatch(r"[a-z][a-z|-]*", words[0]):
-            for word in words[0].split("|"):
+        # Down through nested sub-commands (`stack user add`), as far as the words name them.
+        rest = list(words)
+        while rest and re.fullmatch(r"[a-z][a-z|-]*", rest[0]) and _choices(parser):
+            choices, nested = _choices(parser), None
+            for word in rest.pop(0).split("|"):
                 if word not in choices:
                     problems.append(f"{page}: baldflow {command} {word} is not a sub-command")
-                elif word in _subparsers(parser):
-                    parser = _subparsers(parser)[word]
+                elif nested is None and word in _subparsers(parser):
+                    nested = _subparsers(parser)[word]  # `up|status|down`: up's options
+            if nested is None:
+                break
+            parser = nested
         known = _options(parser)
         for word in words:
             option = re.match(r"[(\[]*(--[a-z][a-z-]*)", word)

@@ -44,6 +44,7 @@ from baldflow.faults import (
     FAULT_TRACE_ENV,
     HANDOFF_POINTS,
     ROUND_POINTS,
+    TRACKING_POINTS,
 )
 from baldflow.workspace import Workspace
 from baldflow.workspace.consistency import check_campaign, check_history
@@ -537,7 +538,9 @@ def test_after_the_handoff_kills_a_rerun_completes_the_round_as_if_never_killed(
 
 
 # ---------------------------------------------------------------------------- exceptions
-def exception_chain(root: Path, base: dict, action: str) -> Chain:
+def exception_chain(
+    root: Path, base: dict, action: str, points: tuple[str, ...] = ROUND_POINTS
+) -> Chain:
     """Each point in turn: the flow, in this process, raises InjectedFault there.
 
     `raise` fires once, so a task's retry may get through; then the campaign runs again
@@ -547,7 +550,7 @@ def exception_chain(root: Path, base: dict, action: str) -> Chain:
     """
     workspace = root / "ws"
     stops: dict[str, Stop] = {}
-    for index, point in enumerate(ROUND_POINTS):
+    for index, point in enumerate(points):
         target = max(next_round(workspace), 1)
         params = params_with(base, target)
         trace = root / f"trace-{index:02d}"
@@ -563,7 +566,7 @@ def exception_chain(root: Path, base: dict, action: str) -> Chain:
         stop = Stop(point, target, trace_of(trace), check_history(workspace, CAMPAIGN))
         stop.error = error
         stops[point] = stop
-        if action != "raise":
+        if action == "fail":
             continue
         if error is not None:
             # The run stopped: run again without the fault, as a user would.
@@ -598,7 +601,8 @@ def exception_chains(tmp_path_factory, prefect_harness, tiny_defaults):
     def chain(action: str) -> Chain:
         if action not in done:
             root = tmp_path_factory.mktemp(f"{action}-chain")
-            done[action] = exception_chain(root, tiny_defaults, action)
+            points = TRACKING_POINTS if action == "forbid" else ROUND_POINTS
+            done[action] = exception_chain(root, tiny_defaults, action, points)
         return done[action]
 
     return chain
@@ -628,6 +632,21 @@ def test_an_exception_at_each_point_then_a_rerun_leaves_a_consistent_campaign(
 ):
     stop = exception_chains("raise").stops[point]
     check_stopped_at(stop, point)
+    assert stop.rerun_error is None, f"first run: {stop.error}"
+    assert stop.problems == [], f"first run: {stop.error}"
+    assert stop.rows == up_to(reference.rows, stop.round), f"first run: {stop.error}"
+
+
+@pytest.mark.parametrize("point", TRACKING_POINTS)
+def test_a_403_at_each_tracking_point_fails_the_round_and_the_next_run_repairs_it(
+    exception_chains, reference, point
+):
+    """The tracking server refuses the login (HTTP 403, every retry) at each point inside
+    MLflow tracking: the round stops with nothing half-committed, and the next run, with the
+    permission back, completes what git committed and acquires as if never refused."""
+    stop = exception_chains("forbid").stops[point]
+    check_stopped_at(stop, point)
+    assert stop.error is not None and "403" in stop.error, stop.error
     assert stop.rerun_error is None, f"first run: {stop.error}"
     assert stop.problems == [], f"first run: {stop.error}"
     assert stop.rows == up_to(reference.rows, stop.round), f"first run: {stop.error}"

@@ -7,7 +7,6 @@ import contextlib
 import io
 import shutil
 import socket
-import sqlite3
 import stat
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import requests
 
 from baldflow.cli import main
 from baldflow.stack import label_studio as studio
+from baldflow.stack.backup import copy_tree
 from baldflow.stack.process import is_recorded_process
 
 
@@ -99,13 +99,8 @@ def seeded_home(tmp_path, server) -> Path:
     session server's own start covers those)."""
     home = tmp_path / "label-studio"
     source = server.home / "data"
-    shutil.copytree(source, home / "data", ignore=shutil.ignore_patterns("*.sqlite3*"))
-    for database in source.glob("*.sqlite3"):
-        # SQLite's backup API: a consistent copy while the session server may be writing.
-        with contextlib.closing(sqlite3.connect(database)) as src, contextlib.closing(
-            sqlite3.connect(home / "data" / database.name)
-        ) as dst:
-            src.backup(dst)
+    # SQLite's backup API: a consistent copy while the session server may be writing.
+    copy_tree(source, home / "data", live_sqlite=True)
     shutil.copy2(server.home / "credentials.json", home / "credentials.json")
     return home
 

@@ -71,25 +71,32 @@ def remote_tags(bare: Path) -> list[str]:
     return sorted(git(bare, "tag", "--list", f"{CAMPAIGN}/round-*").split())
 
 
-@pytest.fixture
-def shared(tmp_path, tiny_params, team_stack):
-    """An empty bare git repository, a DVC remote directory and the campaign's parameters,
-    tracked on the team stack's MLflow server in an experiment of this test's own."""
-    bare = tmp_path / "shared.git"
+def shared_campaign(
+    root: Path, tiny_params: dict, mlflow_uri: str, *, register_model: bool = False
+) -> tuple[Path, Path, Path, dict]:
+    """An empty bare git repository, a DVC remote directory and the campaign's parameters
+    (params.yaml in `root`), tracked on `mlflow_uri` in an experiment of its own."""
+    bare = root / "shared.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
-    dvc_remote = tmp_path / "dvc-remote"
+    dvc_remote = root / "dvc-remote"
     dvc_remote.mkdir()
     params = dict(tiny_params)
     params["tracking"] = {
-        "mlflow_uri": team_stack.mlflow_uri,
+        "mlflow_uri": mlflow_uri,
         "experiment": f"team-{uuid.uuid4().hex[:8]}",
-        # The registry has tests of its own (test_registry.py); here it only costs time.
-        "register_model": False,
+        "register_model": register_model,
     }
     params["training"] = {**params["training"], "num_threads": 1}
-    path = tmp_path / "params.yaml"
+    path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return bare, dvc_remote, path, params
+
+
+@pytest.fixture
+def shared(tmp_path, tiny_params, team_stack):
+    """shared_campaign on the team stack's MLflow server, the registry off (it has tests of
+    its own, test_registry.py; here it only costs time)."""
+    return shared_campaign(tmp_path, tiny_params, team_stack.mlflow_uri)
 
 
 def make_clones(tmp_path: Path, shared) -> tuple[Path, Path]:

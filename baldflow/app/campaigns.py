@@ -176,9 +176,10 @@ def run_campaign(
         start_prefect_api(ws_root, progress)
         from baldflow.flows.campaign import campaign_flow
 
-        result = campaign_flow(
-            workspace=str(ws_root), params=config.to_dict(), campaign=config.campaign.name
-        )
+        with _identified(ws_root, config):
+            result = campaign_flow(
+                workspace=str(ws_root), params=config.to_dict(), campaign=config.campaign.name
+            )
     return CampaignOutcome(result, config)
 
 
@@ -196,7 +197,16 @@ def run_cycle(
         start_prefect_api(ws_root, progress)
         from baldflow.flows.cycle import cycle_flow
 
-        return CampaignOutcome(cycle_flow(workspace=str(ws_root), params=config.to_dict()), config)
+        with _identified(ws_root, config):
+            result = cycle_flow(workspace=str(ws_root), params=config.to_dict())
+        return CampaignOutcome(result, config)
+
+
+def _identified(ws_root: Path, config: Config) -> contextlib.AbstractContextManager:
+    """Prefect tags around the flow run: campaign, operator, workspace id (flows.outcome)."""
+    from baldflow.flows.outcome import identified
+
+    return identified(ws_root, config.campaign.name, config.tracking.mlflow_uri)
 
 
 def nothing_to_do(ws_root: Path, config: Config) -> Finished | None:

@@ -6,7 +6,9 @@ add about 240 MB for nothing more. Written against Label Studio 1.23.2.
 
 Where the server is (`connect`): `oracle.label_studio.url` names one a team runs, with its
 API token in the environment (BALDFLOW_LABEL_STUDIO_TOKEN, never in params.yaml); left empty,
-it is the workspace's own server that `baldflow label-studio up` started in
+BALDFLOW_LABEL_STUDIO_URL names it (a team stack's member env file sets both, the token being
+the member's own, so every clone's campaign finds the team's server without a params edit);
+with neither, it is the workspace's own server that `baldflow label-studio up` started in
 <workspace>/label-studio, whose token lives in that folder's credentials file. Labeling never
 starts or locates a server: the layers that run them (the application layer, the CLI, the
 tasks; baldflow.stack.label_studio.workspace_connection) hand `connect` the workspace's own.
@@ -23,6 +25,7 @@ from typing import Any
 from baldflow.labeling.oracles import OracleError
 
 TOKEN_ENV = "BALDFLOW_LABEL_STUDIO_TOKEN"
+URL_ENV = "BALDFLOW_LABEL_STUDIO_URL"
 # Pages of the list endpoints; a batch is a few hundred tasks at most.
 PAGE_SIZE = 500
 
@@ -56,16 +59,24 @@ WorkspaceServer = Callable[[], tuple[str, str, Path]]
 
 def connect(settings: Any, workspace_server: WorkspaceServer) -> Connection:
     """The connection that `oracle.label_studio` describes (see the module docstring)."""
-    if settings.url:
+    url, named_by = settings.url, "oracle.label_studio.url"
+    if not url and os.environ.get(URL_ENV, "").strip():
+        url, named_by = os.environ[URL_ENV].strip(), URL_ENV
+        if not url.startswith(("http://", "https://")):
+            raise LabelStudioError(
+                f"{URL_ENV} must be an http:// or https:// URL, got {url[:80]!r}"
+            )
+    if url:
         token = os.environ.get(TOKEN_ENV, "").strip()
         if not token:
             raise LabelStudioError(
-                f"oracle.label_studio.url is {settings.url}, but {TOKEN_ENV} is not set: put "
-                "the API token of a Label Studio account in that variable (Account & "
-                "Settings > Access Token), never in params.yaml"
+                f"{named_by} is {url}, but {TOKEN_ENV} is not set: put the API token of your "
+                "Label Studio account in that variable (your member env file from `baldflow "
+                "stack user add` has it; or Account & Settings > Access Token), never in "
+                "params.yaml"
             )
         root = Path(settings.document_root).expanduser() if settings.document_root else None
-        return Connection(settings.url.rstrip("/"), token, root)
+        return Connection(url.rstrip("/"), token, root)
     try:
         url, token, document_root = workspace_server()
     except LookupError as exc:
@@ -166,6 +177,28 @@ class LabelStudioClient:
         }
         return self._call("POST", "/api/projects", json=body)
 
+    def delete_project(self, project_id: int) -> None:
+        self._call("DELETE", f"/api/projects/{int(project_id)}", missing_ok=True)
+
+    def views(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's Data Manager tabs (saved filters), oldest first."""
+        body = self._call("GET", "/api/dm/views/", params={"project": int(project_id)})
+        found = [v for v in body or [] if int(v.get("project") or 0) == int(project_id)]
+        return sorted(found, key=lambda v: int(v["id"]))
+
+    def create_view(self, project_id: int, title: str, filters: dict[str, Any]) -> dict[str, Any]:
+        body = {"project": int(project_id), "data": {"title": title, "filters": filters}}
+        return self._call("POST", "/api/dm/views/", json=body)
+
+    def update_view(
+        self, view_id: int, project_id: int, title: str, filters: dict[str, Any]
+    ) -> None:
+        body = {"project": int(project_id), "data": {"title": title, "filters": filters}}
+        self._call("PATCH", f"/api/dm/views/{int(view_id)}/", json=body)
+
+    def delete_view(self, view_id: int) -> None:
+        self._call("DELETE", f"/api/dm/views/{int(view_id)}/", missing_ok=True)
+
     def set_model_version(self, project_id: int, model_version: str) -> None:
         """Which predictions pre-fill the labeling form (the newest round's model)."""
         self._call(
@@ -189,6 +222,9 @@ class LabelStudioClient:
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> dict[str, Any]:
         return self._call("POST", f"/api/projects/{int(project_id)}/import", json=tasks)
+
+    def delete_task(self, task_id: int) -> None:
+        self._call("DELETE", f"/api/tasks/{int(task_id)}", missing_ok=True)
 
     def tasks(self, project_id: int) -> list[dict[str, Any]]:
         """Every task of the project with its data and annotations (the JSON export of all

@@ -4,7 +4,10 @@ back as the round's labels.
 Sending (`send_batch`) and pulling (`pull_annotations`) are each safe to run again at any
 point, because both look at what the server holds before they act:
 - The campaign's project is found by the campaign key in its description, so a process killed
-  between creating the project and recording its id adopts it instead of creating a second.
+  between creating the project and recording its id adopts it instead of creating a second;
+  clones that create it at the same instant converge on the oldest (each looks again after
+  creating, and whoever made a younger one deletes it).
+- Each round's batch gets a Data Manager tab, "round N", filtered to the batch's tasks.
 - Tasks carry the batch key; a send imports only the batch's samples that have no task yet,
   so a send killed after the import imports nothing the second time.
 - What was sent is recorded in the hand-off folder (`label-studio.json`: project id, and per
@@ -58,14 +61,17 @@ def batch_key(pending: PendingRound) -> str:
 
 
 def label_config(class_names: Sequence[str], images: bool) -> str:
-    """The labeling form: the item (image or text) and one single choice among the classes.
+    """The labeling form: the item (image or text) and one single choice among the classes,
+    required: the form refuses a submission without one. Only the form: the API takes any
+    result, so a pull checks every annotation again (`_chosen_label`).
 
     Class names come from user data: each is an XML attribute value, quoted and escaped.
     """
     item = '<Image name="item" value="$image"/>' if images else '<Text name="item" value="$text"/>'
     choices = "".join(f"<Choice value={quoteattr(str(name))}/>" for name in class_names)
     return (
-        f'<View>{item}<Choices name="label" toName="item" choice="single" showInline="true">'
+        f'<View>{item}<Choices name="label" toName="item" choice="single" showInline="true" '
+        f'required="true" requiredMessage="Choose the class of this item">'
         f"{choices}</Choices></View>"
     )
 
@@ -149,20 +155,71 @@ def _ensure_project(
         project = client.project(link.project_id)
         if project is not None and marker in (project.get("description") or ""):
             return int(link.project_id), False
-    for project in client.projects():
-        if marker in (project.get("description") or ""):
-            link.project_id, link.url = int(project["id"]), client.url
-            link.save()
-            return link.project_id, False
+    def marked() -> list[int]:
+        return sorted(
+            int(p["id"]) for p in client.projects() if marker in (p.get("description") or "")
+        )
+
+    found = marked()
+    if found:  # the oldest: the one clones that raced to create it agree on
+        link.project_id, link.url = found[0], client.url
+        link.save()
+        return link.project_id, False
     title = f"baldflow {pending.campaign}"[:TITLE_LIMIT]
     description = (
         f"Active-learning batches of campaign {pending.campaign}, one per round, chosen by "
         f"baldflow. Label each item with its class.\n{marker}"
     )
-    project = client.create_project(title, description, label_config(pending.class_names, images))
-    link.project_id, link.url = int(project["id"]), client.url
+    made = int(client.create_project(
+        title, description, label_config(pending.class_names, images)
+    )["id"])  # fmt: skip
+    # Another clone may have created one at the same instant: the oldest (lowest id) is the
+    # campaign's; a younger one is deleted by whoever made it, who looks after its own
+    # creation and so sees every project made before it.
+    found = marked()
+    winner = found[0] if found and found[0] < made else made
+    if winner != made:
+        client.delete_project(made)
+    link.project_id, link.url = winner, client.url
     link.save()
-    return link.project_id, True
+    return winner, winner == made
+
+
+def round_view_title(round_index: int) -> str:
+    return f"round {int(round_index)}"
+
+
+def round_filters(pending: PendingRound, bkey: str) -> dict[str, Any]:
+    """The Data Manager filter of a batch's tasks: its round and its batch key."""
+    return {"conjunction": "and", "items": [
+        {"filter": "filter:tasks:data.round", "operator": "equal", "type": "Number",
+         "value": int(pending.round)},
+        {"filter": "filter:tasks:data.batch", "operator": "equal", "type": "String",
+         "value": bkey},
+    ]}  # fmt: skip
+
+
+def ensure_round_view(
+    client: LabelStudioClient, project_id: int, pending: PendingRound, bkey: str
+) -> int:
+    """The project's Data Manager tab "round N" showing this batch's tasks: made once, its
+    filter brought up to date when the round's batch was chosen again; duplicates (clones
+    sending at one instant) converge on the oldest. Returns its id."""
+    title, filters = round_view_title(pending.round), round_filters(pending, bkey)
+
+    def named() -> list[dict[str, Any]]:
+        return [v for v in client.views(project_id) if (v.get("data") or {}).get("title") == title]
+
+    found = named()
+    if not found:
+        client.create_view(project_id, title, filters)
+        found = named()
+    keep, *extra = found
+    for view in extra:
+        client.delete_view(int(view["id"]))
+    if (keep.get("data") or {}).get("filters") != filters:
+        client.update_view(int(keep["id"]), project_id, title, filters)
+    return int(keep["id"])
 
 
 def _task_data(
@@ -200,14 +257,26 @@ def model_version(pending: PendingRound) -> str:
     return f"{pending.campaign} round {pending.round}"
 
 
-def _task_ids(client: LabelStudioClient, project_id: int, bkey: str) -> dict[str, int]:
-    """Sample id -> task id of the batch's tasks that the project holds now."""
-    found = {}
+def _task_ids(
+    client: LabelStudioClient, project_id: int, bkey: str, *, dedupe: bool = False
+) -> dict[str, int]:
+    """Sample id -> task id of the batch's tasks that the project holds now: the oldest task
+    of a sample, when clones that sent the batch at one instant both imported it. With
+    `dedupe`, such younger duplicates that nobody annotated yet are deleted (by whichever
+    clone looks; a task gone already is no error)."""
+    found: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for task in client.tasks(project_id):
         data = task.get("data") or {}
         if data.get("batch") == bkey:
-            found[str(data.get("sample_id"))] = int(task["id"])
-    return found
+            found[str(data.get("sample_id"))].append(task)
+    ids = {}
+    for sample_id, tasks in found.items():
+        oldest, *younger = sorted(tasks, key=lambda t: int(t["id"]))
+        ids[sample_id] = int(oldest["id"])
+        for task in younger:
+            if dedupe and not task.get("annotations"):
+                client.delete_task(int(task["id"]))
+    return ids
 
 
 def send_batch(
@@ -253,14 +322,16 @@ def send_batch(
         ]
         client.import_tasks(project_id, tasks)
         fault_point("label-studio-send:imported", pending.round)
-        existing = _task_ids(client, project_id, bkey)
+        existing = _task_ids(client, project_id, bkey, dedupe=True)
     if pending.predictions:
         client.set_model_version(project_id, model_version(pending))
+    view = ensure_round_view(client, project_id, pending, bkey)
     link.rounds[str(pending.round)] = {
         "batch": bkey,
         "project_id": project_id,
         "images": has_pictures,
         "tasks": {sid: existing[sid] for sid in pending.sample_ids if sid in existing},
+        "view": view,
         "sent_at": utc_now(),
     }
     link.save()

@@ -10,7 +10,8 @@ minutes from the package index here (40 s with pip's cache warm), ~1 GB on disk.
 Everything of one server lives in one folder (by default <workspace>/label-studio, git-ignored):
     data/              Label Studio's database and uploads (LABEL_STUDIO_BASE_DATA_DIR)
     files/             the local-files document root: the batches' pictures
-    credentials.json   admin login (an email), password and API token (0600; never in git)
+    credentials.json   admin login (an email), password and API token (0600; never in git;
+                       a team stack keeps it in STACK/secrets/label-studio.json instead)
     state.json         PID, start time and port of a server started by `up`
     label-studio.log   its output
 
@@ -28,6 +29,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -82,9 +84,10 @@ def ensure_venv(venv: str | Path | None = None) -> Path:
     )  # fmt: skip
 
 
-def credentials(home: Path) -> dict[str, str]:
-    """The admin login, password and API token of the server in `home` (made on first use)."""
-    path = home / "credentials.json"
+def credentials(home: Path, path: Path | None = None) -> dict[str, str]:
+    """The admin login, password and API token of the server in `home` (made on first use),
+    kept in `path` (default `home`/credentials.json)."""
+    path = path if path is not None else home / "credentials.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
     made = {
@@ -98,27 +101,39 @@ def credentials(home: Path) -> dict[str, str]:
 
 
 class LabelStudioServer:
-    """`label-studio start` for the folder `home` (see the module docstring)."""
+    """`label-studio start` for the folder `home` (see the module docstring).
+
+    `host`: the address it listens on (127.0.0.1; a team stack may bind the address its
+    members reach). `credentials_path`: where the admin's login and token are kept (default
+    `home`/credentials.json).
+    """
 
     def __init__(
         self,
         home: str | Path,
         *,
         port: int | None = None,
+        host: str = HOST,
         venv: str | Path | None = None,
         detached: bool = False,
         startup_timeout: float = 240.0,
+        credentials_path: str | Path | None = None,
     ):
         self.home = Path(home).absolute()
         self.port = port
+        self.host = host
         self.venv = Path(venv) if venv is not None else None
         self.detached = detached
         self.startup_timeout = startup_timeout
         self.process: ManagedProcess | None = None
         self.startup_seconds: float | None = None
-        self._credentials = credentials(self.home)
+        self.credentials_path = (
+            Path(credentials_path).absolute() if credentials_path is not None
+            else self.home / "credentials.json"
+        )  # fmt: skip
+        self._credentials = credentials(self.home, self.credentials_path)
 
-    url = property(lambda self: f"http://{HOST}:{self.port}")
+    url = property(lambda self: f"http://{self.host}:{self.port}")
     token = property(lambda self: self._credentials["token"])
     username = property(lambda self: self._credentials["username"])
     password = property(lambda self: self._credentials["password"])
@@ -139,6 +154,8 @@ class LabelStudioServer:
             LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
             LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
             LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(self.document_root),
+            # Accounts only through the invite link (or add_labeler): never open sign-up.
+            LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
             SENTRY_DSN="",
             FRONTEND_SENTRY_DSN="",
             LATEST_VERSION_CHECK="false",
@@ -149,7 +166,7 @@ class LabelStudioServer:
     def command(self, venv: Path) -> list[str]:
         return [
             str(venv / "bin" / "label-studio"), "start", "--no-browser",
-            "--internal-host", HOST, "--port", str(self.port),
+            "--internal-host", self.host, "--port", str(self.port),
             "--data-dir", str(self.home / "data"),
         ]  # fmt: skip
 
@@ -170,15 +187,16 @@ class LabelStudioServer:
         the PID first, so a server whose `up` was killed meanwhile can still be stopped)."""
         venv = ensure_venv(self.venv)
         if self.port is None:
-            self.port = free_port(HOST)
-        elif not port_is_free(self.port):
+            self.port = free_port(self.host)
+        elif not port_is_free(self.port, self.host):
             raise LabelStudioError(
-                f"port {self.port} on {HOST} is taken: Label Studio cannot listen there; "
+                f"port {self.port} on {self.host} is taken: Label Studio cannot listen there; "
                 "choose another with --port"
             )
         self.document_root.mkdir(parents=True, exist_ok=True)
         process = ManagedProcess(
-            f"Label Studio on {HOST}:{self.port}", self.command(venv), env=self.environment(),
+            f"Label Studio on {self.host}:{self.port}", self.command(venv),
+            env=self.environment(),
             cwd=self.home, log_path=self.log_path, detached=self.detached,
         )  # fmt: skip
         self.process = process.start()
@@ -189,7 +207,8 @@ class LabelStudioServer:
         the end of its log if it exits or `deadline`, a time.monotonic(), passes first)."""
         try:
             wait_until_answers(
-                self.process, f"{self.url}/health", what=f"Label Studio on {HOST}:{self.port}",
+                self.process, f"{self.url}/health",
+                what=f"Label Studio on {self.host}:{self.port}",
                 deadline=deadline, timeout_s=self.startup_timeout,
                 error=LabelStudioError, log_path=self.log_path, interval=0.5,
             )  # fmt: skip
@@ -210,7 +229,7 @@ class LabelStudioServer:
         )
         if answer.status_code != 200:
             raise LabelStudioError(
-                f"Label Studio in {self.home} refuses the token of its credentials.json (HTTP "
+                f"Label Studio in {self.home} refuses the token of {self.credentials_path} (HTTP "
                 f"{answer.status_code}): its data dir was made with other credentials; remove "
                 f"{self.home / 'data'} to start afresh"
             )
@@ -337,6 +356,187 @@ def workspace_connection(workspace_root: str | Path) -> tuple[str, str, Path]:
     """connection() of the workspace's own server (<workspace>/label-studio): what the layers
     that run servers hand labeling (baldflow.labeling.label_studio.connect)."""
     return connection(Path(workspace_root) / LOCAL_SERVER_DIR)
+
+
+# -- labeler accounts ---------------------------------------------------------------------
+# Label Studio 1.23's API cannot set a password, (de)activate an account or bring back a
+# removed member (DELETE /api/organizations/ID/memberships/USER/ only hides the member, whose
+# annotations then show as "Deleted User"). So accounts are managed where the server's
+# database is, through Django in Label Studio's own environment: the password travels on
+# stdin, never on a command line. Removing deactivates (is_active false): the login and the
+# token stop working at once, and the person's name stays on their annotations.
+
+# Where a team stack keeps its server: STACK/label-studio, the admin in STACK/secrets.
+STACK_HOME = LOCAL_SERVER_DIR
+STACK_CREDENTIALS = Path("secrets") / "label-studio.json"
+# A labeler named by a bare name (a team member) logs in as NAME@LABELER_DOMAIN.
+LABELER_DOMAIN = "baldflow.local"
+_BARE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_EMAIL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_RESULT_MARK = "baldflow-result: "
+MIN_LABELER_PASSWORD = 8  # Label Studio 1.23's AUTH_PASSWORD_MIN_LENGTH
+
+_USERS_SCRIPT = r"""
+import json, os, sys
+import label_studio
+sys.path.insert(0, os.path.dirname(label_studio.__file__))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "label_studio.core.settings.label_studio")
+import django
+django.setup()
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from organizations.models import Organization, OrganizationMember
+from rest_framework.authtoken.models import Token
+from users.models import User
+
+def answer(**body):
+    print("@MARK@" + json.dumps(body), flush=True)
+    sys.exit(0)
+
+request = json.loads(sys.stdin.read())
+org = Organization.objects.order_by("id").first()
+if org is None:
+    answer(error="the server has no organization yet: start it once first")
+email = request.get("email", "")
+user = User.objects.filter(email__iexact=email).first() if email else None
+if request["action"] == "list":
+    members = OrganizationMember.objects.filter(organization=org).select_related("user")
+    answer(users=[{"id": m.user.id, "email": m.user.email, "active": m.user.is_active and
+                   m.deleted_at is None} for m in members.order_by("user_id")])
+if user is not None and org.created_by_id == user.id:
+    answer(error="that is the server's admin, not a labeler")
+if request["action"] == "remove":
+    if user is None or not user.is_active:
+        answer(removed=False)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    answer(removed=True)
+try:
+    validate_password(request["password"], user)
+except ValidationError as error:
+    answer(error="the password is refused: " + " ".join(error.messages))
+with transaction.atomic():
+    created = user is None
+    if created:
+        user = User.objects.create_user(email, request["password"])
+        user.username = request["username"]
+    else:
+        user.set_password(request["password"])
+        user.is_active = True
+    user.save()
+    member = OrganizationMember.objects.filter(user=user, organization=org).first()
+    if member is None:
+        org.add_user(user)
+    elif member.deleted_at is not None:
+        member.deleted_at = None
+        member.save(update_fields=["deleted_at"])
+    user.active_organization = org
+    user.save(update_fields=["active_organization"])
+    token, _ = Token.objects.get_or_create(user=user)
+answer(id=user.id, token=token.key, created=created)
+""".replace("@MARK@", _RESULT_MARK)
+
+
+class LabelerError(LabelStudioError):
+    """A labeler account cannot be added or removed (the message says why)."""
+
+
+def labeler_email(user: str) -> str:
+    """The login of labeler `user`: an email as given (lower case, as Label Studio keeps
+    it), or a bare name (a team member's) as NAME@baldflow.local."""
+    user = (user or "").strip()
+    if _BARE_NAME.fullmatch(user):
+        return f"{user.lower()}@{LABELER_DOMAIN}"
+    if _EMAIL.fullmatch(user) and len(user) < 200:
+        return user.lower()
+    raise LabelerError(
+        f"{user[:80]!r} is not a labeler name: give an email address, or a name of letters, "
+        "digits, '.', '_' and '-' (at most 64 characters)"
+    )
+
+
+def server_of(where: str | Path) -> LabelStudioServer:
+    """The server (not started) of `where`: a team stack's directory (its server in
+    STACK/label-studio, the admin in STACK/secrets) or a server's own folder."""
+    where = Path(where).absolute()
+    if (where / "stack.json").is_file():
+        home, creds = where / STACK_HOME, where / STACK_CREDENTIALS
+    else:
+        home, creds = where, where / "credentials.json"
+    if not (home / "data").is_dir() or not creds.is_file():
+        raise LabelerError(
+            f"no Label Studio server has run in {where}: start it first (`baldflow stack up "
+            "--label-studio` or `baldflow label-studio up`)"
+        )
+    return LabelStudioServer(home, credentials_path=creds)
+
+
+def _manage_users(where: str | Path, request: dict) -> dict:
+    import subprocess
+
+    server = server_of(where)
+    venv = ensure_venv(server.venv)
+    for attempt in range(3):
+        try:
+            done = subprocess.run(
+                [str(venv / "bin" / "python"), "-c", _USERS_SCRIPT], input=json.dumps(request),
+                env=server.environment(), cwd=server.home, capture_output=True, text=True,
+                timeout=180,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise LabelerError(
+                f"Label Studio's account tool in {server.home} took over 180 s"
+            ) from None
+        found = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_MARK)]
+        if done.returncode == 0 and found:
+            break
+        tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])[-400:]
+        # The running server may hold SQLite's write lock for a moment: try again.
+        if "database is locked" not in tail or attempt == 2:
+            raise LabelerError(f"Label Studio's account tool failed in {server.home}: {tail}")
+        time.sleep(1.0)
+    answer = json.loads(found[-1][len(_RESULT_MARK):])
+    if "error" in answer:
+        raise LabelerError(f"Label Studio in {server.home}: {answer['error']}")
+    return answer
+
+
+def add_labeler(where: str | Path, user: str, password: str) -> str:
+    """Give `user` (an email, or a bare name that logs in as NAME@baldflow.local) an account
+    on the Label Studio server of `where` (a team stack's directory or a server's folder),
+    with `password`; returns the account's API token (a legacy token: what
+    BALDFLOW_LABEL_STUDIO_TOKEN holds). Idempotent: an existing account is kept (same id and
+    token, so its annotations stay its own), its password set to `password`, and a removed
+    one comes back. Works whether or not the server runs (it needs to have run once)."""
+    email = labeler_email(user)
+    if email == ADMIN:
+        raise LabelerError(f"{ADMIN} is the server's admin, not a labeler")
+    if not MIN_LABELER_PASSWORD <= len(password or "") <= 128:
+        raise LabelerError(
+            f"the password is refused: Label Studio takes {MIN_LABELER_PASSWORD} to 128 characters"
+        )
+    answer = _manage_users(where, {
+        "action": "add", "email": email, "username": email.split("@")[0], "password": password,
+    })  # fmt: skip
+    return str(answer["token"])
+
+
+def remove_labeler(where: str | Path, user: str) -> bool:
+    """Deactivate labeler `user` on the server of `where`: their login and token are refused
+    from now on; their annotations keep their name (Label Studio 1.23 deletes no account that
+    annotated). Returns whether an active account was deactivated; add_labeler brings it
+    back."""
+    email = labeler_email(user)
+    if email == ADMIN:
+        raise LabelerError(f"{ADMIN} is the server's admin, not a labeler")
+    return bool(_manage_users(where, {"action": "remove", "email": email})["removed"])
+
+
+def labelers(where: str | Path) -> list[dict]:
+    """The accounts of the server's organization: id, email and whether it is active (the
+    admin included)."""
+    return list(_manage_users(where, {"action": "list"})["users"])
 
 
 def main(argv: list[str] | None = None) -> int:

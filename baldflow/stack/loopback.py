@@ -1,10 +1,12 @@
-"""Probing the servers baldflow runs on 127.0.0.1: is a port free, does a URL answer, wait until
-a starting server answers. One copy for every server wrapper (PostgreSQL, MLflow, Prefect,
-Swift, Dask, the team stack).
+"""Probing the servers baldflow runs on 127.0.0.1 (or, for a team stack, on the address members
+reach): is a port free, does a URL answer, wait until a starting server answers, may a server
+bind an address. One copy for every server wrapper (PostgreSQL, MLflow, Prefect, Swift, Dask,
+the team stack).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 import urllib.error
@@ -15,6 +17,37 @@ from pathlib import Path
 from baldflow.stack.process import ManagedProcess
 
 HOST = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or `localhost`) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_problem(host: str) -> str | None:
+    """Why a server cannot bind `host`, or None when it can. Only an address literal of this
+    machine: 0.0.0.0 or :: would listen on every network (and give members no URL to use), a
+    name could resolve elsewhere tomorrow."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host!r} is not an IP address: give the address members reach this machine at"
+    if address.version != 4:
+        return f"{host} is an IPv6 address: the team stack binds IPv4 addresses only"
+    if address.is_unspecified:
+        return (f"{host} listens on every network: give the one address members reach this "
+                "machine at")
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            return f"{host} is not an address of this machine ({exc.strerror})"
+    return None
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:

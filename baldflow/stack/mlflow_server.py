@@ -1,6 +1,7 @@
-"""The team's MLflow tracking server: `mlflow server` on 127.0.0.1 with its runs in PostgreSQL
-and its artifacts proxied (clients need no storage credentials), optionally behind MLflow's
-basic auth. One object starts it, waits for /health and stops it by PID.
+"""The team's MLflow tracking server: `mlflow server` on 127.0.0.1 (or, behind basic auth, the
+address a team reaches) with its runs in PostgreSQL and its artifacts proxied (clients need no
+storage credentials), optionally behind MLflow's basic auth. One object starts it, waits for
+/health and stops it by PID.
 
 Secrets (the Flask session key, the admin password) live in 0600 files of the stack directory
 unless the environment gives them; they reach the server through its environment and its auth
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from baldflow.stack.loopback import port_is_free, wait_until_answers
+from baldflow.stack.loopback import is_loopback, port_is_free, wait_until_answers
 from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
 
 HOST = "127.0.0.1"
@@ -25,6 +26,7 @@ LOG_NAME = "mlflow-server.log"
 ADMIN_PASSWORD_ENV = "BALDFLOW_MLFLOW_ADMIN_PASSWORD"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 MIN_PASSWORD_LENGTH = 12  # MLflow's basic auth refuses shorter passwords
+AUTH_CACHE_SECONDS = 5
 
 
 class MlflowServerError(ProcessStartError):
@@ -63,8 +65,10 @@ def write_private_text(path: Path, text: str) -> None:
 class BasicAuth:
     """MLflow's basic-auth app: users and permissions in `database_uri` (PostgreSQL), an admin
     created on the first start, the Flask session key. `auth_cache_ttl_seconds` keeps a
-    verified password for a minute: without it every request re-hashes it (PBKDF2), which made
-    a client script ~8x slower here."""
+    verified login for a few seconds: without it every request re-hashes the password (PBKDF2),
+    which made a client script ~8x slower here. Short, because each server process keeps its
+    own cache and a deleted login or changed password leaves the others' entries in place
+    until they expire: a removed member keeps access for at most this long."""
 
     database_uri: str
     admin_password: str
@@ -72,7 +76,7 @@ class BasicAuth:
     config_path: Path
     admin_username: str = "admin"
     default_permission: str = "READ"
-    auth_cache_ttl_seconds: int = 60
+    auth_cache_ttl_seconds: int = AUTH_CACHE_SECONDS
 
     def write_config(self) -> Path:
         write_private_text(
@@ -91,9 +95,11 @@ class BasicAuth:
 class MlflowServer:
     """`mlflow server` with `--workers` uvicorn workers, its output in `home`/mlflow-server.log.
 
-    `allowed_hosts`: extra Host headers to accept besides 127.0.0.1:PORT and localhost:PORT
-    (a team that reaches it through a proxy or a DNS name). `detached=True` lets it outlive
-    this process (baldflow.stack.process).
+    `host`: the address it listens on, 127.0.0.1 by default; any other needs `auth` (anyone
+    who reaches the address could otherwise write and delete every run). `allowed_hosts`:
+    extra Host headers to accept besides `host`:PORT, 127.0.0.1:PORT and localhost:PORT (a team
+    that reaches it through a proxy or a DNS name). `detached=True` lets it outlive this
+    process (baldflow.stack.process).
     """
 
     def __init__(
@@ -109,8 +115,10 @@ class MlflowServer:
         startup_timeout: float = 180.0,
         detached: bool = False,
         env: Mapping[str, str] | None = None,
+        host: str = HOST,
     ):
         self.home = Path(home)
+        self.host = host
         self.backend_store_uri = backend_store_uri
         self.artifacts_destination = artifacts_destination
         self.port = port
@@ -125,7 +133,7 @@ class MlflowServer:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -133,9 +141,11 @@ class MlflowServer:
 
     def command(self, port: int) -> list[str]:
         hosts = [f"{HOST}:{port}", f"localhost:{port}", *self.allowed_hosts]
+        if self.host != HOST:
+            hosts.insert(0, f"{self.host}:{port}")
         argv = [sys.executable, "-m", "mlflow", "server"]
         argv += ["--artifacts-destination", self.artifacts_destination]
-        argv += ["--host", HOST, "--port", str(port), "--workers", str(self.workers)]
+        argv += ["--host", self.host, "--port", str(port), "--workers", str(self.workers)]
         argv += ["--allowed-hosts", ",".join(hosts)]
         if self.auth is not None:
             argv += ["--app-name", "basic-auth"]
@@ -160,16 +170,20 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         """Start it and wait until /health answers; raises MlflowServerError if not."""
         started = time.monotonic()
+        if self.auth is None and not is_loopback(self.host):
+            raise MlflowServerError(
+                f"an MLflow server on {self.host} (not loopback) needs basic auth: give it auth"
+            )
         if self.port is None:
-            self.port = free_port(HOST)
-        elif not port_is_free(self.port):
-            raise MlflowServerError(f"port {self.port} on {HOST} is taken: the MLflow server "
-                                    f"cannot listen there; choose another port")
+            self.port = free_port(self.host)
+        elif not port_is_free(self.port, self.host):
+            raise MlflowServerError(f"port {self.port} on {self.host} is taken: the MLflow "
+                                    f"server cannot listen there; choose another port")
         if "://" not in self.artifacts_destination:
             Path(self.artifacts_destination).mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
         process = ManagedProcess(
-            f"mlflow server on {HOST}:{self.port}",
+            f"mlflow server on {self.host}:{self.port}",
             self.command(self.port),
             env=self.environment(),
             cwd=self.home,
@@ -189,7 +203,7 @@ class MlflowServer:
         wait_until_answers(
             process,
             f"{self.url}/health",
-            what=f"the MLflow server on {HOST}:{self.port}",
+            what=f"the MLflow server on {self.host}:{self.port}",
             deadline=deadline,
             timeout_s=self.startup_timeout,
             error=MlflowServerError,

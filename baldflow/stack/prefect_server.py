@@ -1,5 +1,6 @@
-"""A Prefect server that baldflow starts itself (`prefect server start` on 127.0.0.1), owned by
-one object that waits for /api/health and stops it by PID.
+"""A Prefect server that baldflow starts itself (`prefect server start` on 127.0.0.1, or behind
+basic auth on the address a team reaches), owned by one object that waits for /api/health and
+stops it by PID.
 
 Prefect's own temporary server is a plain child of the run: a Ctrl-C in the terminal reaches
 it too, it dies first, and the run's client then retries the dead address for minutes. This one
@@ -16,12 +17,15 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from baldflow.stack.loopback import wait_until_answers
+from baldflow.stack.loopback import is_loopback, wait_until_answers
 from baldflow.stack.process import ManagedProcess, ProcessStartError, free_port
 
 HOST = "127.0.0.1"
 LOG_NAME = "baldflow-server.log"
 PRIVATE_API_ENV = "BALDFLOW_PRIVATE_PREFECT_API"
+# Prefect's basic auth for a self-hosted server: the server's setting and its clients'.
+SERVER_AUTH_ENV = "PREFECT_SERVER_API_AUTH_STRING"
+CLIENT_AUTH_ENV = "PREFECT_API_AUTH_STRING"
 
 
 class PrefectServerError(ProcessStartError):
@@ -62,6 +66,10 @@ class PrefectServer:
     `home`: the team server (baldflow.stack.team) shares one PostgreSQL with MLflow.
     `detached=True` lets it outlive this process (see baldflow.stack.process): whoever records
     its PID stops it.
+
+    `host`: the address it listens on, 127.0.0.1 by default; any other needs `auth_string`
+    (Prefect's basic auth, "user:password"; its clients export it as PREFECT_API_AUTH_STRING).
+    It reaches the server through its environment only. /api/health answers without it.
     """
 
     def __init__(
@@ -75,8 +83,12 @@ class PrefectServer:
         log_to_file: bool = True,
         database_url: str | None = None,
         detached: bool = False,
+        host: str = HOST,
+        auth_string: str | None = None,
     ):
         self.home = Path(home)
+        self.host = host
+        self.auth_string = auth_string
         self.database_url = database_url
         self.detached = detached
         self.log_to_file = log_to_file
@@ -89,7 +101,7 @@ class PrefectServer:
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def api_url(self) -> str:
@@ -101,9 +113,9 @@ class PrefectServer:
 
     def environment(self, port: int) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
-        url = f"http://{HOST}:{port}"
+        url = f"http://{self.host}:{port}"
         env["PREFECT_HOME"] = str(self.home)
-        env["PREFECT_SERVER_API_HOST"] = HOST
+        env["PREFECT_SERVER_API_HOST"] = self.host
         env["PREFECT_SERVER_API_PORT"] = str(port)
         # Its own address for whatever in the server acts as a client, whatever the shell
         # exported for other servers.
@@ -115,11 +127,17 @@ class PrefectServer:
             env["PREFECT_SERVER_UI_API_URL"] = f"{url}/api"
         if self.database_url is not None:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        if self.auth_string is not None:
+            # The server asks every API request but /api/health for it; whatever in the
+            # server acts as a client (and the UI, which asks the user) sends it.
+            env[SERVER_AUTH_ENV] = env[CLIENT_AUTH_ENV] = self.auth_string
+        else:  # one the shell exported is no setting of this server
+            env.pop(SERVER_AUTH_ENV, None)
         return env
 
     def command(self, port: int) -> list[str]:
         argv = [sys.executable, "-m", "prefect", "server", "start"]
-        argv += ["--host", HOST, "--port", str(port)]
+        argv += ["--host", self.host, "--port", str(port)]
         if self.temporary:
             argv += ["--no-ui", "--no-scheduler", "--no-late-runs"]
         return argv
@@ -127,11 +145,16 @@ class PrefectServer:
     def start(self) -> PrefectServer:
         """Start it and wait until /api/health answers; raises PrefectServerError if not."""
         started = time.monotonic()
+        if self.auth_string is None and not is_loopback(self.host):
+            raise PrefectServerError(
+                f"a Prefect server on {self.host} (not loopback) needs an API auth string: "
+                "give it auth_string"
+            )
         chosen = self.port
         for _attempt in range(3):
-            port = chosen if chosen is not None else free_port(HOST)
+            port = chosen if chosen is not None else free_port(self.host)
             process = ManagedProcess(
-                f"prefect server on {HOST}:{port}",
+                f"prefect server on {self.host}:{port}",
                 self.command(port),
                 env=self.environment(port),
                 log_path=self.log_path if self.log_to_file else None,
@@ -152,13 +175,15 @@ class PrefectServer:
                 raise
             self.startup_seconds = time.monotonic() - started
             return self
-        raise PrefectServerError(f"no free port for a Prefect server on {HOST} after 3 tries")
+        raise PrefectServerError(
+            f"no free port for a Prefect server on {self.host} after 3 tries"
+        )
 
     def _wait_healthy(self, process: ManagedProcess, deadline: float) -> None:
         wait_until_answers(
             process,
             f"{self.api_url}/health",
-            what=f"the Prefect server on {HOST}:{self.port}",
+            what=f"the Prefect server on {self.host}:{self.port}",
             deadline=deadline,
             timeout_s=self.startup_timeout,
             error=PrefectServerError,

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +32,10 @@ from pathlib import Path
 _lock = threading.RLock()
 _live: list[ManagedProcess] = []
 _atexit_registered = False
+# Every managed process gets a random token in its environment, which its children inherit
+# (uvicorn's workers, multiprocessing's helpers): a process whose /proc/PID/environ carries a
+# recorded token is one of that server's, whatever became of the PIDs around it.
+PROCESS_TOKEN_ENV = "BALDFLOW_PROCESS_TOKEN"
 
 
 class ProcessStartError(RuntimeError):
@@ -125,6 +130,7 @@ class ManagedProcess:
         self.process: subprocess.Popen | None = None
         # Set once its owner asks it to stop: an exit after that is no surprise.
         self.stopping = False
+        self.token = uuid.uuid4().hex
 
     @property
     def pid(self) -> int | None:
@@ -141,10 +147,12 @@ class ManagedProcess:
             out = self.log_path.open("ab")
         else:
             out = None
+        env = dict(self.env if self.env is not None else os.environ)
+        env[PROCESS_TOKEN_ENV] = self.token
         try:
             self.process = subprocess.Popen(
                 argv,
-                env=self.env,
+                env=env,
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -282,20 +290,24 @@ def _reap(pid: int) -> None:
 
 
 def stop_recorded_group(
-    pid: int, ticks: int | None, expect: str = "", timeout: float = 10.0
+    pid: int,
+    ticks: int | None,
+    expect: str = "",
+    timeout: float = 10.0,
+    token: str | None = None,
 ) -> bool:
     """Stop the session leader `pid` (started with its own session, so its group id is its
     PID) and its whole group: SIGTERM, up to `timeout` s, then SIGKILL for what is left.
 
     Nothing is signalled when `pid` now names another process (start time or command line
     differ): the PID was reused. When the leader is gone already, its leftover group members
-    (if any) get SIGKILL: a group id cannot be reused while members of the group live.
+    (orphaned workers, checked one by one: see `group_members`) are stopped.
     Returns whether the recorded process was still running.
     """
     if not is_recorded_process(pid, ticks, expect):
         if start_ticks(pid) is None:
             _reap(pid)
-            _signal_group(pid, signal.SIGKILL)
+            stop_group_members(pid, ticks, token, timeout=timeout)
         return False
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -309,3 +321,126 @@ def stop_recorded_group(
         _signal_group(pid, signal.SIGKILL)
     _reap(pid)
     return True
+
+
+# Orphans: a server's leader killed on its own (SIGKILL, the OOM killer) leaves its children
+# running in its process group, and uvicorn's master with its workers keeps serving the port.
+# They are found by their group and session ids (both the leader's PID), their start time (not
+# before the leader's) and, where recorded, the token their environment inherited.
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, process group, session, start ticks) from /proc/PID/stat; None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[0], int(fields[2]), int(fields[3]), int(fields[19])
+
+
+def _has_token(pid: int, token: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False  # another user's process: not provably ours, so never signalled
+    return f"{PROCESS_TOKEN_ENV}={token}".encode() in environ.split(b"\0")
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def group_members(pgid: int, ticks: int | None, token: str | None = None) -> list[int]:
+    """The live processes of the recorded server whose session leader was `pgid`, started at
+    `ticks`: its group and session, started no earlier than the leader, carrying `token` in
+    their environment when one was recorded. Empty when `pgid` leads a new process now (the
+    PID was reused: the kernel frees a group id only once no member is left)."""
+    leader = _stat(pgid)
+    if leader is not None and leader[0] != "Z" and ticks is not None and leader[3] != ticks:
+        return []
+    members = []
+    for pid in _pids():
+        found = _stat(pid)
+        if found is None:
+            continue
+        state, group, session, started = found
+        if state == "Z" or group != pgid or session != pgid:
+            continue
+        if ticks is not None and started < ticks:
+            continue
+        if token is not None and not _has_token(pid, token):
+            continue
+        members.append(pid)
+    return sorted(members)
+
+
+def stop_group_members(
+    pgid: int, ticks: int | None, token: str | None = None, timeout: float = 10.0
+) -> list[int]:
+    """SIGTERM to each member of the recorded group (`group_members`), up to `timeout` s, then
+    SIGKILL to the members still there, checked again; returns the PIDs that were members."""
+    members = group_members(pgid, ticks, token)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while group_members(pgid, ticks, token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in group_members(pgid, ticks, token):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while group_members(pgid, ticks, token) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return members
+
+
+# Who holds a port: the kernel lists listening sockets with their inode in /proc/net/tcp(6),
+# and each process's open sockets appear in /proc/PID/fd as links to "socket:[INODE]".
+
+_LISTEN = "0A"
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The inodes of TCP sockets listening on `port` (any address, IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _LISTEN:
+                continue
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] != "0":
+                inodes.add(int(fields[9]))
+    return inodes
+
+
+def port_holders(port: int) -> tuple[bool, list[int]]:
+    """(whether anything listens on `port`, the PIDs holding such a socket that this user can
+    see): a listener with no PID seen belongs to another user's process."""
+    inodes = listening_inodes(port)
+    if not inodes:
+        return False, []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    holders = []
+    for pid in _pids():
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") in wanted:
+                    holders.append(pid)
+                    break
+            except OSError:
+                continue
+    return True, sorted(holders)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shlex
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from baldflow.common import atomic_write_text, utc_now
-from baldflow.stack.loopback import http_ok, port_is_free
+from baldflow.stack import label_studio as studio
+from baldflow.stack import venvs
+from baldflow.stack.loopback import bind_problem, http_ok, is_loopback, port_is_free
 from baldflow.stack.mlflow_server import (
     ADMIN_PASSWORD_ENV,
     MIN_PASSWORD_LENGTH,
@@ -31,12 +35,16 @@ from baldflow.stack.mlflow_server import (
     write_private_text,
 )
 from baldflow.stack.postgres import PostgresCluster
-from baldflow.stack.prefect_server import PrefectServer
+from baldflow.stack.prefect_server import CLIENT_AUTH_ENV, PrefectServer
 from baldflow.stack.process import (
     ProcessStartError,
+    command_line,
     free_port,
+    group_members,
     is_recorded_process,
+    port_holders,
     start_ticks,
+    stop_group_members,
     stop_recorded_group,
 )
 
@@ -45,9 +53,16 @@ ENV_NAME = "team.env"
 KIND = "baldflow-team-stack"
 DATABASES = ("mlflow", "mlflow_auth", "prefect")
 GIT_REPO_NAME = "baldflow"
+LOOPBACK = "127.0.0.1"
+PREFECT_AUTH_FILE = "prefect-auth-string"
 # What each server's command line contains: a recorded PID is only signalled while it does.
 MLFLOW_COMMAND = "mlflow server"
 PREFECT_COMMAND = "prefect server start"
+# The optional labeling server (`up --label-studio`): its part name in stack.json and status.
+LABEL_STUDIO = "label-studio"
+LABEL_STUDIO_COMMAND = studio.COMMAND_MARK
+LABEL_STUDIO_URL_ENV = "BALDFLOW_LABEL_STUDIO_URL"  # baldflow.labeling.label_studio.URL_ENV
+LABEL_STUDIO_TOKEN_ENV = "BALDFLOW_LABEL_STUDIO_TOKEN"  # baldflow.labeling.label_studio.TOKEN_ENV
 
 Report = Callable[[str], None]
 
@@ -62,6 +77,18 @@ class NotAStackError(StackError):
 
 class StackNotUpError(StackError):
     """`down` on a stack none of whose servers runs."""
+
+
+class BindAddressError(StackError):
+    """`--host` names no address the servers can listen on."""
+
+
+class InsecureBindError(StackError):
+    """`--host` off loopback without authentication: anyone on that network could write."""
+
+
+class SharedRemotesError(StackError):
+    """The remotes could not be shared with the Unix group `--group` names."""
 
 
 @dataclass
@@ -81,6 +108,21 @@ class TeamStack:
     admin_password_file: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     already_up: bool = False
+    # The address MLflow and Prefect (and any other server members use) listen on;
+    # PostgreSQL stays on 127.0.0.1 whatever it is.
+    host: str = LOOPBACK
+    # Prefect's API auth string (0600), there when the stack runs with auth.
+    prefect_auth_file: Path | None = None
+    # The Unix group the remotes are shared with, if any.
+    group: str | None = None
+    # The team's Label Studio (`up --label-studio`), None when the stack runs none.
+    label_studio_url: str | None = None
+
+    @property
+    def label_studio_dir(self) -> Path:
+        """Where the team's Label Studio keeps its database and files (STACK/label-studio);
+        its admin's login and token are in STACK/secrets/label-studio.json (0600)."""
+        return self.dir / studio.STACK_HOME
 
     @property
     def env_file(self) -> Path:
@@ -96,14 +138,28 @@ class TeamStack:
             raise StackError(f"the MLflow server of {self.dir} runs without auth")
         return self.admin_password_file.read_text(encoding="utf-8").strip()
 
+    def member_secrets(self) -> dict[str, str]:
+        """What every member exports besides environment() and their own MLflow login:
+        {"PREFECT_API_AUTH_STRING": ...} when the Prefect server asks for it, else nothing.
+        Secrets: for a member's 0600 env file or environment, never a command line."""
+        if self.prefect_auth_file is None:
+            return {}
+        return {CLIENT_AUTH_ENV: self.prefect_auth_file.read_text(encoding="utf-8").strip()}
+
     def environment(self) -> dict[str, str]:
-        """What a team member exports (team.env): the servers and the remotes."""
-        return {
+        """What a team member exports (team.env): the servers (at the address they listen
+        on) and the remotes."""
+        env = {
             "PREFECT_API_URL": self.prefect_api_url,
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "BALDFLOW_GIT_REMOTE": self.git_remote,
             "BALDFLOW_DVC_REMOTE": self.dvc_remote,
         }
+        if self.label_studio_url:
+            # Campaigns with oracle.kind label-studio and no oracle.label_studio.url use it,
+            # with the member's own token (BALDFLOW_LABEL_STUDIO_TOKEN, from add_labeler).
+            env[LABEL_STUDIO_URL_ENV] = self.label_studio_url
+        return env
 
 
 # -- the stack directory -------------------------------------------------------------------
@@ -167,7 +223,9 @@ def _running_pid(part: dict | None, expect: str) -> int | None:
     return pid if is_recorded_process(pid, part.get("start_ticks"), expect) else None
 
 
-def _pick_port(asked: int | None, recorded: int | None, running: bool, what: str) -> int:
+def _pick_port(
+    asked: int | None, recorded: int | None, running: bool, what: str, host: str = LOOPBACK
+) -> int:
     if running:
         if asked is not None and asked != recorded:
             raise StackError(
@@ -177,9 +235,9 @@ def _pick_port(asked: int | None, recorded: int | None, running: bool, what: str
         return int(recorded)
     port = asked if asked is not None else recorded
     if port is None:
-        return free_port()
-    if not port_is_free(port):
-        raise StackError(f"port {port} on 127.0.0.1 is taken: the {what} cannot listen there; "
+        return free_port(host)
+    if not port_is_free(port, host):
+        raise StackError(f"port {port} on {host} is taken: the {what} cannot listen there; "
                          "choose another port")
     return int(port)
 
@@ -205,7 +263,8 @@ def _basic_auth(root: Path, stack_cluster: PostgresCluster, database: str) -> Ba
 
 
 def _mlflow_server(
-    root: Path, cluster: PostgresCluster, port: int, auth: bool, artifacts: str
+    root: Path, cluster: PostgresCluster, port: int, auth: bool, artifacts: str,
+    host: str = LOOPBACK,
 ) -> MlflowServer:
     paths = _paths(root)
     paths["mlflow"].mkdir(exist_ok=True)
@@ -216,28 +275,50 @@ def _mlflow_server(
         port=port,
         auth=_basic_auth(root, cluster, "mlflow_auth") if auth else None,
         detached=True,
+        host=host,
     )
     return server
 
 
-def _prefect_server(root: Path, cluster: PostgresCluster, port: int) -> PrefectServer:
+def _prefect_auth_file(root: Path) -> Path:
+    """STACK/secrets/prefect-auth-string (0600), made on first use: Prefect's basic auth,
+    "team:SECRET", which every member's client sends (PREFECT_API_AUTH_STRING)."""
+    path = _paths(root)["secrets"] / PREFECT_AUTH_FILE
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_private_text(path, f"team:{secrets.token_urlsafe(24)}\n")
+    return path
+
+
+def _prefect_server(
+    root: Path, cluster: PostgresCluster, port: int, host: str = LOOPBACK, auth: bool = False
+) -> PrefectServer:
     home = _paths(root)["prefect"]
     home.mkdir(exist_ok=True)
     env = dict(os.environ)
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
     env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+    auth_string = None
+    if auth:
+        auth_string = _prefect_auth_file(root).read_text(encoding="utf-8").strip()
     return PrefectServer(
         home, port=port, startup_timeout=180, env=env,
         database_url=cluster.url("prefect", "asyncpg"), detached=True,
+        host=host, auth_string=auth_string,
     )
 
 
 def _record(server: MlflowServer | PrefectServer) -> dict:
     pid = server.process.pid
-    return {"pid": pid, "start_ticks": start_ticks(pid), "port": server.port}
+    # pgid: started in its own session, its group is its PID; token: in the environment of
+    # the server and every child it starts (see process.group_members), to find orphans by.
+    return {"pid": pid, "pgid": pid, "start_ticks": start_ticks(pid), "port": server.port,
+            "token": server.process.token}
 
 
-def _ensure_remotes(root: Path) -> None:
+def _ensure_remotes(root: Path, group: str | None = None) -> None:
+    """The bare git repository and the DVC remote directory; with `group`, shared with that
+    Unix group (members who are other accounts of this machine push there themselves)."""
     paths = _paths(root)
     if not (paths["git"] / "HEAD").exists():
         paths["git"].parent.mkdir(exist_ok=True)
@@ -248,6 +329,31 @@ def _ensure_remotes(root: Path) -> None:
         if result.returncode != 0:
             raise StackError(f"git init --bare {paths['git']} failed: {result.stderr.strip()}")
     paths["dvc"].mkdir(exist_ok=True)
+    if group:
+        from baldflow.stack.sharing import SharingError, share_remotes
+
+        try:
+            share_remotes(root, paths["git"], paths["dvc"], group)
+        except SharingError as exc:
+            raise SharedRemotesError(str(exc)) from None
+
+
+def _chosen_host(host: str | None, auth: bool | None, state: dict) -> str:
+    """The address MLflow and Prefect listen on: `host`, else the recorded one, else
+    127.0.0.1. Off loopback only with auth (given, or recorded when `auth` is None)."""
+    chosen = host or state.get("host") or LOOPBACK
+    if chosen == LOOPBACK:
+        return chosen
+    problem = bind_problem(chosen)
+    if problem:
+        raise BindAddressError(f"--host {chosen}: {problem}")
+    with_auth = auth if auth is not None else bool(state.get("mlflow", {}).get("auth"))
+    if not is_loopback(chosen) and not with_auth:
+        raise InsecureBindError(
+            f"--host {chosen} is not loopback: the servers there need authentication; add "
+            "--auth (MLflow's basic auth and a Prefect API auth string)"
+        )
+    return chosen
 
 
 def stack_up(
@@ -259,8 +365,22 @@ def stack_up(
     auth: bool | None = None,
     artifacts_destination: str | None = None,
     report: Report | None = None,
+    host: str | None = None,
+    group: str | None = None,
+    label_studio: bool | None = None,
+    label_studio_port: int | None = None,
 ) -> TeamStack:
     """Start whatever part of the stack in `dir` is not running (all of it the first time).
+
+    `label_studio`: also run the team's Label Studio (data in STACK/label-studio, its admin in
+    STACK/secrets/label-studio.json), side by side with MLflow and Prefect; None: as recorded
+    (a stack that has had it keeps it). Its first start takes ~40 s (migrations), later ~5 s.
+
+    `host`: the address MLflow and Prefect listen on (PostgreSQL never leaves 127.0.0.1);
+    recorded like the ports. Off loopback it needs `auth`: MLflow's basic auth, and Prefect's
+    API auth string from STACK/secrets (TeamStack.member_secrets). `group`: a Unix group the
+    git and DVC remotes are shared with (members who are other accounts of this machine);
+    recorded too.
 
     Parts that run already are kept as they are (`up` twice is harmless); a stopped stack
     comes back on its recorded ports (and, with `auth` None, with or without basic auth as
@@ -273,6 +393,10 @@ def stack_up(
     root = Path(dir).absolute()
     _prepare_dir(root)
     state = _read_state(root) if (root / STATE_NAME).exists() else {"kind": KIND, "version": 1}
+    host = _chosen_host(host, auth, state)
+    group = group or state.get("group")
+    # Before any server starts: a group the remotes cannot be given to stops `up` here.
+    _ensure_remotes(root, group)
     timings: dict[str, float] = {}
 
     pg_state = state.get("postgres", {})
@@ -293,7 +417,8 @@ def stack_up(
         return _up_servers(
             root, state, cluster, timings, say,
             mlflow_port=mlflow_port, prefect_port=prefect_port, auth=auth,
-            artifacts_destination=artifacts_destination,
+            artifacts_destination=artifacts_destination, host=host, group=group,
+            label_studio=label_studio, label_studio_port=label_studio_port,
         )
     except BaseException:
         if not cluster_running:  # ours: it must not outlive a failed `up`
@@ -313,9 +438,17 @@ def _up_servers(
     prefect_port: int | None,
     auth: bool | None,
     artifacts_destination: str | None,
+    host: str = LOOPBACK,
+    group: str | None = None,
+    label_studio: bool | None = None,
+    label_studio_port: int | None = None,
 ) -> TeamStack:
-    """The MLflow and Prefect servers (those not running) and the remotes, on `cluster`."""
+    """The MLflow and Prefect servers (those not running) and the remotes, on `cluster`.
+
+    Every server members reach listens on `host` (a server added to the stack, such as
+    Label Studio, takes it from here too, and from `state["host"]` on restarts)."""
     paths = _paths(root)
+    _stop_orphans(state, say)  # they may hold the recorded ports the servers come back on
     ml_state = state.get("mlflow", {})
     ml_running = _running_pid(ml_state, MLFLOW_COMMAND) is not None
     if auth is None:
@@ -325,23 +458,55 @@ def _up_servers(
             f"the MLflow server of this stack runs {'with' if ml_state.get('auth') else 'without'}"
             " basic auth; run `baldflow stack down` first to change that"
         )
-    ml_port = _pick_port(mlflow_port, ml_state.get("port"), ml_running, "MLflow server")
+    ml_port = _pick_port(mlflow_port, ml_state.get("port"), ml_running, "MLflow server", host)
     pf_state = state.get("prefect", {})
     pf_running = _running_pid(pf_state, PREFECT_COMMAND) is not None
-    pf_port = _pick_port(prefect_port, pf_state.get("port"), pf_running, "Prefect server")
+    pf_port = _pick_port(prefect_port, pf_state.get("port"), pf_running, "Prefect server", host)
+    if (ml_running or pf_running) and state.get("host", LOOPBACK) != host:
+        raise StackError(
+            f"the servers of this stack listen on {state.get('host', LOOPBACK)} already; run "
+            f"`baldflow stack down` first to move them to {host}"
+        )
+    if pf_running and bool(pf_state.get("auth")) != auth:
+        raise StackError(
+            f"the Prefect server of this stack runs {'with' if pf_state.get('auth') else 'without'}"
+            " an API auth string; run `baldflow stack down` first to change that"
+        )
     artifacts = artifacts_destination or ml_state.get("artifacts_destination") or str(
         paths["artifacts"]
     )
+    ls_state = state.get(LABEL_STUDIO) or {}
+    if label_studio is None:  # recorded: once the stack has Label Studio, `up` keeps it
+        label_studio = LABEL_STUDIO in state
+    ls_running = _running_pid(ls_state, LABEL_STUDIO_COMMAND) is not None
+    if ls_running and not label_studio:
+        raise StackError(
+            "the Label Studio of this stack runs; run `baldflow stack down` first to leave it out"
+        )
+    if ls_running and state.get("host", LOOPBACK) != host:
+        raise StackError(
+            f"the Label Studio of this stack listens on {state.get('host', LOOPBACK)} already; "
+            f"run `baldflow stack down` first to move it to {host}"
+        )
+    ls_port = None
+    if label_studio:
+        ls_port = _pick_port(
+            label_studio_port, ls_state.get("port"), ls_running, "Label Studio server", host
+        )
 
-    to_start: dict[str, MlflowServer | PrefectServer] = {}
+    to_start: dict[str, MlflowServer | PrefectServer | studio.LabelStudioServer] = {}
     if ml_running:
-        say(f"MLflow server runs already on 127.0.0.1:{ml_port} (pid {ml_state['pid']})")
+        say(f"MLflow server runs already on {host}:{ml_port} (pid {ml_state['pid']})")
     else:
-        to_start["mlflow"] = _mlflow_server(root, cluster, ml_port, auth, artifacts)
+        to_start["mlflow"] = _mlflow_server(root, cluster, ml_port, auth, artifacts, host)
     if pf_running:
-        say(f"Prefect server runs already on 127.0.0.1:{pf_port} (pid {pf_state['pid']})")
+        say(f"Prefect server runs already on {host}:{pf_port} (pid {pf_state['pid']})")
     else:
-        to_start["prefect"] = _prefect_server(root, cluster, pf_port)
+        to_start["prefect"] = _prefect_server(root, cluster, pf_port, host, auth)
+    if ls_running:
+        say(f"Label Studio runs already on {host}:{ls_port} (pid {ls_state['pid']})")
+    elif label_studio:
+        to_start[LABEL_STUDIO] = _label_studio_server(root, ls_port, host, say)
     _start_side_by_side(to_start)
 
     if "mlflow" in to_start:
@@ -352,17 +517,31 @@ def _up_servers(
             + (" (basic auth)" if auth else ""))
     if "prefect" in to_start:
         server = to_start["prefect"]
-        pf_state = _record(server)
+        pf_state = {**_record(server), "auth": auth}
         timings["prefect_s"] = round(server.startup_seconds, 2)
-        say(f"Prefect server ready on {server.url} in {server.startup_seconds:.1f} s")
-    ml_state.update(url=f"http://127.0.0.1:{ml_port}", artifacts_destination=artifacts)
+        say(f"Prefect server ready on {server.url} in {server.startup_seconds:.1f} s"
+            + (" (API auth string)" if auth else ""))
+    ml_state.update(url=f"http://{host}:{ml_port}", artifacts_destination=artifacts)
     if auth:
         ml_state.update(admin_username="admin",
                         admin_password_file=str(paths["secrets"] / "mlflow-admin-password"))
-    pf_state["api_url"] = f"http://127.0.0.1:{pf_port}/api"
+    pf_state["api_url"] = f"http://{host}:{pf_port}/api"
+    if pf_state.get("auth"):
+        pf_state["auth_string_file"] = str(_prefect_auth_file(root))
     state["mlflow"], state["prefect"] = ml_state, pf_state
-
-    _ensure_remotes(root)
+    if LABEL_STUDIO in to_start:
+        server = to_start[LABEL_STUDIO]
+        ls_state = _record(server)
+        timings["label_studio_s"] = round(server.startup_seconds, 2)
+        say(f"Label Studio ready on {server.url} in {server.startup_seconds:.1f} s")
+    if label_studio:
+        # Its folder and secrets are STACK/label-studio and STACK/secrets/label-studio.json,
+        # relative to the stack (TeamStack.label_studio_dir): no paths to go stale on a move.
+        ls_state["url"] = f"http://{host}:{ls_port}"
+        state[LABEL_STUDIO] = ls_state
+    else:
+        state.pop(LABEL_STUDIO, None)  # its data stays in STACK/label-studio
+    state["host"], state["group"] = host, group
     state["git_remote"], state["dvc_remote"] = str(paths["git"]), str(paths["dvc"])
     state["state"] = "up"
     if timings:
@@ -375,7 +554,27 @@ def _up_servers(
     return stack
 
 
-def _start_side_by_side(servers: dict[str, MlflowServer | PrefectServer]) -> None:
+def _label_studio_server(
+    root: Path, port: int, host: str, say: Report
+) -> studio.LabelStudioServer:
+    """The team's Label Studio: its database and files in STACK/label-studio (what a backup
+    copies), its admin's login and token in STACK/secrets (0600)."""
+    (root / "secrets").mkdir(mode=0o700, exist_ok=True)
+    home = root / studio.STACK_HOME
+    data = home / "data"
+    first = not data.is_dir() or not any(data.iterdir())
+    if not venvs.venv_ready(studio.default_venv(), studio.LABEL_STUDIO_REQUIREMENTS):
+        say(f"building Label Studio's environment in {studio.default_venv()} (once; ~2 minutes)")
+    say(f"starting Label Studio in {home}" + (" (a first start: ~40 s)" if first else ""))
+    return studio.LabelStudioServer(
+        home, port=port, host=host, detached=True,
+        credentials_path=root / studio.STACK_CREDENTIALS,
+    )  # fmt: skip
+
+
+def _start_side_by_side(
+    servers: dict[str, MlflowServer | PrefectServer | studio.LabelStudioServer],
+) -> None:
     """Start the servers in threads, wait for all; if any fails (or we are interrupted), stop
     every one of them, so that a failed `up` leaves nothing behind that no state records."""
     if not servers:
@@ -410,6 +609,10 @@ def _stack_from_state(root: Path, state: dict) -> TeamStack:
         admin_username=ml.get("admin_username"),
         admin_password_file=Path(password_file) if password_file else None,
         timings=dict(state.get("timings", {})),
+        host=state.get("host") or LOOPBACK,
+        prefect_auth_file=Path(pf["auth_string_file"]) if pf.get("auth_string_file") else None,
+        group=state.get("group"),
+        label_studio_url=(state.get(LABEL_STUDIO) or {}).get("url"),
     )
 
 
@@ -419,6 +622,15 @@ def _write_env_file(stack: TeamStack) -> None:
         f"# Use it in a shell with: . {stack.env_file}",
     ]
     lines += [f"export {key}={value}" for key, value in stack.environment().items()]
+    if stack.prefect_auth_file is not None:
+        # Read when sourced: the secret stays in its own 0600 file, out of this one.
+        quoted = shlex.quote(str(stack.prefect_auth_file))
+        lines += [f'export {CLIENT_AUTH_ENV}="$(cat {quoted})"']
+    if stack.label_studio_url:
+        lines += [
+            "# Label Studio: campaigns with oracle.kind label-studio use it; export your own",
+            "# token as BALDFLOW_LABEL_STUDIO_TOKEN (your member env file has it).",
+        ]
     if stack.auth:
         lines += [
             "# The MLflow server asks for basic auth: export MLFLOW_TRACKING_USERNAME and",
@@ -440,8 +652,88 @@ def load_stack(dir: str | Path) -> TeamStack:
 # -- status and down -----------------------------------------------------------------------
 
 
+def _members(recorded: dict) -> list[int]:
+    """The live processes of a recorded server's group: its leader and the workers it started
+    (checked by group, session, start time and token: see process.group_members)."""
+    pid = recorded.get("pid")
+    if not pid:
+        return []
+    return group_members(
+        recorded.get("pgid", pid), recorded.get("start_ticks"), recorded.get("token")
+    )
+
+
+def _who(pids: list[int]) -> str:
+    return "; ".join(f"pid {pid}: {command_line(pid)[:60] or '?'}" for pid in pids[:3])
+
+
+def _server_row(
+    root: Path, part: str, recorded: dict, expect: str, health: str
+) -> tuple[str, bool, str]:
+    """Whether a server is healthy, told apart from its look-alikes: its recorded process gone
+    while its orphaned workers still serve the port (which `up` would find taken), the port
+    held by an unrelated process, or nothing running."""
+    base = recorded.get("url") or recorded.get("api_url", "").removesuffix("/api")
+    port = recorded.get("port")
+    pid = _running_pid(recorded, expect)
+    listening, holders = port_holders(port) if port else (False, [])
+    members = _members(recorded)
+    ours = [h for h in holders if h in members]
+    strangers = [h for h in holders if h not in members]
+    if pid is not None:
+        ok, why = http_ok(base + health)
+        extra = ", basic auth" if recorded.get("auth") else ""
+        detail = f"{base} (pid {pid}{extra}): {health} {why}"
+        if strangers and not ours:
+            return part, False, f"{detail}; port {port} is held by another ({_who(strangers)})"
+        return part, ok, detail
+    if ours:
+        _, why = http_ok(base + health)
+        return part, False, (
+            f"orphaned workers of pid {recorded['pid']} hold port {port} (pids "
+            f"{', '.join(map(str, ours))}; {health} {why}), unsupervised: `baldflow stack up "
+            f"--dir {root}` restarts the server"
+        )
+    if strangers:
+        return part, False, (
+            f"not running; port {port} is held by an unrelated process ({_who(strangers)})"
+        )
+    if listening:
+        return part, False, f"not running; port {port} is held by another user's process"
+    if members:
+        return part, False, (
+            f"not running; leftover processes of pid {recorded['pid']} (pids "
+            f"{', '.join(map(str, members))}) hold no port: `baldflow stack down` stops them"
+        )
+    return part, False, f"not running ({base or 'never started'})"
+
+
+def _stop_orphans(state: dict, say: Report) -> list[str]:
+    """Stop what is left of each server whose recorded process is gone (orphaned workers,
+    which may still serve its port): by their recorded group, never by name. Returns the
+    parts that had some."""
+    parts = []
+    for part, expect in (("mlflow", MLFLOW_COMMAND), ("prefect", PREFECT_COMMAND),
+                         (LABEL_STUDIO, LABEL_STUDIO_COMMAND)):
+        recorded = state.get(part) or {}
+        pid = recorded.get("pid")
+        if not pid or _running_pid(recorded, expect) is not None:
+            continue
+        held = port_holders(recorded["port"])[1] if recorded.get("port") else []
+        stopped = stop_group_members(
+            recorded.get("pgid", pid), recorded.get("start_ticks"), recorded.get("token")
+        )
+        if stopped:
+            holding = f", which held port {recorded['port']}" if set(stopped) & set(held) else ""
+            say(f"{part}: recorded pid {pid} was gone; stopped its orphaned workers (pids "
+                f"{', '.join(map(str, stopped))}){holding}")
+            parts.append(part)
+    return parts
+
+
 def stack_status(dir: str | Path) -> list[tuple[str, bool, str]]:
-    """(part, healthy, detail) for postgres, mlflow, prefect, git and dvc."""
+    """(part, healthy, detail) for postgres, mlflow, prefect (label-studio when the stack
+    has it), git and dvc."""
     root = Path(dir).absolute()
     state = _read_state(root)
     rows: list[tuple[str, bool, str]] = []
@@ -454,15 +746,10 @@ def stack_status(dir: str | Path) -> list[tuple[str, bool, str]]:
         ("mlflow", MLFLOW_COMMAND, "/health"),
         ("prefect", PREFECT_COMMAND, "/api/health"),
     ):
-        recorded = state.get(part, {})
-        pid = _running_pid(recorded, expect)
-        base = recorded.get("url") or (recorded.get("api_url", "").removesuffix("/api"))
-        if pid is None:
-            rows.append((part, False, f"not running ({base or 'never started'})"))
-            continue
-        ok, why = http_ok(base + health)
-        extra = ", basic auth" if recorded.get("auth") else ""
-        rows.append((part, ok, f"{base} (pid {pid}{extra}): {health} {why}"))
+        rows.append(_server_row(root, part, state.get(part, {}), expect, health))
+    if LABEL_STUDIO in state:
+        rows.append(_server_row(root, LABEL_STUDIO, state[LABEL_STUDIO], LABEL_STUDIO_COMMAND,
+                                "/health"))
     git = Path(state.get("git_remote", _paths(root)["git"]))
     rows.append(("git", (git / "HEAD").is_file(), f"bare repository {git}"))
     dvc = Path(state.get("dvc_remote", _paths(root)["dvc"]))
@@ -477,26 +764,31 @@ def stack_down(dir: str | Path, report: Report | None = None) -> list[str]:
     say = report or (lambda _line: None)
     root = Path(dir).absolute()
     state = _read_state(root)
-    servers = (("prefect", PREFECT_COMMAND), ("mlflow", MLFLOW_COMMAND))
+    servers = (("prefect", PREFECT_COMMAND), ("mlflow", MLFLOW_COMMAND),
+               (LABEL_STUDIO, LABEL_STUDIO_COMMAND))
+
+    orphaned = _stop_orphans(state, say)
 
     def stop(part: str, expect: str) -> bool:
         recorded = state.get(part, {})
         pid = recorded.get("pid")
-        return bool(pid) and stop_recorded_group(pid, recorded.get("start_ticks"), expect)
+        return bool(pid) and stop_recorded_group(
+            pid, recorded.get("start_ticks"), expect, token=recorded.get("token")
+        )
 
     # Side by side: each takes seconds to wind down its workers, PostgreSQL waits for both.
     with ThreadPoolExecutor(max_workers=len(servers)) as pool:
         was_running = list(pool.map(lambda item: stop(*item), servers))
-    stopped = []
+    stopped = list(orphaned)
     for (part, _), running in zip(servers, was_running, strict=True):
         recorded = state.get(part, {})
         if running:
             stopped.append(part)
             say(f"{part}: stopped (pid {recorded['pid']})")
-        elif recorded.get("pid"):
+        elif recorded.get("pid") and part not in orphaned:
             say(f"{part}: was not running (pid {recorded['pid']} gone)")
-        recorded.pop("pid", None)
-        recorded.pop("start_ticks", None)
+        for key in ("pid", "pgid", "start_ticks", "token"):
+            recorded.pop(key, None)
     pg = state.get("postgres", {})
     if pg.get("port") is not None and _cluster(root, pg["port"]).stop():
         stopped.append("postgres")
@@ -507,36 +799,3 @@ def stack_down(dir: str | Path, report: Report | None = None) -> list[str]:
     if not stopped:
         raise StackNotUpError(f"no server of the stack in {root} was running")
     return stopped
-
-
-# -- more servers on the stack's PostgreSQL -------------------------------------------------
-
-
-def extra_mlflow_server(
-    stack: TeamStack,
-    name: str,
-    *,
-    auth: bool = True,
-    port: int | None = None,
-    detached: bool = False,
-) -> MlflowServer:
-    """Start another MLflow server on the stack's PostgreSQL, with databases `name` and
-    `name`_auth and its artifacts in STACK/`name`-artifacts (a second, secured tracking
-    server beside the open one, e.g. for tests). The caller stops it."""
-    cluster = _cluster(stack.dir, stack.postgres_port)
-    cluster.create_databases(name, f"{name}_auth")
-    home = stack.dir / name
-    home.mkdir(exist_ok=True)
-    basic = None
-    if auth:
-        basic = _basic_auth(stack.dir, cluster, f"{name}_auth")
-        basic.config_path = home / "basic_auth.ini"
-    server = MlflowServer(
-        home,
-        cluster.url(name, "psycopg2"),
-        str(stack.dir / f"{name}-artifacts"),
-        port=port,
-        auth=basic,
-        detached=detached,
-    )
-    return server.start()

@@ -15,7 +15,6 @@ import functools
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -25,16 +24,17 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from baldflow.config import registered_model_name
 from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
 from baldflow.workspace.tracking import (
     TAG_CAMPAIGN,
+    TAG_OPERATOR,
     TAG_PARENT,
     TAG_ROUND,
     TAG_WORKSPACE,
     Tracker,
 )
 
-REGISTERED_MODEL_PREFIX = "baldflow-"
 # MLflow reserves the alias "latest" (`models:/name/latest` is the highest version number,
 # which a repaired older round could be): the newest round gets an alias of its own.
 ALIAS_LATEST = "latest-round"
@@ -81,18 +81,6 @@ class RegistryError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------- names and params
-def registered_model_name(campaign: str) -> str:
-    """`baldflow-<campaign>`, with anything the registry or a URI would choke on made a dash.
-
-    Campaign names are already lowercase-dash; this keeps the name valid if that ever loosens
-    (MLflow refuses '/' and ':', and `models:/<name>@alias` URIs need no escaping this way).
-    """
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", campaign).strip("-.")
-    if not safe:
-        raise RegistryError(f"campaign name {campaign!r} leaves no usable registered model name")
-    return REGISTERED_MODEL_PREFIX + safe
-
-
 def round_alias(round_index: int) -> str:
     return f"round-{round_index:04d}"
 
@@ -402,7 +390,10 @@ def create_version(client: Any, name: str, campaign: str, **fields: Any) -> Any:
     try:
         return client.create_model_version(name, **fields)
     except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+        # A server behind MLflow's basic auth answers 403, not 404, for a registered model
+        # that does not exist yet (it cannot tell whether the caller may write it). A 403 for
+        # one that exists comes back from the second try.
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED"):
             raise
     ensure_registered_model(client, name, campaign)
     return client.create_model_version(name, **fields)
@@ -484,6 +475,18 @@ def set_aliases(client: Any, name: str, version: str, round_index: int) -> None:
         client.set_registered_model_alias(name, ALIAS_LATEST, version)
 
 
+def version_description(
+    campaign: str, round_index: int, tags: Mapping[str, str], operator: str
+) -> str:
+    """What the registry's list of versions says of one: version numbers follow the order of
+    registration (a round registered late by a repair gets a later number), so the round is
+    named in words. MLflow records no user for a version: the operator is named here too."""
+    text = f"Round {round_index} of campaign {campaign}"
+    if tags.get("git.tag"):
+        text += f" (git tag {tags['git.tag']})"
+    return text + (f", registered by {operator}." if operator else ".")
+
+
 def register_round(
     tracker: Tracker,
     *,
@@ -518,7 +521,9 @@ def register_round(
                 TAG_CAMPAIGN: campaign,
                 TAG_ROUND: str(round_index),
                 TAG_WORKSPACE: tracker.workspace_id,
+                **({TAG_OPERATOR: tracker.operator} if tracker.operator else {}),
             },
+            description=version_description(campaign, round_index, tags, tracker.operator),
             model_id=logged.model_id,
         )
     set_aliases(client, name, version.version, round_index)

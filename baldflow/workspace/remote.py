@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import shlex
 import socket
 import subprocess
 import uuid
@@ -83,6 +84,32 @@ def remote_url(ws: Workspace) -> str | None:
     return url or None
 
 
+def _shared_repo(url: str | None) -> str | None:
+    """The path of a local remote repository another account owns (a team stack's bare
+    repository shared with a Unix group), else None. git refuses such a repository
+    ("dubious ownership") unless safe.directory names it, and only in the git process that
+    opens it: the upload-pack or receive-pack a fetch or push starts, and `clone` itself."""
+    if not url:
+        return None
+    path = Path(url.removeprefix("file://"))
+    if not path.is_absolute():
+        return None  # ssh://, https://, host:path: the server's own configuration decides
+    try:
+        owner = path.stat().st_uid
+    except OSError:
+        return None
+    return str(path.resolve()) if owner != os.geteuid() else None
+
+
+def _pack_option(url: str | None, program: str) -> list[str]:
+    """`--upload-pack=...` or `--receive-pack=...` (`program`) that names a `_shared_repo`
+    remote safe, for the git command that talks to it; nothing for other remotes."""
+    shared = _shared_repo(url)
+    if shared is None:
+        return []
+    return [f"--{program}=git -c safe.directory={shlex.quote(shared)} {program}"]
+
+
 def _one_line(text: str) -> str:
     """git's multi-line complaints as one line ("fatal: ... fatal: ...")."""
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
@@ -91,8 +118,9 @@ def _one_line(text: str) -> str:
 def unreachable(ws: Workspace, timeout: float = 20.0) -> str | None:
     """Why the git remote cannot be read right now, or None when it answers."""
     try:
+        pack = _pack_option(remote_url(ws), "upload-pack")
         result = subprocess.run(
-            ["git", "ls-remote", "--heads", REMOTE],
+            ["git", "ls-remote", *pack, "--heads", REMOTE],
             cwd=ws.root, capture_output=True, text=True, timeout=timeout,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
         )  # fmt: skip
@@ -202,8 +230,11 @@ def clone(url: str, directory: str | Path) -> Workspace:
     else:
         offline_environment()
         target.parent.mkdir(parents=True, exist_ok=True)
+        shared = _shared_repo(url)
+        safe = ["-c", f"safe.directory={shared}"] if shared else []
         result = subprocess.run(
-            ["git", "clone", "-q", "-b", BRANCH, url, str(target)],
+            ["git", *safe, "clone", "-q", *_pack_option(url, "upload-pack"), "-b", BRANCH,
+             url, str(target)],
             capture_output=True,
             text=True,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
@@ -254,7 +285,7 @@ def _fetch(ws: Workspace) -> None:
     # Tags are forced: a local tag of a round that lost must give way to the winner's tag.
     # Patterns, not names: an empty remote (a workspace about to be published) has no branch.
     result = subprocess.run(
-        ["git", "fetch", "-q", REMOTE,
+        ["git", "fetch", "-q", *_pack_option(remote_url(ws), "upload-pack"), REMOTE,
          f"+refs/heads/*:refs/remotes/{REMOTE}/*", "+refs/tags/*:refs/tags/*"],
         cwd=ws.root, capture_output=True, text=True,
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
@@ -286,7 +317,8 @@ def _push(ws: Workspace, refspecs: list[str]) -> tuple[bool, str]:
     """Push atomically; (False, why) when the remote refused because another clone moved it
     first, RemoteError when it could not be reached at all."""
     result = subprocess.run(
-        ["git", "push", "--atomic", "--porcelain", REMOTE, *refspecs],
+        ["git", "push", "--atomic", "--porcelain", *_pack_option(remote_url(ws), "receive-pack"),
+         REMOTE, *refspecs],
         cwd=ws.root, capture_output=True, text=True,
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
     )  # fmt: skip

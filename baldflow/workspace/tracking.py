@@ -119,11 +119,23 @@ def ensure_experiment(client: Any, experiment: str, artifact_root: Path | None) 
     location = Path(artifact_root).resolve().as_uri() if artifact_root else None
     # MLflow 3's UI opens an experiment of unknown kind on its GenAI overview ("No data");
     # naming it a model-development experiment opens it on its runs.
-    return client.create_experiment(
-        experiment,
-        artifact_location=location,
-        tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
-    )
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(
+            experiment,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
+        )
+    except MlflowException as error:
+        # Another clone created it between the lookup and here (two runs started at once on
+        # a shared server): theirs is the campaign's experiment too.
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 class Tracker:
