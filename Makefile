@@ -47,8 +47,8 @@ lint-imports: env
 	cd $(IMPORT_TREE) && $(abspath $(BIN))/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
 # The team tests need Debian's postgresql (and openssh-server's sshd for the ssh remotes) and
-# the browser checks its chromium (all installed here when missing, as root or with sudo); the Label Studio tests its own virtual environment
-# (built once per machine, about a minute).
+# the browser checks its chromium (all installed here when missing, as root or with sudo); the
+# Label Studio tests its own virtual environment (built once per machine, about a minute).
 test: lint
 	bash .ci/ensure-postgresql
 	bash .ci/ensure-chromium
