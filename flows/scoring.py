@@ -56,6 +56,13 @@ def dask_task_runner(config: Config) -> Any:
         logging.getLogger(name).setLevel(logging.WARNING)
     if config.scale.dask_address:
         return DaskTaskRunner(address=config.scale.dask_address)
+    import dask.config
+
+    from baldflow.stack.dask_cluster import worker_pre_spawn_environ
+
+    # The LocalCluster's nannies spawn their workers from this process's Dask config: without
+    # MALLOC_TRIM_THRESHOLD_, as baldflow's standing clusters (stack/dask_cluster.py says why).
+    dask.config.set({"distributed.nanny.pre-spawn-environ": worker_pre_spawn_environ()})
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
