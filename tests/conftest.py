@@ -174,6 +174,7 @@ MODULE_MARKERS = {
     "test_label_studio_browser.py": ("browser",),
     "test_s3.py": ("servers",),
     "test_dask_cluster.py": ("servers",),
+    "test_shard_faults.py": ("servers",),
     "test_scale.py": ("servers",),  # Dask clusters
     "test_stack.py": ("servers",),
     "test_stack_supervision.py": ("servers",),
