@@ -85,7 +85,10 @@ def test_whole_pool_strategies_are_refused_where_the_pool_is_sharded(tiny_defaul
         params = copy.deepcopy(tiny_defaults)
         params["acquisition"]["strategy"] = strategy
         params["scale"] = {"runner": "dask"}
-        with pytest.raises(ConfigError, match="in one\\s+process"):
+        if strategy in ("badge", "coreset"):
+            with pytest.raises(ConfigError, match="in one\\s+process"):
+                validate(params)
+        else:  # EPIG and annealed batches are exact in shards (test_sharded_strategies.py)
             validate(params)
 
 

@@ -18,7 +18,8 @@ from baldflow.config import validate
 
 STRATEGIES = (
     "power-bald", "softmax-entropy", "softrank-bald", "topk-bald", "random", "batchbald",
-    "stochastic-batchbald",
+    "stochastic-batchbald", "power-epig", "topk-epig", "annealed-power-bald",
+    "annealed-softrank-bald",
 )  # fmt: skip
 
 
@@ -68,9 +69,20 @@ def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_
     assert sharded.remaining == single.remaining == data.pool_size - len(labeled_ids)
     assert got.sample_ids == expected.sample_ids and len(got.sample_ids) == 5
     assert not set(got.sample_ids) & labeled_ids
-    assert got.scores == expected.scores and got.keys == expected.keys
-    for a, b in zip(got.probabilities, expected.probabilities, strict=True):
-        assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9)
+    # The one-row shard's forward pass can differ from the in-process batch in the last float32
+    # bits (BALD's too: its picks here never include that row; annealed's and EPIG's may, and
+    # EPIG's sums over its targets amplify it in the normaliser to ~1e-6). The ids are exact.
+    rel = 1e-5 if "epig" in strategy or "annealed" in strategy else 0
+    assert_close(got.scores, expected.scores, rel)
+    assert_close(got.keys, expected.keys, rel)
+    assert_close(got.probabilities, expected.probabilities, rel or 1e-9)
+
+
+def assert_close(got, expected, rel) -> None:
+    """Ledger cells equal (rel 0) or within `rel`; None (no such reason) only against None."""
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert (a is None and b is None) or a == (b if rel == 0 else pytest.approx(b, rel=rel))
 
 
 def test_shard_score_files_merge_to_the_in_process_scores(round_inputs, tmp_path):
@@ -110,6 +122,31 @@ def test_softrank_needs_its_ranking_pass(round_inputs):
     config, _, _, _, seed, root = round_inputs
     config = validate({**config.to_dict(), "acquisition": {"strategy": "softrank-bald"}})
     with pytest.raises(sharding.ShardingError, match="softrank needs the pool's ranks"):
+        sharding.shard_job(
+            config, seed, model_dir=root / "model", pool_dir=root / "pool", exclude_file=None,
+            scores_dir=None,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("strategy", ["power-epig", "annealed-softrank-bald"])
+def test_score_pool_sharded_matches_the_single_process_reference(round_inputs, strategy, tmp_path):
+    config, data, _, _, seed, root = round_inputs
+    config = validate({**config.to_dict(), "acquisition": {
+        **config.acquisition.model_dump(), "strategy": strategy,
+    }})  # fmt: skip
+    job = sharding.shard_job(
+        config, seed, model_dir=root / "model", pool_dir=root / "pool",
+        exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
+    )  # fmt: skip
+    batch, stats = sharding.score_pool_sharded(job, _ranges(data.pool_size))
+    assert batch == sharding.score_pool_single(job) and len(batch) == 5
+    assert stats.rows == data.pool_size
+
+
+def test_epig_in_shards_needs_somewhere_for_its_targets(round_inputs):
+    config, _, _, _, seed, root = round_inputs
+    config = validate({**config.to_dict(), "acquisition": {"strategy": "power-epig"}})
+    with pytest.raises(sharding.ShardingError, match="EPIG in shards needs a scores_dir"):
         sharding.shard_job(
             config, seed, model_dir=root / "model", pool_dir=root / "pool", exclude_file=None,
             scores_dir=None,

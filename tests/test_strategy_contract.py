@@ -101,9 +101,18 @@ def test_sharded_round_picks_the_in_process_batch(trained_round, name, tmp_path)
     sharded = scoring.sharded_pool_scores(config, data, model, seed, results, sorted_scores, 0.0)
     got = selecting.select_batch(config, sharded, seed)
     assert got.sample_ids == expected.sample_ids
-    assert got.scores == expected.scores and got.keys == expected.keys
-    for a, b in zip(got.probabilities, expected.probabilities, strict=True):
-        assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9)
+    # A shard's forward passes batch rows differently from the one process's pass over the
+    # unlabeled rows, so a score can differ in its last float32 bits (see compute.sharding);
+    # the picks of the cut strategies here never meet such a row, annealed's and EPIG's may.
+    rel = 1e-5 if "epig" in name or "annealed" in name else 0
+    for got_cells, expected_cells, tolerance in (
+        (got.scores, expected.scores, rel), (got.keys, expected.keys, rel),
+        (got.probabilities, expected.probabilities, rel or 1e-9),
+    ):  # fmt: skip
+        for a, b in zip(got_cells, expected_cells, strict=True):
+            assert (a is None and b is None) or a == (
+                b if tolerance == 0 else pytest.approx(b, rel=tolerance)
+            )
 
 
 @pytest.mark.parametrize("name", [name for name in STRATEGY_NAMES if not shardable(name)])

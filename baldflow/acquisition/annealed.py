@@ -18,6 +18,10 @@ from softmax(beta_i log w) over the remaining points; with a constant beta the b
 of sequential sampling without replacement, i.e. of Gumbel-top-k. Because the noise depends only
 on (seed, i, id) and ties are broken by per-sample columns only, the batch does not depend on the
 order of the pool (the same contract as `sharded.select_by_id`).
+
+A pool scored in shards (`annealed_shard_candidates` per shard, `merge_annealed`): each shard
+sends its best i + 1 samples for every pick i and its share of each pick's normaliser; the merge
+replays the picks and gets the one process's batch exactly (see "in shards" below).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -35,12 +40,14 @@ from baldflow.acquisition.selection import (
     weight_order,
 )
 from baldflow.acquisition.sharded import (
+    _best,
     _checked_seed,
     _validate,
     id_gumbel,
     mode_log_weights,
 )
 from baldflow.acquisition.strategy import (
+    PICK_CANDIDATES,
     POOL_SCORES,
     Noise,
     Problem,
@@ -220,6 +227,8 @@ class Annealed(Strategy):
     `acquisition.coldness` to `acquisition.coldness_end`, noise keyed by id."""
 
     needs = frozenset({POOL_SCORES})
+    # In shards: each shard's per-pick candidates (annealed_shard_candidates), merged exactly.
+    needs_in_shards = frozenset({PICK_CANDIDATES})
     score = "bald"
     min_mc_samples = 2  # BALD is 0 everywhere when K = 1
 
@@ -251,7 +260,9 @@ class Annealed(Strategy):
         self, inputs: SelectionInputs, batch_size: int, params: Mapping[str, Any], noise: Noise
     ) -> Selection:
         ids_N, scores_N = inputs.sample_ids, inputs.scores_N
-        assert ids_N is not None and scores_N is not None
+        if scores_N is None:  # a pool scored in shards: merge their per-pick candidates
+            return merge_annealed(inputs.summaries, batch_size)
+        assert ids_N is not None
         schedule = coldness_schedule(batch_size, params["coldness"], params["coldness_end"])
         chosen = annealed_select_by_id(
             scores_N, ids_N, batch_size, self.mode, schedule, seed=noise.seed
@@ -259,3 +270,237 @@ class Annealed(Strategy):
         rows = chosen.indices.tolist()
         picked = [ids_N[r] for r in rows]
         return Selection(picked, scores_N[rows], chosen.probabilities, chosen.keys)
+
+
+# -------------------------------------------------------------------------- in shards
+# A pool scored in shards: each shard sends, for pick i, its best i + 1 samples under pick i's
+# key; the merge replays the picks on their union. Exact: pick i's winner w is the best
+# remaining sample of its own shard, and the only samples of that shard ranked above w are
+# earlier picks (at most i of them), so w is among its shard's best i + 1 under pick i's key.
+# Cost: b (b + 1) / 2 candidates a shard instead of b, and b id-hash passes over the shard
+# (one per pick, as the one process pays per pick over the remaining pool).
+
+
+@dataclass(frozen=True)
+class PickCandidates:
+    """One shard's best samples for one pick (best first): ids, and per id the order columns
+    of that pick (key, weight order, noise), its log-weight at beta = 1 and how many samples of
+    the shard share that log-weight (coldness inf: the pick is uniform over the heaviest)."""
+
+    ids: list[str]
+    keys: torch.Tensor
+    orders: torch.Tensor
+    noise: torch.Tensor
+    log_weights: torch.Tensor
+    equal_counts: list[int]
+    scores: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AnnealedShard:
+    """What one shard sends for an annealed batch: per pick i its candidates (`picks[i]`) and
+    its share of the pick's normaliser: its i heaviest samples (`heavy_ids[i]`, their
+    log-weights `heavy_log_weights[i]`) and, over the rest of the shard (the tail), the largest
+    log-weight `tail_tops[i]` and log sum_j exp(beta_i (l_j - tail_tops[i])); `count` samples,
+    `positive` of them with weight > 0; and the rules it was cut under."""
+
+    picks: list[PickCandidates]
+    heavy_ids: list[list[str]]
+    heavy_log_weights: list[list[float]]
+    tail_tops: list[float]
+    tail_log_totals: list[float]
+    count: int
+    positive: int
+    mode: str
+    schedule: tuple[float, ...]
+    seed: int
+    # A shard of at most batch_size samples also sends them all: where the whole pool is
+    # smaller than the batch, the batch (and its shorter schedule) is drawn from them directly.
+    all_ids: list[str] | None = None
+    all_scores: torch.Tensor | None = None
+
+    @property
+    def candidates(self) -> _Offered:
+        """The ids this shard offers the merge (as a ShardSummary's candidates)."""
+        ids = {sid for pick in self.picks for sid in pick.ids} | set(self.all_ids or ())
+        return _Offered(sorted(ids))
+
+
+class _Offered(NamedTuple):
+    ids: list[str]
+
+
+def annealed_shard_candidates(
+    scores_n,
+    sample_ids: Sequence[str],
+    batch_size: int,
+    mode: str,
+    schedule: Sequence[float],
+    seed: int = 0,
+    pool_scores: torch.Tensor | None = None,
+) -> AnnealedShard:
+    """This shard's part of `annealed_select_by_id` on the whole pool (see `merge_annealed`).
+
+    `schedule`: batch_size coldness values (the pool's size is not known to a shard). Softrank:
+    `pool_scores` are the whole pool's sorted scores (`sharded.sorted_pool_scores`), since a
+    rank is global."""
+    if mode not in ANNEALED_MODES:
+        raise SelectionError(f"annealed selection needs a stochastic mode, got {mode!r}")
+    scores_n, sample_ids, _ = _validate(scores_n, sample_ids, batch_size, mode, 1.0)
+    seed = _checked_seed(seed)
+    schedule = _checked_schedule(schedule, batch_size, batch_size)
+    if mode == "softrank":
+        if pool_scores is None:
+            raise SelectionError("softrank needs pool_scores: the whole pool's sorted scores")
+    else:
+        pool_scores = None
+    log_weights_n = mode_log_weights(scores_n, mode, pool_scores)
+    orders_n = weight_order(scores_n, mode)
+    n = scores_n.numel()
+    # The heaviest first (ties by the smaller id): pick i's normaliser keeps its i heaviest
+    # apart, so that subtracting the earlier picks never cancels (see merge_annealed).
+    by_weight = _best([log_weights_n], sample_ids, len(schedule))
+    picks, heavy_ids, heavy_log_weights, tail_tops, tail_log_totals = [], [], [], [], []
+    for i, coldness in enumerate(schedule):
+        gumbel = id_gumbel(pick_seed(seed, i), sample_ids)
+        key_n = gumbel if coldness == 0 else perturbed_keys(log_weights_n, gumbel, coldness)[0]
+        best = _best([key_n, orders_n, gumbel], sample_ids, i + 1)
+        index = torch.tensor(best, dtype=torch.long)
+        chosen = log_weights_n[index]
+        # Only coldness inf needs them (its pick is uniform over the heaviest remaining).
+        counts = (
+            [int((log_weights_n == value).sum()) for value in chosen.tolist()]
+            if math.isinf(coldness)
+            else [0] * len(best)
+        )
+        picks.append(
+            PickCandidates(
+                [sample_ids[j] for j in best], key_n[index].clone(), orders_n[index].clone(),
+                gumbel[index].clone(), chosen.clone(), counts, scores_n[index].clone(),
+            )
+        )  # fmt: skip
+        heavy = by_weight[:i]
+        heavy_ids.append([sample_ids[j] for j in heavy])
+        heavy_log_weights.append([float(log_weights_n[j]) for j in heavy])
+        tail = torch.ones(n, dtype=torch.bool)
+        tail[torch.tensor(heavy, dtype=torch.long)] = False
+        tail_n = log_weights_n[tail]
+        top = float(tail_n.max()) if tail_n.numel() else -math.inf
+        tail_tops.append(top)
+        if math.isinf(top) or coldness == 0 or math.isinf(coldness):
+            tail_log_totals.append(-math.inf)
+        else:
+            tail_log_totals.append(float(torch.logsumexp((tail_n - top) * coldness, 0)))
+    positive = int(torch.isfinite(log_weights_n).sum())
+    small = n <= batch_size
+    return AnnealedShard(
+        picks, heavy_ids, heavy_log_weights, tail_tops, tail_log_totals, n, positive, mode,
+        tuple(schedule), seed, list(sample_ids) if small else None,
+        scores_n.clone() if small else None,
+    )  # fmt: skip
+
+
+def merge_annealed(parts: Sequence[AnnealedShard], batch_size: int) -> Selection:
+    """The batch of `annealed_select_by_id` on the whole pool from every shard's part: ids in
+    pick order, each pick's key and probability (given the earlier picks).
+
+    The ids and keys are exactly the one process's. A probability is the same law computed
+    another way: the pick's normaliser is the shards' sums less the earlier picks' weights, so
+    it agrees to rounding (and less closely where the earlier picks held nearly all the mass)."""
+    parts = list(parts)
+    if not parts:
+        raise SelectionError("no annealed shard parts to merge")
+    if len({(p.mode, p.schedule, p.seed) for p in parts}) > 1:
+        raise SelectionError("annealed parts were cut under different (mode, schedule, seed)")
+    total = sum(p.count for p in parts)
+    count = min(batch_size, total)
+    schedule = parts[0].schedule
+    if total < len(schedule):  # a short pool: every shard sent all of its samples
+        return _short_pool(parts, batch_size)
+    if batch_size != len(schedule):
+        raise SelectionError(
+            f"the parts were cut for a batch of {len(schedule)}, not {batch_size}"
+        )
+    picked: list[str] = []
+    picked_weights: list[float] = []
+    keys: list[float] = []
+    probabilities: list[float] = []
+    scores: list[float] = []
+    taken: set[str] = set()
+    positive = sum(p.positive for p in parts)
+    for i in range(count):
+        coldness = schedule[i]
+        rows = [
+            (part.picks[i], j)
+            for part in parts
+            for j, sid in enumerate(part.picks[i].ids)
+            if sid not in taken
+        ]
+        ids = [c.ids[j] for c, j in rows]
+        keys_m, orders_m, noise_m = (
+            torch.tensor([float(getattr(c, name)[j]) for c, j in rows], dtype=torch.float64)
+            for name in ("keys", "orders", "noise")
+        )
+        best = best_position(keys_m, orders_m, noise_m, ids)
+        winner, j = rows[best]
+        log_weight = float(winner.log_weights[j])
+        remaining = total - i
+        remaining_positive = positive - sum(1 for w in picked_weights if not math.isinf(w))
+        if coldness == 0 or remaining_positive == 0:
+            probability = 1.0 / remaining
+        elif math.isinf(coldness):
+            equal = sum(
+                next(c.equal_counts[k] for k, v in enumerate(c.log_weights.tolist())
+                     if v == log_weight)
+                for c in (part.picks[i] for part in parts)
+                if log_weight in c.log_weights.tolist()
+            )  # fmt: skip
+            equal -= sum(1 for w in picked_weights if w == log_weight)
+            probability = 1.0 / equal
+        else:
+            probability = _pick_probability(parts, i, coldness, log_weight, picked, picked_weights)
+        scores.append(float(winner.scores[j]))
+        picked.append(ids[best])
+        taken.add(ids[best])
+        picked_weights.append(log_weight)
+        keys.append(float(keys_m[best]))
+        probabilities.append(probability)
+    return Selection(picked, scores, probabilities, keys)
+
+
+def _short_pool(parts: Sequence[AnnealedShard], batch_size: int) -> Selection:
+    """The batch of a pool smaller than the shards' batch: `annealed_select_by_id` on every
+    sample (each shard sent them all), with the schedule of the batch actually drawn (softrank:
+    the ranks are taken among them, the whole pool, as in one process)."""
+    ids = [sid for part in parts for sid in part.all_ids]
+    scores_N = torch.cat([part.all_scores for part in parts])
+    first = parts[0]
+    start, end = first.schedule[0], first.schedule[-1]
+    schedule = coldness_schedule(batch_size, start, end)
+    chosen = annealed_select_by_id(scores_N, ids, batch_size, first.mode, schedule, first.seed)
+    rows = chosen.indices.tolist()
+    return Selection([ids[r] for r in rows], scores_N[rows], chosen.probabilities, chosen.keys)
+
+
+def _pick_probability(parts, i, coldness, log_weight, picked, picked_weights) -> float:
+    """softmax(beta_i l) of the winner over the remaining samples, from the shards' parts.
+
+    The remaining mass is every shard's tail sum plus its heavy samples not yet picked, less
+    the earlier picks that fell in a tail. No catastrophic cancellation: a shard with p picks
+    in its tail has at least p unpicked heavy samples, each at least as heavy as any of them,
+    so the subtracted mass never exceeds what stays. The reference is the largest remaining
+    log-weight, as in `pick_probabilities`; the result agrees with it to a few ulps."""
+    heavy = {}
+    for part in parts:
+        heavy.update(zip(part.heavy_ids[i], part.heavy_log_weights[i], strict=True))
+    taken = set(picked)
+    unpicked = [w for sid, w in heavy.items() if sid not in taken]
+    tail_picks = [w for sid, w in zip(picked, picked_weights, strict=True) if sid not in heavy]
+    tails = [part for part in parts if part.tail_log_totals[i] > -math.inf]
+    top = max([*unpicked, *(part.tail_tops[i] for part in tails)])
+    mass = sum(
+        math.exp(part.tail_log_totals[i] + coldness * (part.tail_tops[i] - top)) for part in tails
+    )
+    mass += sum(math.exp(coldness * (w - top)) for w in unpicked)
+    mass -= sum(math.exp(coldness * (w - top)) for w in tail_picks)
+    return math.exp(coldness * (log_weight - top)) / mass

@@ -4,6 +4,9 @@
 Their batch is cut where the scores are: every shard (or the one process) keeps its best
 candidates under the mode (`picks.summarise_shard`), and selecting merges those summaries
 (`picks.merge_summaries`), so a pool scored in shards gives the one process's batch.
+EPIG too: its targets are chosen by a keyed hash of the ids and predicted once, then broadcast
+to every shard (`compute.sharding.write_epig_targets`); a sample's EPIG depends only on its own
+log-probs and the targets', so each shard scores its samples as the one process does.
 """
 
 from __future__ import annotations
@@ -28,15 +31,6 @@ class ScoredStrategy(Strategy):
         self.name = name
         self.mode = mode
         self.score = score
-
-    @property
-    def shardable(self) -> bool:
-        # EPIG's targets are drawn from the whole unlabeled pool by their ids.
-        return self.score != EPIG
-
-    @property
-    def whole_pool_need(self) -> str:
-        return "EPIG targets" if self.score == EPIG else super().whole_pool_need
 
     @property
     def min_mc_samples(self) -> int:

@@ -35,12 +35,19 @@ EMBEDDINGS = "embeddings"
 `features_N_D` and `probs_N_C`."""
 LABELED_EMBEDDINGS = "labeled-embeddings"
 """The labeled set's penultimate features: `labeled_features_L_D` (None while none is labeled)."""
+PICK_CANDIDATES = "pick-candidates"
+"""A batch drawn one pick at a time (annealed): each shard's best i + 1 samples for every pick
+i under that pick's coldness, with its share of each pick's normaliser, one
+`acquisition.annealed.AnnealedShard` per shard in `SelectionInputs.summaries`."""
 
-NEEDS = (SAMPLE_SCORES, CANDIDATE_LOG_PROBS, POOL_SCORES, EMBEDDINGS, LABELED_EMBEDDINGS)
+NEEDS = (
+    SAMPLE_SCORES, CANDIDATE_LOG_PROBS, POOL_SCORES, EMBEDDINGS, LABELED_EMBEDDINGS,
+    PICK_CANDIDATES,
+)  # fmt: skip
 # Needs that hold every unlabeled sample in one process: no shard can produce them alone.
 WHOLE_POOL_NEEDS = frozenset({POOL_SCORES, EMBEDDINGS, LABELED_EMBEDDINGS})
 # Needs whose pass scores each unlabeled sample (the others only embed it).
-SCORE_NEEDS = frozenset({SAMPLE_SCORES, CANDIDATE_LOG_PROBS, POOL_SCORES})
+SCORE_NEEDS = frozenset({SAMPLE_SCORES, CANDIDATE_LOG_PROBS, POOL_SCORES, PICK_CANDIDATES})
 EMBEDDING_NEEDS = frozenset({EMBEDDINGS, LABELED_EMBEDDINGS})
 
 
@@ -171,9 +178,16 @@ class Strategy(ABC):
 
     # ------------------------------------------------------------------ what it needs
     @property
+    def needs_in_shards(self) -> frozenset[str]:
+        """What it needs where the pool is scored in shards (default: `needs`). A strategy
+        that takes every score in one process but can also choose from the shards' parts
+        (annealed: PICK_CANDIDATES) says so here; its in-process path stays as it is."""
+        return self.needs
+
+    @property
     def shardable(self) -> bool:
         """Whether a pool scored in shards gives this strategy everything it needs."""
-        return not self.needs & WHOLE_POOL_NEEDS
+        return not self.needs_in_shards & WHOLE_POOL_NEEDS
 
     @property
     def whole_pool_need(self) -> str:
@@ -230,7 +244,8 @@ class Strategy(ABC):
                     "strategy",
                     f"{self.name} needs every unlabeled sample's {self.whole_pool_need} in one "
                     f"process, which {sharded_by} does not give (it scores the pool in shards); "
-                    "use a <mode>-bald strategy, batchbald or stochastic-batchbald there",
+                    "use a <mode>-bald, <mode>-epig or annealed-<mode>-bald strategy, batchbald "
+                    "or stochastic-batchbald there",
                 )
             )
         return problems

@@ -41,6 +41,8 @@ class ScoringPlan:
     chunk_size: int | None = None  # inputs per forward pass (None: inference.auto_chunk_size)
     needs: frozenset[str] = frozenset({SAMPLE_SCORES})
     epig_targets: int = 100
+    # The annealed schedule's last coldness (acquisition.coldness_end), for PICK_CANDIDATES.
+    coldness_end: float | None = None
     # training.mixed_precision: bfloat16 autocast of the model passes on CUDA, none elsewhere.
     mixed_precision: bool = False
 
@@ -68,6 +70,18 @@ def scoring_plan(config: Config, seed: int) -> ScoringPlan:
         mode=cut.mode, coldness=cut.coldness, selection_seed=selection_seed(seed),
         chunk_size=a.chunk_size, needs=strategy.needs, epig_targets=a.epig_targets,
         mixed_precision=config.training.mixed_precision,
+    )  # fmt: skip
+
+
+def sharded_plan(config: Config, seed: int) -> ScoringPlan:
+    """The round's plan where the pool is scored in shards: what the strategy needs there
+    (`Strategy.needs_in_shards`) and the annealed schedule's end."""
+    from baldflow.acquisition.strategies import get_strategy
+
+    strategy = get_strategy(config.acquisition.strategy)
+    return dataclasses.replace(
+        scoring_plan(config, seed), needs=strategy.needs_in_shards,
+        coldness_end=config.acquisition.coldness_end,
     )  # fmt: skip
 
 
@@ -240,7 +254,7 @@ def sharded_pool_scores(
 ) -> PoolScores:
     """The round's PoolScores from every shard's result (`sharding.ShardResult`); BatchBALD's
     joint scoring of the merged preselection runs here, in the flow's process."""
-    plan = scoring_plan(config, seed)
+    plan = sharded_plan(config, seed)
     remaining = sum(result.scored for result in results)
     if remaining == 0:
         return PoolScores(remaining=0, seconds=seconds, shards=len(results))

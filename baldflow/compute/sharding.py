@@ -45,12 +45,21 @@ from typing import Any
 
 import torch
 
+from baldflow.acquisition.annealed import (
+    AnnealedShard,
+    annealed_select_by_id,
+    annealed_shard_candidates,
+    coldness_schedule,
+    merge_annealed,
+)
+from baldflow.acquisition.epig import epig_score_function, target_ids
 from baldflow.acquisition.picks import ShardSummary, merge_summaries, summarise_shard
+from baldflow.acquisition.scored import EPIG
 from baldflow.acquisition.selection import MODES
 from baldflow.acquisition.sharded import Candidates, select_by_id
-from baldflow.acquisition.strategy import WHOLE_POOL_NEEDS
+from baldflow.acquisition.strategy import PICK_CANDIDATES, WHOLE_POOL_NEEDS
 from baldflow.compute.device import torch_threads
-from baldflow.compute.scoring import ScoringPlan, scoring_plan
+from baldflow.compute.scoring import ScoringPlan, sharded_plan
 from baldflow.config import Config
 from baldflow.data.pool_formats import open_pool
 from baldflow.data.row_pool import shard_ranges
@@ -172,6 +181,9 @@ class ShardJob(ScoringPlan):
     # (mixed_precision, from the plan: bfloat16 autocast of the forward passes where a worker's
     # model is on CUDA; nothing on a CPU worker, whose scores are the full-precision scores.)
     device: str = "cpu"
+    # EPIG only: a .npy of the targets' MC log-probs [T, K, C] (float32), computed once for the
+    # pass by `write_epig_targets` and read by every shard (broadcast, never recomputed).
+    epig_targets_file: str | None = None
 
     @classmethod
     def of_plan(cls, plan: ScoringPlan, **where: Any) -> ShardJob:
@@ -183,7 +195,7 @@ class ShardJob(ScoringPlan):
         # Paths as strings: the job pickles small and the same on every machine.
         object.__setattr__(self, "model_dir", str(self.model_dir))
         object.__setattr__(self, "pool_dir", str(self.pool_dir))
-        for name in ("exclude_file", "scores_dir", "sorted_scores_file"):
+        for name in ("exclude_file", "scores_dir", "sorted_scores_file", "epig_targets_file"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.mode not in MODES:
@@ -215,7 +227,9 @@ class ShardJob(ScoringPlan):
                 f"a shard cannot give what the plan needs of the whole pool in one process: "
                 f"{', '.join(sorted(self.needs & WHOLE_POOL_NEEDS))}"
             )
-        if self.needs_model:
+        if PICK_CANDIDATES in self.needs and self.coldness_end is None:
+            raise ShardingError("an annealed batch in shards needs coldness_end (the schedule)")
+        if self.needs_model and self.score != EPIG:  # EPIG's targets: job_score
             from baldflow.acquisition.scores import get_score
 
             try:
@@ -231,8 +245,11 @@ class ShardJob(ScoringPlan):
 
     @property
     def needs_ranks(self) -> bool:
-        """Softrank weighs a score by its rank in the whole pool: a pass to gather the ranks."""
-        return self.mode == "softrank" and 0 < float(self.coldness) < math.inf
+        """Softrank weighs a score by its rank in the whole pool: a pass to gather the ranks
+        (annealed softrank at any schedule: its log-weights are ranks, as in one process)."""
+        if self.mode != "softrank":
+            return False
+        return PICK_CANDIDATES in self.needs or 0 < float(self.coldness) < math.inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,11 +258,12 @@ class ShardResult:
     the shard's share of the normaliser) and what it cost, never its scores. `rows` counts the
     shard's rows, `scored` those not excluded. `peak_rss_mb` is the worker process's peak
     resident set so far (VmHWM), `pid` tells the worker processes apart, `model_loaded`
-    whether this shard paid the model load. A softrank first pass has no summary (None)."""
+    whether this shard paid the model load. A softrank first pass has no summary (None); an
+    annealed pass (PICK_CANDIDATES) sends an `acquisition.annealed.AnnealedShard` instead."""
 
     start: int
     stop: int
-    summary: ShardSummary | None
+    summary: ShardSummary | AnnealedShard | None
     rows: int
     scored: int
     seconds: float
@@ -343,16 +361,65 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
             if saved.numel() != n:
                 raise ShardingError(f"score file of rows [{start}, {stop}) has {saved.numel()}")
             return saved, sample_ids, False
+        score = job_score(job)
         entry, loaded = cached_model(job.model_dir, job.device)
         with entry.lock, torch_threads(job.torch_threads):
             for offset in range(0, n, READ_ROWS):
                 x_B = pool.rows(start + offset, min(start + offset + READ_ROWS, stop))
                 generator = generator_for(job.mask_seed, STREAM_SCORE)
                 scores_n[offset : offset + x_B.shape[0]] = score_pool(
-                    entry.model, x_B, job.score, job.mc_samples, generator, job.chunk_size,
+                    entry.model, x_B, score, job.mc_samples, generator, job.chunk_size,
                     mixed_precision=job.mixed_precision,
                 )  # fmt: skip
     return scores_n, sample_ids, loaded
+
+
+def job_score(job: ShardJob) -> Any:
+    """What a shard scores each sample with: the score's name, or for EPIG the score function
+    against the targets' log-probs the driver computed once (`write_epig_targets`)."""
+    if job.score != EPIG:
+        return job.score
+    import numpy as np
+
+    if job.epig_targets_file is None:
+        raise ShardingError(
+            "EPIG needs its targets' predictions: build the job with shard_job (or give "
+            "epig_targets_file, see write_epig_targets)"
+        )
+    return epig_score_function(torch.from_numpy(np.load(job.epig_targets_file)))
+
+
+def write_epig_targets(job: ShardJob, path: str | Path) -> ShardJob:
+    """EPIG's broadcast: choose the targets and predict them once, for every shard.
+
+    The targets are `epig.target_ids(mask_seed, ...)` of the unlabeled ids (the pool's ids
+    streamed shard-free, the excluded left out): a keyed hash of the ids, so the same set as
+    the one process draws. Their log-probs come from a fresh `generator_for(mask_seed,
+    STREAM_SCORE)`, i.e. the K masks that score every shard, predicted in this process on the
+    rows read by id, in the targets' order, exactly as `compute.scoring.epig_score` predicts
+    them in one process. Written as one .npy of T*K*C float32 (80 KB for 100 targets, K 20,
+    C 10); the returned job names it, and each shard scores EPIG against it.
+    """
+
+    from baldflow.inference import predict_log_probs
+
+    excluded = excluded_ids(job.exclude_file)
+    with open_pool(job.pool_dir) as pool:
+        count = len(pool)
+        chunks = (
+            [sid for sid in pool.ids(offset, min(offset + READ_ROWS, count)) if sid not in excluded]
+            for offset in range(0, count, READ_ROWS)
+        )
+        targets = target_ids(job.mask_seed, chunks, job.epig_targets)
+        x_T = pool.rows_by_ids(targets)
+    entry, _ = cached_model(job.model_dir, job.device)
+    with entry.lock, torch_threads(job.torch_threads):
+        log_probs_T_K_C = predict_log_probs(
+            entry.model, x_T, job.mc_samples, generator_for(job.mask_seed, STREAM_SCORE),
+            chunk_size=job.chunk_size, mixed_precision=job.mixed_precision,
+        )  # fmt: skip
+    _write_array(Path(path), log_probs_T_K_C.numpy())
+    return dataclasses.replace(job, epig_targets_file=str(path))
 
 
 def _sorted_scores(job: ShardJob) -> torch.Tensor | None:
@@ -382,7 +449,13 @@ def score_shard(job: ShardJob, start: int, stop: int) -> ShardResult:
         scores_n = scores_n[torch.tensor(keep, dtype=torch.long)]
         sample_ids = [sample_ids[i] for i in keep]
     summary = None
-    if not job.needs_ranks or job.sorted_scores_file is not None:
+    if PICK_CANDIDATES in job.needs and (not job.needs_ranks or job.sorted_scores_file):
+        schedule = coldness_schedule(job.batch_size, job.coldness, job.coldness_end)
+        summary = annealed_shard_candidates(
+            scores_n, sample_ids, job.batch_size, job.mode, schedule, job.selection_seed,
+            _sorted_scores(job),
+        )  # fmt: skip
+    elif not job.needs_ranks or job.sorted_scores_file is not None:
         summary = summarise_shard(
             scores_n, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed,
             _sorted_scores(job),
@@ -543,9 +616,14 @@ def score_pool_sharded(
         results = run_pass(job, ranges, submit)
         sorted_scores = _sorted_scores(job)
     merge_began = time.perf_counter()
-    picks = merge_summaries([r.summary for r in results], job.batch_size, sorted_scores)
+    summaries = [r.summary for r in results]
+    if PICK_CANDIDATES in job.needs:
+        scored = sum(r.scored for r in results)
+        batch = merge_annealed(summaries, min(job.batch_size, scored)).sample_ids if scored else []
+    else:
+        batch = merge_summaries(summaries, job.batch_size, sorted_scores).sample_ids
     finished = time.perf_counter()
-    return picks.sample_ids, ShardedStats(results, finished - merge_began, finished - began, count)
+    return batch, ShardedStats(results, finished - merge_began, finished - began, count)
 
 
 def pool_ranges(job: ShardJob, shards: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -582,7 +660,7 @@ def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
     generator = generator_for(job.mask_seed, STREAM_SCORE)
     with entry.lock, torch_threads(job.torch_threads):
         scores_N = score_pool(
-            entry.model, x_N, job.score, job.mc_samples, generator, job.chunk_size,
+            entry.model, x_N, job_score(job), job.mc_samples, generator, job.chunk_size,
             mixed_precision=job.mixed_precision,
         )  # fmt: skip
     return scores_N, sample_ids
@@ -596,6 +674,15 @@ def score_pool_single(job: ShardJob) -> list[str]:
     if excluded:
         keep = [i for i, sid in enumerate(sample_ids) if sid not in excluded]
         scores_N, sample_ids = scores_N[keep], [sample_ids[i] for i in keep]
+    if PICK_CANDIDATES in job.needs:
+        size = min(job.batch_size, len(sample_ids))
+        if size == 0:
+            return []
+        schedule = coldness_schedule(size, job.coldness, job.coldness_end)
+        chosen = annealed_select_by_id(
+            scores_N, sample_ids, size, job.mode, schedule, job.selection_seed
+        )
+        return [sample_ids[i] for i in chosen.indices.tolist()]
     return select_by_id(
         scores_N, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed
     )
@@ -611,9 +698,11 @@ def shard_job(
     scores_dir: str | Path | None,
 ) -> Any:
     """The `sharding.ShardJob` that scores a round's pool as `score_pool` would in one process:
-    the round's plan itself (score, K, masks, selection), one torch thread per worker process."""
-    return ShardJob.of_plan(
-        scoring_plan(config, seed),
+    the round's plan itself (score, K, masks, selection), one torch thread per worker process.
+    EPIG: the targets are chosen and predicted here, once (`write_epig_targets`, into
+    `scores_dir`), and every shard reads their log-probs."""
+    job = ShardJob.of_plan(
+        sharded_plan(config, seed),
         model_dir=str(model_dir),
         pool_dir=str(pool_dir),
         torch_threads=1,
@@ -621,3 +710,8 @@ def shard_job(
         scores_dir=None if scores_dir is None else str(scores_dir),
         device=config.training.device,
     )
+    if job.score != EPIG or not job.needs_model:
+        return job
+    if scores_dir is None:
+        raise ShardingError("EPIG in shards needs a scores_dir for its targets' predictions")
+    return write_epig_targets(job, Path(scores_dir) / "epig-targets.npy")
