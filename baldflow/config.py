@@ -78,6 +78,22 @@ class DataConfig(_Section):
     # Extra keyword arguments of the data source (e.g. validation size, npz path).
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _check_root(self) -> DataConfig:
+        # An object store URL: only the disk source reads its pool by byte ranges; the others
+        # would hand "s3://..." to a loader that opens local files.
+        if self.root is not None and self.root.startswith("s3://"):
+            bucket, _, key = self.root[len("s3://") :].partition("/")
+            if not bucket or "//" in key or any(c.isspace() for c in self.root):
+                raise ValueError(f"root {self.root!r} is not an s3://bucket/prefix URL")
+            if self.source != "disk":
+                raise ValueError(
+                    f"root {self.root!r} is in object storage, which only data.source 'disk' "
+                    f"reads (got {self.source!r}); download the files, or write them as a disk "
+                    f"source (baldflow pool convert)"
+                )
+        return self
+
 
 class ModelConfig(_Section):
     # A built-in network (mlp, cnn, batchbald-cnn, resnet18), an installed package's entry

@@ -280,7 +280,9 @@ def check_data(config: Config) -> None:
         raise PreflightError(str(error)) from None
     options = dict(config.data.options)
     _check_options(config.data.source, source.accepted_options(), options)
-    root = Path(config.data.root).expanduser() if config.data.root else None
+    root = config.data.root or None
+    if root and not root.startswith("s3://"):  # an object store URL stays as it is
+        root = Path(root).expanduser()
     try:
         source.preflight(root, options)
     except SourceNotReadyError as error:

@@ -160,6 +160,7 @@ FIXTURE_MARKERS = {
     "team_mlflow_auth": ("servers",),
     "team_auth_stack": ("servers",),
     "label_studio_server": ("servers",),
+    "swift_store": ("servers",),
     "cuda_device": ("gpu",),
     # An MLflow store of its own (creating one runs MLflow's migrations: seconds).
     "tracker": ("slow",),
@@ -173,6 +174,7 @@ MODULE_MARKERS = {
     "test_mlflow_ui.py": ("browser", "flow"),
     "test_label_studio_browser.py": ("browser",),
     "test_s3.py": ("servers",),
+    "test_object_store_pools.py": ("servers",),
     "test_dask_cluster.py": ("servers",),
     "test_shard_faults.py": ("servers",),
     "test_scale.py": ("servers",),  # Dask clusters
@@ -326,3 +328,44 @@ def label_studio_server():
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- An S3-compatible store (baldflow.stack.swift): OpenStack Swift on loopback, shared by
+# test_s3.py and test_object_store_pools.py. --
+
+
+@pytest.fixture(scope="session")
+def swift_venv():
+    """Swift's own virtual environment (built into the cache on first use, 6-20 s)."""
+    from baldflow.stack.swift import SwiftError, default_venv, ensure_venv
+
+    try:
+        return ensure_venv(default_venv())
+    except SwiftError as exc:
+        pytest.fail(f"could not build Swift's virtual environment: {exc}")
+
+
+@pytest.fixture(scope="session")
+def swift_store(tmp_path_factory, swift_venv):
+    """One Swift S3 store for the session (3-8 s to start), on 127.0.0.1, stopped by PID on
+    every way out; yields the SwiftS3 (endpoint_url, access_key, secret_key, client_env(),
+    create_bucket). A test may stop and start it again (same port)."""
+    import socket
+
+    from baldflow.stack.swift import SwiftS3
+
+    swift = SwiftS3(tmp_path_factory.mktemp("swift"), venv=swift_venv)
+    swift.start()
+    try:
+        yield swift
+    finally:
+        ports = dict(swift.ports)
+        swift.stop()
+
+        def listening(port: int) -> bool:
+            with socket.socket() as sock:
+                sock.settimeout(0.5)
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        left = [server for server, port in ports.items() if listening(port)]
+        assert not left, f"Swift servers still listen after stop(): {left}"

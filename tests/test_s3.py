@@ -3,8 +3,9 @@
 Swift runs from its own virtual environment, built into the cache if it is not there yet
 (baldflow.stack.swift.default_venv(): $BALDFLOW_SWIFT_VENV or ~/.cache/baldflow/swift-venv;
 80 MB, 6-20 s from this project's package registry; CI prepares it with
-`python -m baldflow.stack.swift venv`). One store serves the module (3-8 s to start); the
-whole file takes 35-70 s on 2 cores. The proof steps are shared with benchmarks/s3_proof.py,
+`python -m baldflow.stack.swift venv`). One store serves the session (conftest's
+`swift_store`, 3-8 s to start); the whole file takes 35-70 s on 2 cores. The proof steps
+are shared with benchmarks/s3_proof.py,
 which times them.
 """
 
@@ -18,13 +19,7 @@ from pathlib import Path
 import pytest
 
 from baldflow.stack.process import live_processes
-from baldflow.stack.swift import (
-    SwiftError,
-    SwiftS3,
-    default_venv,
-    ensure_venv,
-    signed_request,
-)
+from baldflow.stack.swift import SwiftError, SwiftS3, signed_request
 
 _PROOF = Path(__file__).resolve().parent.parent / "benchmarks" / "s3_proof.py"
 _spec = importlib.util.spec_from_file_location("baldflow_s3_proof", _PROOF)
@@ -39,24 +34,9 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def swift_venv() -> Path:
-    try:
-        return ensure_venv(default_venv())
-    except SwiftError as exc:
-        pytest.fail(f"could not build Swift's virtual environment: {exc}")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, swift_venv):
-    swift = SwiftS3(tmp_path_factory.mktemp("swift"), venv=swift_venv)
-    swift.start()
-    try:
-        yield swift
-    finally:
-        ports = dict(swift.ports)
-        swift.stop()
-        left = [server for server, port in ports.items() if _listening(port)]
-        assert not left, f"Swift servers still listen after stop(): {left}"
+def store(swift_store):
+    """The session's Swift store (tests/conftest.py), shared with test_object_store_pools.py."""
+    return swift_store
 
 
 def test_store_answers_s3_only_to_its_own_signed_requests(store):

@@ -15,13 +15,17 @@ def add_pool(sub) -> None:
         help="describe a pool on disk, or convert one into a pool directory",
         description="Pools for data.source: disk. PATH is a pool directory, an image folder "
         "(PATH/<class>/<image>) or an uncompressed .npz; `info` describes it, `convert` writes "
-        "it as a pool directory (read as raw arrays: faster rounds than decoding images).",
+        "it as a pool directory (read as raw arrays: faster rounds than decoding images). "
+        "PATH and OUT may be s3://bucket/prefix URLs (a pool directory's files under the "
+        "prefix, or an .npz object); credentials and the endpoint come from AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or ~/.aws.",
     )
     actions = p.add_subparsers(dest="pool_command", metavar="ACTION")
     actions.required = True
     info = actions.add_parser("info", help="rows, shape, format, classes and label counts",
                               description="Describe the pool at PATH.")  # fmt: skip
-    info.add_argument("path", metavar="PATH", help="a pool directory, image folder or .npz")
+    info.add_argument("path", metavar="PATH",
+                      help="a pool directory, image folder or .npz, or an s3:// URL")  # fmt: skip
     info.add_argument("--manifest", action="store_true",
                       help="also hash its content (what each round's commit versions)")  # fmt: skip
     convert = actions.add_parser(
@@ -29,13 +33,16 @@ def add_pool(sub) -> None:
         description="Copy the rows, labels, ids and class names of PATH into a new pool "
         "directory OUT, a chunk at a time (ids checked first; OUT must be new or empty).",
     )  # fmt: skip
-    convert.add_argument("path", metavar="PATH", help="a pool directory, image folder or .npz")
-    convert.add_argument("out", metavar="OUT", help="the new pool directory (new or empty)")
+    convert.add_argument("path", metavar="PATH",
+                         help="a pool directory, image folder or .npz, or an s3:// URL")
+    convert.add_argument("out", metavar="OUT",
+                         help="the new pool directory (new or empty), or an s3:// prefix")
 
 
 # ---------------------------------------------------------------------------- handlers
 def cmd_pool(args: argparse.Namespace) -> int:
     from baldflow.common import printable
+    from baldflow.data.object_store import block_cache, is_url
     from baldflow.data.pool_formats import manifest, open_pool
     from baldflow.data.row_pool import DiskPoolError
 
@@ -66,6 +73,10 @@ def cmd_pool(args: argparse.Namespace) -> int:
             print(f"  first id: {printable(pool.ids(0, 1)[0])}")
         if args.manifest:
             print(f"  content sha256: {manifest(pool)['sha256']}")
+        if is_url(args.path):
+            stats = block_cache().stats()
+            print(f"  read from the object store: {stats['bytes_fetched']:,} bytes in "
+                  f"{stats['requests']} requests")  # fmt: skip
         return 0
     except DiskPoolError as error:
         print(f"{type(error).__name__}: {error}", file=sys.stderr)

@@ -7,13 +7,22 @@ rounds read raw arrays. The rows, labels, ids and class names are copied as they
 dtype and scale kept), so a campaign on the copy acquires what it acquires on the original.
 `PoolWriter` writes pool.json last: a conversion that dies halfway leaves a folder that is
 refused as unfinished, never a pool that looks whole.
+
+Either side may be an `s3://bucket/prefix` URL: a source in object storage is read by byte
+ranges (`baldflow.data.object_pools`); a target there is written as a pool directory in a local
+temporary folder (as much disk as the pool), then uploaded file by file, pool.json last, so a
+conversion that dies leaves a prefix without pool.json, refused like an unfinished folder.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from baldflow.data import object_store
+from baldflow.data.object_pools import ObjectDiskPool
+from baldflow.data.object_store import ObjectURL, is_url
 from baldflow.data.ondisk import (
     DATA_FILES,
     META_FILE,
@@ -43,6 +52,8 @@ def convert_pool(
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if is_url(out):
+        return _convert_to_object_store(source, ObjectURL.parse(out), chunk_rows, progress)
     out = Path(out)
     _check_target(out)
     pool = source if isinstance(source, RowPool) else open_pool(source)
@@ -63,6 +74,33 @@ def convert_pool(
             if progress is not None:
                 progress(stop, pool.count)
     return DiskPool.open(out)
+
+
+def _convert_to_object_store(source, out: ObjectURL, chunk_rows: int, progress) -> DiskPool:
+    """Write the pool locally, then upload its files under `out`, pool.json last."""
+    _check_object_target(out)
+    with tempfile.TemporaryDirectory(prefix="baldflow-convert-") as scratch:
+        local = convert_pool(source, Path(scratch) / "pool", chunk_rows=chunk_rows,
+                             progress=progress)  # fmt: skip
+        local.close()
+        for name in (*DATA_FILES, META_FILE):
+            object_store.upload_file(Path(scratch) / "pool" / name, out / name)
+    return ObjectDiskPool.open(out)
+
+
+def _check_object_target(out: ObjectURL) -> None:
+    """The object store's `_check_target`: a prefix with no objects, or only an unfinished
+    pool's files (no pool.json)."""
+    keys = object_store.list_keys(out, limit=20)
+    if META_FILE in keys:
+        raise PoolExistsError(f"{out} already holds a complete pool; choose a new prefix")
+    others = sorted(key for key in keys if key not in DATA_FILES)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise PoolExistsError(
+            f"{out} is not empty (it holds {shown}); a pool is written under a new or empty "
+            f"prefix"
+        )
 
 
 def _check_target(out: Path) -> None:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from baldflow.common import short_repr
+from baldflow.data import object_store
+from baldflow.data.object_store import ObjectURL, is_url
 from baldflow.data.ondisk import (
     DATA_FILES,
     META_FILE,
@@ -120,9 +122,10 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
     Checks that the three parts exist and are complete pools, that they share the sample shape
     and class names, and that val/test labels are all known and in range. Costs one streamed
     pass over the pool's labels and ids (for the initial set and the pool's label range), plus
-    loading val and test.
+    loading val and test. `root` may be an `s3://bucket/prefix` URL holding the same parts
+    (pool directories or <part>.npz objects, `baldflow.data.object_pools`).
     """
-    root = Path(root)
+    root = ObjectURL.parse(root) if is_url(root) else Path(root)
     if isinstance(initial_per_class, bool) or not isinstance(initial_per_class, int | np.integer):
         raise DiskSourceError(
             f"initial_per_class must be an integer >= 0, got {initial_per_class!r}"
@@ -131,7 +134,7 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
         raise DiskSourceError(f"initial_per_class must be >= 0, got {initial_per_class}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise DiskSourceError(f"seed must be an integer, got {seed!r}")
-    if not root.is_dir():
+    if isinstance(root, Path) and not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise DiskSourceNotFoundError(
             f"disk source {root} {what}; it must hold pool/, val/ and test/ pool directories; "
@@ -173,9 +176,15 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
     )
 
 
-def part_path(root: Path, part: str) -> Path | None:
+def part_path(root: Path | ObjectURL, part: str) -> Path | ObjectURL | None:
     """Where a part lives: <root>/<part>/ (a pool directory or an image folder), else
-    <root>/<part>.npz; None when neither is there."""
+    <root>/<part>.npz; None when neither is there. Under an s3:// root: the prefix
+    <root>/<part>/ when it holds pool.json (or x.npy: an unfinished pool, refused on opening),
+    else the object <root>/<part>.npz."""
+    if isinstance(root, ObjectURL):
+        if any(object_store.exists(root / part / name) for name in (META_FILE, "x.npy")):
+            return root / part
+        return root / f"{part}.npz" if object_store.exists(root / f"{part}.npz") else None
     for path in (root / part, root / f"{part}.npz"):
         if path.is_dir() or (path.suffix == ".npz" and path.is_file()):
             return path
@@ -223,9 +232,10 @@ def _check_parts(root: Path, pools: dict[str, RowPool]) -> list[str]:
     return list(pool.class_names)
 
 
-def _label(path: Path) -> str:
+def _label(path: Path | ObjectURL) -> str:
     """How an error names a part: its folder with a slash, or its .npz file."""
-    return path.name + ("/" if path.is_dir() else "")
+    folder = path.is_dir() if isinstance(path, Path) else path.suffix.lower() != ".npz"
+    return path.name + ("/" if folder else "")
 
 
 def _check_known_labels(directory: Path, y: torch.Tensor, num_classes: int) -> None:

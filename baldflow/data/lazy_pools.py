@@ -23,6 +23,7 @@ characters and duplicates, naming the rows; the disk source runs it when a campa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -80,15 +81,17 @@ class _Member:
         self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
 
 
-def _npz_members(path: Path) -> dict[str, _Member]:
+def _npz_members(path, stream=None) -> dict[str, _Member]:
     """The arrays of an .npz by name (without ".npy"), each located in the file; refuses a
-    compressed member, a Fortran-ordered one and an object array, naming it."""
+    compressed member, a Fortran-ordered one and an object array, naming it. `stream`: a
+    seekable binary file to read instead of opening `path` (an object in a bucket)."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(path if stream is None else stream)
     except (zipfile.BadZipFile, OSError) as error:
         raise PoolFormatError(f"{path} is not an .npz (zip) file: {error}") from error
     members = {}
-    with archive, open(path, "rb") as f:
+    opened = open(path, "rb") if stream is None else contextlib.nullcontext(stream)  # noqa: SIM115
+    with archive, opened as f:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 continue
@@ -128,14 +131,17 @@ class NpzPool(RowPool):
 
     SOURCE_NAME = "npz"
 
-    def __init__(self, path: Path, members: dict[str, _Member], class_names: list[str] | None):
+    def __init__(
+        self, path, members: dict[str, _Member], class_names: list[str] | None, fd=None
+    ) -> None:
         x_key = next(key for key in X_KEYS if key in members)
         self._x, self._y, self._ids = members[x_key], members["y"], members.get("ids")
         stored = self._x.shape[1:]
         # [N, H, W] images get a channel axis, as the in-memory npz source gives them.
         sample_shape = (1, *stored) if len(stored) == 2 else stored
         self._describe(path, self._x.shape[0], sample_shape, self._x.dtype, class_names)
-        self._fd = os.open(path, os.O_RDONLY)
+        # `fd`: what rows are read from when it is not a local file (an object in a bucket).
+        self._fd = os.open(path, os.O_RDONLY) if fd is None else fd
 
     @classmethod
     def open(cls, path: str | Path) -> NpzPool:
@@ -143,36 +149,7 @@ class NpzPool(RowPool):
         if not path.is_file():
             raise PoolNotFoundError(f"npz pool {path} does not exist")
         members = _npz_members(path)
-        x_key = next((key for key in X_KEYS if key in members), None)
-        if x_key is None or "y" not in members:
-            raise PoolFormatError(
-                f"{path} needs arrays x (or X) and y, found {sorted(members) or 'none'}"
-            )
-        x, y = members[x_key], members["y"]
-        if x.dtype.name not in SUPPORTED_DTYPES or not x.dtype.isnative:
-            raise PoolFormatError(
-                f"{path}: {x_key} is {x.dtype}; a pool read in place stores uint8 or float32 "
-                f"(native byte order); convert it (x.astype(np.float32))"
-            )
-        if len(x.shape) < 2:
-            raise PoolFormatError(f"{path}: {x_key} has shape {list(x.shape)}, needs [N, ...]")
-        if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
-            raise PoolFormatError(
-                f"{path}: y is {y.dtype}{list(y.shape)}, needs {x.shape[0]} integers (one per "
-                f"row of {x_key}; -1: unknown)"
-            )
-        ids = members.get("ids")
-        if ids is not None and (ids.dtype.kind not in "US" or ids.shape != (x.shape[0],)):
-            raise PoolFormatError(
-                f"{path}: ids is {ids.dtype}{list(ids.shape)}, needs {x.shape[0]} strings"
-            )
-        class_names = None
-        if "class_names" in members:
-            with np.load(path, allow_pickle=False) as archive:  # a few names: read whole
-                class_names = npz_texts(
-                    archive["class_names"], path, "class_names", error=PoolFormatError
-                )
-        return cls(path, members, class_names)
+        return cls(path, members, npz_class_names(path, members, lambda: path))
 
     def __repr__(self) -> str:
         return f"NpzPool({str(self.directory)!r}, shape={self.shape}, dtype={self.dtype.name})"
@@ -181,8 +158,9 @@ class NpzPool(RowPool):
         return (NpzPool.open, (str(self.directory),))
 
     def close(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", -1)
+        if isinstance(fd, int) and fd >= 0:
+            os.close(fd)
         self._fd = -1
 
     def __del__(self) -> None:
@@ -219,6 +197,38 @@ class NpzPool(RowPool):
     def file_stamps(self) -> dict[str, list[int]]:
         stat = os.stat(self.directory)
         return {self.directory.name: [stat.st_size, stat.st_mtime_ns, stat.st_ino]}
+
+
+def npz_class_names(path, members: dict[str, _Member], source) -> list[str] | None:
+    """Check an .npz's arrays for a pool read in place (naming the fix), and return its class
+    names (read whole from `source()`, a path or a seekable file: a few names)."""
+    x_key = next((key for key in X_KEYS if key in members), None)
+    if x_key is None or "y" not in members:
+        raise PoolFormatError(
+            f"{path} needs arrays x (or X) and y, found {sorted(members) or 'none'}"
+        )
+    x, y = members[x_key], members["y"]
+    if x.dtype.name not in SUPPORTED_DTYPES or not x.dtype.isnative:
+        raise PoolFormatError(
+            f"{path}: {x_key} is {x.dtype}; a pool read in place stores uint8 or float32 "
+            f"(native byte order); convert it (x.astype(np.float32))"
+        )
+    if len(x.shape) < 2:
+        raise PoolFormatError(f"{path}: {x_key} has shape {list(x.shape)}, needs [N, ...]")
+    if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
+        raise PoolFormatError(
+            f"{path}: y is {y.dtype}{list(y.shape)}, needs {x.shape[0]} integers (one per "
+            f"row of {x_key}; -1: unknown)"
+        )
+    ids = members.get("ids")
+    if ids is not None and (ids.dtype.kind not in "US" or ids.shape != (x.shape[0],)):
+        raise PoolFormatError(
+            f"{path}: ids is {ids.dtype}{list(ids.shape)}, needs {x.shape[0]} strings"
+        )
+    if "class_names" not in members:
+        return None
+    with np.load(source(), allow_pickle=False) as archive:  # a few names: read whole
+        return npz_texts(archive["class_names"], path, "class_names", error=PoolFormatError)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from baldflow.data.row_pool import (
     PoolNotFoundError,
     RowPool,
     find_duplicate_ids,
+    handle_size,
     id_key,
     pread_into,
 )
@@ -391,6 +392,16 @@ class DiskPool(RowPool):
         self.meta = meta
         self.x = x
         self.y = y
+        self._set_layout(meta)
+        self._x_offset, self._y_offset = int(x.offset), int(y.offset)
+        self._x_fd = os.open(directory / X_FILE, os.O_RDONLY)
+        self._y_fd = os.open(directory / Y_FILE, os.O_RDONLY)
+        self._ids_fd = os.open(directory / IDS_FILE, os.O_RDONLY)
+        self._offsets: np.ndarray | None = None
+        self._index = None
+
+    def _set_layout(self, meta: dict) -> None:
+        """The attributes pool.json gives (a pool in object storage sets them the same way)."""
         self.count = int(meta["count"])
         self.shape = tuple(int(s) for s in meta["shape"])
         self.sample_shape = self.shape[1:]
@@ -398,11 +409,6 @@ class DiskPool(RowPool):
         self.scale = float(meta["scale"])
         self.class_names = list(meta["class_names"]) if meta.get("class_names") else None
         self._row_bytes = self.dtype.itemsize * math.prod(self.sample_shape)
-        self._x_fd = os.open(directory / X_FILE, os.O_RDONLY)
-        self._y_fd = os.open(directory / Y_FILE, os.O_RDONLY)
-        self._ids_fd = os.open(directory / IDS_FILE, os.O_RDONLY)
-        self._offsets: np.ndarray | None = None
-        self._index = None
 
     @classmethod
     def open(cls, directory: str | Path) -> DiskPool:
@@ -452,7 +458,7 @@ class DiskPool(RowPool):
         """Rows [start, stop) as stored (uint8 or float32), a fresh array."""
         start, stop = self._check_range(start, stop)
         out = np.empty((stop - start, *self.sample_shape), dtype=self.dtype)
-        pread_into(self._x_fd, out, int(self.x.offset) + start * self._row_bytes)
+        pread_into(self._x_fd, out, self._x_offset + start * self._row_bytes)
         return out
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
@@ -463,7 +469,7 @@ class DiskPool(RowPool):
         does not leave shard-sized temporaries of several sizes for the allocator to keep."""
         start, stop = self._check_range(start, stop)
         out = np.empty((stop - start, *self.sample_shape), dtype=np.float32)
-        position = int(self.x.offset) + start * self._row_bytes
+        position = self._x_offset + start * self._row_bytes
         if self.dtype == np.float32:
             pread_into(self._x_fd, out, position)
             if self.scale != 1.0:
@@ -482,7 +488,7 @@ class DiskPool(RowPool):
         """Labels [start, stop) as int64 (-1: unknown or held back)."""
         start, stop = self._check_range(start, stop)
         out = np.empty(stop - start, dtype=np.int64)
-        pread_into(self._y_fd, out, int(self.y.offset) + start * 8)
+        pread_into(self._y_fd, out, self._y_offset + start * 8)
         return torch.from_numpy(out)
 
     def ids(self, start: int, stop: int) -> list[str]:
@@ -499,7 +505,7 @@ class DiskPool(RowPool):
         """Byte offset of each id's line in ids.txt, plus the file's end: built by one streamed
         pass over the file, checked against the row count."""
         if self._offsets is None:
-            size = os.fstat(self._ids_fd).st_size
+            size = handle_size(self._ids_fd)
             ends = []
             position = 0
             while position < size:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 
 from baldflow.data.lazy_pools import open_lazy_pool
+from baldflow.data.object_pools import open_object_pool
+from baldflow.data.object_store import is_url
 from baldflow.data.ondisk import (
     FORMAT_VERSION,
     META_FILE,
@@ -27,7 +29,10 @@ from baldflow.data.row_pool import RowPool
 def open_pool(path: str | Path) -> RowPool:
     """Open the pool at `path`, whatever its format: a `DiskPool` directory (it has a
     pool.json, or x.npy: an unfinished one is refused), an uncompressed `.npz` file, or an
-    image folder (path/<class>/<image>) read in place (`baldflow.data.lazy_pools`)."""
+    image folder (path/<class>/<image>) read in place (`baldflow.data.lazy_pools`); or an
+    `s3://bucket/prefix` URL of a pool directory or an .npz (`baldflow.data.object_pools`)."""
+    if is_url(path):
+        return open_object_pool(path)
     path = Path(path)
     if path.is_dir() and ((path / META_FILE).exists() or (path / X_FILE).exists()):
         return DiskPool.open(path)
@@ -39,13 +44,15 @@ def manifest(pool: RowPool | str | Path) -> dict:
     checking that every worker scored the same pool: count, shape, dtype, scale, class names,
     each data file's size and sha256, and one content hash over them (in the order the pool
     lists its files). A pool read in place also names its `source` format. Costs one streamed
-    read of the files."""
+    read of the files; a pool in object storage records an object's MD5 instead when its ETag
+    is one (nothing read), and streams only the others."""
     if not isinstance(pool, RowPool):
         pool = open_pool(pool)
     files = pool.content_files()
     combined = hashlib.sha256()
     for name, entry in files.items():
-        combined.update(f"{name}\0{entry['sha256']}\n".encode())
+        digest = entry["sha256"] if "sha256" in entry else f"md5:{entry['md5']}"
+        combined.update(f"{name}\0{digest}\n".encode())
     payload = {
         "format_version": FORMAT_VERSION,
         "count": pool.count,

@@ -54,9 +54,14 @@ class UnknownIdError(DiskPoolError, KeyError):
 # Positioned reads, id keys and content hashes.
 
 
-def pread_into(fd: int, buffer: np.ndarray, position: int) -> None:
-    """Fill `buffer` (C-contiguous) from `fd` at byte `position`, looping over short reads."""
+def pread_into(fd, buffer: np.ndarray, position: int) -> None:
+    """Fill `buffer` (C-contiguous) from `fd` at byte `position`, looping over short reads.
+    `fd` is a file descriptor, or an object with `read_into(buffer, position)` (a file in
+    object storage, `baldflow.data.object_store.RemoteFile`)."""
     if buffer.size == 0:
+        return
+    if not isinstance(fd, int):
+        fd.read_into(buffer, position)
         return
     view = memoryview(buffer.reshape(-1)).cast("B")
     done = 0
@@ -67,6 +72,11 @@ def pread_into(fd: int, buffer: np.ndarray, position: int) -> None:
                 f"file ended {len(view) - done} bytes early at byte {position + done}"
             )
         done += got
+
+
+def handle_size(fd) -> int:
+    """The size in bytes of what `pread_into` reads: a file descriptor or a remote file."""
+    return os.fstat(fd).st_size if isinstance(fd, int) else int(fd.size)
 
 
 def id_key(sample_id: str) -> str:
@@ -133,7 +143,8 @@ class RowPool:
     def _describe(self, directory, count, sample_shape, dtype, class_names) -> None:
         """Set the layout attributes; the scale is the stored dtype's default (1/255 for
         uint8: images)."""
-        self.directory = Path(directory)
+        # A local path, or an object store location (`object_store.ObjectURL`) kept as it is.
+        self.directory = Path(directory) if isinstance(directory, str | os.PathLike) else directory
         self.count = int(count)
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.shape = (self.count, *self.sample_shape)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from baldflow.data.disk_source import part_path
+from baldflow.data.object_store import ObjectStoreError, ObjectURL, is_url
 from baldflow.data.source import SourceNotReadyError
 from baldflow.data.sources import FASHION_MNIST_ROOT, IMAGE_SUFFIXES
 
@@ -28,8 +29,15 @@ def check_disk_source(root: Path | None, options: Mapping[str, Any]) -> None:
     build = "python benchmarks/make_pool.py --campaign-source --out DIR builds one"
     if root is None:
         raise SourceNotReadyError(f"data.source disk needs data.root=DIR; {build}")
-    base = Path(root).expanduser()
-    missing = [part for part in ("pool", "val", "test") if not _disk_part_ready(base, part)]
+    if is_url(root):
+        try:
+            base = ObjectURL.parse(str(root))
+            missing = [part for part in ("pool", "val", "test") if part_path(base, part) is None]
+        except ObjectStoreError as error:
+            raise SourceNotReadyError(f"data.root {root}: {error}") from None
+    else:
+        base = Path(root).expanduser()
+        missing = [part for part in ("pool", "val", "test") if not _disk_part_ready(base, part)]
     if missing:
         raise SourceNotReadyError(
             f"data.root {base} lacks a finished pool in {', '.join(f'{m}/' for m in missing)} "

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from baldflow.data.disk_source import DiskSource
+from baldflow.data.object_store import ObjectURL
 from baldflow.data.pool import shows_as_images
 
 
@@ -74,4 +75,6 @@ class StreamedPool:
         return self.inputs(sample_ids)
 
     def shard_path(self, scratch: Path) -> Path:
-        return Path(self.source.pool_dir)
+        # A pool in object storage keeps its URL (`str()` of it is what workers open).
+        directory = self.source.pool_dir
+        return directory if isinstance(directory, ObjectURL) else Path(directory)
