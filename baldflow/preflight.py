@@ -6,6 +6,7 @@ an MLflow run left RUNNING; found here it is one line with the `--set` that fixe
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import urllib.error
@@ -59,6 +60,7 @@ def check(
     check_campaign(config, root)
     check_device(config.training.device)
     check_data(config)
+    check_pool_unchanged(config, root)
     check_scale(config)
     check_tracking(config.tracking.mlflow_uri, root)
     check_tracking_permissions(config)
@@ -287,6 +289,38 @@ def check_data(config: Config) -> None:
         source.preflight(root, options)
     except SourceNotReadyError as error:
         raise PreflightError(str(error)) from None
+
+
+def check_pool_unchanged(config: Config, workspace_root: Path) -> None:
+    """A pool read in place (data.source disk, a directory or a bucket) must be the pool the
+    campaign's rounds were scored on: each round versions its manifest, and a pool whose
+    content changed since would mix rounds of different data under one campaign."""
+    if config.data.source != "disk" or not config.data.root:
+        return
+    from baldflow.workspace.repo import DATA_DIR, POOL_MANIFEST_FILE
+
+    recorded_file = workspace_root / DATA_DIR / config.campaign.name / POOL_MANIFEST_FILE
+    try:
+        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no round yet (or no record to compare): nothing to hold the pool to
+    from baldflow.data.disk_source import part_path
+    from baldflow.data.object_store import ObjectURL, is_url
+    from baldflow.data.pool_formats import cached_manifest, open_pool
+
+    root = config.data.root
+    where = ObjectURL.parse(root) if is_url(root) else Path(root).expanduser()
+    pool_path = part_path(where, "pool")
+    if pool_path is None:
+        return  # check_data named what is missing
+    now = cached_manifest(open_pool(pool_path))["sha256"]
+    if now != recorded:
+        raise PreflightError(
+            f"the pool at {pool_path} is not the pool campaign {config.campaign.name!r} was "
+            f"scored on: its content hash is {now[:12]}, the rounds recorded {recorded[:12]} "
+            f"({recorded_file.relative_to(workspace_root)}); fix: put the campaign's pool back "
+            "at data.root, or start a new campaign on this pool (--set campaign.name=NEW)"
+        )
 
 
 def _check_options(source: str, accepted: list[str], options: Mapping[str, Any]) -> None:

@@ -29,7 +29,7 @@ from baldflow.data.object_store import (
 )
 from baldflow.data.ondisk import PoolExistsError, PoolWriter
 from baldflow.data.pool_formats import manifest, open_pool
-from baldflow.preflight import PreflightError, check_data
+from baldflow.preflight import PreflightError, check, check_data
 from baldflow.stack.process import free_port
 
 BUCKET = "pools"
@@ -197,3 +197,11 @@ def test_a_campaign_on_a_pool_in_swift_acquires_what_the_local_copy_acquires(
     # The credentials stay in the environment: the workspace's parameters name only the URL.
     recorded = "".join(p.read_text() for p in (tmp_path / "remote").rglob("*.yaml"))
     assert "s3://pools/campaign" in recorded and s3.secret_key not in recorded
+    # The pool's object replaced in the bucket (same shape, other rows): the next run is
+    # refused before any work, since the rounds were scored on the old content.
+    check(validate(remote), tmp_path / "remote")
+    changed = tmp_path / "x-changed.npy"
+    np.save(changed, np.load(tmp_path / "source" / "pool" / "x.npy")[::-1].copy())
+    object_store.upload_file(changed, ObjectURL("pools", "campaign/pool/x.npy"))
+    with pytest.raises(PreflightError, match="is not the pool campaign 'tiny' was scored on"):
+        check(validate(remote), tmp_path / "remote")

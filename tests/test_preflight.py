@@ -328,3 +328,32 @@ def test_serve_checks_before_it_schedules_anything(tmp_path, monkeypatch, capsys
     assert code == EXIT_PREFLIGHT
     assert "training.device=cpu" in capsys.readouterr().err
     assert not workspace.exists()
+
+
+def test_a_pool_read_in_place_that_changed_since_the_last_round_is_refused(
+    tmp_path, tiny_params, prefect_harness
+):
+    """The rounds version the pool's manifest; a pool whose files changed afterwards would
+    mix data under one campaign: the next run stops in one line naming the fix."""
+    import copy
+
+    import numpy as np
+    from helpers import run_flow, write_disk_source
+
+    from baldflow.config import validate
+
+    write_disk_source(tmp_path / "source", tiny_params)
+    params = copy.deepcopy(tiny_params)
+    params["data"] = {"source": "disk", "root": str(tmp_path / "source")}
+    run_flow(tmp_path / "ws", params, rounds=0)
+    config = validate(params)
+    check(config, tmp_path / "ws")  # the same pool: nothing to say
+
+    x_file = tmp_path / "source" / "pool" / "x.npy"
+    x = np.load(x_file)
+    np.save(x_file, x[::-1].copy())  # same shape, other content
+    with pytest.raises(PreflightError) as refused:
+        check(config, tmp_path / "ws")
+    message = str(refused.value)
+    assert "is not the pool campaign 'tiny' was scored on" in message
+    assert "--set campaign.name=NEW" in message and "\n" not in message
