@@ -417,13 +417,12 @@ def _check_server(uri: str, local: str) -> None:
     )
 
 
-def _check_credentials(uri: str) -> None:
-    """A server with MLflow's basic-auth app answers 401 to a client without a user: say so
-    now, in one line, rather than as a traceback from the first run the campaign logs."""
+def _as_client(url: str) -> urllib.request.Request:
+    """A request to `url` with the login MLflow's own client would send: basic auth from
+    MLFLOW_TRACKING_USERNAME/PASSWORD, else a bearer MLFLOW_TRACKING_TOKEN, else none."""
     import base64
 
-    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
-    request = urllib.request.Request(probe)
+    request = urllib.request.Request(url)
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
@@ -432,6 +431,15 @@ def _check_credentials(uri: str) -> None:
         request.add_header("Authorization", f"Basic {pair}")
     elif token:
         request.add_header("Authorization", f"Bearer {token}")
+    return request
+
+
+def _check_credentials(uri: str) -> None:
+    """A server with MLflow's basic-auth app answers 401 to a client without a user: say so
+    now, in one line, rather than as a traceback from the first run the campaign logs."""
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    request = _as_client(probe)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     try:
         with urllib.request.urlopen(request, timeout=TRACKING_TIMEOUT_S):
             return
@@ -496,13 +504,7 @@ def check_tracking_permissions(config: Config) -> None:
 def _mlflow_get(uri: str, path: str, query: Mapping[str, str]) -> dict | None:
     """GET an MLflow REST path with the client's login: its JSON, or None on 404 (no such
     object, or no such route). Other failures pass: the run reports them in context."""
-    import base64
-    import json
-
-    url = uri.rstrip("/") + path + "?" + urllib.parse.urlencode(dict(query))
-    request = urllib.request.Request(url)
-    pair = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
-    request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    request = _as_client(uri.rstrip("/") + path + "?" + urllib.parse.urlencode(dict(query)))
     try:
         with urllib.request.urlopen(request, timeout=TRACKING_TIMEOUT_S) as response:
             return json.loads(response.read() or b"{}")

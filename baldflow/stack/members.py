@@ -117,12 +117,14 @@ class _AdminClient:
                 return None
             raise
 
-    def usernames(self) -> list[str]:
+    def users(self) -> list[dict]:
+        """Every login, sorted by name, as MLflow lists them: username, is_admin and the
+        roles it holds (one request, which the auth client has no method for)."""
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         endpoint = "/api/2.0/mlflow/users/list"
         response = verify_rest_response(http_request(self.creds, endpoint, "GET"), endpoint)
-        return sorted(user["username"] for user in response.json().get("users", []))
+        return sorted(response.json().get("users", []), key=lambda user: user["username"])
 
 
 def _already_exists(error: Exception) -> bool:
@@ -391,15 +393,14 @@ def list_members(dir: str | Path) -> list[Member]:
     stack = _authenticated_stack(dir)
     admin = _AdminClient(stack)
     members = []
-    for name in admin.usernames():
-        user = admin.user(name)
-        path = env_file(stack, name)
+    for user in admin.users():
+        path = env_file(stack, user["username"])
         members.append(
             Member(
-                name,
+                user["username"],
                 path if path.exists() else None,
-                is_admin=bool(user is not None and user.is_admin),
-                member_role=_holds_role(admin, name),
+                is_admin=bool(user.get("is_admin")),
+                member_role=MEMBER_ROLE in {role.get("name") for role in user.get("roles", [])},
             )
         )
     return members
