@@ -166,33 +166,33 @@ class Member:
         return self.wait(self.start(args, log, elsewhere=elsewhere), timeout)
 
 
-def _prefect_flow_runs(api_url: str, auth_string: str | None) -> int | str:
-    """How many flow runs the server has, or the HTTP status it refused with."""
+def _prefect_post(api_url: str, path: str, body: dict, auth_string: str | None):
+    """POST `body` to the Prefect API at `path` (with the member's auth string, if any), not
+    through a proxy: the answer's JSON."""
     request = urllib.request.Request(
-        f"{api_url}/flow_runs/count", data=b"{}", method="POST",
+        f"{api_url}/{path}", data=json.dumps(body).encode(), method="POST",
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
     if auth_string is not None:
         token = base64.b64encode(auth_string.encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def _prefect_flow_runs(api_url: str, auth_string: str | None) -> int | str:
+    """How many flow runs the server has, or the HTTP status it refused with."""
     try:
-        with opener.open(request, timeout=10) as answer:
-            return int(json.loads(answer.read()))
+        return int(_prefect_post(api_url, "flow_runs/count", {}, auth_string))
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
 
 
 def _prefect_tagged_runs(api_url: str, auth_string: str, tags: list[str]) -> list[dict]:
     """The server's flow runs that carry every one of `tags`."""
-    body = json.dumps({"flow_runs": {"tags": {"all_": tags}}, "limit": 200}).encode()
-    request = urllib.request.Request(f"{api_url}/flow_runs/filter", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-    token = base64.b64encode(auth_string.encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=10) as answer:
-        return json.loads(answer.read())
+    body = {"flow_runs": {"tags": {"all_": tags}}, "limit": 200}
+    return _prefect_post(api_url, "flow_runs/filter", body, auth_string)
 
 
 def _shared_with(top: Path, gid: int) -> list[str]:
