@@ -275,6 +275,11 @@ class ScaleConfig(_Section):
     dask_address: str | None = None
     # Worker processes of the temporary local cluster (each uses one torch thread).
     workers: int = Field(2, ge=1)
+    # An s3://bucket/prefix through which the round's model, labeled ids and score files
+    # travel to shard workers that share no filesystem with the flow (credentials from the
+    # environment, as for a pool in a bucket); None: the workspace's scratch directory, which
+    # workers must reach at the same path.
+    staging: str | None = None
 
     @field_validator("dask_address")
     @classmethod
@@ -285,6 +290,21 @@ class ScaleConfig(_Section):
                 "after tcp:// or tls://)"
             )
         return value
+
+    @field_validator("staging")
+    @classmethod
+    def _check_staging(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from baldflow.data.object_store import ObjectStoreError, ObjectURL
+
+        try:
+            return str(ObjectURL.parse(value))
+        except ObjectStoreError as error:
+            raise ValueError(
+                f"must be an s3://bucket/prefix URL where shard workers read and write the "
+                f"round's staged files ({error})"
+            ) from None
 
     @model_validator(mode="after")
     def _check_runner(self) -> ScaleConfig:
@@ -305,6 +325,16 @@ class Config(_Section):
     oracle: OracleConfig = Field(default_factory=OracleConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
+
+    @model_validator(mode="after")
+    def _check_staging(self) -> Config:
+        if self.scale.staging is not None and self.model.freeze == "backbone":
+            raise ValueError(
+                "scale.staging with model.freeze backbone: a frozen backbone's feature cache "
+                "is written where the workers run and is not staged through the store yet; "
+                "remove scale.staging (workers on a shared filesystem) or model.freeze"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

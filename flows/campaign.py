@@ -155,6 +155,7 @@ def _choose_batch(
         score_table = tasks.keep_pool_scores(
             config, scored, str(c.workspace.root), c.name, seed, round_index
         )
+        modes.scoring.release(c, round_index)
     if selected.note:
         c.logger.warning("round %d: %s", round_index, selected.note)
     record = RoundRecord.from_steps(

@@ -161,6 +161,9 @@ class ScoringHere(Embedding):
     ) -> PoolScores:
         return tasks.score_pool(c.config, c.data, trained, labeled_ids, seed, round_index)
 
+    def release(self, c: CampaignRun, round_index: int) -> None:
+        """Once the round's scores are kept: nothing was staged for workers here."""
+
 
 class ScoringInShards(Embedding, abc.ABC):
     """The pool in shards, read where shard workers read it (a pool on disk's own files, or
@@ -182,7 +185,7 @@ class ScoringInShards(Embedding, abc.ABC):
         root = str(c.workspace.root)
         started = time.perf_counter()
         if self._pool_dir is None:
-            self._pool_dir = scoring_tasks.spill_pool(c.data, root, c.name)
+            self._pool_dir = scoring_tasks.spill_pool(c.data, root, c.name, config.scale.staging)
         job = scoring_tasks.stage_scoring(
             config, trained, labeled_ids, self._pool_dir, root, c.name, seed, round_index
         )
@@ -198,6 +201,11 @@ class ScoringInShards(Embedding, abc.ABC):
             config.scale.dask_address or f"{config.scale.runner}", scored.seconds,
         )  # fmt: skip
         return scored
+
+    def release(self, c: CampaignRun, round_index: int) -> None:
+        """Once the round's scores are kept: its objects staged in the store go."""
+        if c.config.scale.staging is not None:
+            scoring_tasks.release_staging(c.config, c.name, round_index)
 
     @abc.abstractmethod
     def _passes(

@@ -11,10 +11,9 @@ but its score file.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
-from baldflow.compute import fitting, scoring, sharding
+from baldflow.compute import fitting, scoring, sharding, staging
 from baldflow.config import Config
 from baldflow.data.pool import CampaignPool
 from baldflow.tasks.base import LOCAL_FILES, baldflow_task
@@ -32,11 +31,17 @@ def round_scratch(workspace_root: str | Path, campaign: str, round_index: int) -
 
 
 @baldflow_task("spill-pool", retry=LOCAL_FILES)
-def spill_pool(data: CampaignPool, workspace_root: str, campaign: str) -> str:
-    """Where shard workers read the pool: the source's own path for a pool on disk, else the
-    in-memory pool written once to the workspace's scratch (rewritten only when its content
-    changed)."""
-    return str(data.shard_path(scratch_dir(workspace_root) / "pools" / campaign))
+def spill_pool(
+    data: CampaignPool, workspace_root: str, campaign: str, staging_base: str | None = None
+) -> str:
+    """Where shard workers read the pool: the source's own path or URL for a pool on disk or
+    in a bucket, else the in-memory pool written once to the workspace's scratch (rewritten
+    only when its content changed). With `staging_base` (scale.staging) a pool on this host's
+    disk is uploaded there once, under its content hash, for workers that cannot read it."""
+    where = data.shard_path(scratch_dir(workspace_root) / "pools" / campaign)
+    if staging_base is None or staging.is_url(where):
+        return str(where)
+    return staging.stage_pool(where, staging_base)
 
 
 @baldflow_task(
@@ -55,23 +60,46 @@ def stage_scoring(
     seed: int,
     round_index: int,
 ) -> sharding.ShardJob:
-    """Write the round's model and labeled ids where the workers read them; the shard job."""
+    """Write the round's model and labeled ids where the workers read them (the workspace's
+    scratch, or by content hash under scale.staging); the shard job."""
     scratch = round_scratch(workspace_root, campaign, round_index)
     # The previous rounds' scratch is of no use any more (their models are in MLflow).
-    parent = scratch.parent
-    if parent.is_dir():
-        for old in parent.iterdir():
-            if old.name != scratch.name:
-                shutil.rmtree(old, ignore_errors=True)
+    _forget_other_rounds(scratch.parent, scratch.name)
     model_dir = sharding.save_model_dir(trained.model, scratch / "model")
     exclude = sharding.write_exclude_file(labeled_ids, scratch / "labeled-ids.txt")
-    scores_dir = scratch / "scores"
-    if scores_dir.is_dir():  # a retry: stale score files must not be merged
-        shutil.rmtree(scores_dir)
+    base = config.scale.staging
+    if base is None:
+        where = str(scratch)
+        model, exclude = str(model_dir), str(exclude)
+    else:
+        campaign_prefix = staging.join(base, "scoring", campaign)
+        _forget_other_rounds(campaign_prefix, scratch.name)
+        where = staging.round_location(base, campaign, round_index)
+        model = staging.stage_model_dir(model_dir, where)
+        exclude = staging.stage_text(exclude.read_text(encoding="utf-8"), where, "labeled")
+    scores_dir = staging.join(where, "scores")
+    staging.remove_tree(scores_dir)  # a retry: stale score files must not be merged
     return sharding.shard_job(
-        config, seed, model_dir=model_dir, pool_dir=pool_dir, exclude_file=exclude,
+        config, seed, model_dir=model, pool_dir=pool_dir, exclude_file=exclude,
         scores_dir=scores_dir,
     )  # fmt: skip
+
+
+def _forget_other_rounds(campaign_location: str | Path, keep: str) -> None:
+    for name in staging.subfolders(campaign_location):
+        if name != keep:
+            staging.remove_tree(staging.join(campaign_location, name))
+
+
+@baldflow_task(
+    "release-staging", run_name="release staging [round {round_index}]", retry=LOCAL_FILES
+)
+def release_staging(config: Config, campaign: str, round_index: int) -> None:
+    """The round's staged objects in the store, once its scores are kept: the model, the
+    labeled ids, the score files. (The workspace's scratch is cleared by the next round, which
+    also clears a round's staged objects that a dead flow left behind.)"""
+    if config.scale.staging is not None:
+        staging.remove_tree(staging.round_location(config.scale.staging, campaign, round_index))
 
 
 @baldflow_task(
@@ -115,7 +143,7 @@ def rank_pool_scores(
 
 def _ranked(job: sharding.ShardJob, ranges: list[tuple[int, int]]) -> sharding.ShardJob:
     """The second softrank pass's job: the first pass's score files sorted into one file."""
-    out = Path(job.scores_dir) / "sorted-scores.npy"
+    out = staging.join(job.scores_dir, "sorted-scores.npy")
     sorted_file, _ = sharding.sorted_pool_scores_file(job.scores_dir, ranges, out)
     return dataclasses.replace(job, sorted_scores_file=str(sorted_file))
 
@@ -154,10 +182,9 @@ def merge_shard_scores(
     merged preselection, which runs the model here)."""
     sorted_scores = None
     if sorted_scores_file is not None:
-        import numpy as np
         import torch
 
-        sorted_scores = torch.from_numpy(np.load(sorted_scores_file))
+        sorted_scores = torch.from_numpy(staging.read_array(sorted_scores_file))
     return scoring.sharded_pool_scores(
         config, data, trained.model, seed, results, sorted_scores, seconds, shard_files
     )
@@ -223,7 +250,7 @@ def _write_shards(writer, shard_files, keys) -> None:
         for start, stop in ranges:
             if stop == start:
                 continue
-            scores = np.load(sharding.scores_file(scores_dir, start, stop))
+            scores = staging.read_array(sharding.scores_file(scores_dir, start, stop))
             ids = pool.ids(start, stop)
             scored_rows = ~np.isnan(scores)
             ids = [sid for sid, keep in zip(ids, scored_rows, strict=True) if keep]

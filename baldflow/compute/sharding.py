@@ -37,6 +37,7 @@ import functools
 import math
 import os
 import resource
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,9 +59,11 @@ from baldflow.acquisition.scored import EPIG
 from baldflow.acquisition.selection import MODES
 from baldflow.acquisition.sharded import Candidates, select_by_id
 from baldflow.acquisition.strategy import PICK_CANDIDATES, WHOLE_POOL_NEEDS
+from baldflow.compute import staging
 from baldflow.compute.device import torch_threads
 from baldflow.compute.scoring import ScoringPlan, sharded_plan
 from baldflow.config import Config
+from baldflow.data.object_store import is_url
 from baldflow.data.pool_formats import open_pool
 from baldflow.data.row_pool import shard_ranges
 from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
@@ -137,7 +140,7 @@ def cached_model(directory: str | Path, device: str = "cpu") -> tuple[_CachedMod
     """
     from baldflow.training import resolve_device
 
-    directory = Path(directory).resolve()
+    directory = staging.local_model_dir(directory).resolve()
     stamp = _model_stamp(directory)
     target = resolve_device(device)
     key = f"{directory}@{target}"
@@ -288,24 +291,31 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-_EXCLUDED: dict[str, tuple[tuple[int, int], frozenset[str]]] = {}
+_EXCLUDED: dict[str, tuple[tuple[int, int] | None, frozenset[str]]] = {}
 
 
 def excluded_ids(path: str | None) -> frozenset[str]:
-    """The ids in `path` (one per line), cached per worker by the file's size and mtime."""
+    """The ids in `path` (one per line; a file, or an object staged by content hash), cached
+    per worker: a file by its size and mtime, a staged object by its key, whose name is its
+    content's hash."""
     if path is None:
         return frozenset()
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError as error:
-        raise ShardingError(f"exclude_file {path} does not exist") from error
-    stamp = (stat.st_size, stat.st_mtime_ns)
+    if is_url(path):
+        stamp = None
+    else:
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError as error:
+            raise ShardingError(f"exclude_file {path} does not exist") from error
+        stamp = (stat.st_size, stat.st_mtime_ns)
     with _MODELS_LOCK:
         cached = _EXCLUDED.get(path)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-    ids = frozenset(Path(path).read_text(encoding="utf-8").splitlines())
+    ids = frozenset(staging.read_text(path).splitlines())
     with _MODELS_LOCK:
+        if len(_EXCLUDED) >= 8:  # a worker serves one campaign's rounds at a time
+            _EXCLUDED.clear()
         _EXCLUDED[path] = (stamp, ids)
     return ids
 
@@ -319,22 +329,9 @@ def write_exclude_file(sample_ids: Iterable[str], path: str | Path) -> Path:
     return path
 
 
-def scores_file(scores_dir: str | Path, start: int, stop: int) -> Path:
-    return Path(scores_dir) / f"{int(start):012d}-{int(stop):012d}.npy"
-
-
-def _write_array(path: Path, array: Any) -> None:
-    """A .npy written atomically: a retried or duplicated shard task rewrites the same bytes,
-    and a killed one leaves no half file under the final name."""
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(temporary, "wb") as f:
-        np.save(f, np.asarray(array))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+def scores_file(scores_dir: str | Path, start: int, stop: int) -> str:
+    """Where a shard's scores go: a file of the scores directory, or a key under its prefix."""
+    return staging.join(scores_dir, f"{int(start):012d}-{int(stop):012d}.npy")
 
 
 def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, list[str], bool]:
@@ -355,9 +352,7 @@ def shard_scores(job: ShardJob, start: int, stop: int) -> tuple[torch.Tensor, li
         if not job.needs_model or n == 0:
             return scores_n, sample_ids, False
         if job.sorted_scores_file is not None and job.scores_dir is not None:
-            import numpy as np
-
-            saved = torch.from_numpy(np.load(scores_file(job.scores_dir, start, stop)))
+            saved = torch.from_numpy(staging.read_array(scores_file(job.scores_dir, start, stop)))
             if saved.numel() != n:
                 raise ShardingError(f"score file of rows [{start}, {stop}) has {saved.numel()}")
             return saved, sample_ids, False
@@ -379,14 +374,12 @@ def job_score(job: ShardJob) -> Any:
     against the targets' log-probs the driver computed once (`write_epig_targets`)."""
     if job.score != EPIG:
         return job.score
-    import numpy as np
-
     if job.epig_targets_file is None:
         raise ShardingError(
             "EPIG needs its targets' predictions: build the job with shard_job (or give "
             "epig_targets_file, see write_epig_targets)"
         )
-    return epig_score_function(torch.from_numpy(np.load(job.epig_targets_file)))
+    return epig_score_function(torch.from_numpy(staging.read_array(job.epig_targets_file)))
 
 
 def write_epig_targets(job: ShardJob, path: str | Path) -> ShardJob:
@@ -418,16 +411,14 @@ def write_epig_targets(job: ShardJob, path: str | Path) -> ShardJob:
             entry.model, x_T, job.mc_samples, generator_for(job.mask_seed, STREAM_SCORE),
             chunk_size=job.chunk_size, mixed_precision=job.mixed_precision,
         )  # fmt: skip
-    _write_array(Path(path), log_probs_T_K_C.numpy())
+    staging.write_array(path, log_probs_T_K_C.numpy())
     return dataclasses.replace(job, epig_targets_file=str(path))
 
 
 def _sorted_scores(job: ShardJob) -> torch.Tensor | None:
     if job.sorted_scores_file is None or not job.needs_ranks:
         return None
-    import numpy as np
-
-    return torch.from_numpy(np.load(job.sorted_scores_file))
+    return torch.from_numpy(staging.read_array(job.sorted_scores_file))
 
 
 def score_shard(job: ShardJob, start: int, stop: int) -> ShardResult:
@@ -444,7 +435,7 @@ def score_shard(job: ShardJob, start: int, stop: int) -> ShardResult:
             mask = torch.ones(len(sample_ids), dtype=torch.bool)
             mask[keep] = False
             written[mask] = math.nan
-        _write_array(scores_file(job.scores_dir, start, stop), written.numpy())
+        staging.write_array(scores_file(job.scores_dir, start, stop), written.numpy())
     if len(keep) < len(sample_ids):
         scores_n = scores_n[torch.tensor(keep, dtype=torch.long)]
         sample_ids = [sample_ids[i] for i in keep]
@@ -488,7 +479,7 @@ def merge_score_files(scores_dir: str | Path, ranges: Sequence[tuple[int, int]],
                 "shape": (count,)}
         )  # fmt: skip
         for start, stop in ranges:
-            part = np.load(scores_file(scores_dir, start, stop))
+            part = staging.read_array(scores_file(scores_dir, start, stop))
             if part.shape != (stop - start,):
                 raise ShardingError(f"score file of rows [{start}, {stop}) has shape {part.shape}")
             f.write(part.astype("<f8", copy=False).tobytes())
@@ -498,16 +489,19 @@ def merge_score_files(scores_dir: str | Path, ranges: Sequence[tuple[int, int]],
     return out
 
 
-def sorted_pool_scores_file(scores_dir: str | Path, ranges, out: Path) -> tuple[Path, int]:
-    """Softrank's extra pass: the scored samples' scores, sorted, as one .npy (8 bytes a
-    sample: the only O(N) thing the flow holds, and only for softrank); and how many."""
+def sorted_pool_scores_file(scores_dir: str | Path, ranges, out: str | Path) -> tuple[str, int]:
+    """Softrank's extra pass: the scored samples' scores, sorted, as one .npy at `out` (8 bytes
+    a sample: the only O(N) thing the flow holds, and only for softrank); and how many. The
+    shards' files are merged into a local temporary file first, wherever they are staged."""
     import numpy as np
 
-    merged = merge_score_files(scores_dir, ranges, Path(scores_dir) / "pool-scores.npy")
-    scores = np.load(merged, mmap_mode="r")
-    kept = np.sort(scores[~np.isnan(scores)])
-    _write_array(Path(out), kept)
-    return Path(out), int(kept.size)
+    with tempfile.TemporaryDirectory(prefix="baldflow-ranks-") as scratch:
+        merged = merge_score_files(scores_dir, ranges, Path(scratch) / "pool-scores.npy")
+        scores = np.load(merged, mmap_mode="r")
+        kept = np.sort(scores[~np.isnan(scores)])
+        del scores
+    staging.write_array(out, kept)
+    return str(out), int(kept.size)
 
 
 def warm_worker(job: ShardJob) -> dict[str, Any]:
@@ -610,7 +604,7 @@ def score_pool_sharded(
     sorted_scores = None
     if job.needs_ranks:
         sorted_file, _ = sorted_pool_scores_file(
-            job.scores_dir, ranges, Path(job.scores_dir) / "sorted-scores.npy"
+            job.scores_dir, ranges, staging.join(job.scores_dir, "sorted-scores.npy")
         )
         job = dataclasses.replace(job, sorted_scores_file=str(sorted_file))
         results = run_pass(job, ranges, submit)
@@ -714,4 +708,4 @@ def shard_job(
         return job
     if scores_dir is None:
         raise ShardingError("EPIG in shards needs a scores_dir for its targets' predictions")
-    return write_epig_targets(job, Path(scores_dir) / "epig-targets.npy")
+    return write_epig_targets(job, staging.join(scores_dir, "epig-targets.npy"))

@@ -29,7 +29,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from baldflow.stack.loopback import port_is_free
@@ -118,7 +118,11 @@ class DaskCluster:
     `env` is the whole environment of the scheduler and workers (None: this process's): put
     PREFECT_API_URL there when the workers run Prefect tasks (see the module docstring).
     `detached=True` lets the cluster outlive this process; `record()` then gives what
-    `stop_recorded_cluster` needs to stop it from any process.
+    `stop_recorded_cluster` needs to stop it from any process. `worker_prefix`,
+    `worker_env` and `worker_home` run the workers apart from this host's user: under a
+    command prefix (another Unix account, a namespace), with an environment and a home (their
+    working and scratch directory) of their own, e.g. workers that must not read the
+    workspace and get the round's inputs only through `scale.staging`.
     """
 
     def __init__(
@@ -133,6 +137,9 @@ class DaskCluster:
         detached: bool = False,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 60.0,
+        worker_prefix: Sequence[str] = (),
+        worker_env: Mapping[str, str] | None = None,
+        worker_home: str | Path | None = None,
     ):
         if workers < 1 or threads_per_worker < 1:
             raise ValueError("a Dask cluster needs at least 1 worker with at least 1 thread")
@@ -145,6 +152,9 @@ class DaskCluster:
         self.detached = detached
         self.env = dict(env) if env is not None else None
         self.startup_timeout = startup_timeout
+        self.worker_prefix = list(worker_prefix)
+        self.worker_env = dict(worker_env) if worker_env is not None else None
+        self.worker_home = Path(worker_home) if worker_home is not None else None
         self.scheduler: ManagedProcess | None = None
         self.worker_process: ManagedProcess | None = None
         self.startup_seconds: float | None = None
@@ -198,7 +208,8 @@ class DaskCluster:
         argv = [sys.executable, "-m", "dask", "worker", self.address, "--host", HOST]
         argv += ["--dashboard-address", f"{HOST}:0"]
         argv += ["--nworkers", str(self.workers), "--nthreads", str(self.threads_per_worker)]
-        argv += ["--local-directory", str(self.home / WORKER_SPACE)]
+        space = (self.worker_home or self.home) / WORKER_SPACE
+        argv += ["--local-directory", str(space)]
         if self.memory_limit is not None:
             argv += ["--memory-limit", str(self.memory_limit)]
         return argv
@@ -237,11 +248,15 @@ class DaskCluster:
                 detached=self.detached,
             ).start()
             self._wait_scheduler(deadline)
+            worker_env = env
+            if self.worker_env is not None:
+                worker_env = dict(self.worker_env)
+                worker_env.setdefault(PRE_SPAWN_ENVIRON_ENV, env[PRE_SPAWN_ENVIRON_ENV])
             self.worker_process = ManagedProcess(
                 f"dask worker x{self.workers} for {self.address}",
-                self.worker_command(),
-                env=env,
-                cwd=self.home,
+                [*self.worker_prefix, *self.worker_command()],
+                env=worker_env,
+                cwd=self.worker_home or self.home,
                 log_path=self.workers_log,
                 detached=self.detached,
             ).start()
@@ -267,8 +282,7 @@ class DaskCluster:
 
     def _timeout(self, what: str, process: ManagedProcess, log: Path) -> DaskStartTimeoutError:
         return DaskStartTimeoutError(
-            f"{what} within {self.startup_timeout:.0f} s; the end of {log}:\n"
-            f"{process.log_tail()}"
+            f"{what} within {self.startup_timeout:.0f} s; the end of {log}:\n{process.log_tail()}"
         )
 
     def _wait_scheduler(self, deadline: float) -> None:

@@ -1,0 +1,108 @@
+"""Staging a round's inputs for shard workers (baldflow.compute.staging): local directories and
+object store prefixes behind one set of calls, content-addressed keys, a worker's own bounded
+copy of downloaded models, cleanup that may run twice, and `scale.staging` checked up front.
+The store is the session's Swift S3 store (tests/conftest.py `swift_store`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from baldflow.compute import sharding, staging
+from baldflow.config import ConfigError, validate
+from baldflow.data import object_store
+from baldflow.data.object_store import ObjectNotFoundError, ObjectURL
+from baldflow.data.ondisk import PoolWriter
+from baldflow.data.pool_formats import open_pool
+
+BUCKET = "staging-tests"
+
+
+@pytest.fixture
+def s3(swift_store, monkeypatch):
+    swift_store.create_bucket(BUCKET)
+    for key, value in swift_store.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", swift_store.endpoint_url)
+    return swift_store
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_files_arrays_and_trees_behave_alike_here_and_in_the_store(where, tmp_path, request):
+    if where == "s3":
+        request.getfixturevalue("s3")
+        base = f"s3://{BUCKET}/alike"
+    else:
+        base = str(tmp_path / "alike")
+    scores = np.array([0.5, np.nan, 2.0])
+    staging.write_array(staging.join(base, "round", "scores", "a.npy"), scores)
+    got = staging.read_array(staging.join(base, "round", "scores", "a.npy"))
+    np.testing.assert_array_equal(got, scores)
+    ids = "b\nü<script>\n=1+1\n"  # ids are untrusted text: kept byte for byte
+    first = staging.stage_text(ids, staging.join(base, "round"), "labeled")
+    assert staging.stage_text(ids, staging.join(base, "round"), "labeled") == first
+    assert staging.stage_text(ids + "c\n", staging.join(base, "round"), "labeled") != first
+    assert staging.read_text(first) == ids
+    assert sharding.excluded_ids(first) == frozenset({"b", "ü<script>", "=1+1"})
+    assert staging.subfolders(base) == ["round"]
+    staging.remove_tree(staging.join(base, "round"))
+    staging.remove_tree(staging.join(base, "round"))  # twice: nothing there is fine
+    assert not staging.exists(staging.join(base, "round", "scores", "a.npy"))
+    assert staging.subfolders(base) == []
+
+
+def test_a_staged_model_is_downloaded_once_per_worker_and_old_copies_go(
+    s3, tmp_path, monkeypatch, tiny_defaults
+):
+    from baldflow.models import build_model
+
+    monkeypatch.setenv("BALDFLOW_STAGING_CACHE", str(tmp_path / "cache"))
+    model = build_model("mlp", input_shape=(1, 8, 8), num_classes=3, seed=0)
+    local = sharding.save_model_dir(model, tmp_path / "model")
+    url = staging.stage_model_dir(local, f"s3://{BUCKET}/models")
+    assert ObjectURL.parse(url).name.startswith("model-")
+    copy = staging.local_model_dir(url)
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in local.iterdir())
+    entry, loaded = sharding.cached_model(url)
+    assert loaded and staging.local_model_dir(url) == copy
+    _, loaded_again = sharding.cached_model(url)
+    assert not loaded_again
+    for seed in range(1, staging.KEPT_MODELS + 2):  # later rounds' models push the first out
+        other = build_model("mlp", input_shape=(1, 8, 8), num_classes=3, seed=seed)
+        staging.local_model_dir(staging.stage_model_dir(
+            sharding.save_model_dir(other, tmp_path / f"model-{seed}"), f"s3://{BUCKET}/models"
+        ))  # fmt: skip
+    kept = [p for p in (tmp_path / "cache" / "models").iterdir() if not p.name.startswith(".")]
+    assert len(kept) == staging.KEPT_MODELS and copy not in kept
+    with pytest.raises(ObjectNotFoundError, match=f"bucket '{BUCKET}', key 'models/nowhere"):
+        staging.read_bytes(f"s3://{BUCKET}/models/nowhere/spec.json")
+    assert s3.secret_key not in str(url)
+
+
+def test_a_pool_on_this_host_is_uploaded_once_under_its_content(s3, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    with PoolWriter(tmp_path / "pool", (1, 4, 4), "uint8", 50, class_names=["a", "b"]) as w:
+        w.write(rng.integers(0, 255, (50, 1, 4, 4), dtype=np.uint8),
+                rng.integers(0, 2, 50), [f"id-{i}" for i in range(50)])  # fmt: skip
+    where = staging.stage_pool(tmp_path / "pool", f"s3://{BUCKET}/staged")
+    assert "/pools/" in where
+    uploads = []
+    upload = object_store.upload_file
+    monkeypatch.setattr(object_store, "upload_file", lambda *a: uploads.append(a) or upload(*a))
+    assert staging.stage_pool(tmp_path / "pool", f"s3://{BUCKET}/staged") == where
+    assert uploads == []  # found by its content: nothing uploaded again
+    with open_pool(where) as remote, open_pool(tmp_path / "pool") as here:
+        assert remote.ids(0, 50) == here.ids(0, 50)
+        np.testing.assert_array_equal(remote.raw_rows(0, 50), here.raw_rows(0, 50))
+    staging.remove_tree(f"s3://{BUCKET}/staged")
+
+
+def test_scale_staging_is_checked_when_the_parameters_are_read(tiny_defaults):
+    params = {**tiny_defaults, "scale": {"staging": "/shared/scratch"}}
+    with pytest.raises(ConfigError, match="scale.staging must be an s3://bucket/prefix URL"):
+        validate(params)
+    params["scale"] = {"staging": "s3://bucket/prefix/"}
+    assert validate(params).scale.staging == "s3://bucket/prefix"
+    params["model"] = {**tiny_defaults.get("model", {}), "freeze": "backbone", "weights": "w.pt"}
+    with pytest.raises(ConfigError, match="scale.staging with model.freeze backbone"):
+        validate(params)
