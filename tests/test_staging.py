@@ -5,6 +5,8 @@ The store is the session's Swift S3 store (tests/conftest.py `swift_store`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,74 @@ def test_scale_staging_is_checked_when_the_parameters_are_read(tiny_defaults):
     params["model"] = {**tiny_defaults.get("model", {}), "freeze": "backbone", "weights": "w.pt"}
     with pytest.raises(ConfigError, match="scale.staging with model.freeze backbone"):
         validate(params)
+
+
+def test_a_store_outage_mid_round_fails_the_round_cleanly_and_the_next_run_completes_it(
+    s3, tmp_path, tiny_params, prefect_harness
+):
+    """The store goes down once the round's inputs are staged: the shards' reads and writes
+    are retried with backoff, then the round fails with one line naming the store, nothing
+    of it is committed, and the next run (the store back) acquires what an undisturbed run
+    acquires."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from helpers import run_flow, write_disk_source
+
+    from baldflow.data.convert import convert_pool
+    from baldflow.faults import FAULT_ENV, FAULT_FILE_ENV
+    from baldflow.workspace import Workspace
+
+    write_disk_source(tmp_path / "source", tiny_params)
+    for part in ("pool", "val", "test"):
+        convert_pool(tmp_path / "source" / part, f"s3://{BUCKET}/outage/{part}").close()
+    params = {**tiny_params, "campaign": {**tiny_params["campaign"], "rounds": 1}}
+    params["data"] = {"source": "disk", "root": str(tmp_path / "source")}
+    run_flow(tmp_path / "undisturbed", params)
+    params["data"]["root"] = f"s3://{BUCKET}/outage"
+    params["scale"] = {"staging": f"s3://{BUCKET}/outage-staging"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    marker = tmp_path / "paused"
+    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, FAULT_FILE_ENV)}
+    env.update(PREFECT_API_URL=prefect_harness, BALDFLOW_S3_RETRIES="3")
+    argv = [sys.executable, "-m", "baldflow.cli", "run", "--workspace", str(tmp_path / "ws"),
+            "--config", str(tmp_path / "params.yaml")]  # fmt: skip
+    paused = {**env, FAULT_ENV: "stage-scoring:after:1:pause", FAULT_FILE_ENV: str(marker)}
+    proc = subprocess.Popen(argv, env=paused, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "the pause point was never reached"
+            time.sleep(0.1)
+        s3.stop()
+        try:
+            Path(f"{marker}.release").touch()
+            out, _ = proc.communicate(timeout=240)
+        finally:
+            s3.start()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 5, out  # what the campaign needs is missing: the store
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("ObjectStoreUnreachableError: reading s3://"), out
+    assert "the object store did not answer after 3 attempts" in last, out
+    assert f"bucket '{BUCKET}'" in out and s3.secret_key not in out
+    assert Workspace(tmp_path / "ws").completed_rounds("tiny") == [0]
+
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    def decided(workspace: Path) -> list[tuple]:
+        with open(workspace / "data" / "tiny" / "ledger.csv", newline="") as f:
+            return [(r["round"], r["sample_id"], r["score"]) for r in csv.DictReader(f)]
+
+    assert decided(tmp_path / "ws") == decided(tmp_path / "undisturbed")
+    assert not object_store.list_keys(ObjectURL.parse(f"s3://{BUCKET}/outage-staging/scoring"))

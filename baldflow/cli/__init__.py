@@ -92,10 +92,12 @@ def report_error(exc: BaseException) -> int | None:
     problems; 2 (EXIT_CONFIG) a parameter is wrong or contradicts the campaign's record;
     3 (EXIT_LOCKED) another run holds the workspace; 4 (EXIT_LABELS) a label file was refused;
     5 (EXIT_PREFLIGHT) this machine lacks what the campaign needs (data files, the device,
-    a reachable tracking server, a plug-in that imports and keeps its contract). None for an
+    a reachable tracking server or object store, a plug-in that imports and keeps its
+    contract). None for an
     error that is not the user's to fix (a bug): the caller re-raises it.
     """
     from baldflow.config import ConfigError
+    from baldflow.data.object_store import ObjectStoreError
     from baldflow.labeling import LabelImportError
     from baldflow.labeling.label_studio import LabelStudioError
     from baldflow.plugins import PluginError
@@ -105,8 +107,9 @@ def report_error(exc: BaseException) -> int | None:
 
     if isinstance(exc, ConfigError):
         code = EXIT_CONFIG
-    elif isinstance(exc, (PreflightError, LabelStudioError, PluginError)):
-        # Label Studio unreachable, or refusing the token: what the campaign needs is missing.
+    elif isinstance(exc, (PreflightError, LabelStudioError, PluginError, ObjectStoreError)):
+        # Label Studio or the object store unreachable, or refusing the credentials: what the
+        # campaign needs is missing. (A round it stops has committed nothing; run it again.)
         code = EXIT_PREFLIGHT
     elif isinstance(exc, WorkspaceLockedError):
         code = EXIT_LOCKED
