@@ -7,6 +7,10 @@ candidates, and the batch stays exactly the single-process batch. This prints al
     python benchmarks/scaling.py --count 20000            # quick check
     python benchmarks/scaling.py                          # 200,000 images
     python benchmarks/scaling.py --pool /tmp/pool          # reuse a pool (built if absent)
+    python benchmarks/scaling.py --store --count 1000000 --skip-single
+                                 # the pool and the model only in object storage (Swift on
+                                 # loopback, started and stopped here): workers read the pool
+                                 # by byte ranges and the staged model (scale.staging)
 
 The pool: `--count` 28x28 uint8 images written with PoolWriter by make_pool.build (noisy
 Fashion-MNIST copies where its IDX files are on this machine, else synthetic). The model: the
@@ -14,12 +18,15 @@ zoo's BatchBALD-style `cnn` with random weights (seed 0), K = 20, power-BALD, ba
 run uses one torch thread per process (the job's torch_threads=1, and OMP_NUM_THREADS=1 for the
 workers), so 2 workers use 2 cores and the speed-up measures the sharding, not threading.
 Timings exclude starting the cluster and the workers' first imports and model load (done by
-`warm_worker` on every worker first; printed separately).
+`warm_worker` on every worker first; printed separately). With --store, each worker's block
+cache is read back after the pass: bytes fetched per sample against the pool's size, requests
+and the hit rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -55,10 +62,15 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def on_cluster(job: ShardJob, workers: int, home: Path) -> tuple[list[str], ShardedStats]:
+def on_cluster(
+    job: ShardJob, workers: int, home: Path, pool_bytes: int | None = None
+) -> tuple[list[str], ShardedStats]:
     """Start a cluster of `workers` single-threaded worker processes, warm them, score the pool
-    in SHARDS_PER_WORKER shards per worker, print what it cost, and always stop the cluster."""
+    in SHARDS_PER_WORKER shards per worker, print what it cost, and always stop the cluster.
+    `pool_bytes`: the pool is in object storage; print the workers' block cache counters."""
     from distributed import Client
+
+    from baldflow.data.object_store import cache_stats
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cluster = DaskCluster(home, workers=workers, threads_per_worker=1, env=env)
@@ -71,9 +83,11 @@ def on_cluster(job: ShardJob, workers: int, home: Path) -> tuple[list[str], Shar
             warmed = client.run(warm_worker, job)
             warm = time.perf_counter() - began
             warm_rss = ", ".join(f"{w['peak_rss_mb']:.0f}" for w in warmed.values())
+            client.run(cache_stats, True)
             reset_peak_rss()
             batch, stats = score_pool_sharded(job, workers * SHARDS_PER_WORKER, dask_submit(client))
             flow_peak = peak_rss_mb()
+            caches = client.run(cache_stats) if pool_bytes else {}
         peaks = stats.worker_peak_rss_mb()
         slowest = max(r.seconds for r in stats.results)
         print(
@@ -93,6 +107,20 @@ def on_cluster(job: ShardJob, workers: int, home: Path) -> tuple[list[str], Shar
             f"    flow process: RSS {rss_mb():.0f} MB, peak during the pass {flow_peak:.0f} MB; "
             f"merge {stats.merge_seconds * 1e3:.2f} ms"
         )
+        if caches:
+            fetched = sum(c["bytes_fetched"] for c in caches.values())
+            hits = sum(c["hits"] for c in caches.values())
+            asked = hits + sum(c["misses"] for c in caches.values())
+            print(
+                f"    object store: {fetched / stats.rows:,.0f} B fetched per sample "
+                f"({fetched / pool_bytes:.1%} of the pool's {pool_bytes / 1e6:,.0f} MB) in "
+                f"{sum(c['requests'] for c in caches.values()):,} requests; block cache hit "
+                f"rate {hits / max(asked, 1):.1%}, "
+                + ", ".join(
+                    f"pid {c['pid']} {c['cached_bytes'] / 2**20:.0f} MiB cached"
+                    for c in caches.values()
+                )  # fmt: skip
+            )
         return batch, stats
     finally:
         cluster.stop()
@@ -100,12 +128,28 @@ def on_cluster(job: ShardJob, workers: int, home: Path) -> tuple[list[str], Shar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=200_000)
-    parser.add_argument("--pool", type=Path, default=None, help="pool directory (reused)")
-    parser.add_argument("--mc-samples", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=10)
-    parser.add_argument("--skip-single", action="store_true", help="no in-process run (a)")
+    parser.add_argument("--count", type=int, default=200_000, help="pool rows (default 200000)")
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        default=None,
+        help="pool directory, reused when it holds a pool (default: a new one)",
+    )
+    parser.add_argument("--mc-samples", type=int, default=20, help="K (default 20)")
+    parser.add_argument("--batch", type=int, default=10, help="batch size (default 10)")
+    parser.add_argument(
+        "--skip-single", action="store_true", help="no in-process run (a) (default: run it)"
+    )
+    parser.add_argument(
+        "--store",
+        action="store_true",
+        help="pool and model only in object storage (default: local files)",
+    )
+    parser.add_argument(
+        "--workers", default="1,2", help="cluster sizes to time, comma-separated (default 1,2)"
+    )
     args = parser.parse_args(argv)
+    sizes = [int(w) for w in args.workers.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="baldflow-scaling-") as tmp:
         tmp = Path(tmp)
@@ -119,56 +163,104 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pool: built {count:,} rows ({built['source']}) in {built['seconds']:.1f} s")
         model = build_model("cnn", (1, 28, 28), 10, seed=0)
         save_model_dir(model, tmp / "model")
-        job = ShardJob(
-            str(tmp / "model"),
-            str(pool_dir),
-            score="bald",
-            mc_samples=args.mc_samples,
-            mask_seed=7,
-            batch_size=args.batch,
-            mode="power",
-            selection_seed=1,
-            torch_threads=1,
-        )
-        print(
-            f"model: cnn, K={job.mc_samples}, power-BALD batch {job.batch_size}; "
-            f"{os.cpu_count()} CPUs; torch 1 thread per process"
-        )
-        batches = {}
-        batches["1 worker"], one = on_cluster(job, 1, tmp / "dask1")
-        # The 2-worker pass also writes every shard's scores (8 bytes a sample), merged on
-        # disk afterwards, to check them against the single process's scores bit for bit.
-        scored_job = dataclasses.replace(job, scores_dir=str(tmp / "scores"))
-        batches["2 workers"], two = on_cluster(scored_job, 2, tmp / "dask2")
-        if not args.skip_single:
-            reset_peak_rss()
-            began = time.perf_counter()
-            scores_N, sample_ids = single_pool_scores(job)
-            batches["single"] = select_by_id(
-                scores_N, sample_ids, job.batch_size, job.mode, job.coldness, job.selection_seed
+        with contextlib.ExitStack() as stack:
+            model_at, pool_at, scores_at, pool_bytes = str(tmp / "model"), str(pool_dir), None, None
+            if args.store:
+                model_at, pool_at, pool_bytes = in_store(stack, tmp, pool_dir)
+                scores_at = "s3://bench/staged/scores"
+            job = ShardJob(
+                model_at,
+                pool_at,
+                score="bald",
+                mc_samples=args.mc_samples,
+                mask_seed=7,
+                batch_size=args.batch,
+                mode="power",
+                selection_seed=1,
+                torch_threads=1,
             )
-            seconds = time.perf_counter() - began
             print(
-                f"(a) this process (run last): {count / seconds:,.0f} samples/s "
-                f"({seconds:.1f} s); peak RSS {peak_rss_mb():.0f} MB "
-                "(the whole pool as float32 in memory)"
+                f"model: cnn, K={job.mc_samples}, power-BALD batch {job.batch_size}; "
+                f"{os.cpu_count()} CPUs; torch 1 thread per process"
             )
-            ranges = [(r.start, r.stop) for r in two.results]
-            merged = np.load(merge_score_files(tmp / "scores", ranges, tmp / "all-scores.npy"))
-            equal = int((merged == scores_N.numpy()).sum())
+            batches, passes = {}, {}
+            for workers in sizes:
+                # The largest cluster also writes every shard's scores (8 bytes a sample), merged
+                # afterwards, to check them against the single process's scores bit for bit.
+                scored = workers == max(sizes)
+                timed = dataclasses.replace(
+                    job, scores_dir=(scores_at or str(tmp / "scores")) if scored else None
+                )
+                name = f"{workers} worker{'s' if workers > 1 else ''}"
+                batches[name], passes[workers] = on_cluster(
+                    timed, workers, tmp / f"dask{workers}", pool_bytes
+                )
+            scores_dir = scores_at or tmp / "scores"
+            two = passes[max(sizes)]
+            if not args.skip_single:
+                reset_peak_rss()
+                began = time.perf_counter()
+                local_job = dataclasses.replace(job, model_dir=str(tmp / "model"),
+                                                pool_dir=str(pool_dir))  # fmt: skip
+                scores_N, sample_ids = single_pool_scores(local_job)
+                batches["single"] = select_by_id(
+                    scores_N, sample_ids, job.batch_size, job.mode, job.coldness,
+                    job.selection_seed,
+                )  # fmt: skip
+                seconds = time.perf_counter() - began
+                print(
+                    f"(a) this process (run last): {count / seconds:,.0f} samples/s "
+                    f"({seconds:.1f} s); peak RSS {peak_rss_mb():.0f} MB "
+                    "(the whole pool as float32 in memory)"
+                )
+                ranges = [(r.start, r.stop) for r in two.results]
+                merged = np.load(merge_score_files(scores_dir, ranges, tmp / "all-scores.npy"))
+                equal = int((merged == scores_N.numpy()).sum())
+                print(
+                    f"scores identical ({max(sizes)} workers' shard files vs this process): "
+                    f"{equal == count} ({equal:,} of {count:,} bit-identical, max |diff| "
+                    f"{float(np.abs(merged - scores_N.numpy()).max()):.3g})"
+                )
+        if 1 in passes and 2 in passes:
+            one, two = passes[1], passes[2]
             print(
-                f"scores identical (2 workers' shard files vs this process): "
-                f"{equal == count} ({equal:,} of {count:,} bit-identical, max |diff| "
-                f"{float(np.abs(merged - scores_N.numpy()).max()):.3g})"
+                f"speed-up of 2 workers over 1: {one.seconds / two.seconds:.2f}x "
+                f"({two.samples_per_second:,.0f} vs {one.samples_per_second:,.0f} samples/s)"
             )
-        print(
-            f"speed-up of 2 workers over 1: {one.seconds / two.seconds:.2f}x "
-            f"({two.samples_per_second:,.0f} vs {one.samples_per_second:,.0f} samples/s)"
-        )
-        same = all(batch == batches["1 worker"] for batch in batches.values())
+        first = next(iter(batches.values()))
+        same = all(batch == first for batch in batches.values())
         print(f"batches identical ({', '.join(batches)}): {same}")
-        print(f"batch: {batches['1 worker']}")
+        print(f"batch: {first}")
         return 0 if same else 1
+
+
+def in_store(stack: contextlib.ExitStack, tmp: Path, pool_dir: Path) -> tuple[str, str, int]:
+    """Start a Swift S3 store on loopback (stopped with `stack`), put its credentials in this
+    process's environment (the workers inherit it), upload the pool and stage the model:
+    (model URL, pool URL, the pool's bytes)."""
+    from baldflow.compute import staging
+    from baldflow.data import object_store
+    from baldflow.data.object_store import ObjectURL
+    from baldflow.data.ondisk import DATA_FILES, META_FILE
+    from baldflow.stack.swift import SwiftS3, default_venv, ensure_venv
+
+    store = SwiftS3(tmp / "swift", venv=ensure_venv(default_venv()))
+    store.start()
+    stack.callback(store.stop)
+    os.environ.update(store.client_env(), AWS_ENDPOINT_URL=store.endpoint_url)
+    store.create_bucket("bench")
+    began = time.perf_counter()
+    for name in (*DATA_FILES, META_FILE):
+        object_store.upload_file(pool_dir / name, ObjectURL("bench", f"pool/{name}"))
+    pool_bytes = sum((pool_dir / name).stat().st_size for name in DATA_FILES)
+    model_at = staging.stage_model_dir(tmp / "model", "s3://bench/staged")
+    print(
+        f"object store: Swift at {store.endpoint_url}; pool uploaded ({pool_bytes / 1e6:,.0f} "
+        f"MB) in {time.perf_counter() - began:.1f} s; model staged at {model_at}; block cache "
+        f"{object_store.DEFAULT_CACHE_MB} MiB of {object_store.DEFAULT_BLOCK_KB} KiB blocks "
+        "per worker"
+    )
+    return model_at, "s3://bench/pool", pool_bytes
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Staging writes the round's model (state_dict + spec, the registry's layout), the labeled ids
 to leave out and, for a pool held in memory, the pool itself as a DiskPool, all under the
-workspace's scratch directory (inside .git, so git never sees them). Workers get paths, never
-tensors: a model by value would travel in every task's arguments. Every task here is safe to
+workspace's scratch directory (inside .git, so git never sees them); with `scale.staging`, the
+model, the ids and (for a pool not in a bucket) the pool go on to the object store by content
+hash, and the shards' score files are written there (`baldflow.compute.staging`). Workers get
+locations, never tensors: a model by value would travel in every task's arguments. Every task here is safe to
 run twice: files are replaced atomically with the same bytes, and scoring has no side effect
 but its score file.
 """

@@ -27,7 +27,10 @@ its share of the first-pick normaliser, so the ledger's columns come out of the 
 
 The job is a small frozen dataclass: it pickles as a few strings and numbers, so Dask sends it
 cheaply, and a worker keeps the loaded model in a module-level cache keyed by the model
-directory and its files' mtimes, so its second shard does not reload the model.
+directory and its files' mtimes, so its second shard does not reload the model. Every location
+in it is a local path or an `s3://` URL (`compute.staging`): workers that share no filesystem
+with the flow read the staged model, the labeled ids and EPIG's targets from the store and
+write their score files there.
 """
 
 from __future__ import annotations

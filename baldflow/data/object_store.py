@@ -322,6 +322,16 @@ def block_cache() -> BlockCache:
     return _CACHE
 
 
+def cache_stats(reset: bool = False) -> dict:
+    """This process's block cache counters (`BlockCache.stats`), and this process's PID;
+    `reset` zeroes the counters afterwards. Module-level, so a benchmark can ask every Dask
+    worker with `client.run(cache_stats)`."""
+    stats = {**_CACHE.stats(), "pid": os.getpid()}
+    if reset:
+        _CACHE.reset_counters()
+    return stats
+
+
 def configure_cache(
     capacity_bytes: int | None = None, block_bytes: int | None = None
 ) -> BlockCache:
