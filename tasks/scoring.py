@@ -5,9 +5,9 @@ to leave out and, for a pool held in memory, the pool itself as a DiskPool, all 
 workspace's scratch directory (inside .git, so git never sees them); with `scale.staging`, the
 model, the ids and (for a pool not in a bucket) the pool go on to the object store by content
 hash, and the shards' score files are written there (`baldflow.compute.staging`). Workers get
-locations, never tensors: a model by value would travel in every task's arguments. Every task here is safe to
-run twice: files are replaced atomically with the same bytes, and scoring has no side effect
-but its score file.
+locations, never tensors: a model by value would travel in every task's arguments. Every task
+here is safe to run twice: files are replaced atomically with the same bytes, and scoring has
+no side effect but its score file.
 """
 
 from __future__ import annotations
@@ -124,14 +124,16 @@ def shard_ranges(job: sharding.ShardJob, shards: int) -> list[tuple[int, int]]:
 def score_shards_as_tasks(
     job: sharding.ShardJob, ranges: list[tuple[int, int]], round_index: int
 ) -> list[sharding.ShardResult]:
-    """One pass, each shard a `score-shard` task submitted to the running flow's task runner
-    (Dask workers); `run_pass` checks that every shard answered and every row was covered."""
+    """One pass (BADGE's, or all of CoreSet's), each shard a `score-shard` task submitted to
+    the running flow's task runner (Dask workers); `run_pass` checks that every shard answered
+    and every row was covered."""
 
-    def submit(_function, ranges) -> list[sharding.ShardResult]:
-        futures = [score_shard.submit(job, start, stop, round_index) for start, stop in ranges]
+    def submit(function, ranges) -> list[sharding.ShardResult]:
+        one = function.args[0]  # functools.partial(sharding.score_shard, job of this pass)
+        futures = [score_shard.submit(one, start, stop, round_index) for start, stop in ranges]
         return [future.result() for future in futures]
 
-    return sharding.run_pass(job, ranges, submit)
+    return sharding.run_passes(job, ranges, submit)
 
 
 @baldflow_task("rank-pool-scores", run_name="rank pool scores [round {round_index}]")
@@ -155,8 +157,8 @@ def score_pool_here(
     job: sharding.ShardJob, ranges: list[tuple[int, int]], round_index: int
 ) -> tuple[list[sharding.ShardResult], str | None]:
     """The local runner on a pool on disk: the shards one after another in this process, read
-    shard by shard (never the whole pool); both passes for softrank."""
-    results = sharding.run_pass(job, ranges, sharding.local_submit)
+    shard by shard (never the whole pool); both passes for softrank, every pass for CoreSet."""
+    results = sharding.run_passes(job, ranges, sharding.local_submit)
     if not job.needs_ranks:
         return results, None
     ranked = _ranked(job, ranges)

@@ -19,7 +19,7 @@ from baldflow.config import validate
 STRATEGIES = (
     "power-bald", "softmax-entropy", "softrank-bald", "topk-bald", "random", "batchbald",
     "stochastic-batchbald", "power-epig", "topk-epig", "annealed-power-bald",
-    "annealed-softrank-bald",
+    "annealed-softrank-bald", "coreset",
 )  # fmt: skip
 
 
@@ -51,7 +51,8 @@ def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_
         exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
     )  # fmt: skip
     ranges = sharding.pool_ranges(job, _ranges(data.pool_size))
-    results = sharding.run_pass(job, ranges, sharding.local_submit)
+    # CoreSet takes passes until every pick is certified; the others one (softrank two).
+    results = sharding.run_passes(job, ranges, sharding.local_submit)
     sorted_scores = None
     if job.needs_ranks:
         sorted_file, kept = sharding.sorted_pool_scores_file(
@@ -128,7 +129,7 @@ def test_softrank_needs_its_ranking_pass(round_inputs):
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("strategy", ["power-epig", "annealed-softrank-bald"])
+@pytest.mark.parametrize("strategy", ["power-epig", "annealed-softrank-bald", "coreset"])
 def test_score_pool_sharded_matches_the_single_process_reference(round_inputs, strategy, tmp_path):
     config, data, _, _, seed, root = round_inputs
     config = validate({**config.to_dict(), "acquisition": {
@@ -151,3 +152,35 @@ def test_epig_in_shards_needs_somewhere_for_its_targets(round_inputs):
             config, seed, model_dir=root / "model", pool_dir=root / "pool", exclude_file=None,
             scores_dir=None,
         )  # fmt: skip
+
+
+def test_badge_in_shards_keeps_the_first_pick_and_draws_the_rest_from_the_candidates(
+    round_inputs, tmp_path
+):
+    """BADGE's seeding needs a pass per pick, so each shard proposes b rows by its own seeding
+    and the flow seeds over their union: the first pick (the largest gradient embedding) is the
+    one process's; the rest are drawn among the candidates (docs/acquisition.md, the gap)."""
+    from baldflow.compute import diverse_passes
+
+    config, data, trained, labeled_ids, seed, root = round_inputs
+    config = validate({**config.to_dict(), "acquisition": {
+        **config.acquisition.model_dump(), "strategy": "badge",
+    }})  # fmt: skip
+    single = scoring.score_pool(config, data, trained.model, labeled_ids, seed)
+    expected = selecting.select_batch(config, single, seed)
+    job = sharding.shard_job(
+        config, seed, model_dir=root / "model", pool_dir=root / "pool",
+        exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
+    )  # fmt: skip
+    ranges = sharding.pool_ranges(job, _ranges(data.pool_size))
+    results = sharding.run_passes(job, ranges, sharding.local_submit)
+    per_shard = [len(result.summary.sample_ids) for result in results]
+    most = diverse_passes.candidates_per_shard(job.needs, 5)
+    assert most == 5 and max(per_shard) <= most and sum(per_shard) >= 5
+    sharded = scoring.sharded_pool_scores(config, data, trained.model, seed, results, None, 0.0)
+    got = selecting.select_batch(config, sharded, seed)
+    assert got.sample_ids[0] == expected.sample_ids[0]
+    assert len(set(got.sample_ids)) == 5 and not set(got.sample_ids) & labeled_ids
+    # The reference path (no flow) draws the same batch, and a rerun the same again.
+    assert sharding.score_pool_sharded(job, ranges)[0] == got.sample_ids
+    assert sharding.score_pool_sharded(job, ranges)[0] == got.sample_ids

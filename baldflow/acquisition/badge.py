@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from baldflow.acquisition.strategy import EMBEDDINGS, Noise, Selection, SelectionInputs, Strategy
+from baldflow.acquisition.strategy import (
+    EMBEDDINGS,
+    SEEDING_CANDIDATES,
+    Noise,
+    Selection,
+    SelectionInputs,
+    Strategy,
+)
 
 # Elements (2 MB of float64) of the temporary difference block when updating the min-distance
 # vector: memory stays O(N) beyond the embeddings whatever N and E are, and a block this size
@@ -181,6 +188,10 @@ class Badge(Strategy):
 
     name = "badge"
     needs = frozenset({EMBEDDINGS})
+    # In shards: each shard's own seeding proposes candidates, the merge seeds over them
+    # (approximate: baldflow.acquisition.diverse_shards, docs/acquisition.md).
+    needs_in_shards = frozenset({SEEDING_CANDIDATES})
+    exact_in_shards = False
 
     def select(
         self, inputs: SelectionInputs, batch_size: int, params: Mapping[str, Any], noise: Noise

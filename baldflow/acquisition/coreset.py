@@ -16,6 +16,7 @@ from baldflow.acquisition.badge import (
     squared_distances_to,
 )
 from baldflow.acquisition.strategy import (
+    COVER_CANDIDATES,
     EMBEDDINGS,
     LABELED_EMBEDDINGS,
     Noise,
@@ -110,6 +111,9 @@ class CoreSet(Strategy):
 
     name = "coreset"
     needs = frozenset({EMBEDDINGS, LABELED_EMBEDDINGS})
+    # In shards: passes until every pick is certified, the batch of the whole pool
+    # (baldflow.acquisition.diverse_shards).
+    needs_in_shards = frozenset({COVER_CANDIDATES})
 
     def select(
         self, inputs: SelectionInputs, batch_size: int, params: Mapping[str, Any], noise: Noise

@@ -40,9 +40,18 @@ PICK_CANDIDATES = "pick-candidates"
 i under that pick's coldness, with its share of each pick's normaliser, one
 `acquisition.annealed.AnnealedShard` per shard in `SelectionInputs.summaries`."""
 
+COVER_CANDIDATES = "cover-candidates"
+"""Greedy k-center (CoreSet) on a pool in shards: passes in which each shard proposes its rows
+farthest from the labeled set and the picks so far, until every pick is certified
+(`acquisition.diverse_shards`); `sample_ids` and `features_N_D` then hold exactly the picks,
+`labeled_features_L_D` the labeled set's features."""
+SEEDING_CANDIDATES = "seeding-candidates"
+"""k-means++ seeding (BADGE) on a pool in shards: each shard's own seeding of its gradient
+embeddings proposes a few rows; `sample_ids`, `features_N_D` and `probs_N_C` hold their union."""
+
 NEEDS = (
     SAMPLE_SCORES, CANDIDATE_LOG_PROBS, POOL_SCORES, EMBEDDINGS, LABELED_EMBEDDINGS,
-    PICK_CANDIDATES,
+    PICK_CANDIDATES, COVER_CANDIDATES, SEEDING_CANDIDATES,
 )  # fmt: skip
 # Needs that hold every unlabeled sample in one process: no shard can produce them alone.
 WHOLE_POOL_NEEDS = frozenset({POOL_SCORES, EMBEDDINGS, LABELED_EMBEDDINGS})
@@ -183,6 +192,10 @@ class Strategy(ABC):
         that takes every score in one process but can also choose from the shards' parts
         (annealed: PICK_CANDIDATES) says so here; its in-process path stays as it is."""
         return self.needs
+
+    # Whether its batch on a pool in shards is the one process's batch (False: an
+    # approximation whose gap docs/acquisition.md gives, and which depends on the shards).
+    exact_in_shards: bool = True
 
     @property
     def shardable(self) -> bool:

@@ -17,6 +17,7 @@ from baldflow.acquisition.strategy import (
     SCORE_NEEDS,
     SelectionInputs,
 )
+from baldflow.compute.diverse_passes import DIVERSE_NEEDS, merged_rows
 from baldflow.config import Config
 from baldflow.data.pool import CampaignPool
 from baldflow.seeds import STREAM_SCORE, generator_for, selection_seed
@@ -259,6 +260,13 @@ def sharded_pool_scores(
     if remaining == 0:
         return PoolScores(remaining=0, seconds=seconds, shards=len(results))
     summaries = [result.summary for result in results]
+    if plan.needs & DIVERSE_NEEDS:  # BADGE's candidates, CoreSet's certified picks
+        rows = merged_rows(summaries)
+        return PoolScores(
+            remaining=remaining, seconds=seconds, shards=len(results), sample_ids=rows.sample_ids,
+            features_N_D=rows.features_m_D, probs_N_C=rows.probs_m_C,
+            labeled_features_L_D=rows.labeled_features_L_D,
+        )  # fmt: skip
     scored = PoolScores(
         remaining=remaining, summaries=summaries, seconds=seconds, shards=len(results),
         sorted_scores=sorted_scores, shard_files=shard_files,

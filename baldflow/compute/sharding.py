@@ -61,8 +61,8 @@ from baldflow.acquisition.picks import ShardSummary, merge_summaries, summarise_
 from baldflow.acquisition.scored import EPIG
 from baldflow.acquisition.selection import MODES
 from baldflow.acquisition.sharded import Candidates, select_by_id
-from baldflow.acquisition.strategy import PICK_CANDIDATES, WHOLE_POOL_NEEDS
-from baldflow.compute import staging
+from baldflow.acquisition.strategy import COVER_CANDIDATES, PICK_CANDIDATES, WHOLE_POOL_NEEDS
+from baldflow.compute import diverse_passes, staging
 from baldflow.compute.device import torch_threads
 from baldflow.compute.scoring import ScoringPlan, sharded_plan
 from baldflow.config import Config
@@ -70,7 +70,7 @@ from baldflow.data.object_store import is_url
 from baldflow.data.pool_formats import open_pool
 from baldflow.data.row_pool import shard_ranges
 from baldflow.models.weights import SPEC_FILE, WEIGHTS_FILE, save_model_files
-from baldflow.seeds import STREAM_SCORE, generator_for
+from baldflow.seeds import STREAM_SCORE, STREAM_SELECT, generator_for
 
 # Rows read from disk at a time: 8192 28x28 float32 rows are 26 MB, a small part of a worker's
 # memory, and large enough that reading is a negligible share of the scoring time.
@@ -190,6 +190,10 @@ class ShardJob(ScoringPlan):
     # EPIG only: a .npy of the targets' MC log-probs [T, K, C] (float32), computed once for the
     # pass by `write_epig_targets` and read by every shard (broadcast, never recomputed).
     epig_targets_file: str | None = None
+    # CoreSet only: a .npy of the labeled set's features [L, D] (float32), computed once by
+    # `write_labeled_features`; and the pass's request (the picks certified so far, a few rows).
+    labeled_features_file: str | None = None
+    coreset_request: Any = None
 
     @classmethod
     def of_plan(cls, plan: ScoringPlan, **where: Any) -> ShardJob:
@@ -201,7 +205,8 @@ class ShardJob(ScoringPlan):
         # Paths as strings: the job pickles small and the same on every machine.
         object.__setattr__(self, "model_dir", str(self.model_dir))
         object.__setattr__(self, "pool_dir", str(self.pool_dir))
-        for name in ("exclude_file", "scores_dir", "sorted_scores_file", "epig_targets_file"):
+        for name in ("exclude_file", "scores_dir", "sorted_scores_file", "epig_targets_file",
+                     "labeled_features_file"):  # fmt: skip
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.mode not in MODES:
@@ -429,6 +434,8 @@ def score_shard(job: ShardJob, start: int, stop: int) -> ShardResult:
     their summary: the best `batch_size` candidates, not the scores. The unit of work a Dask
     worker runs; safe to run twice (its score file is replaced atomically)."""
     began = time.perf_counter()
+    if job.needs & diverse_passes.DIVERSE_NEEDS:
+        return _diverse_shard(job, start, stop, began)
     scores_n, sample_ids, loaded = shard_scores(job, start, stop)
     excluded = excluded_ids(job.exclude_file)
     keep = [i for i, sid in enumerate(sample_ids) if sid not in excluded]
@@ -465,6 +472,46 @@ def score_shard(job: ShardJob, start: int, stop: int) -> ShardResult:
         pid=os.getpid(),
         model_loaded=loaded,
     )
+
+
+def _diverse_shard(job: ShardJob, start: int, stop: int, began: float) -> ShardResult:
+    """BADGE's or CoreSet's rows of this shard for the merge (`compute.diverse_passes`)."""
+    excluded = excluded_ids(job.exclude_file)
+    labeled = None
+    if job.labeled_features_file is not None:
+        labeled = torch.from_numpy(staging.read_array(job.labeled_features_file))
+    entry, loaded = cached_model(job.model_dir, job.device)
+    with open_pool(job.pool_dir) as pool, entry.lock, torch_threads(job.torch_threads):
+        sample_ids = pool.ids(start, stop)
+        rows = diverse_passes.propose(
+            job, entry.model, pool, start, stop, sample_ids, excluded, labeled, READ_ROWS
+        )
+    return ShardResult(
+        start=int(start), stop=int(stop), summary=rows, rows=int(stop) - int(start),
+        scored=sum(sid not in excluded for sid in sample_ids),
+        seconds=time.perf_counter() - began, peak_rss_mb=peak_rss_mb(), pid=os.getpid(),
+        model_loaded=loaded,
+    )  # fmt: skip
+
+
+def write_labeled_features(job: ShardJob, path: str | Path) -> ShardJob:
+    """CoreSet's broadcast: the labeled set's penultimate features, embedded once here as one
+    process embeds them (`compute.scoring`: ids sorted, no MC passes), for every shard."""
+    from baldflow.inference import embed_pool
+
+    labeled = sorted(excluded_ids(job.exclude_file))
+    with open_pool(job.pool_dir) as pool:
+        x_L = pool.rows_by_ids(labeled) if labeled else None
+    if x_L is None:
+        return job
+    entry, _ = cached_model(job.model_dir, job.device)
+    with entry.lock, torch_threads(job.torch_threads):
+        features_L_D, _ = embed_pool(
+            entry.model, x_L, 0, generator_for(job.mask_seed, 0), chunk_size=job.chunk_size,
+            mixed_precision=job.mixed_precision,
+        )  # fmt: skip
+    staging.write_array(path, features_L_D.numpy())
+    return dataclasses.replace(job, labeled_features_file=str(path))
 
 
 def merge_score_files(scores_dir: str | Path, ranges: Sequence[tuple[int, int]], out: Path) -> Path:
@@ -603,6 +650,12 @@ def score_pool_sharded(
     ranges = pool_ranges(job, shards)
     count = ranges[-1][1] if ranges else 0
     began = time.perf_counter()
+    if job.needs & diverse_passes.DIVERSE_NEEDS:
+        results = run_passes(job, ranges, submit)
+        merge_began = time.perf_counter()
+        batch = diverse_batch(job, diverse_passes.merged_rows([r.summary for r in results]))
+        finished = time.perf_counter()
+        return batch, ShardedStats(results, finished - merge_began, finished - began, count)
     results = run_pass(job, ranges, submit)
     sorted_scores = None
     if job.needs_ranks:
@@ -621,6 +674,36 @@ def score_pool_sharded(
         batch = merge_summaries(summaries, job.batch_size, sorted_scores).sample_ids
     finished = time.perf_counter()
     return batch, ShardedStats(results, finished - merge_began, finished - began, count)
+
+
+def run_passes(
+    job: ShardJob, ranges: Sequence[tuple[int, int]], submit: Submit
+) -> list[ShardResult]:
+    """The job's model passes: CoreSet's until every pick is certified, BADGE's one
+    (`compute.diverse_passes.run_passes`: each shard's result with the rows its merge keeps),
+    else `run_pass` (softrank's second pass, after the ranking, is the caller's)."""
+    if not job.needs & diverse_passes.DIVERSE_NEEDS:
+        return run_pass(job, ranges, submit)
+    return diverse_passes.run_passes(job, lambda one: run_pass(one, ranges, submit))
+
+
+def diverse_batch(job: ShardJob, rows: diverse_passes.DiverseRows) -> list[str]:
+    """The batch of BADGE or CoreSet from the merge's rows, drawn as the strategy draws it
+    in the flow (`compute.selecting`: the round's selection stream)."""
+    from baldflow.acquisition.badge import badge, gradient_embeddings
+    from baldflow.acquisition.coreset import coreset
+
+    if not rows.sample_ids:
+        return []
+    if COVER_CANDIDATES in job.needs:
+        labeled = rows.labeled_features_L_D
+        if labeled is None and job.labeled_features_file is not None:
+            labeled = torch.from_numpy(staging.read_array(job.labeled_features_file))
+        chosen = coreset(rows.features_m_D, job.batch_size, labeled)
+    else:
+        embeddings = gradient_embeddings(rows.features_m_D, rows.probs_m_C)
+        chosen = badge(embeddings, job.batch_size, generator_for(job.mask_seed, STREAM_SELECT))
+    return [rows.sample_ids[i] for i in chosen.tolist()]
 
 
 def pool_ranges(job: ShardJob, shards: int | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -665,7 +748,9 @@ def single_pool_scores(job: ShardJob) -> tuple[torch.Tensor, list[str]]:
 
 def score_pool_single(job: ShardJob) -> list[str]:
     """The single-process reference: the whole pool scored here, the batch by `select_by_id`
-    (the excluded ids left out)."""
+    (the excluded ids left out); BADGE and CoreSet on the whole pool's embeddings."""
+    if job.needs & diverse_passes.DIVERSE_NEEDS:
+        return diverse_batch(job, _single_pool_rows(job))
     scores_N, sample_ids = single_pool_scores(job)
     excluded = excluded_ids(job.exclude_file)
     if excluded:
@@ -685,6 +770,24 @@ def score_pool_single(job: ShardJob) -> list[str]:
     )
 
 
+def _single_pool_rows(job: ShardJob) -> diverse_passes.DiverseRows:
+    """Every unlabeled row of the pool embedded in one block here: BADGE's and CoreSet's
+    single-process reference."""
+    excluded = excluded_ids(job.exclude_file)
+    entry, _ = cached_model(job.model_dir, job.device)
+    with open_pool(job.pool_dir) as pool, entry.lock, torch_threads(job.torch_threads):
+        count = len(pool)
+        sample_ids = pool.ids(0, count)
+        keep = [i for i, sid in enumerate(sample_ids) if sid not in excluded]
+        features, probs = diverse_passes.embed_rows(
+            job, entry.model, pool, 0, count, keep, max(count, 1)
+        )
+    if features is None:
+        return diverse_passes.DiverseRows([], torch.empty(0, dtype=torch.long), features, None)
+    positions = torch.tensor(keep, dtype=torch.long)
+    return diverse_passes.DiverseRows([sample_ids[i] for i in keep], positions, features, probs)
+
+
 def shard_job(
     config: Config,
     seed: int,
@@ -697,7 +800,8 @@ def shard_job(
     """The `sharding.ShardJob` that scores a round's pool as `score_pool` would in one process:
     the round's plan itself (score, K, masks, selection), one torch thread per worker process.
     EPIG: the targets are chosen and predicted here, once (`write_epig_targets`, into
-    `scores_dir`), and every shard reads their log-probs."""
+    `scores_dir`), and every shard reads their log-probs; CoreSet: the labeled set's features
+    likewise (`write_labeled_features`)."""
     job = ShardJob.of_plan(
         sharded_plan(config, seed),
         model_dir=str(model_dir),
@@ -707,6 +811,12 @@ def shard_job(
         scores_dir=None if scores_dir is None else str(scores_dir),
         device=config.training.device,
     )
+    if COVER_CANDIDATES in job.needs:
+        if scores_dir is None:
+            raise ShardingError("CoreSet in shards needs a scores_dir for the labeled features")
+        return write_labeled_features(
+            job, staging.join(scores_dir, diverse_passes.LABELED_FEATURES_FILE)
+        )
     if job.score != EPIG or not job.needs_model:
         return job
     if scores_dir is None:
