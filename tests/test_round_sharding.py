@@ -36,21 +36,29 @@ def _ranges(count: int) -> list[tuple[int, int]]:
     return [(0, 0), (0, 1), (1, 97), (97, 97), (97, 250), (250, count)]
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_path):
+def _in_process_and_sharded(round_inputs, tmp_path, **acquisition):
+    """(config with these acquisition parameters, the in-process round's batch, the round's
+    shard job on the pool spilled to disk, its uneven shard ranges)."""
     config, data, trained, labeled_ids, seed, root = round_inputs
     config = validate({**config.to_dict(), "acquisition": {
-        **config.acquisition.model_dump(), "strategy": strategy, "batchbald_candidates": 40,
-        "batchbald_num_samples": 500,
+        **config.acquisition.model_dump(), **acquisition,
     }})  # fmt: skip
     single = scoring.score_pool(config, data, trained.model, labeled_ids, seed)
     expected = selecting.select_batch(config, single, seed)
-
     job = sharding.shard_job(
         config, seed, model_dir=root / "model", pool_dir=root / "pool",
         exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
     )  # fmt: skip
-    ranges = sharding.pool_ranges(job, _ranges(data.pool_size))
+    return config, expected, job, sharding.pool_ranges(job, _ranges(data.pool_size))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_path):
+    config, data, trained, labeled_ids, seed, _ = round_inputs
+    config, expected, job, ranges = _in_process_and_sharded(
+        round_inputs, tmp_path, strategy=strategy, batchbald_candidates=40,
+        batchbald_num_samples=500,
+    )  # fmt: skip
     # CoreSet takes passes until every pick is certified; the others one (softrank two).
     results = sharding.run_passes(job, ranges, sharding.local_submit)
     sorted_scores = None
@@ -67,7 +75,7 @@ def test_sharded_round_selects_the_in_process_batch(round_inputs, strategy, tmp_
     )
     got = selecting.select_batch(config, sharded, seed)
 
-    assert sharded.remaining == single.remaining == data.pool_size - len(labeled_ids)
+    assert sharded.remaining == data.pool_size - len(labeled_ids)
     assert got.sample_ids == expected.sample_ids and len(got.sample_ids) == 5
     assert not set(got.sample_ids) & labeled_ids
     # The one-row shard's forward pass can differ from the in-process batch in the last float32
@@ -162,17 +170,10 @@ def test_badge_in_shards_keeps_the_first_pick_and_draws_the_rest_from_the_candid
     one process's; the rest are drawn among the candidates (docs/acquisition.md, the gap)."""
     from baldflow.compute import diverse_passes
 
-    config, data, trained, labeled_ids, seed, root = round_inputs
-    config = validate({**config.to_dict(), "acquisition": {
-        **config.acquisition.model_dump(), "strategy": "badge",
-    }})  # fmt: skip
-    single = scoring.score_pool(config, data, trained.model, labeled_ids, seed)
-    expected = selecting.select_batch(config, single, seed)
-    job = sharding.shard_job(
-        config, seed, model_dir=root / "model", pool_dir=root / "pool",
-        exclude_file=root / "labeled.txt", scores_dir=tmp_path / "scores",
-    )  # fmt: skip
-    ranges = sharding.pool_ranges(job, _ranges(data.pool_size))
+    _, data, trained, labeled_ids, seed, _ = round_inputs
+    config, expected, job, ranges = _in_process_and_sharded(
+        round_inputs, tmp_path, strategy="badge"
+    )
     results = sharding.run_passes(job, ranges, sharding.local_submit)
     per_shard = [len(result.summary.sample_ids) for result in results]
     most = diverse_passes.candidates_per_shard(job.needs, 5)
