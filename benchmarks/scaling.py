@@ -253,12 +253,13 @@ def in_store(stack: contextlib.ExitStack, tmp: Path, pool_dir: Path) -> tuple[st
     for name in (*DATA_FILES, META_FILE):
         object_store.upload_file(pool_dir / name, ObjectURL("bench", f"pool/{name}"))
     pool_bytes = sum((pool_dir / name).stat().st_size for name in DATA_FILES)
+    cache = object_store.block_cache()  # the workers' too: they read the same variables
     model_at = staging.stage_model_dir(tmp / "model", "s3://bench/staged")
     print(
         f"object store: Swift at {store.endpoint_url}; pool uploaded ({pool_bytes / 1e6:,.0f} "
         f"MB) in {time.perf_counter() - began:.1f} s; model staged at {model_at}; block cache "
-        f"{object_store.DEFAULT_CACHE_MB} MiB of {object_store.DEFAULT_BLOCK_KB} KiB blocks "
-        "per worker"
+        f"{cache.capacity_bytes >> 20} MiB of {cache.block_bytes >> 10} KiB blocks per worker "
+        "(BALDFLOW_S3_CACHE_MB, BALDFLOW_S3_BLOCK_KB)"
     )
     return model_at, "s3://bench/pool", pool_bytes
 
