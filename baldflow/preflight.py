@@ -38,6 +38,7 @@ TRACKING_TIMEOUT_S = 3.0
 # Ports of the database URIs MLflow accepts as tracking URIs, when the URI names none.
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
+
 class PreflightError(RuntimeError):
     """This machine cannot run the campaign as configured; one line with the problem and fix."""
 
@@ -62,6 +63,7 @@ def check(
     check_data(config)
     check_pool_unchanged(config, root)
     check_scale(config)
+    check_staging(config)
     check_tracking(config.tracking.mlflow_uri, root)
     check_tracking_permissions(config)
     check_git_remote(root)
@@ -135,6 +137,34 @@ def check_scale(config: Config) -> None:
             f"({error}); fix: start it (dask scheduler --host 127.0.0.1 --port {parsed.port}) "
             "and its workers, or unset scale.dask_address for a temporary local cluster"
         ) from error
+
+
+def check_staging(config: Config) -> None:
+    """`scale.staging` must take a write and a delete from this host: the flow stages each
+    round's model there after training, and a store that refuses would end the first round
+    only then. One small probe object, written and deleted (two requests a run)."""
+    import secrets
+
+    from baldflow.config import scores_in_shards
+    from baldflow.data import object_store
+    from baldflow.data.object_store import ObjectStoreError, ObjectURL
+
+    if config.scale.staging is None or not scores_in_shards(config):
+        return
+    probe = ObjectURL.parse(config.scale.staging) / f".baldflow-probe-{secrets.token_hex(6)}"
+    try:
+        object_store.call(
+            probe, "writing", lambda: object_store.client().put_object(
+                Bucket=probe.bucket, Key=probe.key, Body=b"baldflow preflight: safe to delete\n"
+            ),
+        )  # fmt: skip
+        object_store.delete(probe)
+    except ObjectStoreError as error:
+        raise PreflightError(
+            f"scale.staging {config.scale.staging} cannot be written: {error}; fix: create "
+            "the bucket or grant these credentials write and delete there, or unset "
+            "scale.staging (workers on a shared filesystem)"
+        ) from None
 
 
 def check_git_remote(workspace_root: Path) -> None:
@@ -527,5 +557,3 @@ def _check_port(uri: str, host: str, port: int, local: str) -> None:
             f"tracking.mlflow_uri {uri!r}: the database at {host}:{port} does not answer "
             f"({exc}); fix: start it, or {local}"
         ) from None
-
-

@@ -189,9 +189,26 @@ def merge_shard_scores(
         import torch
 
         sorted_scores = torch.from_numpy(staging.read_array(sorted_scores_file))
+    _warn_if_approximate(config, round_index)
     return scoring.sharded_pool_scores(
         config, data, trained.model, seed, results, sorted_scores, seconds, shard_files
     )
+
+
+def _warn_if_approximate(config: Config, round_index: int) -> None:
+    """A strategy whose batch in shards is not the one process's (BADGE) says so in the round's
+    log, once a round: the docs give the gap, the log is where a team sees it happen."""
+    from prefect import get_run_logger
+
+    from baldflow.acquisition.strategies import get_strategy
+
+    strategy = get_strategy(config.acquisition.strategy)
+    if not strategy.exact_in_shards:
+        get_run_logger().warning(
+            "round %d: %s on a pool scored in shards draws from each shard's candidates, an "
+            "approximation of its one-process batch that depends on the shard layout "
+            "(docs/acquisition.md gives the measured gap)", round_index, strategy.name,
+        )  # fmt: skip
 
 
 @baldflow_task(

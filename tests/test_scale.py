@@ -177,3 +177,16 @@ def test_a_sharded_round_killed_after_staging_resumes_to_the_same_batches(
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert decided(tmp_path / "ws", "tiny") == decided(tmp_path / "reference", "tiny")
+
+
+def test_badge_on_a_sharded_pool_says_its_batch_is_an_approximation(tmp_path, tiny_params, caplog):
+    write_disk_source(tmp_path / "source", tiny_params)
+    params = copy.deepcopy(tiny_params)
+    params["acquisition"]["strategy"] = "badge"
+    params["data"] = {"source": "disk", "root": str(tmp_path / "source")}
+    result = run_flow(tmp_path / "ws", params, rounds=1)
+    assert result["stopped"] == "rounds"
+    assert len(decided(tmp_path / "ws", "tiny")) == 10 + 5
+    warned = [r.getMessage() for r in caplog.records if r.name == "prefect.task_runs"]
+    assert any("round 1: badge on a pool scored in shards draws from each shard's" in message
+               for message in warned), warned  # fmt: skip

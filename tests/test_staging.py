@@ -179,3 +179,17 @@ def test_a_store_outage_mid_round_fails_the_round_cleanly_and_the_next_run_compl
 
     assert decided(tmp_path / "ws") == decided(tmp_path / "undisturbed")
     assert not object_store.list_keys(ObjectURL.parse(f"s3://{BUCKET}/outage-staging/scoring"))
+
+
+def test_preflight_refuses_a_staging_prefix_it_cannot_write_and_leaves_no_probe(s3, tiny_defaults):
+    from baldflow.preflight import PreflightError, check_staging
+
+    params = {**tiny_defaults, "scale": {"runner": "dask", "staging": f"s3://{BUCKET}/probe"}}
+    check_staging(validate(params))
+    assert object_store.list_keys(ObjectURL(BUCKET, "probe")) == []
+    params["scale"]["staging"] = "s3://no-such-bucket/probe"
+    with pytest.raises(PreflightError, match="scale.staging s3://no-such-bucket/probe cannot be"):
+        check_staging(validate(params))
+    # Unused where the pool is scored in this process: nothing is asked of the store.
+    params["scale"] = {"runner": "local", "staging": "s3://no-such-bucket/probe"}
+    check_staging(validate(params))
