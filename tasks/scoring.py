@@ -67,18 +67,17 @@ def stage_scoring(
     scratch = round_scratch(workspace_root, campaign, round_index)
     # The previous rounds' scratch is of no use any more (their models are in MLflow).
     _forget_other_rounds(scratch.parent, scratch.name)
+    # The model is written here in both cases: staging uploads its files.
     model_dir = sharding.save_model_dir(trained.model, scratch / "model")
-    exclude = sharding.write_exclude_file(labeled_ids, scratch / "labeled-ids.txt")
     base = config.scale.staging
     if base is None:
-        where = str(scratch)
-        model, exclude = str(model_dir), str(exclude)
+        where, model = str(scratch), str(model_dir)
+        exclude = str(sharding.write_exclude_file(labeled_ids, scratch / "labeled-ids.txt"))
     else:
-        campaign_prefix = staging.join(base, "scoring", campaign)
-        _forget_other_rounds(campaign_prefix, scratch.name)
+        _forget_other_rounds(staging.join(base, "scoring", campaign), scratch.name)
         where = staging.round_location(base, campaign, round_index)
         model = staging.stage_model_dir(model_dir, where)
-        exclude = staging.stage_text(exclude.read_text(encoding="utf-8"), where, "labeled")
+        exclude = staging.stage_text(sharding.exclude_text(labeled_ids), where, "labeled")
     scores_dir = staging.join(where, "scores")
     staging.remove_tree(scores_dir)  # a retry: stale score files must not be merged
     return sharding.shard_job(

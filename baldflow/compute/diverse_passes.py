@@ -31,7 +31,6 @@ import torch
 
 from baldflow.acquisition.badge import gradient_embeddings
 from baldflow.acquisition.diverse_shards import (
-    BadgeProposal,
     CoresetProposal,
     CoresetRequest,
     badge_shard_proposal,
@@ -63,11 +62,19 @@ class DiverseRows:
     positions: torch.Tensor
     features_m_D: torch.Tensor
     probs_m_C: torch.Tensor | None
-    proposal: CoresetProposal | BadgeProposal | None = None
+    proposal: CoresetProposal | None = None
     passes: int = 1
     certified: bool = False
     # CoreSet, once the passes are over: the labeled set's features the shards measured from.
     labeled_features_L_D: torch.Tensor | None = None
+
+
+def labeled_features(job: Any) -> torch.Tensor | None:
+    """CoreSet's broadcast: the labeled set's features the job names (None: BADGE, or no
+    labeled set)."""
+    if job.labeled_features_file is None:
+        return None
+    return torch.from_numpy(staging.read_array(job.labeled_features_file))
 
 
 def candidates_per_shard(needs: frozenset[str], batch_size: int) -> int:
@@ -177,14 +184,12 @@ def run_passes(job: Any, run_pass: RunPass) -> list:
         one_pass, job.batch_size, candidates_per_shard(job.needs, job.batch_size)
     )
     picked = sorted(sharded.positions.tolist())
-    labeled = None
-    if job.labeled_features_file is not None:
-        labeled = torch.from_numpy(staging.read_array(job.labeled_features_file))
+    labeled = labeled_features(job)
+    width = 0 if not rows_by_position else next(iter(rows_by_position.values()))[1].numel()
     kept = []
     for result in last:
         mine = [p for p in picked if result.start <= p < result.stop]
         features = [rows_by_position[p][1] for p in mine]
-        width = 0 if not rows_by_position else next(iter(rows_by_position.values()))[1].numel()
         rows = DiverseRows(
             [rows_by_position[p][0] for p in mine], torch.tensor(mine, dtype=torch.long),
             torch.stack(features) if features else torch.empty((0, width)), None, None,

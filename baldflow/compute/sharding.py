@@ -328,12 +328,17 @@ def excluded_ids(path: str | None) -> frozenset[str]:
     return ids
 
 
+def exclude_text(sample_ids: Iterable[str]) -> str:
+    """The ids a pass must leave out as `exclude_file` holds them: sorted, one per line."""
+    return "".join(f"{sid}\n" for sid in sorted(sample_ids))
+
+
 def write_exclude_file(sample_ids: Iterable[str], path: str | Path) -> Path:
     """Write the ids a pass must leave out (the labeled set), atomically, for `exclude_file`."""
     from baldflow.common import atomic_write_text
 
     path = Path(path)
-    atomic_write_text(path, "".join(f"{sid}\n" for sid in sorted(sample_ids)))
+    atomic_write_text(path, exclude_text(sample_ids))
     return path
 
 
@@ -477,9 +482,7 @@ def score_shard(job: ShardJob, start: int, stop: int) -> ShardResult:
 def _diverse_shard(job: ShardJob, start: int, stop: int, began: float) -> ShardResult:
     """BADGE's or CoreSet's rows of this shard for the merge (`compute.diverse_passes`)."""
     excluded = excluded_ids(job.exclude_file)
-    labeled = None
-    if job.labeled_features_file is not None:
-        labeled = torch.from_numpy(staging.read_array(job.labeled_features_file))
+    labeled = diverse_passes.labeled_features(job)
     entry, loaded = cached_model(job.model_dir, job.device)
     with open_pool(job.pool_dir) as pool, entry.lock, torch_threads(job.torch_threads):
         sample_ids = pool.ids(start, stop)
@@ -696,10 +699,7 @@ def diverse_batch(job: ShardJob, rows: diverse_passes.DiverseRows) -> list[str]:
     if not rows.sample_ids:
         return []
     if COVER_CANDIDATES in job.needs:
-        labeled = rows.labeled_features_L_D
-        if labeled is None and job.labeled_features_file is not None:
-            labeled = torch.from_numpy(staging.read_array(job.labeled_features_file))
-        chosen = coreset(rows.features_m_D, job.batch_size, labeled)
+        chosen = coreset(rows.features_m_D, job.batch_size, rows.labeled_features_L_D)
     else:
         embeddings = gradient_embeddings(rows.features_m_D, rows.probs_m_C)
         chosen = badge(embeddings, job.batch_size, generator_for(job.mask_seed, STREAM_SELECT))
@@ -784,8 +784,10 @@ def _single_pool_rows(job: ShardJob) -> diverse_passes.DiverseRows:
         )
     if features is None:
         return diverse_passes.DiverseRows([], torch.empty(0, dtype=torch.long), features, None)
-    positions = torch.tensor(keep, dtype=torch.long)
-    return diverse_passes.DiverseRows([sample_ids[i] for i in keep], positions, features, probs)
+    return diverse_passes.DiverseRows(
+        [sample_ids[i] for i in keep], torch.tensor(keep, dtype=torch.long), features, probs,
+        labeled_features_L_D=diverse_passes.labeled_features(job),
+    )  # fmt: skip
 
 
 def shard_job(

@@ -152,8 +152,8 @@ def stage_files(files: dict[str, bytes], base: str | Path, stem: str) -> str:
 
 
 def stage_model_dir(model_dir: str | Path, base: str | Path) -> str:
-    """A model directory (`sharding.save_model_dir`'s two files) staged under `base`, by
-    content; a local `base` that is the directory's own parent keeps it where it is."""
+    """A model directory (`sharding.save_model_dir`'s two files) staged under
+    `base/model-<hash of their content>/`."""
     model_dir = Path(model_dir)
     files = {entry.name: entry.read_bytes() for entry in sorted(model_dir.iterdir())
              if entry.is_file()}  # fmt: skip
