@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 import requests
-from browser import Browser
+from browser import Browser, BrowserError
 
 from baldflow.labeling.label_studio import Connection, LabelStudioClient
 from baldflow.labeling.studio_rounds import label_config
@@ -32,8 +32,9 @@ CLASS_NAMES = ["cat", "dog <b>", "bird & 'fish'"]
 PICTURE_SIZE = (13, 7)  # odd, so that naturalWidth proves this picture, not a placeholder
 
 # One snapshot of the labeling panel: its pictures (address, loaded width), whether it shows
-# an image error, the text of each choice (without the hotkey hint "[1]"), and how many <b>
-# elements the choices hold.
+# an image error, the text of each choice (without the hotkey hint "[1]"), how many <b>
+# elements the choices hold, and the HTTP status of every request this page made for a
+# local file (0 for one that failed without an answer).
 SNAPSHOT = """(() => {
   const images = [...document.querySelectorAll('.lsf-image img')].map(
     (img) => ({src: img.src, complete: img.complete, width: img.naturalWidth}));
@@ -44,7 +45,10 @@ SNAPSHOT = """(() => {
     return copy.textContent.trim();
   });
   const bold = document.querySelectorAll('.lsf-choices b').length;
-  return {url: location.href, images, error, choices, bold};
+  const answers = performance.getEntriesByType('resource')
+    .filter((entry) => entry.name.includes('/data/local-files/'))
+    .map((entry) => entry.responseStatus);
+  return {url: location.href, images, error, choices, bold, answers};
 })()"""
 
 
@@ -81,6 +85,11 @@ def _ready(snapshot) -> bool:
         and not snapshot["error"]
         and any(image["complete"] and image["width"] > 0 for image in snapshot["images"])
     )
+
+
+def _glitch(snapshot) -> bool:
+    """An image error although every request for the picture was answered 200."""
+    return bool(snapshot and snapshot["error"] and set(snapshot["answers"]) == {200})
 
 
 @pytest.fixture
@@ -131,9 +140,21 @@ def test_a_task_page_shows_the_picture_and_the_class_names(studio_task):
         for name in ("sessionid", "csrftoken"):
             browser.set_cookie(server.url, name, login.cookies[name])
         browser.navigate(page_url)
-        shown = browser.wait_for(SNAPSHOT, until=_ready, timeout=60)
+        try:
+            shown = browser.wait_for(SNAPSHOT, until=_ready, timeout=45)
+        except BrowserError:
+            shown = browser.evaluate(SNAPSHOT)
+            if not _glitch(shown):
+                raise
+            # Label Studio served the picture, yet its panel still shows an image error (seen
+            # once in many runs, on a busy machine: the panel mounts twice on the way). A person
+            # would reload; so does the test, once. A picture the server refused (a wrong
+            # address, a storage without access) is no glitch and fails here.
+            browser.navigate(page_url)
+            shown = browser.wait_for(SNAPSHOT, until=_ready, timeout=45)
 
     described = json.dumps(shown, indent=1)
+    assert set(shown["answers"]) <= {200}, described
     assert "/user/login" not in shown["url"], described  # the session cookie was taken
     loaded = [image for image in shown["images"] if image["complete"] and image["width"] > 0]
     assert [image["src"] for image in loaded] == [studio_task["image_url"]], described
