@@ -56,11 +56,11 @@ test: lint
 	$(BIN)/python -m baldflow.stack.label_studio ensure-venv
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
-# Under two minutes on 2 cores, with no PostgreSQL, Chromium or Label Studio: the tests that need
-# nothing heavy (marker `pure`, set by tests/conftest.py) and one real three-round campaign
-# (Prefect, MLflow, DVC, git) checked by the rules of `baldflow verify`.
+# About a minute on 2 cores (two workers), with no PostgreSQL, Chromium or Label Studio: the tests
+# that need nothing heavy (marker `pure`, set by tests/conftest.py) and one real three-round
+# campaign (Prefect, MLflow, DVC, git) checked by the rules of `baldflow verify`.
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "pure or smoke"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "pure or smoke"
 
 # Speed benchmarks, with batchbald_redux and baal as peers (not part of the test run).
 bench: env
