@@ -171,3 +171,20 @@ def file_sha256(path: str | Path) -> str:
         while block := handle.read(HASH_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_entry(path: str | Path) -> dict[str, Any]:
+    """A manifest entry of a local file: its size, sha256 and MD5, from one streamed read.
+
+    Why the MD5 too: an object store's ETag of a single-part upload is the object's MD5, and
+    that is all a manifest of a pool in a bucket records of it (nothing read). A local pool's
+    entry with both hashes can then be matched against its copy in a bucket, and the copy
+    against it, without reading either again."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK_BYTES):
+            sha256.update(block)
+            md5.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": sha256.hexdigest(), "md5": md5.hexdigest()}

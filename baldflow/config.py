@@ -360,6 +360,11 @@ class Config(_Section):
         # Where the weights file lies is this machine's; its sha256 is the identity (recorded
         # with the plug-ins, plugin_record).
         data["model"].pop("weights")
+        # Likewise where a pool read in place lies (a directory, a bucket): every round records
+        # the manifests of its pool, val and test, and preflight.check_pool_unchanged holds a
+        # resumed campaign to them, so a pool moved (into a bucket, say) is still the campaign's.
+        if self.data.source == "disk":
+            data["data"].pop("root")
         return data
 
     def record(self) -> dict[str, Any]:
@@ -376,8 +381,9 @@ class Config(_Section):
         data = self.identity()
         data["campaign"]["rounds"] = self.campaign.rounds
         # Kept so that `run --campaign NAME` finds the weights again; a moved file is fine
-        # as long as its sha256 is the recorded one.
+        # as long as its sha256 is the recorded one. The same for a pool read in place.
         data["model"]["weights"] = self.model.weights
+        data["data"]["root"] = self.data.root
         data["tracking"] = self.to_dict()["tracking"]
         return data
 

@@ -323,33 +323,57 @@ def check_data(config: Config) -> None:
 
 def check_pool_unchanged(config: Config, workspace_root: Path) -> None:
     """A pool read in place (data.source disk, a directory or a bucket) must be the pool the
-    campaign's rounds were scored on: each round versions its manifest, and a pool whose
-    content changed since would mix rounds of different data under one campaign."""
+    campaign's rounds were scored on, and its val and test the ones they were evaluated on:
+    each round versions their manifests, and content changed since would mix rounds of
+    different data under one campaign. Where the parts lie is not held to: a pool moved
+    between a disk and a bucket is the same pool (`pool_formats.same_content`)."""
     if config.data.source != "disk" or not config.data.root:
         return
     from baldflow.workspace.repo import DATA_DIR, POOL_MANIFEST_FILE
 
     recorded_file = workspace_root / DATA_DIR / config.campaign.name / POOL_MANIFEST_FILE
     try:
-        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+        recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+        # A frozen backbone's rounds record {"pool": <the raw pool's manifest>, "features"}.
+        recorded = recorded.get("pool", recorded) if "sha256" not in recorded else recorded
+        recorded["sha256"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # no round yet (or no record to compare): nothing to hold the pool to
     from baldflow.data.disk_source import part_path
     from baldflow.data.object_store import ObjectURL, is_url
-    from baldflow.data.pool_formats import cached_manifest, open_pool
 
     root = config.data.root
     where = ObjectURL.parse(root) if is_url(root) else Path(root).expanduser()
-    pool_path = part_path(where, "pool")
-    if pool_path is None:
-        return  # check_data named what is missing
-    now = cached_manifest(open_pool(pool_path))["sha256"]
-    if now != recorded:
+    # Rounds recorded before val and test were versioned hold only the pool to what it was.
+    expected = {"pool": recorded, **(recorded.get("held_out") or {})}
+    for part, part_recorded in expected.items():
+        part_location = part_path(where, part)
+        if part_location is None:
+            return  # check_data named what is missing
+        _check_part_unchanged(
+            config, workspace_root, recorded_file, part, part_location, part_recorded
+        )
+
+
+def _check_part_unchanged(
+    config: Config,
+    workspace_root: Path,
+    recorded_file: Path,
+    part: str,
+    location: Any,
+    recorded: Mapping[str, Any],
+) -> None:
+    from baldflow.data.pool_formats import cached_manifest, open_pool, same_content
+
+    now = cached_manifest(open_pool(location))
+    if not same_content(dict(recorded), now):
+        what = "pool" if part == "pool" else f"{part} set"
         raise PreflightError(
-            f"the pool at {pool_path} is not the pool campaign {config.campaign.name!r} was "
-            f"scored on: its content hash is {now[:12]}, the rounds recorded {recorded[:12]} "
-            f"({recorded_file.relative_to(workspace_root)}); fix: put the campaign's pool back "
-            "at data.root, or start a new campaign on this pool (--set campaign.name=NEW)"
+            f"the {what} at {location} is not the {what} campaign {config.campaign.name!r} was "
+            f"{'scored' if part == 'pool' else 'evaluated'} on: its content hash is "
+            f"{now['sha256'][:12]}, the rounds recorded {str(recorded.get('sha256'))[:12]} "
+            f"({recorded_file.relative_to(workspace_root)}); fix: put the campaign's data back "
+            "at data.root, or start a new campaign on this data (--set campaign.name=NEW)"
         )
 
 

@@ -197,11 +197,21 @@ def test_a_campaign_on_a_pool_in_swift_acquires_what_the_local_copy_acquires(
     # The credentials stay in the environment: the workspace's parameters name only the URL.
     recorded = "".join(p.read_text() for p in (tmp_path / "remote").rglob("*.yaml"))
     assert "s3://pools/campaign" in recorded and s3.secret_key not in recorded
+    # The local campaign's pool moved into the bucket is still its pool: the bucket's MD5s
+    # (ETags) match the MD5s the local rounds recorded beside their sha256s.
+    check(validate(remote), tmp_path / "local")
+    # ... and it resumes from the bucket: its next round reads the pool there, the record
+    # says where it lies now.
+    assert run_flow(tmp_path / "local", remote, rounds=2)["stopped"] == "rounds"
+    assert len(_decided(tmp_path / "local")) == 10 + 5 + 5
+    record = tmp_path / "local" / "data" / "tiny" / "campaign.yaml"
+    assert "s3://pools/campaign" in record.read_text()
     # The pool's object replaced in the bucket (same shape, other rows): the next run is
     # refused before any work, since the rounds were scored on the old content.
     check(validate(remote), tmp_path / "remote")
     changed = tmp_path / "x-changed.npy"
     np.save(changed, np.load(tmp_path / "source" / "pool" / "x.npy")[::-1].copy())
     object_store.upload_file(changed, ObjectURL("pools", "campaign/pool/x.npy"))
-    with pytest.raises(PreflightError, match="is not the pool campaign 'tiny' was scored on"):
-        check(validate(remote), tmp_path / "remote")
+    for workspace in ("remote", "local"):
+        with pytest.raises(PreflightError, match="is not the pool campaign 'tiny' was scored"):
+            check(validate(remote), tmp_path / workspace)

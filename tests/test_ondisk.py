@@ -23,7 +23,7 @@ from baldflow.data.ondisk import (
     PoolWriteError,
     PoolWriter,
 )
-from baldflow.data.pool_formats import cached_manifest, manifest, write_manifest
+from baldflow.data.pool_formats import cached_manifest, manifest, same_content, write_manifest
 from baldflow.data.row_pool import PoolNotFoundError, PoolRangeError, UnknownIdError, shard_ranges
 from baldflow.data.splits import DataSourceError
 
@@ -201,6 +201,39 @@ def test_manifest_is_stable_and_sees_one_byte(tmp_path):
     assert changed["files"]["y.npy"] == first["files"]["y.npy"]
 
 
+def test_a_pool_and_its_copy_described_by_other_hashes_are_one_content(tmp_path):
+    """A local pool's entries carry sha256 and MD5; a bucket's copy only its objects' MD5s
+    (their ETags). `same_content` matches them file by file, and still sees one changed byte."""
+    import hashlib
+
+    x, y, ids = _source(12)
+    directory = _write(tmp_path / "p", x, y, ids)
+    local = manifest(directory)
+    for name, entry in local["files"].items():
+        data = (directory / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                         "md5": hashlib.md5(data).hexdigest()}  # fmt: skip
+    # The bucket's copy as object_store.content_entry describes it: size and ETag (its MD5).
+    in_bucket = json.loads(json.dumps(local))
+    in_bucket["files"] = {
+        name: {"bytes": entry["bytes"], "md5": entry["md5"]}
+        for name, entry in local["files"].items()
+    }
+    in_bucket["sha256"] = "0" * 64  # its combined hash is over the MD5s: another value
+    assert same_content(local, in_bucket) and same_content(in_bucket, local)
+    # One object rewritten, one with no hash in common, another count: not the same content.
+    rewritten = json.loads(json.dumps(in_bucket))
+    rewritten["files"]["x.npy"]["md5"] = "f" * 32
+    assert not same_content(local, rewritten)
+    unmatched = json.loads(json.dumps(in_bucket))
+    unmatched["files"]["x.npy"] = {"bytes": local["files"]["x.npy"]["bytes"], "sha1": "x"}
+    assert not same_content(local, unmatched)
+    assert not same_content(local, {**in_bucket, "count": 13})
+    older = {**local, "files": {n: {"bytes": e["bytes"], "sha256": e["sha256"]}
+                                for n, e in local["files"].items()}}  # fmt: skip
+    assert same_content(older, {**local, "sha256": "1" * 64})  # the sha256s still agree
+
+
 def _rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -283,7 +316,7 @@ def test_cached_manifest_hashes_once_and_notices_a_rewritten_file(tmp_path, monk
         def no_hashing(path):
             raise AssertionError(f"hashed {path} again")
 
-        monkeypatch.setattr(ondisk, "file_sha256", no_hashing)
+        monkeypatch.setattr(ondisk, "file_entry", no_hashing)
         assert cached_manifest(pool, cache) == first
         monkeypatch.undo()
     # A rewritten pool (same size, new bytes) gets a new hash, not the cached one.

@@ -349,6 +349,25 @@ def test_a_pool_read_in_place_that_changed_since_the_last_round_is_refused(
     config = validate(params)
     check(config, tmp_path / "ws")  # the same pool: nothing to say
 
+    # Moved elsewhere, the same data is still the campaign's: data.root is where it lies, not
+    # what it is (the rounds' manifests are), and the campaign resumes from there.
+    import shutil
+
+    shutil.copytree(tmp_path / "source", tmp_path / "moved")
+    moved = copy.deepcopy(params)
+    moved["data"]["root"] = str(tmp_path / "moved")
+    check(validate(moved), tmp_path / "ws")
+    assert run_flow(tmp_path / "ws", moved, rounds=1)["stopped"] == "rounds"
+    recorded = (tmp_path / "ws" / "data" / "tiny" / "campaign.yaml").read_text()
+    assert str(tmp_path / "moved") in recorded  # where a resume by name finds it now
+
+    # A held-out part that changed is refused as well, naming which.
+    test_file = tmp_path / "moved" / "test" / "y.npy"
+    y = np.load(test_file)
+    np.save(test_file, y[::-1].copy())
+    with pytest.raises(PreflightError, match="is not the test set campaign 'tiny' was evaluated"):
+        check(validate(moved), tmp_path / "ws")
+
     x_file = tmp_path / "source" / "pool" / "x.npy"
     x = np.load(x_file)
     np.save(x_file, x[::-1].copy())  # same shape, other content

@@ -47,7 +47,7 @@ from baldflow.data.ondisk import (
     PoolWriter,
     fsync_path,
 )
-from baldflow.data.pool_formats import open_pool
+from baldflow.data.pool_formats import cached_manifest, open_pool
 from baldflow.data.row_pool import UNKNOWN_LABEL, DiskPoolError, RowPool
 from baldflow.data.splits import DataNotFoundError, DataSourceError, derived_seed
 from baldflow.seeds import id_hashes
@@ -114,6 +114,9 @@ class DiskSource:
     input_shape: tuple[int, ...]
     initial_ids: list[str]
     count: int
+    # The manifests of val and test (`pool_formats.cached_manifest`): each round records them
+    # beside the pool's, so that a campaign holds its held-out data to what it was.
+    held_out: dict[str, dict]
 
 
 def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> DiskSource:
@@ -151,13 +154,14 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
     pool = pools["pool"]
     class_names = _check_parts(root, pools)
     num_classes = len(class_names)
-    held = {}
+    held, held_out = {}, {}
     for part in ("val", "test"):
         part_pool = pools[part]
         x = part_pool.rows(0, part_pool.count)
         y = part_pool.labels(0, part_pool.count)
         _check_known_labels(root / part, y, num_classes)
         held[part] = (x, y)
+        held_out[part] = cached_manifest(part_pool)
         part_pool.close()
     initial_ids = choose_initial_ids(pool, initial_per_class, seed, num_classes=num_classes)
     return DiskSource(
@@ -173,6 +177,7 @@ def open_disk_source(root: str | Path, *, initial_per_class: int, seed: int) -> 
         input_shape=tuple(pool.sample_shape),
         initial_ids=initial_ids,
         count=pool.count,
+        held_out=held_out,
     )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from baldflow.common import file_sha256, short_repr, text_problem
+from baldflow.common import file_entry, file_sha256, short_repr, text_problem
 from baldflow.data.row_pool import (
     SUPPORTED_DTYPES,
     PoolFormatError,
@@ -187,12 +187,7 @@ class NpzPool(RowPool):
         return npz_texts(values, self.directory, "ids", first=start, error=PoolFormatError)
 
     def content_files(self) -> dict[str, dict]:
-        return {
-            self.directory.name: {
-                "bytes": self.directory.stat().st_size,
-                "sha256": file_sha256(self.directory),
-            }
-        }
+        return {self.directory.name: file_entry(self.directory)}
 
     def file_stamps(self) -> dict[str, list[int]]:
         stat = os.stat(self.directory)

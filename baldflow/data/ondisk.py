@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from baldflow.common import file_sha256, short_repr, text_problem
+from baldflow.common import file_entry, short_repr, text_problem
 from baldflow.data.row_pool import (
     CHUNK_BYTES,
     DEFAULT_SCALE,
@@ -532,8 +532,7 @@ class DiskPool(RowPool):
     def content_files(self) -> dict[str, dict]:
         files = {}
         for name in DATA_FILES:
-            path = self.directory / name
-            files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            files[name] = file_entry(self.directory / name)
         return files
 
     def file_stamps(self) -> dict[str, list[int]]:

@@ -39,13 +39,18 @@ def open_pool(path: str | Path) -> RowPool:
     return open_lazy_pool(path)
 
 
+# Bumped when a manifest's entries change what they hold (2: local files carry an MD5 too).
+MANIFEST_LAYOUT = 2
+
+
 def manifest(pool: RowPool | str | Path) -> dict:
     """A small description of a pool's exact content, for versioning (e.g. with DVC) and for
     checking that every worker scored the same pool: count, shape, dtype, scale, class names,
-    each data file's size and sha256, and one content hash over them (in the order the pool
-    lists its files). A pool read in place also names its `source` format. Costs one streamed
-    read of the files; a pool in object storage records an object's MD5 instead when its ETag
-    is one (nothing read), and streams only the others."""
+    each data file's size, sha256 and MD5, and one content hash over them (in the order the
+    pool lists its files; the sha256s). A pool read in place also names its `source` format.
+    Costs one streamed read of the files; a pool in object storage records only an object's MD5
+    when its ETag is one (nothing read), and streams only the others for their sha256.
+    `same_content` matches a pool's manifest against its copy's elsewhere."""
     if not isinstance(pool, RowPool):
         pool = open_pool(pool)
     files = pool.content_files()
@@ -68,6 +73,35 @@ def manifest(pool: RowPool | str | Path) -> dict:
     return payload
 
 
+# The fields besides the files that two manifests of one pool share, wherever it is stored.
+_SHAPE_FIELDS = ("format_version", "count", "shape", "dtype", "scale", "class_names", "source")
+
+
+def same_content(recorded: dict, now: dict) -> bool:
+    """Whether two manifests describe the same pool content, wherever each copy is stored.
+
+    The combined hash decides when it matches. When it does not, the copies may still be one
+    pool in two places: a pool in a bucket is described by its objects' MD5s (their ETags),
+    its local copy by sha256s (and, since both are read at once, MD5s). Then each file must
+    have the same size and agree on a hash that both entries carry; a file with no hash in
+    common counts as changed (nothing is read to settle it)."""
+    if recorded.get("sha256") == now.get("sha256"):
+        return True
+    if any(recorded.get(field) != now.get(field) for field in _SHAPE_FIELDS):
+        return False
+    old_files, new_files = recorded.get("files") or {}, now.get("files") or {}
+    if not old_files or sorted(old_files) != sorted(new_files):
+        return False
+    for name, old in old_files.items():
+        new = new_files[name]
+        if old.get("bytes") != new.get("bytes"):
+            return False
+        shared = [kind for kind in ("sha256", "md5") if kind in old and kind in new]
+        if not shared or any(old[kind] != new[kind] for kind in shared):
+            return False
+    return True
+
+
 def write_manifest(pool: RowPool | str | Path, path: str | Path) -> dict:
     """Write `manifest(pool)` as JSON (sorted keys, atomically) to `path`; returns it."""
     payload = manifest(pool)
@@ -87,7 +121,10 @@ def cached_manifest(pool: RowPool, cache_dir: str | Path | None = None) -> dict:
     if cache_dir is None:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         cache_dir = base / "baldflow" / "manifests"
-    key = hashlib.sha256(str(pool.directory.resolve()).encode()).hexdigest()[:32]
+    # The key names the manifest's layout too: a cache written before local entries carried
+    # their MD5 is not served as if it had one.
+    layout = f"{MANIFEST_LAYOUT}:{pool.directory.resolve()}"
+    key = hashlib.sha256(layout.encode()).hexdigest()[:32]
     path = Path(cache_dir) / f"{key}.json"
     stamps = pool.file_stamps()
     with contextlib.suppress(OSError, ValueError, KeyError):

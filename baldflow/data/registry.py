@@ -78,7 +78,9 @@ class DiskDirectorySource(DataSource):
         source = open_disk_source(
             params.root, initial_per_class=params.initial_per_class, seed=params.seed
         )
-        return StreamedPool(source, cached_manifest(source.pool))
+        # What every round versions: the pool's manifest, and val's and test's under
+        # `held_out` (preflight.check_pool_unchanged holds a resumed campaign to all three).
+        return StreamedPool(source, {**cached_manifest(source.pool), "held_out": source.held_out})
 
     def accepted_options(self) -> list[str]:
         return []
