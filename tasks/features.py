@@ -8,6 +8,7 @@ from __future__ import annotations
 from baldflow.compute import features
 from baldflow.config import Config
 from baldflow.data.pool import CampaignPool
+from baldflow.tasks import stragglers
 from baldflow.tasks.base import LOCAL_FILES, baldflow_task
 from baldflow.tasks.scoring import scratch_dir
 
@@ -33,8 +34,11 @@ def embed_shard(job: features.FeatureJob, start: int, stop: int) -> str:
 
 def embed_shards_as_tasks(job: features.FeatureJob, ranges: list[tuple[int, int]]) -> list[str]:
     """Every shard an `embed-shard` task on the running flow's task runner (Dask workers)."""
-    futures = [embed_shard.submit(job, start, stop) for start, stop in ranges]
-    return [future.result() for future in futures]
+    return stragglers.gather(
+        lambda i: embed_shard.submit(job, *ranges[i]),
+        len(ranges),
+        lambda i: f"rows {ranges[i][0]}-{ranges[i][1]}",
+    )
 
 
 @baldflow_task("embed-pool-here", run_name="embed the pool in shards here")

@@ -18,6 +18,7 @@ from pathlib import Path
 from baldflow.compute import fitting, scoring, sharding, staging
 from baldflow.config import Config
 from baldflow.data.pool import CampaignPool
+from baldflow.tasks import stragglers
 from baldflow.tasks.base import LOCAL_FILES, baldflow_task
 
 # Scratch space of a workspace's scoring passes: ignored by git without a .gitignore entry.
@@ -129,8 +130,11 @@ def score_shards_as_tasks(
 
     def submit(function, ranges) -> list[sharding.ShardResult]:
         one = function.args[0]  # functools.partial(sharding.score_shard, job of this pass)
-        futures = [score_shard.submit(one, start, stop, round_index) for start, stop in ranges]
-        return [future.result() for future in futures]
+        return stragglers.gather(
+            lambda i: score_shard.submit(one, *ranges[i], round_index),
+            len(ranges),
+            lambda i: f"rows {ranges[i][0]}-{ranges[i][1]}",
+        )
 
     return sharding.run_passes(job, ranges, submit)
 

@@ -55,3 +55,41 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_batch_is_unchanged(
     got = selecting.select_batch(config, sharded, seed)
     assert got.sample_ids == expected.sample_ids
     assert got.scores == expected.scores
+
+
+def test_a_shard_whose_task_never_answers_gets_a_second_copy(
+    tmp_path, prefect_harness, monkeypatch
+):
+    """A shard task that hangs (a lost Dask task, a straggling node) does not hold the pass
+    forever: once the other shards are done and it has run well past their median, a second
+    copy runs on another worker and its result is taken."""
+    import time
+
+    from prefect import flow, task
+    from prefect_dask import DaskTaskRunner
+
+    from baldflow.tasks import stragglers
+
+    monkeypatch.setattr(stragglers, "BACKUP_MIN_S", 2.0)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    # Defined here, so that it travels to the workers by value.
+    @task
+    def shard(index: int) -> int:
+        first = not (marks / f"{index}").exists()
+        (marks / f"{index}").touch()
+        if index == 2 and first:
+            time.sleep(300)  # the first copy of shard 2 never answers
+        return index * 10
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness}
+    with DaskCluster(tmp_path / "dask", workers=2, threads_per_worker=1, env=env) as cluster:
+
+        @flow(task_runner=DaskTaskRunner(address=cluster.address))
+        def one_pass() -> list[int]:
+            return stragglers.gather(lambda i: shard.submit(i), 4)
+
+        started = time.monotonic()
+        assert one_pass() == [0, 10, 20, 30]
+        assert time.monotonic() - started < 120

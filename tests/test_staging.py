@@ -99,6 +99,82 @@ def test_a_pool_on_this_host_is_uploaded_once_under_its_content(s3, tmp_path, mo
     staging.remove_tree(f"s3://{BUCKET}/staged")
 
 
+def _write_pool(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    with PoolWriter(path, (1, 4, 4), "uint8", 30, class_names=["a", "b"]) as w:
+        w.write(rng.integers(0, 255, (30, 1, 4, 4), dtype=np.uint8),
+                rng.integers(0, 2, 30), [f"id-{i}" for i in range(30)])  # fmt: skip
+    return path
+
+
+def test_pools_no_round_staged_for_days_are_pruned_and_come_back_when_needed(
+    s3, tmp_path, capsys
+):
+    """Each staging records its use; `pool prune-staged` removes the pools unused for
+    --unused-days (or with no record), keeps the rest, and a round that needs a removed or
+    half-removed pool uploads it again."""
+    import datetime as dt
+
+    from baldflow.cli import main as cli_main
+    from baldflow.data.ondisk import META_FILE
+
+    base = f"s3://{BUCKET}/prune"
+    fresh = staging.stage_pool(_write_pool(tmp_path / "fresh", 1), base)
+    stale = staging.stage_pool(_write_pool(tmp_path / "stale", 2), base)
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10)
+    staging.write_bytes(stale + staging.LAST_USED, long_ago.isoformat().encode())
+    # Staged before uses were recorded: no `last-used` at all.
+    unrecorded = staging.stage_pool(_write_pool(tmp_path / "unrecorded", 3), base)
+    object_store.delete(ObjectURL.parse(unrecorded + staging.LAST_USED))
+    pools = {pool.location: pool for pool in staging.staged_pools(base)}
+    assert set(pools) == {fresh, stale, unrecorded}
+    assert pools[unrecorded].last_used is None and all(p.complete for p in pools.values())
+    assert pools[fresh].bytes > 30 * 16  # the rows, ids, labels and pool.json
+    # Only the pool's files under its prefix: it reads (and converts into) like any other.
+    assert "last-used" not in " ".join(object_store.list_keys(ObjectURL.parse(fresh)))
+
+    assert cli_main(["pool", "prune-staged", base, "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "3 staged pools" in listed and "would remove 2" in listed and "no record" in listed
+    assert len(staging.staged_pools(base)) == 3  # a dry run removes nothing
+
+    assert cli_main(["pool", "prune-staged", base]) == 0
+    assert "removed 2" in capsys.readouterr().out
+    assert [pool.location for pool in staging.staged_pools(base)] == [fresh]
+    assert not staging.exists(stale + staging.LAST_USED)
+    assert cli_main(["pool", "prune-staged", base]) == 0  # again: nothing more to do
+    assert "removed 0" in capsys.readouterr().out
+
+    # A round that needs the pruned pool uploads it again, whole.
+    assert staging.stage_pool(tmp_path / "stale", base) == stale
+    with open_pool(stale) as remote, open_pool(tmp_path / "stale") as here:
+        np.testing.assert_array_equal(remote.raw_rows(0, 30), here.raw_rows(0, 30))
+    # So does one that finds a pool a prune removed only in part (pool.json left behind).
+    for key in object_store.list_keys(ObjectURL.parse(fresh)):
+        if key != META_FILE:
+            object_store.delete(ObjectURL.parse(staging.join(fresh, key)))
+    assert staging.stage_pool(tmp_path / "fresh", base) == fresh
+    with open_pool(fresh) as remote:
+        assert remote.ids(0, 3) == ["id-0", "id-1", "id-2"]
+
+    # A pool read in place (an .npz) is converted into its prefix, the record beside it.
+    npz = tmp_path / "pool.npz"
+    with open_pool(tmp_path / "stale") as here:
+        np.savez(npz, x=here.raw_rows(0, 30), y=here.labels(0, 30).numpy(),
+                 ids=np.array(here.ids(0, 30)), class_names=np.array(["a", "b"]))  # fmt: skip
+    converted = staging.stage_pool(npz, base)
+    assert staging.stage_pool(npz, base) == converted
+    with open_pool(converted) as remote:
+        assert remote.ids(0, 30) == [f"id-{i}" for i in range(30)]
+
+    # Bad requests: a local directory holds no staged pools; days cannot be negative.
+    assert cli_main(["pool", "prune-staged", str(tmp_path), "--unused-days", "1"]) == 2
+    assert "is not an s3://bucket/prefix URL" in capsys.readouterr().err
+    assert cli_main(["pool", "prune-staged", base, "--unused-days", "-1"]) == 2
+    assert "--unused-days must be >= 0" in capsys.readouterr().err
+    staging.remove_tree(base)
+
+
 def test_scale_staging_is_checked_when_the_parameters_are_read(tiny_defaults):
     params = {**tiny_defaults, "scale": {"staging": "/shared/scratch"}}
     with pytest.raises(ConfigError, match="scale.staging must be an s3://bucket/prefix URL"):

@@ -14,7 +14,8 @@ functions: importing this module is cheap, and Prefect's settings are in place b
 imported.
 
 One module per job: outcomes (the typed requests and results), workspaces, campaigns (run
-and cycle), schedules, labels, audit; everything public is importable from here.
+and cycle), schedules, labels, audit, staging (the shard workers' staging area); everything
+public is importable from here.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from baldflow.app.schedules import (
     deploy_cycle,
     schedule_cycle,
 )
+from baldflow.app.staging import prune_staged_pools
 from baldflow.app.workspaces import (
     default_workspace,
     init_workspace,
@@ -99,6 +101,7 @@ __all__ = [
     "pending_batch",
     "preflight",
     "prepare_prefect",
+    "prune_staged_pools",
     "pull_labels",
     "recorded_bookkeeping",
     "resolve_config",

@@ -37,6 +37,20 @@ def add_pool(sub) -> None:
                          help="a pool directory, image folder or .npz, or an s3:// URL")
     convert.add_argument("out", metavar="OUT",
                          help="the new pool directory (new or empty), or an s3:// prefix")
+    prune = actions.add_parser(
+        "prune-staged", help="remove the pools staged for shard workers that no round uses",
+        description="List the pools uploaded under STAGING/pools/ for workers that share "
+        "nothing with the flow (scale.staging), and remove those no round has staged for "
+        "--unused-days days (a pool with no record of use counts as unused). A round that "
+        "needs a removed pool uploads it again.",
+    )  # fmt: skip
+    prune.add_argument("staging", metavar="STAGING",
+                       help="the s3://bucket/prefix of scale.staging")  # fmt: skip
+    prune.add_argument("--unused-days", type=float, default=7.0,
+                       help="remove pools no round has staged for this many days "
+                       "(default 7)")  # fmt: skip
+    prune.add_argument("--dry-run", action="store_true",
+                       help="only list what would be removed")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -49,6 +63,8 @@ def cmd_pool(args: argparse.Namespace) -> int:
     try:
         if args.pool_command == "convert":
             return _convert_pool(args)
+        if args.pool_command == "prune-staged":
+            return _prune_staged(args)
         pool = open_pool(args.path)
         shape = list(pool.sample_shape)
         print(f"{args.path}: {type(pool).__name__}, {len(pool):,} rows of {shape} "
@@ -101,6 +117,23 @@ def _convert_pool(args: argparse.Namespace) -> int:
     pool = convert_pool(args.path, args.out, progress=progress)
     print(f"wrote {len(pool):,} rows to {args.out} in {time.perf_counter() - began:.1f} s; use "
           f"it as data.root/<pool|val|test>")  # fmt: skip
+    return 0
+
+
+def _prune_staged(args: argparse.Namespace) -> int:
+    from baldflow.app import prune_staged_pools
+
+    every, removed = prune_staged_pools(args.staging, args.unused_days, dry_run=args.dry_run)
+    gone = {pool.location for pool in removed}
+    verb = "would remove" if args.dry_run else "removed"
+    for pool in every:
+        used = pool.last_used.strftime("%Y-%m-%d %H:%M UTC") if pool.last_used else "no record"
+        state = "" if pool.complete else ", incomplete"
+        action = verb if pool.location in gone else "kept"
+        print(f"  {pool.content}  last used {used}  {pool.bytes / 1e6:,.1f} MB{state}  {action}")
+    freed = sum(pool.bytes for pool in removed)
+    print(f"{len(every)} staged pools under {args.staging}; {verb} {len(removed)} "
+          f"({freed / 1e6:,.1f} MB)")  # fmt: skip
     return 0
 
 

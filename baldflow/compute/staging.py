@@ -19,12 +19,14 @@ are kept and, should the flow die first, when the campaign's next round stages i
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import io
 import os
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -170,16 +172,23 @@ def stage_text(text: str, base: str | Path, stem: str, suffix: str = ".txt") -> 
 
 def stage_pool(pool_dir: str | Path, base: str | Path) -> str:
     """A pool directory on this host uploaded under `base/pools/<its content hash>/`, once:
-    pool.json goes last, so a prefix holding it holds the whole pool, and a later round (or
-    another campaign on the same pool) finds it there and uploads nothing."""
+    pool.json goes last, so a prefix holding it and its data files holds the whole pool, and a
+    later round (or another campaign on the same pool) finds it there and uploads nothing.
+
+    Each call first records the time in `base/pools/<hash>.last-used`, beside the pool, so that
+    `prune_pools` never counts a pool that a round is uploading or about to score as unused."""
     from baldflow.data.ondisk import DATA_FILES, META_FILE
     from baldflow.data.pool_formats import cached_manifest, open_pool
 
     with open_pool(pool_dir) as pool:
         content = cached_manifest(pool)["sha256"][:HASH_DIGITS]
-    where = ObjectURL.parse(join(base, "pools", content))
-    if object_store.exists(where / META_FILE):
+    where = ObjectURL.parse(join(base, POOLS_FOLDER, content))
+    write_bytes(_last_used(str(where)), _now().isoformat().encode())
+    # Every file, not only pool.json: a prune that raced an upload may have left a part.
+    if all(object_store.exists(where / name) for name in (META_FILE, *DATA_FILES)):
         return str(where)
+    with contextlib.suppress(object_store.ObjectNotFoundError):
+        object_store.delete(where / META_FILE)  # what is left is an unfinished pool: rewritten
     if not (Path(pool_dir) / META_FILE).is_file():  # a format read in place: converted once
         from baldflow.data.convert import convert_pool
 
@@ -192,6 +201,93 @@ def stage_pool(pool_dir: str | Path, base: str | Path) -> str:
 
 def read_text(location: str | Path) -> str:
     return read_bytes(location).decode("utf-8")
+
+
+# ------------------------------------------------------------------------- pools no round uses
+POOLS_FOLDER = "pools"
+# Beside a staged pool `pools/<hash>/`: `pools/<hash>.last-used`, when a round last staged it
+# (ISO 8601, UTC). Beside, not inside: the pool's prefix holds the pool's files only.
+LAST_USED = ".last-used"
+
+
+def _last_used(pool_location: str) -> str:
+    return pool_location.rstrip("/") + LAST_USED
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class StagedPool:
+    """One pool under `<staging>/pools/`: where, when a round last staged it (None: staged
+    before uses were recorded, or its record is unreadable), whether its pool.json is there,
+    and the bytes of its files."""
+
+    location: str
+    last_used: dt.datetime | None
+    complete: bool
+    bytes: int
+
+    @property
+    def content(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _read_last_used(pool_location: str) -> dt.datetime | None:
+    with contextlib.suppress(object_store.ObjectNotFoundError, ValueError):
+        return dt.datetime.fromisoformat(read_text(_last_used(pool_location)).strip())
+    return None
+
+
+def staged_pools(base: str) -> list[StagedPool]:
+    """The pools staged under `base` (an s3:// prefix: `scale.staging`), by content hash; a
+    record of use whose pool has no file yet (an upload starting, or one that died) too."""
+    from baldflow.data.ondisk import META_FILE
+
+    folder = ObjectURL.parse(join(base, POOLS_FOLDER))
+    keys = object_store.list_keys(folder, limit=10_000)
+    contents = {key.split("/", 1)[0] for key in keys if "/" in key}
+    contents |= {key[: -len(LAST_USED)] for key in keys
+                 if "/" not in key and key.endswith(LAST_USED)}  # fmt: skip
+    found = []
+    for content in sorted(contents):
+        where = folder / content
+        size = 0
+        for name in object_store.list_keys(where, limit=1000):
+            with contextlib.suppress(object_store.ObjectNotFoundError):
+                size += object_store.head(where / name)[0]
+        complete = object_store.exists(where / META_FILE)
+        found.append(StagedPool(str(where), _read_last_used(str(where)), complete, size))
+    return found
+
+
+def prune_pools(base: str, unused_for: dt.timedelta, *, remove: bool = True) -> list[StagedPool]:
+    """Remove (with `remove`) the pools staged under `base` that no round has staged for
+    `unused_for`, and return them. A pool with no record of use counts as unused.
+
+    A round records its use before it uploads or scores (`stage_pool`), and the record is read
+    again just before a pool goes: a round that starts meanwhile keeps it. One that starts
+    while it is being removed finds it incomplete and uploads it again."""
+    from baldflow.data.ondisk import META_FILE
+
+    cutoff = _now() - unused_for
+    pruned = []
+    for pool in staged_pools(base):
+        if pool.last_used is not None and pool.last_used > cutoff:
+            continue
+        if remove:
+            again = _read_last_used(pool.location)
+            if again is not None and again > cutoff:
+                continue
+            # pool.json first: from then on a round that stages this pool uploads it again.
+            with contextlib.suppress(object_store.ObjectNotFoundError):
+                object_store.delete(ObjectURL.parse(join(pool.location, META_FILE)))
+            remove_tree(pool.location)
+            with contextlib.suppress(object_store.ObjectNotFoundError):
+                object_store.delete(ObjectURL.parse(_last_used(pool.location)))
+        pruned.append(pool)
+    return pruned
 
 
 # ------------------------------------------------------------------------- a worker's own copies
