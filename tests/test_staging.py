@@ -175,6 +175,22 @@ def test_pools_no_round_staged_for_days_are_pruned_and_come_back_when_needed(
     staging.remove_tree(base)
 
 
+def test_listings_page_through_every_key(s3, monkeypatch):
+    """S3 answers at most 1,000 keys to one LIST: listings follow its continuation tokens, so
+    the staging area's pools past the first page are seen (pages of 3 here)."""
+    monkeypatch.setattr(object_store, "LIST_PAGE", 3)
+    base = f"s3://{BUCKET}/pages"
+    names = [f"pools/p{i}/x.npy" for i in range(4)] + [f"pools/p{i}.last-used" for i in range(4)]
+    for name in names:
+        staging.write_bytes(staging.join(base, name), b"1")
+    assert object_store.list_keys(ObjectURL.parse(base), limit=None) == sorted(names)
+    assert object_store.list_keys(ObjectURL.parse(base), limit=5) == sorted(names)[:5]
+    assert staging.subfolders(staging.join(base, "pools")) == [f"p{i}" for i in range(4)]
+    assert len(staging.staged_pools(base)) == 4
+    staging.remove_tree(base)
+    assert object_store.list_keys(ObjectURL.parse(base), limit=None) == []
+
+
 def test_scale_staging_is_checked_when_the_parameters_are_read(tiny_defaults):
     params = {**tiny_defaults, "scale": {"staging": "/shared/scratch"}}
     with pytest.raises(ConfigError, match="scale.staging must be an s3://bucket/prefix URL"):

@@ -135,7 +135,7 @@ def subfolders(location: str | Path) -> list[str]:
     """The names one level below `location` (directories, or key prefixes)."""
     if is_url(location):
         names = {key.split("/", 1)[0] for key in object_store.list_keys(
-            ObjectURL.parse(str(location)), limit=10_000) if "/" in key}  # fmt: skip
+            ObjectURL.parse(str(location)), limit=None) if "/" in key}  # fmt: skip
         return sorted(names)
     path = Path(location)
     return sorted(entry.name for entry in path.iterdir() if entry.is_dir()) if path.is_dir() else []
@@ -246,7 +246,7 @@ def staged_pools(base: str) -> list[StagedPool]:
     from baldflow.data.ondisk import META_FILE
 
     folder = ObjectURL.parse(join(base, POOLS_FOLDER))
-    keys = object_store.list_keys(folder, limit=10_000)
+    keys = object_store.list_keys(folder, limit=None)
     contents = {key.split("/", 1)[0] for key in keys if "/" in key}
     contents |= {key[: -len(LAST_USED)] for key in keys
                  if "/" not in key and key.endswith(LAST_USED)}  # fmt: skip
@@ -254,7 +254,7 @@ def staged_pools(base: str) -> list[StagedPool]:
     for content in sorted(contents):
         where = folder / content
         size = 0
-        for name in object_store.list_keys(where, limit=1000):
+        for name in object_store.list_keys(where, limit=None):
             with contextlib.suppress(object_store.ObjectNotFoundError):
                 size += object_store.head(where / name)[0]
         complete = object_store.exists(where / META_FILE)

@@ -530,16 +530,28 @@ def stamp(url: ObjectURL) -> list:
     return [size, etag]
 
 
-def list_keys(prefix: ObjectURL, limit: int = 1000) -> list[str]:
-    """Keys under `prefix/` (names relative to it), at most `limit`."""
+# The most keys one LIST request returns (S3 answers at most 1,000, whatever is asked).
+LIST_PAGE = 1000
+
+
+def list_keys(prefix: ObjectURL, limit: int | None = LIST_PAGE) -> list[str]:
+    """Keys under `prefix/` (names relative to it), in key order: the first `limit`, or every
+    one with `limit=None` (one request per LIST_PAGE keys)."""
     folder = f"{prefix.key}/" if prefix.key else ""
-    answer = call(
-        prefix,
-        "listing",
-        lambda: client().list_objects_v2(Bucket=prefix.bucket, Prefix=folder, MaxKeys=limit),
-    )
-    _CACHE.count_request(0)
-    return [item["Key"][len(folder) :] for item in answer.get("Contents", [])]
+    keys: list[str] = []
+    token = None
+    while limit is None or len(keys) < limit:
+        asked = LIST_PAGE if limit is None else min(LIST_PAGE, limit - len(keys))
+        request = {"Bucket": prefix.bucket, "Prefix": folder, "MaxKeys": asked}
+        if token:
+            request["ContinuationToken"] = token
+        answer = call(prefix, "listing", lambda r=request: client().list_objects_v2(**r))
+        _CACHE.count_request(0)
+        keys += [item["Key"][len(folder) :] for item in answer.get("Contents", [])]
+        token = answer.get("NextContinuationToken")
+        if not answer.get("IsTruncated") or not token:
+            break
+    return keys if limit is None else keys[:limit]
 
 
 def upload_file(path: str | Path, url: ObjectURL) -> None:
