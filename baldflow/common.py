@@ -164,12 +164,21 @@ def from_spreadsheet(text: str) -> str:
 HASH_BLOCK_BYTES = 4 << 20
 
 
+def _stream_into(path: str | Path, *digests: Any) -> int:
+    """Feed a file's bytes, HASH_BLOCK_BYTES at a time, to each hash object; its size."""
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK_BYTES):
+            for digest in digests:
+                digest.update(block)
+            size += len(block)
+    return size
+
+
 def file_sha256(path: str | Path) -> str:
     """sha256 hex of a file's bytes, streamed in HASH_BLOCK_BYTES pieces."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK_BYTES):
-            digest.update(block)
+    _stream_into(path, digest)
     return digest.hexdigest()
 
 
@@ -181,10 +190,5 @@ def file_entry(path: str | Path) -> dict[str, Any]:
     entry with both hashes can then be matched against its copy in a bucket, and the copy
     against it, without reading either again."""
     sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    size = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK_BYTES):
-            sha256.update(block)
-            md5.update(block)
-            size += len(block)
+    size = _stream_into(path, sha256, md5)
     return {"bytes": size, "sha256": sha256.hexdigest(), "md5": md5.hexdigest()}

@@ -334,11 +334,13 @@ def check_pool_unchanged(config: Config, workspace_root: Path) -> None:
     recorded_file = workspace_root / DATA_DIR / config.campaign.name / POOL_MANIFEST_FILE
     try:
         recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no round yet: nothing to hold the pool to
+    if isinstance(recorded, dict) and "sha256" not in recorded:
         # A frozen backbone's rounds record {"pool": <the raw pool's manifest>, "features"}.
-        recorded = recorded.get("pool", recorded) if "sha256" not in recorded else recorded
-        recorded["sha256"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # no round yet (or no record to compare): nothing to hold the pool to
+        recorded = recorded.get("pool")
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return  # no record to compare
     from baldflow.data.disk_source import part_path
     from baldflow.data.object_store import ObjectURL, is_url
 
@@ -361,12 +363,12 @@ def _check_part_unchanged(
     recorded_file: Path,
     part: str,
     location: Any,
-    recorded: Mapping[str, Any],
+    recorded: dict[str, Any],
 ) -> None:
     from baldflow.data.pool_formats import cached_manifest, open_pool, same_content
 
     now = cached_manifest(open_pool(location))
-    if not same_content(dict(recorded), now):
+    if not same_content(recorded, now):
         what = "pool" if part == "pool" else f"{part} set"
         raise PreflightError(
             f"the {what} at {location} is not the {what} campaign {config.campaign.name!r} was "

@@ -34,11 +34,7 @@ def embed_shard(job: features.FeatureJob, start: int, stop: int) -> str:
 
 def embed_shards_as_tasks(job: features.FeatureJob, ranges: list[tuple[int, int]]) -> list[str]:
     """Every shard an `embed-shard` task on the running flow's task runner (Dask workers)."""
-    return stragglers.gather(
-        lambda i: embed_shard.submit(job, *ranges[i]),
-        len(ranges),
-        lambda i: f"rows {ranges[i][0]}-{ranges[i][1]}",
-    )
+    return stragglers.gather(lambda start, stop: embed_shard.submit(job, start, stop), ranges)
 
 
 @baldflow_task("embed-pool-here", run_name="embed the pool in shards here")

@@ -131,9 +131,7 @@ def score_shards_as_tasks(
     def submit(function, ranges) -> list[sharding.ShardResult]:
         one = function.args[0]  # functools.partial(sharding.score_shard, job of this pass)
         return stragglers.gather(
-            lambda i: score_shard.submit(one, *ranges[i], round_index),
-            len(ranges),
-            lambda i: f"rows {ranges[i][0]}-{ranges[i][1]}",
+            lambda start, stop: score_shard.submit(one, start, stop, round_index), ranges
         )
 
     return sharding.run_passes(job, ranges, submit)

@@ -38,12 +38,12 @@ def _logger():
         return logger
 
 
-def gather(
-    submit: Callable[[int], Any], count: int, describe: Callable[[int], str] = str
-) -> list[Any]:
-    """The results of shards 0..count-1 in order; `submit(i)` starts shard i's task and
-    returns its Prefect future (`result(timeout=)` raises TimeoutError while it runs)."""
-    copies = {index: [submit(index)] for index in range(count)}
+def gather(submit: Callable[[int, int], Any], ranges: list[tuple[int, int]]) -> list[Any]:
+    """The results of the shards over row `ranges`, in order; `submit(start, stop)` starts one
+    shard's task and returns its Prefect future (`result(timeout=)` raises TimeoutError while
+    it runs)."""
+    count = len(ranges)
+    copies = {index: [submit(*ranges[index])] for index in range(count)}
     started = {index: time.monotonic() for index in range(count)}
     took: list[float] = []
     results: dict[int, Any] = {}
@@ -59,22 +59,23 @@ def gather(
                 finished_any = True
                 break
         if len(results) < count and len(took) >= max(1, BACKUP_QUORUM * count):
-            _back_up_stragglers(submit, copies, started, took, results, describe)
+            _back_up_stragglers(submit, ranges, copies, started, took, results)
         if not finished_any:
             time.sleep(IDLE_S)
     return [results[index] for index in range(count)]
 
 
-def _back_up_stragglers(submit, copies, started, took, results, describe) -> None:
+def _back_up_stragglers(submit, ranges, copies, started, took, results) -> None:
     limit = max(BACKUP_MIN_S, BACKUP_AFTER_MEDIANS * statistics.median(took))
     now = time.monotonic()
     for index, futures in copies.items():
         # One backup per shard: a shard that straggles on two workers is slow, not lost.
         if index in results or len(futures) > 1 or now - started[index] < limit:
             continue
+        start, stop = ranges[index]
         _logger().warning(
-            "shard %s still running after %.0f s (the median shard took %.1f s): "
+            "shard of rows %d-%d still running after %.0f s (the median shard took %.1f s): "
             "a second copy is submitted, the first to finish is taken",
-            describe(index), now - started[index], statistics.median(took),
+            start, stop, now - started[index], statistics.median(took),
         )  # fmt: skip
-        futures.append(submit(index))
+        futures.append(submit(start, stop))

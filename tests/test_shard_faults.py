@@ -88,7 +88,8 @@ def test_a_shard_whose_task_never_answers_gets_a_second_copy(
 
         @flow(task_runner=DaskTaskRunner(address=cluster.address))
         def one_pass() -> list[int]:
-            return stragglers.gather(lambda i: shard.submit(i), 4)
+            ranges = [(index, index + 1) for index in range(4)]
+            return stragglers.gather(lambda start, stop: shard.submit(start), ranges)
 
         started = time.monotonic()
         assert one_pass() == [0, 10, 20, 30]
